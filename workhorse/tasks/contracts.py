@@ -346,14 +346,19 @@ def source_columns(con: duckdb.DuckDBPyConnection, source: str) -> dict[str, str
 
 def _python_check(con, index: int, columns: list[Column], predicate: Callable[..., bool], nulls_pass: bool) -> str:
     """Register ``predicate`` as a vectorised DuckDB UDF and return the SQL that calls it."""
-    def udf(*arrays: pa.Array) -> pa.Array:
-        rows = zip(*(a.to_pylist() for a in arrays))
+    # DuckDB wants a fixed arity; one STRUCT argument carries any number of columns.
+    def udf(packed: pa.StructArray | pa.ChunkedArray) -> pa.Array:
+        if isinstance(packed, pa.ChunkedArray):
+            packed = packed.combine_chunks()
+        rows = zip(*(packed.field(i).to_pylist() for i in range(len(columns))))
         return pa.array([_safe(predicate, values, nulls_pass) for values in rows], pa.bool_())
 
     name = f"_wh_check_{index}"
-    con.create_function(name, udf, [c.type for c in columns], "BOOLEAN", type="arrow",
-                        null_handling="special", side_effects=False)
-    return f"coalesce({name}({', '.join(c.sql for c in columns)}), FALSE)"  # NULL means the UDF could not judge
+    struct_type = "STRUCT(" + ", ".join(f"f{i} {c.type}" for i, c in enumerate(columns)) + ")"
+    con.create_function(name, udf, [struct_type], "BOOLEAN", type="arrow", null_handling="special",
+                        side_effects=False)
+    packed = ", ".join(f"f{i} := {c.sql}" for i, c in enumerate(columns))
+    return f"coalesce({name}(struct_pack({packed})), FALSE)"  # NULL: the UDF could not judge
 
 
 def _safe(predicate: Callable[..., bool], values: tuple, nulls_pass: bool) -> bool:
