@@ -6,7 +6,8 @@
     ├── EngineError            the local vLLM engine could not start, answer or stop
     │   └── EngineStartTimeout
     ├── DataError              input data is unusable as a whole (not row-level: rows are quarantined)
-    │   └── ContractError      too many rows broke a data contract
+    │   ├── ContractError      too many rows broke a data contract
+    │   └── VersionExistsError an immutable version (golden set) is already there: never overwritten
     └── ProviderError          a model call failed for good (after bounded retries)
 
 Messages name the use case, model and item where they are known. Catch at the flow boundary.
@@ -39,6 +40,10 @@ class DataError(WorkhorseError):
 
 class ContractError(DataError):
     """More rows broke a data contract than the policy allows."""
+
+
+class VersionExistsError(DataError):
+    """A versioned artifact already exists; immutable versions are never overwritten."""
 
 
 class ProviderError(WorkhorseError):
