@@ -17,6 +17,11 @@ app = typer.Typer(help="Move routine LLM workloads from closed to open models, s
                   no_args_is_help=True, add_completion=False)
 console = Console()
 
+@app.callback()
+def main() -> None:
+    """workhorse: audit, golden sets, evaluation, rollout and monitoring of model migrations."""
+
+
 WorkspaceOption = typer.Option(None, "--workspace", "-w", help="Workspace directory (default ./.workhorse).")
 
 
@@ -30,6 +35,73 @@ def demo(workspace: Optional[Path] = WorkspaceOption,
 
 
 # Commands of the playbook steps are added below, one function each.
+
+golden_app = typer.Typer(help="Golden datasets (step 2): refresh from the plan, import a file, show a version.",
+                         no_args_is_help=True)
+app.add_typer(golden_app, name="golden")
+
+
+@golden_app.command("refresh")
+def golden_refresh(plan: Path = typer.Option(Path("workhorse.yaml"), help="The migration plan."),
+                   use_case: Optional[list[str]] = typer.Option(None, "--use-case", "-u", help="Only these use cases."),
+                   workspace: Optional[Path] = WorkspaceOption) -> None:
+    """Refresh every use case's golden set from its sources (a new version only when content changed)."""
+    from workhorse.flows.golden import golden_dataset_refresh
+
+    rows = golden_dataset_refresh(plan=str(plan), workspace=str(workspace) if workspace else None,
+                                  use_cases=use_case or None)
+    _print_golden_rows(rows, workspace)
+
+
+@golden_app.command("import")
+def golden_import(file: Path = typer.Argument(..., help="A label CSV/JSONL, OpenAI Evals JSONL or promptfoo CSV."),
+                  use_case: str = typer.Option(..., "--use-case", "-u"),
+                  task_type: str = typer.Option(..., "--task-type", "-t", help="classification|extraction|summarization|qa|generation"),
+                  kind: str = typer.Option("labels", "--format", "-f", help="labels | openai_evals | promptfoo"),
+                  input_column: str = typer.Option("input", "--input", help="labels: the input column / promptfoo: the input var"),
+                  reference_column: str = typer.Option("reference", "--reference", help="labels: the reference column"),
+                  labels: Optional[str] = typer.Option(None, help="classification: the allowed labels, comma-separated"),
+                  schema: Optional[Path] = typer.Option(None, help="extraction: a JSON schema file"),
+                  workspace: Optional[Path] = WorkspaceOption) -> None:
+    """Import one file as a use case's golden set (scrubbed, deduplicated, contract-checked, versioned)."""
+    import json
+
+    from workhorse.tasks.golden import GoldenSpec, SourceSpec, refresh_golden, summary_rows
+
+    spec = GoldenSpec(use_case, task_type, labels=labels.split(",") if labels else None,
+                      json_schema=json.loads(schema.read_text()) if schema else None)
+    mapping = {"input": input_column, "reference": reference_column} if kind == "labels" else {}
+    source = SourceSpec(kind, str(file), mapping=mapping, input_var=input_column if kind == "promptfoo" else None)
+    _print_golden_rows(summary_rows([refresh_golden(workspace, spec, [source])]), workspace)
+
+
+@golden_app.command("show")
+def golden_show(use_case: str, version: Optional[int] = typer.Option(None, help="Default: the latest."),
+                workspace: Optional[Path] = WorkspaceOption) -> None:
+    """Show a golden set version's manifest: counts, hash, sources and the diff."""
+    from workhorse.tasks.golden import read_manifest
+    from workhorse.tasks.golden_versions import golden_dir
+
+    manifest = read_manifest(workspace, use_case, version)
+    counts, diff = manifest["counts"], manifest["diff"]
+    console.print(f"[bold]{use_case}[/] v{manifest['version']} ({manifest['created_at']}) hash {manifest['content_hash'][:16]}")
+    console.print(f"items {counts['items']}: {counts['by_split']}, origins {counts['by_origin']}, silver {counts['silver']}")
+    console.print(f"diff vs v{diff['against']}: +{diff['added']} -{diff['removed']} ~{diff['relabelled']} relabelled")
+    console.print(f"manifest: {golden_dir(workspace, use_case) / f'v{manifest['version']}.manifest.json'}")
+
+
+def _print_golden_rows(rows: list[dict], workspace: Optional[Path]) -> None:
+    from rich.table import Table
+
+    from workhorse.workspace import Workspace
+
+    table = Table("use case", "version", "items", "dev/test", "silver", "PII", "dupes", "quarantined", "diff")
+    for row in rows:
+        table.add_row(row["use_case"], f"v{row['version']}" + (" (new)" if row["new_version"] else ""), str(row["items"]),
+                      f"{row['dev']}/{row['test']}", str(row["silver"]), str(row["pii_scrubbed"]), str(row["duplicates"]),
+                      str(row["quarantined"]), f"+{row['added']} -{row['removed']} ~{row['relabelled']}")
+    console.print(table)
+    console.print(f"Golden sets in {Workspace.resolve(workspace).root / 'golden'}")
 
 
 if __name__ == "__main__":

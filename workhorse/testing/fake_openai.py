@@ -113,20 +113,28 @@ class FakeOpenAI:
         key = request_key(body)
         attempt = self.attempts[key]
         self.attempts[key] += 1
-        await self._wait_if_paused()
         if self.config.latency_s:
             await asyncio.sleep(self.config.latency_s)
+        await self._wait_if_paused()  # after the latency, so nothing is mid-answer when paused
         outcome = "down" if self.config.down else self.config.faults.pick(
             unit_interval(self.config.seed, key, attempt)
         )
         record = {"key": key, "attempt": attempt, "outcome": outcome, "t": time.time(),
                   "auth": request.headers.get("Authorization", "")}
         if outcome == "ok":
-            response = web.json_response(completion_body(body, default_answer(body)))
-            await response.prepare(request)
-            await response.write_eof()
+            # Counted before the write, so the pause check sees it at once; a write that fails
+            # (client gone) is recorded as such, not as a success.
             self.successes += 1
-            self.records.append(record)
+            response = web.json_response(completion_body(body, default_answer(body)))
+            try:
+                await response.prepare(request)
+                await response.write_eof()
+            except ConnectionError:
+                self.successes -= 1
+                record["outcome"] = "client_gone"
+                raise
+            finally:
+                self.records.append(record)
             return response
         self.records.append(record)
         return await self._fault(request, outcome)
