@@ -87,7 +87,8 @@ def golden_show(use_case: str, version: Optional[int] = typer.Option(None, help=
     console.print(f"[bold]{use_case}[/] v{manifest['version']} ({manifest['created_at']}) hash {manifest['content_hash'][:16]}")
     console.print(f"items {counts['items']}: {counts['by_split']}, origins {counts['by_origin']}, silver {counts['silver']}")
     console.print(f"diff vs v{diff['against']}: +{diff['added']} -{diff['removed']} ~{diff['relabelled']} relabelled")
-    console.print(f"manifest: {golden_dir(workspace, use_case) / f'v{manifest['version']}.manifest.json'}")
+    path = golden_dir(workspace, use_case) / f"v{manifest['version']}.manifest.json"
+    console.print(f"manifest: {path}")
 
 
 def _print_golden_rows(rows: list[dict], workspace: Optional[Path]) -> None:

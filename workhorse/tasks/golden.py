@@ -1,0 +1,258 @@
+"""Golden dataset refresh (playbook step 2): sources -> scrub -> dedup -> contract -> version.
+
+The evaluation step reads golden sets through :func:`load_golden` (or :func:`dev_items` for
+prompt tuning); everything else here builds them. The order is the safety argument: PII is
+scrubbed right after reading, so the ids, the quarantine file, the versions and the reports
+only ever see scrubbed text.
+
+Modules: golden_item (record, ids, splits), golden_sources (logs, label files, OpenAI Evals,
+promptfoo), golden_clean (PII, dedup, sanity, contract), golden_versions (immutable versions).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from workhorse.errors import ConfigError, ContractError
+from workhorse.tasks.golden_clean import Sanity, deduplicate, scrub_items, validate_items
+from workhorse.tasks.golden_item import GoldenItem, golden_schema, items_to_table, table_to_items
+from workhorse.tasks.golden_sources import (ColumnMapping, GoldenSpec, PromptfooOptions, SampleOptions,
+                                            import_label_file, import_openai_evals, import_promptfoo_csv,
+                                            read_request_labels, sample_usage_log)
+from workhorse.tasks.golden_versions import (dev_items, golden_dir, keep_previous_splits, load_golden,
+                                             read_manifest, versions, write_version)
+
+__all__ = ["GoldenItem", "GoldenSpec", "SourceSpec", "RefreshOptions", "RefreshReport", "load_golden",
+           "dev_items", "refresh_golden", "golden_schema", "versions", "read_manifest", "specs_from_plan",
+           "summary_rows", "summary_markdown", "refresh_golden_set"]
+
+SOURCE_KINDS = ("usage_log", "labels", "request_labels", "openai_evals", "promptfoo")
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """One input of a golden set, as written under ``golden.sources`` in the plan.
+
+    ``kind``: usage_log (``path`` optional: the workspace's usage/ folder), labels (a label file
+    with a column ``mapping``), request_labels (human labels for logged requests, by request_id),
+    openai_evals, promptfoo (``prompt`` template or ``input_var``).
+    """
+
+    kind: str
+    path: str | None = None
+    mapping: dict = field(default_factory=dict)
+    prompt: str | None = None
+    input_var: str | None = None
+
+    def __post_init__(self):
+        if self.kind not in SOURCE_KINDS:
+            raise ConfigError(f"golden source kind {self.kind!r} is unknown; use one of {', '.join(SOURCE_KINDS)}")
+        if self.kind not in ("usage_log",) and not self.path:
+            raise ConfigError(f"golden source {self.kind!r} needs a path")
+
+    def describe(self) -> dict:
+        return {key: value for key, value in asdict(self).items() if value}
+
+
+@dataclass(frozen=True)
+class RefreshOptions:
+    sample: SampleOptions = SampleOptions()
+    near_duplicate_threshold: float = 0.9
+    sanity: Sanity = Sanity()
+    max_bad_ratio: float = 0.25
+
+
+@dataclass
+class RefreshReport:
+    """What one refresh did, for the summary, the artifacts and the closing numbers."""
+
+    use_case: str
+    rows_in: dict = field(default_factory=dict)
+    scrubbed: dict = field(default_factory=dict)
+    exact_duplicates: int = 0
+    near_duplicates: int = 0
+    conflicting_references: int = 0
+    quarantined: int = 0
+    quarantine_reasons: dict = field(default_factory=dict)
+    quarantine_path: str | None = None
+    accepted: int = 0
+    version: int | None = None
+    created: bool = False
+    content_hash: str | None = None
+    diff: dict = field(default_factory=dict)
+    counts: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def stats(self) -> dict:
+        """The numbers that describe the cleaning (stored in the manifest)."""
+        return {"rows_in": self.rows_in, "scrubbed": self.scrubbed, "exact_duplicates": self.exact_duplicates,
+                "near_duplicates": self.near_duplicates, "conflicting_references": self.conflicting_references,
+                "quarantined": self.quarantined, "quarantine_reasons": self.quarantine_reasons}
+
+
+# ---------------------------------------------------------------- sources
+
+def read_source(source: SourceSpec, spec: GoldenSpec, options: RefreshOptions, workspace,
+                human_labels: dict) -> list[GoldenItem]:
+    """Items from one source (request_labels give none: they relabel the usage_log sample)."""
+    path = Path(source.path) if source.path else None
+    if source.kind == "usage_log":
+        usage = path or golden_usage_default(workspace)
+        return sample_usage_log(usage, spec, options.sample, human_labels)
+    if source.kind == "labels":
+        return import_label_file(path, spec, ColumnMapping.from_dict(source.mapping))
+    if source.kind == "openai_evals":
+        return import_openai_evals(path, spec)
+    if source.kind == "promptfoo":
+        return import_promptfoo_csv(path, spec, PromptfooOptions(prompt=source.prompt, input_var=source.input_var))
+    return []
+
+
+def golden_usage_default(workspace) -> Path:
+    """The audit writes canonical usage parquet under <workspace>/usage/."""
+    from workhorse.tasks.golden_versions import _workspace
+
+    return _workspace(workspace).subdir("usage")
+
+
+def collect(spec: GoldenSpec, sources: list[SourceSpec], options: RefreshOptions, workspace,
+            report: RefreshReport) -> list[GoldenItem]:
+    """All sources' items in source order (the order breaks ties between duplicates)."""
+    human_labels: dict[str, str] = {}
+    for source in sources:
+        if source.kind == "request_labels":
+            human_labels.update(read_request_labels(Path(source.path), ColumnMapping.from_dict(source.mapping)))
+    items: list[GoldenItem] = []
+    for source in sources:
+        found = read_source(source, spec, options, workspace, human_labels)
+        report.rows_in[f"{source.kind}:{Path(source.path).name if source.path else 'usage'}"] = len(found)
+        items += found
+    return items
+
+
+# ---------------------------------------------------------------- the refresh
+
+def refresh_golden(workspace, spec: GoldenSpec, sources: list[SourceSpec],
+                   options: RefreshOptions = RefreshOptions()) -> RefreshReport:
+    """Build the golden set of one use case from its sources and store it as a new version if
+    its content changed. Raises ContractError (and writes no version) when a split is empty or
+    more than ``max_bad_ratio`` of the rows break the contract; the quarantine file is written
+    either way."""
+    started, report = time.perf_counter(), RefreshReport(spec.use_case)
+    items = collect(spec, sources, options, workspace, report)
+    items, scrub = scrub_items(items, spec.test_fraction)
+    report.scrubbed = scrub.as_dict()
+    items, dedup = deduplicate(items, options.near_duplicate_threshold)
+    report.exact_duplicates, report.near_duplicates = dedup.exact, dedup.near
+    report.conflicting_references = dedup.conflicting_references
+    found = versions(workspace, spec.use_case)
+    items = keep_previous_splits(items, load_golden(workspace, spec.use_case, found[-1]) if found else [])
+    accepted = check_contract(workspace, spec.use_case, items, options, report)
+    stored = write_version(workspace, spec.use_case, accepted, [s.describe() for s in sources],
+                           extra={"refresh": report.stats(), "test_fraction": spec.test_fraction})
+    report.version, report.created, report.content_hash = stored.version, stored.created, stored.manifest["content_hash"]
+    report.counts, report.diff = stored.manifest["counts"], stored.manifest["diff"] if stored.created else {}
+    report.seconds = round(time.perf_counter() - started, 3)
+    return report
+
+
+def check_contract(workspace, use_case: str, items: list[GoldenItem], options: RefreshOptions,
+                   report: RefreshReport) -> list[GoldenItem]:
+    """Validate against golden_item; write the quarantine file; return the accepted items."""
+    from workhorse.tasks.contracts import enforce_bad_row_ratio, write_quarantine
+
+    result, table_failures = validate_items(items_to_table(items), options.sanity)
+    path = golden_dir(workspace, use_case) / "quarantine.jsonl"
+    write_quarantine(result, path)
+    report.quarantined, report.accepted = result.quarantined_count, result.accepted_count
+    report.quarantine_reasons, report.quarantine_path = dict(result.failures), str(path)
+    if table_failures:
+        raise ContractError(f"golden set {use_case!r} breaks the golden_item contract: {'; '.join(table_failures)} "
+                            f"({result.accepted_count} items accepted; quarantine: {path})")
+    enforce_bad_row_ratio(result, options.max_bad_ratio, f"golden set {use_case!r} (quarantine: {path})")
+    return table_to_items(result.accepted)
+
+
+# ---------------------------------------------------------------- plan -> specs
+
+def specs_from_plan(plan: dict, base_dir: Path | None = None) -> list[tuple[GoldenSpec, list[SourceSpec], RefreshOptions]]:
+    """Golden settings of every use case in a plan (workhorse.yaml as a dict).
+
+    Reads ``use_cases`` (a mapping name -> entry, or a list of entries with ``name``); each entry
+    has ``task_type``, ``labels``/``json_schema`` and an optional ``golden`` section with
+    ``sources``, ``size``, ``test_fraction``, ``near_duplicate_threshold``, ``max_bad_ratio``.
+    Without ``golden.sources`` the set is sampled from the usage log. Relative paths are
+    resolved against ``base_dir`` (the plan's folder).
+    """
+    entries = plan.get("use_cases") or {}
+    if isinstance(entries, dict):
+        entries = [{"name": name, **(entry or {})} for name, entry in entries.items()]
+    return [_spec_from_entry(entry, base_dir) for entry in entries]
+
+
+def _spec_from_entry(entry: dict, base_dir: Path | None) -> tuple[GoldenSpec, list[SourceSpec], RefreshOptions]:
+    golden = entry.get("golden") or {}
+    spec = GoldenSpec(use_case=entry["name"], task_type=entry.get("task_type", "generation"),
+                      labels=entry.get("labels"), json_schema=entry.get("json_schema"),
+                      test_fraction=float(golden.get("test_fraction", 0.5)))
+    sources = [_source(raw, base_dir) for raw in golden.get("sources") or [{"kind": "usage_log"}]]
+    options = RefreshOptions(sample=SampleOptions(size=int(golden.get("size", 200))),
+                             near_duplicate_threshold=float(golden.get("near_duplicate_threshold", 0.9)),
+                             max_bad_ratio=float(golden.get("max_bad_ratio", 0.25)))
+    return spec, sources, options
+
+
+def _source(raw: dict, base_dir: Path | None) -> SourceSpec:
+    raw = dict(raw)
+    if raw.get("path") and base_dir and not Path(raw["path"]).is_absolute():
+        raw["path"] = str(base_dir / raw["path"])
+    return SourceSpec(**raw)
+
+
+# ---------------------------------------------------------------- reports
+
+def summary_rows(reports: list[RefreshReport]) -> list[dict]:
+    """One row per use case for the table artifact and the CLI."""
+    return [{"use_case": r.use_case, "version": r.version, "new_version": r.created, "rows_in": sum(r.rows_in.values()),
+             "pii_scrubbed": sum(r.scrubbed.values()), "duplicates": r.exact_duplicates + r.near_duplicates,
+             "quarantined": r.quarantined, "items": r.counts.get("items", 0),
+             "dev": r.counts.get("by_split", {}).get("dev", 0), "test": r.counts.get("by_split", {}).get("test", 0),
+             "silver": r.counts.get("silver", 0), "added": r.diff.get("added", 0),
+             "removed": r.diff.get("removed", 0), "relabelled": r.diff.get("relabelled", 0)} for r in reports]
+
+
+def summary_markdown(reports: list[RefreshReport]) -> str:
+    """The markdown artifact: counts per use case, cleaning numbers and the diff."""
+    lines = ["# Golden dataset refresh", ""]
+    for report in reports:
+        state = f"new version v{report.version}" if report.created else f"unchanged, still v{report.version}"
+        lines += [f"## {report.use_case}: {state}", "",
+                  f"- items: {report.counts.get('items', 0)} (dev {report.counts.get('by_split', {}).get('dev', 0)}, "
+                  f"test {report.counts.get('by_split', {}).get('test', 0)}); silver (incumbent) references: "
+                  f"{report.counts.get('silver', 0)}",
+                  f"- rows in: {report.rows_in}",
+                  f"- PII scrubbed: {report.scrubbed}",
+                  f"- duplicates removed: {report.exact_duplicates} exact, {report.near_duplicates} near "
+                  f"({report.conflicting_references} with a different reference)",
+                  f"- quarantined: {report.quarantined} {report.quarantine_reasons or ''} -> `{report.quarantine_path}`",
+                  f"- content hash: `{report.content_hash}`"]
+        if report.created and report.diff:
+            lines.append(f"- diff vs v{report.diff.get('against')}: +{report.diff['added']} added, "
+                         f"-{report.diff['removed']} removed, {report.diff['relabelled']} relabelled")
+        lines.append("")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- Prefect tasks
+
+from prefect import task  # noqa: E402  (thin wrappers below the logic they wrap)
+from prefect.cache_policies import NO_CACHE  # noqa: E402
+
+
+@task(name="refresh-golden-set", task_run_name="refresh-golden-{spec.use_case}", cache_policy=NO_CACHE)
+def refresh_golden_set(workspace: str | None, spec: GoldenSpec, sources: list[SourceSpec],
+                       options: RefreshOptions) -> RefreshReport:
+    """One use case's refresh as a Prefect task (a failure stays with its use case)."""
+    return refresh_golden(workspace, spec, sources, options)
