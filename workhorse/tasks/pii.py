@@ -24,7 +24,7 @@ IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b"
 CARD = re.compile(r"(?<!\d)(?<!\d[ -])\d(?:[ -]?\d){12,18}(?!\d)(?![ -]\d)")
 # Phones: "+44 20 7946 0958", "0044 ...", "(415) 555-0132", "415-555-0132", "020 7946 0958".
 PHONE = re.compile(
-    r"(?<![\w+])(?<!\d[ .-])(?:"
+    r"(?<![\w+/.-])(?<!\d[ .-])(?:"
     r"(?:\+|00)\d{1,3}(?:[ .-]?\(?\d{1,4}\)?){2,5}"
     r"|\(?\d{3}\)?[ .-]?\d{3}[ .-]\d{4}"
     r"|0\d{2,4}[ -]\d{3,4}[ -]?\d{3,4}"
@@ -108,6 +108,21 @@ def _replace_simple(pattern: re.Pattern, kind: str, text: str, counts: Counter) 
     return text
 
 
+def phone_like(candidate: str) -> bool:
+    """E.164 allows at most 15 digits; fewer than 7 is an extension, a code or a count."""
+    return 7 <= sum(char.isdigit() for char in candidate) <= 15
+
+
+def _replace_phone(text: str, counts: Counter) -> str:
+    def substitute(match: re.Match) -> str:
+        if not phone_like(match.group(0)):
+            return match.group(0)
+        counts["phone"] += 1
+        return PLACEHOLDER["phone"]
+
+    return PHONE.sub(substitute, text)
+
+
 def scrub_text(text: str | None, counts: Counter | None = None) -> str | None:
     """Replace PII in one text; counts per kind are added to ``counts`` when given.
 
@@ -120,7 +135,7 @@ def scrub_text(text: str | None, counts: Counter | None = None) -> str | None:
     text = _replace_simple(EMAIL, "email", text, counts)
     text = _replace_iban(text, counts)
     text = _replace_card(text, counts)
-    return _replace_simple(PHONE, "phone", text, counts)
+    return _replace_phone(text, counts)
 
 
 def scrub_value(value, counts: Counter):
@@ -140,5 +155,5 @@ def find_pii(text: str) -> list[tuple[str, str]]:
     found += [("iban", m.group(0)) for m in IBAN.finditer(text) if _longest_valid_iban(m.group(0))]
     found += [("card", m.group(0)) for m in CARD.finditer(text)
               if luhn_valid(re.sub(r"\D", "", m.group(0)))]
-    found += [("phone", m.group(0)) for m in PHONE.finditer(text)]
+    found += [("phone", m.group(0)) for m in PHONE.finditer(text) if phone_like(m.group(0))]
     return found
