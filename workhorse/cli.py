@@ -5,6 +5,7 @@ Every command ends with a short summary and the path of what it wrote.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -15,7 +16,8 @@ import workhorse  # noqa: F401  (sets offline defaults before anything imports L
 
 app = typer.Typer(help="Move routine LLM workloads from closed to open models, safely and measurably.",
                   no_args_is_help=True, add_completion=False)
-console = Console()
+# Logs and CI are not terminals: give tables room instead of 80 columns.
+console = Console(width=None if sys.stdout.isatty() else 120)
 
 @app.callback()
 def main() -> None:
