@@ -1,0 +1,116 @@
+"""The golden_dataset_refresh flow and the `workhorse golden` commands, on a real Prefect server."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from workhorse.errors import ContractError
+from workhorse.tasks.golden import load_golden, read_manifest
+from workhorse.tasks.golden_versions import versions
+
+SLOTS = ["people", "time", "date", "first_name", "last_name"]
+
+
+@pytest.fixture
+def plan(shared_datasets, tmp_path):
+    """A plan with two use cases fed by slices of the real datasets and an OpenAI Evals file."""
+    with open(shared_datasets / "banking77" / "test.csv", encoding="utf-8") as handle:
+        (tmp_path / "routing.csv").write_text("".join(next(handle) for _ in range(81)))
+    with open(shared_datasets / "restaurant8k_slots" / "test.jsonl", encoding="utf-8") as handle:
+        (tmp_path / "booking.jsonl").write_text("".join(next(handle) for _ in range(60)))
+    evals = [{"input": [{"role": "user", "content": f"My card number {n} was swallowed by the ATM on street {n}"}],
+              "ideal": "card_swallowed"} for n in range(6)]
+    (tmp_path / "evals.jsonl").write_text("\n".join(map(json.dumps, evals)))
+    return {"use_cases": {
+        "ticket-routing": {"task_type": "classification",
+                           "labels": json.loads((shared_datasets / "banking77" / "categories.json").read_text()),
+                           "golden": {"sources": [
+                               {"kind": "labels", "path": "routing.csv", "mapping": {"input": "text", "reference": "category"}},
+                               {"kind": "openai_evals", "path": "evals.jsonl"}]}},
+        "booking-slots": {"task_type": "extraction",
+                          "json_schema": {"type": "object", "properties": {s: {"type": "string"} for s in SLOTS}},
+                          "golden": {"sources": [{"kind": "labels", "path": "booking.jsonl",
+                                                  "mapping": {"input": "text", "reference": "gold"}}]}}}}
+
+
+def write_plan(plan, tmp_path):
+    path = tmp_path / "workhorse.yaml"
+    path.write_text(yaml.safe_dump(plan))
+    return path
+
+
+def flow_artifacts(flow_run_id):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+    return {artifact.key: artifact for artifact in found}
+
+
+def test_flow_refreshes_every_use_case_and_publishes_artifacts(prefect_server, plan, tmp_path, isolated_workspace):
+    from workhorse.flows.golden import golden_dataset_refresh
+
+    state = golden_dataset_refresh(plan=str(write_plan(plan, tmp_path)), workspace=str(isolated_workspace.root),
+                                   return_state=True)
+    rows = {row["use_case"]: row for row in state.result()}
+    assert set(rows) == {"ticket-routing", "booking-slots"}
+    for name, row in rows.items():
+        stored = load_golden(isolated_workspace, name)
+        assert row["items"] == len(stored) == read_manifest(isolated_workspace, name)["counts"]["items"]
+        assert row["dev"] + row["test"] == len(stored) and row["new_version"]
+    routing = load_golden(isolated_workspace, "ticket-routing")
+    assert {item.source for item in routing} == {"labels:routing.csv", "openai_evals:evals.jsonl"}
+    artifacts = flow_artifacts(state.state_details.flow_run_id)
+    assert set(artifacts) == {"golden-refresh", "golden-counts"}
+    assert "## ticket-routing: new version v1" in artifacts["golden-refresh"].data
+    assert f"`{read_manifest(isolated_workspace, 'booking-slots')['content_hash']}`" in artifacts["golden-refresh"].data
+    assert {row["use_case"] for row in json.loads(artifacts["golden-counts"].data)} == set(rows)
+
+
+def test_a_broken_use_case_fails_the_flow_but_not_the_others(prefect_server, plan, tmp_path, isolated_workspace):
+    from workhorse.flows.golden import golden_dataset_refresh
+
+    (tmp_path / "tiny.csv").write_text("text,category\nWhere is my card?,card_arrival\n")
+    plan["use_cases"]["tiny"] = {"task_type": "classification", "labels": ["card_arrival"], "golden": {"sources": [
+        {"kind": "labels", "path": "tiny.csv", "mapping": {"input": "text", "reference": "category"}}]}}
+    with pytest.raises(ContractError, match="tiny"):
+        golden_dataset_refresh(plan=str(write_plan(plan, tmp_path)), workspace=str(isolated_workspace.root))
+    assert versions(isolated_workspace, "tiny") == []
+    assert versions(isolated_workspace, "ticket-routing") == [1] and versions(isolated_workspace, "booking-slots") == [1]
+
+
+def test_cli_refresh_then_show(prefect_server, plan, tmp_path, isolated_workspace):
+    from typer.testing import CliRunner
+
+    from workhorse.cli import app
+
+    path = write_plan(plan, tmp_path)
+    runner = CliRunner()
+    workspace = str(isolated_workspace.root)
+    first = runner.invoke(app, ["golden", "refresh", "--plan", str(path), "-u", "booking-slots", "-w", workspace])
+    assert first.exit_code == 0, first.output
+    assert "v1 (new)" in first.output and versions(isolated_workspace, "ticket-routing") == []
+    again = runner.invoke(app, ["golden", "refresh", "--plan", str(path), "-u", "booking-slots", "-w", workspace])
+    assert again.exit_code == 0 and "v1 (new)" not in again.output and versions(isolated_workspace, "booking-slots") == [1]
+    shown = runner.invoke(app, ["golden", "show", "booking-slots", "-w", workspace])
+    assert shown.exit_code == 0, shown.output
+    assert read_manifest(isolated_workspace, "booking-slots")["content_hash"][:16] in shown.output
+
+
+def test_cli_import_promptfoo(tmp_path, isolated_workspace):
+    from typer.testing import CliRunner
+
+    from workhorse.cli import app
+
+    csv_path = tmp_path / "tests.csv"
+    csv_path.write_text("question,__expected\n" + "".join(f"What is {n} + {n}?,equals: {2 * n}\n" for n in range(12)))
+    result = CliRunner().invoke(app, ["golden", "import", str(csv_path), "-u", "math", "-t", "qa", "-f", "promptfoo",
+                                      "--input", "question", "-w", str(isolated_workspace.root)])
+    assert result.exit_code == 0, result.output
+    items = load_golden(isolated_workspace, "math")
+    assert sorted(item.reference for item in items) == sorted(str(2 * n) for n in range(12))
+    assert {item.source for item in items} == {"promptfoo:tests.csv"}
