@@ -75,7 +75,7 @@ def test_a_broken_use_case_fails_the_flow_but_not_the_others(prefect_server, pla
     from workhorse.flows.golden import golden_dataset_refresh
 
     (tmp_path / "tiny.csv").write_text("text,category\nWhere is my card?,card_arrival\n")
-    plan["use_cases"]["tiny"] = {"task_type": "classification", "labels": ["card_arrival"], "golden": {"sources": [
+    plan["use_cases"]["tiny"] = {"task_type": "classification", "labels": ["card_arrival", "card_linking"], "golden": {"sources": [
         {"kind": "labels", "path": "tiny.csv", "mapping": {"input": "text", "reference": "category"}}]}}
     with pytest.raises(ContractError, match="tiny"):
         golden_dataset_refresh(plan=str(write_plan(plan, tmp_path)), workspace=str(isolated_workspace.root))

@@ -46,8 +46,10 @@ def label_source(path):
 
 
 def quarantine_rows(workspace, use_case):
-    path = golden_dir(workspace, use_case) / "quarantine.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """The rows of the one quarantine file a refresh of ``use_case`` wrote (like the audit's)."""
+    paths = sorted((workspace.root / "quarantine").glob(f"golden_item-{use_case}-*.jsonl"))
+    assert len(paths) == 1, paths
+    return [json.loads(line) for line in paths[0].read_text().splitlines() if line.strip()]
 
 
 # ---------------------------------------------------------------- contract
@@ -82,6 +84,7 @@ def test_contract_quarantines_bad_rows_with_row_and_reason(isolated_workspace, s
     assert json.loads(quarantined[0]["input"])[0]["content"] == bad["text"]
     assert quarantined[0]["_reason"].startswith(check)
     assert report.quarantined == 1 and report.quarantine_reasons == {quarantined[0]["_reason"]: 1}
+    assert report.quarantine_path.endswith(".jsonl") and "golden_item-uc-" in report.quarantine_path
     stored = load_golden(isolated_workspace, "uc")
     assert bad_reference not in {item.reference for item in stored}
     assert len(stored) == report.accepted == report.counts["items"]
@@ -159,7 +162,8 @@ def test_seeded_pii_never_reaches_a_stored_file(isolated_workspace, banking, tmp
 
     assert report.scrubbed == {"email": 4, "phone": 4, "card": 4 + 1, "iban": 4}  # +1: the quarantined row
     files = list(stored_texts(isolated_workspace.root))
-    assert {p.name for p, _ in files} >= {"v1.parquet", "v1.manifest.json", "manifest.json", "quarantine.jsonl"}
+    assert {p.name for p, _ in files} >= {"v1.parquet", "v1.manifest.json", "manifest.json"}
+    assert any(p.name.startswith("golden_item-routing-") for p, _ in files)
     for path, text in files:
         assert find_pii(text) == [], path
         for value in values:
@@ -180,8 +184,8 @@ def test_same_inputs_same_version_and_hash(isolated_workspace, banking, tmp_path
     second = refresh_golden(isolated_workspace, spec, sources)
     assert (first.version, first.created) == (1, True) and (second.version, second.created) == (1, False)
     assert first.content_hash == second.content_hash == read_manifest(isolated_workspace, "routing")["content_hash"]
-    assert sorted(os.listdir(golden_dir(isolated_workspace, "routing"))) == [
-        "manifest.json", "quarantine.jsonl", "v1.manifest.json", "v1.parquet"]
+    assert sorted(os.listdir(golden_dir(isolated_workspace, "routing"))) == ["manifest.json", "v1.manifest.json", "v1.parquet"]
+    assert first.quarantine_path is None and not (isolated_workspace.root / "quarantine").exists()
     assert (golden_dir(isolated_workspace, "routing") / "v1.parquet").read_bytes() == v1
 
 

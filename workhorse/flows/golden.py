@@ -12,19 +12,21 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 
 import workhorse  # noqa: F401  (offline defaults before anything imports LiteLLM)
-from workhorse.errors import ContractError
+from workhorse.errors import ConfigError, ContractError
 from workhorse.tasks.golden import (refresh_golden_set, specs_from_plan, summary_markdown,
                                     summary_rows)
 
 
-def read_plan(plan: str | dict | None) -> tuple[dict, Path | None]:
-    """The plan as a dict and the folder its relative paths start from."""
-    import yaml
+def read_plan(plan: str | dict | None, workspace: str | None) -> tuple[dict, Path | None]:
+    """The validated plan as a dict, and the folder its relative paths start from."""
+    from workhorse.config import find_plan, load_plan, parse_plan
+    from workhorse.workspace import Workspace
 
     if isinstance(plan, dict):
-        return plan, None
-    path = Path(plan or "workhorse.yaml")
-    return yaml.safe_load(path.read_text()) or {}, path.resolve().parent
+        return parse_plan(plan, "plan parameter").model_dump(), None
+    root = Workspace.resolve(workspace).root
+    file = find_plan(plan, root)
+    return load_plan(file, root).model_dump(), file.parent if file else None
 
 
 def publish(reports) -> None:
@@ -42,8 +44,12 @@ def golden_dataset_refresh(plan: str | dict | None = None, workspace: str | None
                            use_cases: list[str] | None = None) -> list[dict]:
     """Refresh the golden sets of the plan's use cases (all, or those named)."""
     logger = get_run_logger()
-    content, base_dir = read_plan(plan)
-    chosen = [entry for entry in specs_from_plan(content, base_dir) if not use_cases or entry[0].use_case in use_cases]
+    content, base_dir = read_plan(plan, workspace)
+    every = specs_from_plan(content, base_dir)
+    unknown = sorted(set(use_cases or ()) - {spec.use_case for spec, _, _ in every})
+    if unknown:
+        raise ConfigError(f"use case(s) {unknown} are not in the plan")
+    chosen = [entry for entry in every if not use_cases or entry[0].use_case in use_cases]
     states = {spec.use_case: refresh_golden_set(workspace, spec, sources, options, return_state=True)
               for spec, sources, options in chosen}
     reports = [state.result() for state in states.values() if state.is_completed()]

@@ -158,16 +158,28 @@ def refresh_golden(workspace, spec: GoldenSpec, sources: list[SourceSpec],
     return report
 
 
+def quarantine_path(workspace, use_case: str) -> Path:
+    """Like the audit's: ``<workspace>/quarantine/golden_item-<use case>-<UTC time>.jsonl``, one per
+    refresh and never overwritten, so a reviewer can fix labels from any past run."""
+    from datetime import datetime, timezone
+
+    from workhorse.tasks.golden_versions import _workspace
+
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    return _workspace(workspace).subdir("quarantine") / f"golden_item-{golden_dir(workspace, use_case).name}-{stamp}.jsonl"
+
+
 def check_contract(workspace, use_case: str, items: list[GoldenItem], options: RefreshOptions,
                    report: RefreshReport) -> list[GoldenItem]:
     """Validate against golden_item; write the quarantine file; return the accepted items."""
     from workhorse.tasks.contracts import enforce_bad_row_ratio, write_quarantine
 
     result, table_failures = validate_items(items_to_table(items), options.sanity)
-    path = golden_dir(workspace, use_case) / "quarantine.jsonl"
-    write_quarantine(result, path)
     report.quarantined, report.accepted = result.quarantined_count, result.accepted_count
-    report.quarantine_reasons, report.quarantine_path = dict(result.failures), str(path)
+    report.quarantine_reasons = dict(result.failures)
+    path = quarantine_path(workspace, use_case) if result.quarantined_count else None
+    if path:
+        report.quarantine_path = str(write_quarantine(result, path))
     if table_failures:
         raise ContractError(f"golden set {use_case!r} breaks the golden_item contract: {'; '.join(table_failures)} "
                             f"({result.accepted_count} items accepted; quarantine: {path})")
@@ -195,7 +207,7 @@ def specs_from_plan(plan: dict, base_dir: Path | None = None) -> list[tuple[Gold
 def _spec_from_entry(entry: dict, base_dir: Path | None) -> tuple[GoldenSpec, list[SourceSpec], RefreshOptions]:
     golden = entry.get("golden") or {}
     spec = GoldenSpec(use_case=entry["name"], task_type=entry.get("task_type", "generation"),
-                      labels=entry.get("labels"), json_schema=entry.get("json_schema"),
+                      labels=entry.get("labels") or None, json_schema=entry.get("json_schema"),
                       test_fraction=float(golden.get("test_fraction", 0.5)))
     sources = [_source(raw, base_dir) for raw in golden.get("sources") or [{"kind": "usage_log"}]]
     options = RefreshOptions(sample=SampleOptions(size=int(golden.get("size", 200))),
