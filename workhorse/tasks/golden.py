@@ -12,6 +12,7 @@ promptfoo), golden_clean (PII, dedup, sanity, contract), golden_versions (immuta
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -83,7 +84,20 @@ class RefreshReport:
     content_hash: str | None = None
     diff: dict = field(default_factory=dict)
     counts: dict = field(default_factory=dict)
-    seconds: float = 0.0
+    timings: dict = field(default_factory=dict)
+
+    @property
+    def seconds(self) -> float:
+        return round(sum(self.timings.values()), 3)
+
+    @contextmanager
+    def timed(self, stage: str):
+        """Seconds per stage (read, scrub, dedup, contract, store) for the benchmark and the logs."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[stage] = round(time.perf_counter() - started, 4)
 
     def stats(self) -> dict:
         """The numbers that describe the cleaning (stored in the manifest)."""
@@ -138,24 +152,34 @@ def refresh_golden(workspace, spec: GoldenSpec, sources: list[SourceSpec],
                    options: RefreshOptions = RefreshOptions()) -> RefreshReport:
     """Build the golden set of one use case from its sources and store it as a new version if
     its content changed. Raises ContractError (and writes no version) when a split is empty or
-    more than ``max_bad_ratio`` of the rows break the contract; the quarantine file is written
+    more than ``max_bad_ratio`` of the rows break the contract; failing rows are quarantined
     either way."""
-    started, report = time.perf_counter(), RefreshReport(spec.use_case)
-    items = collect(spec, sources, options, workspace, report)
-    items, scrub = scrub_items(items, spec.test_fraction)
-    report.scrubbed = scrub.as_dict()
-    items, dedup = deduplicate(items, options.near_duplicate_threshold)
-    report.exact_duplicates, report.near_duplicates = dedup.exact, dedup.near
-    report.conflicting_references = dedup.conflicting_references
-    found = versions(workspace, spec.use_case)
-    items = keep_previous_splits(items, load_golden(workspace, spec.use_case, found[-1]) if found else [])
-    accepted = check_contract(workspace, spec.use_case, items, options, report)
-    stored = write_version(workspace, spec.use_case, accepted, [s.describe() for s in sources],
+    report = RefreshReport(spec.use_case)
+    with report.timed("read"):
+        items = collect(spec, sources, options, workspace, report)
+    with report.timed("scrub"):
+        items, scrub = scrub_items(items, spec.test_fraction)
+        report.scrubbed = scrub.as_dict()
+    with report.timed("dedup"):
+        items, dedup = deduplicate(items, options.near_duplicate_threshold)
+        report.exact_duplicates, report.near_duplicates = dedup.exact, dedup.near
+        report.conflicting_references = dedup.conflicting_references
+    with report.timed("contract"):
+        found = versions(workspace, spec.use_case)
+        items = keep_previous_splits(items, load_golden(workspace, spec.use_case, found[-1]) if found else [])
+        accepted = check_contract(workspace, spec.use_case, items, options, report)
+    with report.timed("store"):
+        store(workspace, spec, sources, accepted, report)
+    return report
+
+
+def store(workspace, spec: GoldenSpec, sources: list[SourceSpec], items: list[GoldenItem],
+          report: RefreshReport) -> None:
+    """Write the version (if the content is new) and copy its identity into the report."""
+    stored = write_version(workspace, spec.use_case, items, [s.describe() for s in sources],
                            extra={"refresh": report.stats(), "test_fraction": spec.test_fraction})
     report.version, report.created, report.content_hash = stored.version, stored.created, stored.manifest["content_hash"]
     report.counts, report.diff = stored.manifest["counts"], stored.manifest["diff"] if stored.created else {}
-    report.seconds = round(time.perf_counter() - started, 3)
-    return report
 
 
 def quarantine_path(workspace, use_case: str) -> Path:
