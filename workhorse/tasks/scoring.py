@@ -2,7 +2,15 @@
 aggregate lists of them.
 
 Scorers are small functions registered by task type (like inspect_ai's scorers); each
-returns an ``ItemScore`` whose ``correct`` feeds the paired statistics of the verdict.
+returns an ``ItemScore`` whose ``correct`` feeds McNemar and whose ``value`` (or a detail
+such as ``rougeL`` or ``f1``) feeds the paired bootstrap of the verdict (decision.py).
+
+    task type       value              correct                     details
+    classification  1/0                label matches               reference
+    extraction      field match share  every field matches         json_valid, schema_valid, fields
+    summarization   ROUGE-L F          ROUGE-L F >= threshold      rouge1, rouge2, rougeL
+    qa              token F1 (best)    exact match (any ref)       exact_match, f1
+    generation      1/0                exact match (normalised)    exact_match
 """
 
 from __future__ import annotations
@@ -10,8 +18,10 @@ from __future__ import annotations
 import json
 import re
 import string
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from functools import lru_cache
+from typing import Any, Callable, Sequence
 
 INVALID_LABEL = "<invalid>"
 
@@ -67,7 +77,9 @@ def parse_label(output: str | None, labels: list[str]) -> str:
 def score_classification(output: str | None, reference: Any, spec: dict) -> ItemScore:
     prediction = parse_label(output, spec.get("labels") or [str(reference)])
     correct = prediction == reference
-    return ItemScore(correct=correct, value=float(correct), prediction=prediction)
+    # The reference travels with the score so metrics_for can build the confusion matrix.
+    return ItemScore(correct=correct, value=float(correct), prediction=prediction,
+                     details={"reference": reference})
 
 
 def parse_json_object(text: str | None) -> dict | None:
@@ -112,3 +124,224 @@ def _schema_valid(value: dict, schema: dict | None) -> bool:
     import jsonschema
 
     return jsonschema.Draft202012Validator(schema).is_valid(value)
+
+
+# --- summarization, QA, generation --------------------------------------------------------
+
+ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
+DEFAULT_ROUGE_THRESHOLD = 0.3  # ROUGE-L F at or above which a summary counts as "correct"
+
+
+@lru_cache(maxsize=1)
+def _rouge_scorer():
+    from rouge_score import rouge_scorer
+
+    return rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
+
+
+def _references(reference: Any) -> list[str]:
+    """One reference or several (a list): QA and summaries often have more than one good answer."""
+    if isinstance(reference, (list, tuple)):
+        return [str(ref) for ref in reference]
+    return [str(reference)]
+
+
+@scorer("summarization")
+def score_summarization(output: str | None, reference: Any, spec: dict) -> ItemScore:
+    """ROUGE-1/2/L F-measure (stemmed) against the best of the references; value = ROUGE-L F.
+
+    ``correct`` means ROUGE-L F >= ``spec["rouge_threshold"]`` (default 0.3), a coarse pass
+    mark that lets McNemar run on summaries too. An empty or missing output scores 0.
+    """
+    threshold = float(spec.get("rouge_threshold", DEFAULT_ROUGE_THRESHOLD))
+    # score_multi keeps, per ROUGE type, the reference with the highest F-measure.
+    scores = _rouge_scorer().score_multi(_references(reference), output or "")
+    details = {name: float(scores[name].fmeasure) for name in ROUGE_TYPES}
+    return ItemScore(correct=details["rougeL"] >= threshold, value=details["rougeL"],
+                     prediction=output, details=details)
+
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_PUNCTUATION = frozenset(string.punctuation)
+
+
+def normalize_answer(text: str | None) -> str:
+    """SQuAD's normalisation: lower case, no punctuation, no articles, single spaces."""
+    text = "".join(ch for ch in (text or "").lower() if ch not in _PUNCTUATION)
+    return " ".join(_ARTICLES.sub(" ", text).split())
+
+
+def token_f1(prediction: str | None, reference: str) -> float:
+    """SQuAD token F1 over normalised tokens; two empty answers agree (F1 = 1), one empty scores 0."""
+    predicted, expected = normalize_answer(prediction).split(), normalize_answer(reference).split()
+    if not predicted or not expected:
+        return float(predicted == expected)
+    overlap = sum((Counter(predicted) & Counter(expected)).values())
+    if overlap == 0:
+        return 0.0
+    precision, recall = overlap / len(predicted), overlap / len(expected)
+    return 2 * precision * recall / (precision + recall)
+
+
+def exact_match(prediction: str | None, reference: str) -> bool:
+    return normalize_answer(prediction) == normalize_answer(reference)
+
+
+@scorer("qa")
+def score_qa(output: str | None, reference: Any, spec: dict) -> ItemScore:
+    """Exact match and token F1, each the best over the references (SQuAD); correct = EM, value = F1."""
+    references = _references(reference)
+    em = any(exact_match(output, ref) for ref in references)
+    f1 = max(token_f1(output, ref) for ref in references)
+    return ItemScore(correct=em, value=f1, prediction=output, details={"exact_match": float(em), "f1": f1})
+
+
+@scorer("generation")
+def score_generation(output: str | None, reference: Any, spec: dict) -> ItemScore:
+    """Fallback for open generation: exact match after SQuAD normalisation against any reference.
+
+    Strict on purpose: free text that differs in wording scores 0, so verdicts on this task type
+    are conservative until a better metric (a judge) is configured.
+    """
+    em = any(exact_match(output, ref) for ref in _references(reference))
+    return ItemScore(correct=em, value=float(em), prediction=output, details={"exact_match": float(em)})
+
+
+# --- aggregate metrics: plain functions over lists -----------------------------------------
+
+def _mean(values: Sequence[float]) -> float | None:
+    """The mean, or None for no values: an empty run has no score, not a score of 0."""
+    return float(sum(values) / len(values)) if len(values) else None
+
+
+def classification_metrics(references: Sequence[str], predictions: Sequence[str],
+                           labels: Sequence[str]) -> dict:
+    """Accuracy, macro precision/recall/F1, per-label scores and the confusion matrix.
+
+    An invalid prediction (``INVALID_LABEL``, or any string outside ``labels``) is a wrong answer
+    of an extra class: it lowers accuracy and the recall of the true label, but as a class of its
+    own it is left out of the macro average. The macro average runs over the known labels present
+    in the references or predictions: a label absent from both has no defined precision or recall,
+    and counting it as 0 would mark a perfect answer on a one-class sample down to 1/len(labels).
+    The confusion matrix always ends with an ``INVALID_LABEL`` column (and an all-zero row).
+    """
+    references, labels = list(references), list(labels)
+    if len(references) != len(predictions):
+        raise ValueError(f"{len(references)} references but {len(predictions)} predictions")
+    unknown = sorted(set(references) - set(labels))
+    if unknown:
+        raise ValueError(f"references {unknown} are not among the labels {labels}")
+    predictions = [p if p in labels else INVALID_LABEL for p in predictions]
+    return {"n": len(references), "accuracy": _mean([r == p for r, p in zip(references, predictions)]),
+            "invalid_rate": _mean([p == INVALID_LABEL for p in predictions]),
+            **_macro_scores(references, predictions, labels),
+            "confusion_matrix": _confusion(references, predictions, labels)}
+
+
+def _macro_scores(references: list[str], predictions: list[str], labels: list[str]) -> dict:
+    from sklearn.metrics import precision_recall_fscore_support
+
+    present = [label for label in labels if label in set(references) | set(predictions)]
+    if not present:
+        return {"macro_precision": None, "macro_recall": None, "macro_f1": None, "per_label": {}}
+    # labels= restricts the columns but keeps every row, so invalid answers still cost recall.
+    p, r, f, support = precision_recall_fscore_support(references, predictions, labels=present,
+                                                       zero_division=0)
+    per_label = {label: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]),
+                         "support": int(support[i])} for i, label in enumerate(present)}
+    return {"macro_precision": float(p.mean()), "macro_recall": float(r.mean()),
+            "macro_f1": float(f.mean()), "per_label": per_label}
+
+
+def _confusion(references: list[str], predictions: list[str], labels: list[str]) -> dict:
+    from sklearn.metrics import confusion_matrix
+
+    order = [*labels, INVALID_LABEL]
+    if not references:
+        return {"labels": order, "matrix": [[0] * len(order) for _ in order]}
+    matrix = confusion_matrix(references, predictions, labels=order)
+    return {"labels": order, "matrix": matrix.tolist()}  # rows: reference, columns: prediction
+
+
+def extraction_metrics(scores: Sequence[ItemScore]) -> dict:
+    """JSON and schema validity rates, field exact match (over all fields pooled), per-field
+    match rates and item accuracy (every field right)."""
+    fields: dict[str, list[bool]] = defaultdict(list)
+    for score in scores:
+        for name, matched in score.details.get("fields", {}).items():
+            fields[name].append(bool(matched))
+    pooled = [matched for values in fields.values() for matched in values]
+    return {"n": len(scores),
+            "json_valid_rate": _mean([bool(s.details.get("json_valid")) for s in scores]),
+            "schema_valid_rate": _mean([bool(s.details.get("schema_valid")) for s in scores]),
+            "field_exact_match": _mean(pooled),
+            "per_field": {name: _mean(values) for name, values in sorted(fields.items())},
+            "accuracy": _mean([s.correct for s in scores])}
+
+
+def summarization_metrics(scores: Sequence[ItemScore]) -> dict:
+    """Mean ROUGE-1/2/L F, the share above the pass mark, and the ROUGE-L values for a histogram."""
+    means = {name: _mean([s.details[name] for s in scores]) for name in ROUGE_TYPES}
+    return {"n": len(scores), **means, "pass_rate": _mean([s.correct for s in scores]),
+            "rougeL_distribution": [s.details["rougeL"] for s in scores]}
+
+
+def qa_metrics(scores: Sequence[ItemScore]) -> dict:
+    return {"n": len(scores), "exact_match": _mean([s.details["exact_match"] for s in scores]),
+            "f1": _mean([s.details["f1"] for s in scores])}
+
+
+def generation_metrics(scores: Sequence[ItemScore]) -> dict:
+    return {"n": len(scores), "exact_match": _mean([s.details["exact_match"] for s in scores])}
+
+
+def operational_metrics(rows: Sequence[Any], correct: Sequence[bool] | None = None) -> dict:
+    """Latency p50/p95 of answered calls, error rate, tokens and cost of ``EvalResponse`` rows.
+
+    Cost is known when every answered row has one (a failed call without a cost is taken as
+    unbilled); otherwise the cost figures are None, never 0. ``cost_per_correct`` needs the
+    per-row ``correct`` flags and at least one correct answer, else it is None, never inf.
+    """
+    answered = [row for row in rows if row.error_type is None]
+    total_cost = _total_cost(rows, answered)
+    n_correct = sum(bool(c) for c in correct) if correct is not None else None
+    return {"n": len(rows), "answered": len(answered),
+            "error_rate": 1 - len(answered) / len(rows) if rows else None,
+            "cached_rate": _mean([bool(row.cached) for row in rows]),
+            **_latency_percentiles(answered),
+            "prompt_tokens": sum(row.prompt_tokens or 0 for row in rows),
+            "completion_tokens": sum(row.completion_tokens or 0 for row in rows),
+            "cost_usd": total_cost,
+            "cost_per_1k_items": total_cost / len(rows) * 1000 if total_cost is not None and rows else None,
+            "cost_per_correct": total_cost / n_correct if total_cost is not None and n_correct else None}
+
+
+def _total_cost(rows: Sequence[Any], answered: Sequence[Any]) -> float | None:
+    if not answered or any(row.cost_usd is None for row in answered):
+        return None
+    return float(sum(row.cost_usd for row in rows if row.cost_usd is not None))
+
+
+def _latency_percentiles(answered: Sequence[Any]) -> dict:
+    import numpy as np
+
+    latencies = [row.latency_ms for row in answered if row.latency_ms is not None]
+    if not latencies:
+        return {"latency_p50_ms": None, "latency_p95_ms": None}
+    # numpy's default (linear interpolation between closest ranks), so reports can recompute it.
+    p50, p95 = np.percentile(latencies, [50, 95])
+    return {"latency_p50_ms": float(p50), "latency_p95_ms": float(p95)}
+
+
+def metrics_for(task_type: str, scores: Sequence[ItemScore], *, references: Sequence[str] | None = None,
+                labels: Sequence[str] | None = None) -> dict:
+    """Aggregate metrics of one task type. Classification needs the references and label set;
+    references default to those the classification scorer kept in each score's details."""
+    if task_type == "classification":
+        references = references if references is not None else [s.details["reference"] for s in scores]
+        return classification_metrics(references, [s.prediction for s in scores], labels or [])
+    aggregate = {"extraction": extraction_metrics, "summarization": summarization_metrics,
+                 "qa": qa_metrics, "generation": generation_metrics}.get(task_type)
+    if aggregate is None:
+        raise ValueError(f"no metrics for task type {task_type!r} (known: {sorted(SCORERS)})")
+    return aggregate(scores)
