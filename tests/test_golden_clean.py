@@ -80,3 +80,21 @@ def test_length_and_script_sanity(text, sanity, failing):
     if failing:
         assert reasons[0].startswith(failing)
         assert json.loads(result.quarantined.column("input")[0].as_py())[0]["content"] == text
+
+
+TOOL_CALL = {"role": "assistant", "content": None,
+             "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "search", "arguments": "{}"}}]}
+
+
+@pytest.mark.parametrize("messages,ok", [
+    ([{"role": "user", "content": "hi"}], True),
+    ([{"role": "system", "content": "be brief"}, {"role": "user", "content": [{"type": "text", "text": "hi"}]}], True),
+    ([{"role": "user", "content": "find X"}, TOOL_CALL, {"role": "tool", "tool_call_id": "c1", "content": "X is Y"}], True),
+    ([{"role": "user", "content": None}], False),
+    ([{"role": "wizard", "content": "hi"}], False),
+    ([], False),
+])
+def test_input_must_be_chat_messages(messages, ok):
+    from workhorse.tasks.golden_clean import input_is_messages
+
+    assert input_is_messages(json.dumps(messages)) is ok

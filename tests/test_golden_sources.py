@@ -180,6 +180,7 @@ def test_human_labels_for_logged_requests_take_precedence():
     by_request = {item.metadata["request_id"]: item for item in items}
     assert len(items) == 36  # every ok row, since the sample is larger than the population
     assert (by_request["req-00003"].reference, by_request["req-00003"].label_origin) == ("lost_or_stolen_card", "human")
+    assert by_request["req-00003"].metadata["incumbent_output"] == " card_arrival "  # kept for replay
     assert by_request["req-00004"].label_origin == "incumbent"
 
 
@@ -191,3 +192,21 @@ def test_allocation_is_exact_and_bounded(sizes, total):
     assert all(0 <= quotas[key] <= sizes[key] for key in sizes)
     if total >= len(sizes):
         assert all(quota >= 1 for quota in quotas.values())
+
+
+def test_plan_gives_specs_sources_and_options_and_skips_frontier_work(tmp_path):
+    from workhorse.tasks.golden import specs_from_plan
+
+    plan = {"use_cases": {
+        "routing": {"task_type": "classification", "labels": ["a", "b"],
+                    "golden": {"size": 50, "test_fraction": 0.6, "sources": [
+                        {"kind": "labels", "path": "labels.csv", "mapping": {"input": "q", "reference": "a"}}]}},
+        "summaries": {"task_type": "summarization"},
+        "agent": {"task_type": "generation", "workload": "frontier"},
+        "agent-with-set": {"task_type": "generation", "workload": "frontier", "golden": {"size": 10}}}}
+    found = {spec.use_case: (spec, sources, options) for spec, sources, options in specs_from_plan(plan, tmp_path)}
+    assert set(found) == {"routing", "summaries", "agent-with-set"}
+    spec, sources, options = found["routing"]
+    assert (spec.labels, spec.test_fraction, options.sample.size) == (["a", "b"], 0.6, 50)
+    assert sources[0].path == str(tmp_path / "labels.csv") and sources[0].mapping == {"input": "q", "reference": "a"}
+    assert [source.kind for source in found["summaries"][1]] == ["usage_log"] and found["summaries"][0].labels is None

@@ -219,13 +219,16 @@ def specs_from_plan(plan: dict, base_dir: Path | None = None) -> list[tuple[Gold
     Reads ``use_cases`` (a mapping name -> entry, or a list of entries with ``name``); each entry
     has ``task_type``, ``labels``/``json_schema`` and an optional ``golden`` section with
     ``sources``, ``size``, ``test_fraction``, ``near_duplicate_threshold``, ``max_bad_ratio``.
+    Use cases marked ``workload: frontier`` are skipped unless they have a ``golden`` section.
     Without ``golden.sources`` the set is sampled from the usage log. Relative paths are
     resolved against ``base_dir`` (the plan's folder).
     """
     entries = plan.get("use_cases") or {}
     if isinstance(entries, dict):
         entries = [{"name": name, **(entry or {})} for name, entry in entries.items()]
-    return [_spec_from_entry(entry, base_dir) for entry in entries]
+    # Frontier work stays on its model: no golden set unless the plan asks for one explicitly.
+    chosen = [entry for entry in entries if entry.get("workload") != "frontier" or entry.get("golden")]
+    return [_spec_from_entry(entry, base_dir) for entry in chosen]
 
 
 def _spec_from_entry(entry: dict, base_dir: Path | None) -> tuple[GoldenSpec, list[SourceSpec], RefreshOptions]:
@@ -272,7 +275,8 @@ def summary_markdown(reports: list[RefreshReport]) -> str:
                   f"- PII scrubbed: {report.scrubbed}",
                   f"- duplicates removed: {report.exact_duplicates} exact, {report.near_duplicates} near "
                   f"({report.conflicting_references} with a different reference)",
-                  f"- quarantined: {report.quarantined} {report.quarantine_reasons or ''} -> `{report.quarantine_path}`",
+                  f"- quarantined: {report.quarantined}" + (f" {report.quarantine_reasons} -> `{report.quarantine_path}`"
+                                                            if report.quarantined else ""),
                   f"- content hash: `{report.content_hash}`"]
         if report.created and report.diff:
             lines.append(f"- diff vs v{report.diff.get('against')}: +{report.diff['added']} added, "

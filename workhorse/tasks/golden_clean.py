@@ -189,10 +189,17 @@ def input_script_ok(input_json: str, sanity: Sanity) -> bool:
 
 
 def input_is_messages(input_json: str) -> bool:
+    """A non-empty list of chat messages with known roles; content is text or content parts,
+    and may be empty only on an assistant turn that calls tools."""
     messages = json.loads(input_json)
-    return isinstance(messages, list) and bool(messages) and all(
-        isinstance(m, dict) and m.get("role") in {"system", "user", "assistant", "tool", "developer"}
-        and isinstance(m.get("content"), str) for m in messages)
+    return isinstance(messages, list) and bool(messages) and all(map(_message_ok, messages))
+
+
+def _message_ok(message) -> bool:
+    if not isinstance(message, dict) or message.get("role") not in {"system", "user", "assistant", "tool", "developer"}:
+        return False
+    content = message.get("content")
+    return isinstance(content, (str, list)) or (content is None and message["role"] == "assistant")
 
 
 def reference_present(task_type: str, reference: str | None) -> bool:

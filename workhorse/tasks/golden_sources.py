@@ -108,7 +108,8 @@ def _messages_from(value, system: str | None = None) -> list[dict]:
         except json.JSONDecodeError:
             pass
     if isinstance(value, list):
-        messages = [{"role": m.get("role", "user"), "content": m.get("content")} for m in value]
+        # Whole messages are kept: tool calls and tool results are part of an agent's input.
+        messages = [{**m, "role": m.get("role", "user"), "content": m.get("content")} for m in value]
         return ([{"role": "system", "content": system}] if system else []) + messages
     return user_messages("" if value is None else str(value), system)
 
@@ -286,7 +287,8 @@ class SampleOptions:
     """How many logged requests to take and how to stratify them.
 
     Strata are equal-width time windows x equal-count input-length buckets, so a quiet week or
-    the rare long prompts still get items. Within a stratum rows are ranked by md5(seed, id):
+    the rare long prompts still get items. Identical requests count once (the sample is spent
+    on distinct inputs); near duplicates are removed after scrubbing. Within a stratum rows are ranked by md5(seed, id):
     the same log gives the same sample, with no random state to carry around.
     """
 
@@ -301,6 +303,8 @@ WITH base AS (
     SELECT request_id, ts, model, request, response, length(request) AS n_chars
     FROM {source}
     WHERE use_case = $use_case AND status = 'ok' AND request IS NOT NULL AND response IS NOT NULL
+    -- a repeated request is one candidate, not many: the sample is spent on distinct inputs
+    QUALIFY row_number() OVER (PARTITION BY request ORDER BY md5($seed || request_id)) = 1
 ), bounds AS (SELECT min(epoch(ts)) AS lo, max(epoch(ts)) AS hi FROM base)
 SELECT base.*,
        least($time_buckets - 1, floor((epoch(ts) - lo) / greatest(hi - lo, 1e-9) * $time_buckets))::INT AS time_bucket,
@@ -398,6 +402,8 @@ def sample_usage_log(usage, spec: GoldenSpec, options: SampleOptions = SampleOpt
         reference = human if human is not None else (row["response"] or "").strip()
         metadata = {"request_id": row["request_id"], "ts": str(row["ts"]), "model": row["model"],
                     "stratum": f"t{row['time_bucket']}-l{row['length_bucket']}"}
+        if human is not None:  # the incumbent's answer is still what the evaluation replays
+            metadata["incumbent_output"] = row["response"]
         items.append(spec.item(_request_messages(row["request"]), reference, source="usage_log",
                                label_origin="human" if human is not None else "incumbent", metadata=metadata))
     return items

@@ -20,8 +20,9 @@ PLACEHOLDER = {kind: f"[{kind.upper()}]" for kind in KINDS}
 EMAIL = re.compile(r"(?<![\w.+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b")
 # Country code, check digits, then groups of four (printed form) or one compact run.
 IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b", re.IGNORECASE)
-# 13-19 digits, optionally separated by single spaces or dashes; never part of a longer run.
-CARD = re.compile(r"(?<!\d)(?<!\d[ -])\d(?:[ -]?\d){12,18}(?!\d)(?![ -]\d)")
+# 13-19 digits, optionally separated by single spaces or dashes; never part of a longer run or
+# glued to letters (a digit run inside a hex request id is not a card).
+CARD = re.compile(r"(?<![\w])(?<!\d[ -])\d(?:[ -]?\d){12,18}(?![\w])(?![ -]\d)")
 # Phones: "+44 20 7946 0958", "0044 ...", "(415) 555-0132", "415-555-0132", "020 7946 0958".
 PHONE = re.compile(
     r"(?<![\w+/.-])(?<!\d[ .-])(?:"
