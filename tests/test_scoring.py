@@ -125,6 +125,12 @@ def test_one_class_macro_f1_matches_sklearn_default_label_set():
         f1_score(references, predictions, average="macro", zero_division=0))
 
 
+def test_an_unknown_predicted_string_lands_in_the_invalid_column():
+    metrics = classification_metrics(["billing", "refund"], ["shipping", "refund"], LABELS)
+    assert metrics["invalid_rate"] == 0.5
+    assert metrics["confusion_matrix"]["matrix"][0] == [0, 0, 0, 1]  # billing -> invalid, not dropped
+
+
 @pytest.mark.parametrize("references, predictions, message", [
     (["billing", "shipping"], ["billing", "billing"], "shipping"),
     (["billing"], ["billing", "refund"], "1 references but 2 predictions"),

@@ -1,0 +1,332 @@
+"""Quality gates -> a verdict per use case: ``migrate``, ``keep`` or ``inconclusive``, with why.
+
+Candidates are compared with the incumbent on the same golden items, so the statistics are
+paired: a bootstrap confidence interval of the mean per-item difference (candidate − incumbent)
+and McNemar's test on per-item correctness. The policy is a non-inferiority test: a candidate may
+be slightly worse than the incumbent, by at most ``non_inferiority_margin`` (absolute, on the
+primary metric's 0..1 scale), and still be the right choice because it is much cheaper.
+
+    per candidate, in order:
+      n < min_items                          -> inconclusive (under-sampled; a few items say
+                                                              nothing about quality or error rate)
+      error rate > max_error_rate            -> keep         (unreliable)
+      p95 latency > max_p95_latency_ms       -> keep         (too slow)
+      CI low  >= -margin                     -> migrate      (non-inferior)
+      CI high <  -margin                     -> keep         (clearly worse)
+      otherwise                              -> inconclusive (the CI straddles the margin)
+    per use case: migrate if any candidate may migrate (the largest saving wins, ties go to the
+    higher score); else inconclusive if any candidate is; else keep.
+
+The bootstrap CI decides; McNemar's p-value is reported beside it (a candidate can be
+significantly worse and still non-inferior: 0.5 pp worse on 4,000 items with a 2 pp margin).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal, Mapping, Sequence
+
+import numpy as np
+
+from workhorse.errors import ConfigError
+
+Decision = Literal["migrate", "keep", "inconclusive"]
+
+# Below this many discordant pairs McNemar uses the exact binomial test; from it on the
+# chi-squared approximation with continuity correction (the usual rule of thumb: b + c >= 25).
+MCNEMAR_EXACT_BELOW = 25
+
+# Which per-item number each task type is judged on: "correct" (0/1), "value", or a key of
+# ItemScore.details (see scoring.py).
+DEFAULT_PRIMARY_METRIC = {"classification": "correct", "extraction": "correct",
+                          "summarization": "rougeL", "qa": "f1", "generation": "correct"}
+
+
+# --- statistics ------------------------------------------------------------------------------
+
+def paired_bootstrap(candidate: Sequence[float], incumbent: Sequence[float], *, n_resamples: int = 2000,
+                     confidence: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
+    """Mean of (candidate − incumbent) over the same items and its percentile bootstrap CI.
+
+    Items are resampled with replacement, keeping each item's pair together, which is what
+    makes the interval narrower than comparing two independent means. Deterministic per seed.
+    """
+    diffs = _paired_diffs(candidate, incumbent)
+    rng = np.random.default_rng(seed)
+    means = np.concatenate([diffs[rng.integers(0, len(diffs), size=(size, len(diffs)))].mean(axis=1)
+                            for size in _chunks(n_resamples, len(diffs))])
+    alpha = 1 - confidence
+    low, high = np.quantile(means, [alpha / 2, 1 - alpha / 2])
+    return float(diffs.mean()), float(low), float(high)
+
+
+def _paired_diffs(candidate: Sequence[float], incumbent: Sequence[float]) -> np.ndarray:
+    a, b = np.asarray(candidate, dtype=float), np.asarray(incumbent, dtype=float)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"paired scores must be aligned: {a.shape} vs {b.shape}")
+    if not len(a):
+        raise ValueError("paired scores are empty")
+    return a - b
+
+
+def _chunks(n_resamples: int, n_items: int, max_cells: int = 4_000_000) -> list[int]:
+    """Resample sizes that keep each index matrix under ~32 MB, however many items there are."""
+    per_chunk = max(1, max_cells // n_items)
+    return [min(per_chunk, n_resamples - start) for start in range(0, n_resamples, per_chunk)]
+
+
+def mcnemar(candidate_correct: Sequence[bool], incumbent_correct: Sequence[bool]) -> tuple[int, int, float]:
+    """McNemar's test on paired correctness: (b, c, two-sided p-value).
+
+    b = items only the candidate got right, c = items only the incumbent got right. With fewer
+    than ``MCNEMAR_EXACT_BELOW`` discordant pairs the exact binomial test (b of b + c at 1/2);
+    from there chi-squared with continuity correction, (|b − c| − 1)² / (b + c), one dof.
+    """
+    from scipy import stats
+
+    cand, inc = np.asarray(candidate_correct, dtype=bool), np.asarray(incumbent_correct, dtype=bool)
+    if cand.shape != inc.shape:
+        raise ValueError(f"paired correctness must be aligned: {cand.shape} vs {inc.shape}")
+    b, c = int(np.sum(cand & ~inc)), int(np.sum(~cand & inc))
+    if b + c == 0:
+        return b, c, 1.0  # no discordant pair: no evidence of any difference
+    if b + c < MCNEMAR_EXACT_BELOW:
+        return b, c, float(stats.binomtest(b, b + c, 0.5).pvalue)
+    statistic = (abs(b - c) - 1) ** 2 / (b + c)
+    return b, c, float(stats.chi2.sf(statistic, df=1))
+
+
+# --- policy ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class QualityPolicy:
+    """The ``quality_policy`` section of workhorse.yaml: what "good enough to migrate" means."""
+
+    non_inferiority_margin: float = 0.02  # absolute, on the primary metric (2 pp of accuracy)
+    min_items: int = 100
+    confidence: float = 0.95
+    max_error_rate: float = 0.05
+    max_p95_latency_ms: float | None = None
+    primary_metric: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_PRIMARY_METRIC))
+    n_resamples: int = 2000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        problems = [f"{name}={getattr(self, name)!r}" for name, ok in self._checks().items() if not ok]
+        if problems:
+            raise ConfigError(f"quality_policy: invalid {', '.join(problems)}")
+
+    def _checks(self) -> dict[str, bool]:
+        return {"non_inferiority_margin": 0 <= self.non_inferiority_margin <= 1,
+                "min_items": self.min_items >= 1, "confidence": 0 < self.confidence < 1,
+                "max_error_rate": 0 <= self.max_error_rate <= 1, "n_resamples": self.n_resamples >= 100,
+                "max_p95_latency_ms": self.max_p95_latency_ms is None or self.max_p95_latency_ms > 0}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | Any | None) -> "QualityPolicy":
+        """From the plain dict (or a pydantic section with ``model_dump``). Unknown keys are an
+        error: a misspelt ``min_item`` silently falling back to the default would be worse."""
+        data = dict(data.model_dump() if hasattr(data, "model_dump") else data or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"quality_policy: unknown keys {unknown} (known: {sorted(known)})")
+        primary = {**DEFAULT_PRIMARY_METRIC, **(data.pop("primary_metric", None) or {})}
+        return cls(primary_metric=primary, **data)
+
+    def metric_for(self, task_type: str) -> str:
+        return self.primary_metric.get(task_type, "value")
+
+
+def item_values(scores: Sequence[Any], metric: str) -> list[float]:
+    """Per-item numbers of one metric from ``ItemScore`` objects: the vectors the verdict pairs."""
+    if metric == "correct":
+        return [float(s.correct) for s in scores]
+    if metric == "value":
+        return [float(s.value) for s in scores]
+    return [float(s.details[metric]) for s in scores]
+
+
+# --- verdict -----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class CandidateResult:
+    """One (model, hosting, prompt variant) on the test items, aligned item by item with the incumbent."""
+
+    model: str
+    hosting: str
+    prompt_variant: str
+    scores: Sequence[float]
+    correct: Sequence[bool] | None = None  # for McNemar; taken from binary scores when absent
+    operational: Mapping[str, Any] = field(default_factory=dict)  # scoring.operational_metrics
+    projected_monthly_saving_usd: float | None = None
+
+
+@dataclass(frozen=True)
+class Assessment:
+    """How one candidate fared against the policy; the verdict picks among these."""
+
+    candidate: CandidateResult
+    decision: Decision
+    why: str  # non_inferior | worse | straddles | under_sampled | errors | latency
+    n: int
+    diff: float | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    p_value: float | None = None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    decision: Decision
+    best_candidate: str | None
+    hosting: str | None
+    prompt_variant: str | None
+    diff: float | None
+    ci_low: float | None
+    ci_high: float | None
+    p_value: float | None
+    n: int
+    projected_monthly_saving_usd: float | None
+    reason: str
+    use_case: str = ""
+    metric: str = ""
+    assessments: tuple[Assessment, ...] = ()
+
+
+def verdict(use_case: str, incumbent_scores: Sequence[float], candidates: Sequence[CandidateResult],
+            policy: QualityPolicy | None = None, *, task_type: str = "classification",
+            incumbent_correct: Sequence[bool] | None = None) -> Verdict:
+    """The decision for one use case; the reason is one sentence with the numbers behind it."""
+    policy = policy or QualityPolicy()
+    metric = policy.metric_for(task_type)
+    if not candidates:
+        return Verdict("inconclusive", None, None, None, None, None, None, None, len(incumbent_scores), None,
+                       f"{use_case}: no candidate was evaluated.", use_case, metric)
+    assessments = tuple(assess(c, incumbent_scores, policy, incumbent_correct) for c in candidates)
+    chosen = _choose(assessments)
+    return _verdict_from(use_case, metric, policy, chosen, assessments)
+
+
+def assess(candidate: CandidateResult, incumbent_scores: Sequence[float], policy: QualityPolicy,
+           incumbent_correct: Sequence[bool] | None = None) -> Assessment:
+    """One candidate against the policy, gates in the order of the module docstring."""
+    n = len(candidate.scores)
+    if n != len(incumbent_scores):
+        raise ValueError(f"{candidate.model}/{candidate.prompt_variant}: {n} scores but the incumbent has "
+                         f"{len(incumbent_scores)}; the verdict needs the same items")
+    if n < policy.min_items:
+        return Assessment(candidate, "inconclusive", "under_sampled", n)
+    gate = _operational_gate(candidate, policy)
+    if gate:
+        return Assessment(candidate, "keep", gate, n)
+    diff, low, high = paired_bootstrap(candidate.scores, incumbent_scores, n_resamples=policy.n_resamples,
+                                       confidence=policy.confidence, seed=policy.seed)
+    decision, why = _by_margin(low, high, policy.non_inferiority_margin)
+    return Assessment(candidate, decision, why, n, diff, low, high,
+                      _p_value(candidate, incumbent_scores, incumbent_correct))
+
+
+def _operational_gate(candidate: CandidateResult, policy: QualityPolicy) -> str | None:
+    error_rate = candidate.operational.get("error_rate")
+    if error_rate is not None and error_rate > policy.max_error_rate:
+        return "errors"
+    p95 = candidate.operational.get("latency_p95_ms")
+    if policy.max_p95_latency_ms is not None and p95 is not None and p95 > policy.max_p95_latency_ms:
+        return "latency"
+    return None
+
+
+def _by_margin(low: float, high: float, margin: float) -> tuple[Decision, str]:
+    if low >= -margin:
+        return "migrate", "non_inferior"
+    if high < -margin:
+        return "keep", "worse"
+    return "inconclusive", "straddles"
+
+
+def _p_value(candidate: CandidateResult, incumbent_scores: Sequence[float],
+             incumbent_correct: Sequence[bool] | None) -> float | None:
+    """McNemar on correctness when both sides have it (given, or scores that are all 0/1)."""
+    cand = candidate.correct if candidate.correct is not None else _as_binary(candidate.scores)
+    inc = incumbent_correct if incumbent_correct is not None else _as_binary(incumbent_scores)
+    if cand is None or inc is None:
+        return None
+    return mcnemar(cand, inc)[2]
+
+
+def _as_binary(scores: Sequence[float]) -> list[bool] | None:
+    return [bool(s) for s in scores] if all(s in (0, 1) for s in scores) else None
+
+
+def _choose(assessments: Sequence[Assessment]) -> Assessment:
+    """The candidate to report: among the best decision class, the largest saving, then the score.
+
+    For migrate this is the candidate to adopt; for inconclusive the most promising one (highest
+    CI lower bound); for keep the closest to the incumbent.
+    """
+    for decision in ("migrate", "inconclusive", "keep"):
+        group = [a for a in assessments if a.decision == decision]
+        if group:
+            return max(group, key=_rank_key if decision == "migrate" else _closeness_key)
+    raise AssertionError("unreachable: every assessment has a decision")
+
+
+def _rank_key(a: Assessment) -> tuple:
+    saving = a.candidate.projected_monthly_saving_usd
+    # An unknown saving ranks below any known one: we cannot promise money we did not measure.
+    return (saving is not None, saving if saving is not None else 0.0, a.diff)
+
+
+def _closeness_key(a: Assessment) -> tuple:
+    return (-math.inf if a.ci_low is None else a.ci_low, -math.inf if a.diff is None else a.diff)
+
+
+def _verdict_from(use_case: str, metric: str, policy: QualityPolicy, chosen: Assessment,
+                  assessments: tuple[Assessment, ...]) -> Verdict:
+    c = chosen.candidate
+    return Verdict(chosen.decision, c.model, c.hosting, c.prompt_variant, chosen.diff, chosen.ci_low,
+                   chosen.ci_high, chosen.p_value, chosen.n, c.projected_monthly_saving_usd,
+                   reason(use_case, metric, policy, chosen), use_case, metric, assessments)
+
+
+# --- the one-sentence reason -------------------------------------------------------------------
+
+_METRIC_NAMES = {"correct": "accuracy", "value": "score", "rougeL": "ROUGE-L F", "rouge1": "ROUGE-1 F",
+                 "rouge2": "ROUGE-2 F", "f1": "token F1", "exact_match": "exact match"}
+
+
+def _pp(x: float) -> str:
+    return f"{x * 100:+.1f} pp"
+
+
+def _money(x: float | None) -> str:
+    return "an unknown saving" if x is None else f"${x:,.2f}/month saved"
+
+
+def reason(use_case: str, metric: str, policy: QualityPolicy, a: Assessment) -> str:
+    """One sentence naming the candidate, the numbers and the rule that decided."""
+    c, margin = a.candidate, policy.non_inferiority_margin * 100
+    who = f"{use_case}: {c.model} ({c.hosting}, {c.prompt_variant})"
+    if a.why == "errors":
+        return (f"{who} failed {c.operational['error_rate']:.1%} of calls, above the "
+                f"{policy.max_error_rate:.1%} the policy allows.")
+    if a.why == "latency":
+        return (f"{who} has a p95 latency of {c.operational['latency_p95_ms']:.0f} ms, above the "
+                f"{policy.max_p95_latency_ms:.0f} ms limit.")
+    if a.why == "under_sampled":
+        return f"{who} was tested on {a.n} items, fewer than the {policy.min_items} required (under-sampled)."
+    numbers = _numbers(metric, policy, a)
+    if a.why == "non_inferior":
+        claim = "is better" if a.ci_low > 0 else f"is non-inferior within the {margin:.1f} pp margin"
+        return f"{who} {claim}: {numbers}, {_money(c.projected_monthly_saving_usd)}."
+    if a.why == "worse":
+        return f"{who} is worse beyond the {margin:.1f} pp margin: {numbers}."
+    return f"{who} is undecided, its CI straddles the -{margin:.1f} pp margin: {numbers}; more items would settle it."
+
+
+def _numbers(metric: str, policy: QualityPolicy, a: Assessment) -> str:
+    mcnemar_part = f", McNemar p={a.p_value:.3g}" if a.p_value is not None else ""
+    return (f"{_METRIC_NAMES.get(metric, metric)} {_pp(a.diff)} vs the incumbent ({policy.confidence:.0%} CI "
+            f"{_pp(a.ci_low)} to {_pp(a.ci_high)}, n={a.n}{mcnemar_part})")
