@@ -114,3 +114,17 @@ def test_cli_import_promptfoo(tmp_path, isolated_workspace):
     items = load_golden(isolated_workspace, "math")
     assert sorted(item.reference for item in items) == sorted(str(2 * n) for n in range(12))
     assert {item.source for item in items} == {"promptfoo:tests.csv"}
+
+
+def test_cli_reports_a_refused_set_without_a_traceback(tmp_path, isolated_workspace):
+    from typer.testing import CliRunner
+
+    from workhorse.cli import app
+
+    path = tmp_path / "one.csv"
+    path.write_text("text,category\nWhere is my card?,card_arrival\n")
+    result = CliRunner().invoke(app, ["golden", "import", str(path), "-u", "tiny", "-t", "classification",
+                                      "--input", "text", "--reference", "category", "--labels", "card_arrival,other",
+                                      "-w", str(isolated_workspace.root)])
+    assert result.exit_code == 1 and "golden set not refreshed" in result.output and "no accepted item" in result.output
+    assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit)

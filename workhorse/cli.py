@@ -50,8 +50,8 @@ def golden_refresh(plan: Path = typer.Option(Path("workhorse.yaml"), help="The m
     """Refresh every use case's golden set from its sources (a new version only when content changed)."""
     from workhorse.flows.golden import golden_dataset_refresh
 
-    rows = golden_dataset_refresh(plan=str(plan), workspace=str(workspace) if workspace else None,
-                                  use_cases=use_case or None)
+    rows = _golden(lambda: golden_dataset_refresh(plan=str(plan), workspace=str(workspace) if workspace else None,
+                                                  use_cases=use_case or None))
     _print_golden_rows(rows, workspace)
 
 
@@ -70,11 +70,13 @@ def golden_import(file: Path = typer.Argument(..., help="A label CSV/JSONL, Open
 
     from workhorse.tasks.golden import GoldenSpec, SourceSpec, refresh_golden, summary_rows
 
-    spec = GoldenSpec(use_case, task_type, labels=labels.split(",") if labels else None,
-                      json_schema=json.loads(schema.read_text()) if schema else None)
+    spec = _golden(lambda: GoldenSpec(use_case, task_type, labels=labels.split(",") if labels else None,
+                                      json_schema=json.loads(schema.read_text()) if schema else None))
     mapping = {"input": input_column, "reference": reference_column} if kind == "labels" else {}
-    source = SourceSpec(kind, str(file), mapping=mapping, input_var=input_column if kind == "promptfoo" else None)
-    _print_golden_rows(summary_rows([refresh_golden(workspace, spec, [source])]), workspace)
+    source = _golden(lambda: SourceSpec(kind, str(file), mapping=mapping,
+                                        input_var=input_column if kind == "promptfoo" else None))
+    rows = summary_rows([_golden(lambda: refresh_golden(workspace, spec, [source]))])
+    _print_golden_rows(rows, workspace)
 
 
 @golden_app.command("show")
@@ -84,13 +86,24 @@ def golden_show(use_case: str, version: Optional[int] = typer.Option(None, help=
     from workhorse.tasks.golden import read_manifest
     from workhorse.tasks.golden_versions import golden_dir
 
-    manifest = read_manifest(workspace, use_case, version)
+    manifest = _golden(lambda: read_manifest(workspace, use_case, version))
     counts, diff = manifest["counts"], manifest["diff"]
     console.print(f"[bold]{use_case}[/] v{manifest['version']} ({manifest['created_at']}) hash {manifest['content_hash'][:16]}")
     console.print(f"items {counts['items']}: {counts['by_split']}, origins {counts['by_origin']}, silver {counts['silver']}")
     console.print(f"diff vs v{diff['against']}: +{diff['added']} -{diff['removed']} ~{diff['relabelled']} relabelled")
     path = golden_dir(workspace, use_case) / f"v{manifest['version']}.manifest.json"
     console.print(f"manifest: {path}")
+
+
+def _golden(call):
+    """Run a golden step; a refused set is an answer, not a crash: say why (with the quarantine path)."""
+    from workhorse.errors import WorkhorseError
+
+    try:
+        return call()
+    except WorkhorseError as error:
+        console.print(f"[red]golden set not refreshed:[/red] {error}")
+        raise typer.Exit(1)
 
 
 def _print_golden_rows(rows: list[dict], workspace: Optional[Path]) -> None:
