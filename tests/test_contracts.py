@@ -33,7 +33,7 @@ def one(e_type: str, **kwargs) -> Contract:
     ({}, None),
     ({"prompt_tokens": -5}, "expect_column_values_to_be_between(prompt_tokens, min=0)"),
     ({"completion_tokens": -1}, "expect_column_values_to_be_between(completion_tokens, min=0)"),
-    ({"ts": "2025-03-01 10:00:00"}, "expect_column_values_to_match_regex(ts"),
+    ({"ts": "2025-03-01 10:00:00"}, "expect_column_values_to_be_timezone_aware(ts)"),
     ({"ts": "yesterday+01"}, "expect_column_values_to_be_of_type(ts, type=TIMESTAMP WITH TIME ZONE)"),
     ({"status": "timeout"}, "expect_column_values_to_be_in_set(status, set=ok|error)"),
     ({"model": None}, "expect_column_values_to_not_be_null(model)"),
@@ -67,7 +67,7 @@ def test_every_failed_expectation_of_a_row_is_listed():
     assert len(reasons) == 3
     assert {r.split("(")[0] for r in reasons} == {"expect_column_values_to_be_between",
                                                    "expect_column_values_to_be_in_set",
-                                                   "expect_column_values_to_match_regex"}
+                                                   "expect_column_values_to_be_timezone_aware"}
 
 
 def test_duplicates_quarantine_every_copy_and_keep_input_order():
@@ -110,6 +110,23 @@ def test_bad_row_ratio_policy(bad, max_ratio, fails):
             enforce_bad_row_ratio(result, max_ratio, "acme.jsonl")
     else:
         enforce_bad_row_ratio(result, max_ratio, "acme.jsonl")
+
+
+@pytest.mark.parametrize("values, arrow_type, failing", [
+    (["2025-01-01T00:00:00Z", "2025-01-01T00:00:00+02:00", "2025-01-01 00:00:00"], pa.string(), [2]),
+    ([0, 1], pa.timestamp("us", tz="UTC"), []),
+    ([0, 1], pa.timestamp("us"), [0, 1]),
+])
+def test_timezone_awareness_by_type_or_suffix(values, arrow_type, failing):
+    table = pa.table({"ts": pa.array(values, arrow_type), "i": range(len(values))})
+    result = validate_table(table, one("expect_column_values_to_be_timezone_aware", column="ts"), cast=False)
+    assert result.quarantined.column("i").to_pylist() == failing
+
+
+def test_without_drops_a_check():
+    contract = load_contract("usage_log").without("expect_column_values_to_be_unique")
+    result = validate_table(rows_table({}, {}).set_column(0, "request_id", pa.array(["a", "a"])), contract)
+    assert result.accepted_count == 2
 
 
 def test_python_row_check_plugs_in():
@@ -170,7 +187,12 @@ def test_unknown_contract_name():
 def test_vectorised_verdict_agrees_with_great_expectations():
     """GX's own verdict on the same rows, expectation by expectation (types aside: GX checks dtypes)."""
     usage = load_contract("usage_log")
-    contract = Contract("agree", tuple(e for e in usage.expectations if e.type != "expect_column_values_to_be_of_type"))
+    naive = Expectation("expect_column_values_to_match_regex", {"column": "ts", "regex": r"(Z|[+-][0-9]{2}(:?[0-9]{2})?)$"})
+    # GX checks dtypes rather than cells, has no timezone expectation, and fails the whole table
+    # for an absent optional column (we treat it as NULLs): compare on everything else.
+    kept = tuple(e for e in usage.expectations if e.type != "expect_column_values_to_be_of_type"
+                 and "workhorse_only" not in e.meta and e.column in (None, *GOOD))
+    contract = Contract("agree", kept + (naive,))
     table = rows_table({}, {"model": None}, {"prompt_tokens": -3, "metadata": "{x"}, {"status": "bad", "latency_ms": -1.0},
                        {"ts": "2025-03-01 10:00:00"}, {"request_id": "r1"}, {"cost_usd": 0.5})
     table = table.append_column("position", pa.array(range(table.num_rows)))

@@ -34,6 +34,7 @@ from workhorse.errors import ConfigError, ContractError
 REASON_COLUMN = "_reason"
 REASON_SEPARATOR = "; "
 ROW_COLUMN = "_wh_row"
+TIMEZONE_SUFFIX = r"(Z|[+-][0-9]{2}(:?[0-9]{2})?)$"
 
 # GX names types after the backend (numpy for pandas, SQL for databases); we accept both and
 # evaluate in DuckDB's terms.
@@ -113,6 +114,10 @@ class Contract:
         cols = (columns,) if isinstance(columns, str) else tuple(columns)
         return replace(self, row_checks=self.row_checks + (RowCheck(name, cols, predicate),))
 
+    def without(self, *types: str) -> "Contract":
+        """A copy without the expectations of these types (a policy choice, e.g. skip a costly check)."""
+        return replace(self, expectations=tuple(e for e in self.expectations if e.type not in types))
+
     @property
     def declared_types(self) -> dict[str, str]:
         """column -> DuckDB type from ``expect_column_values_to_be_of_type``; accepted rows get these."""
@@ -180,6 +185,7 @@ class Column:
     name: str
     type: str  # the DuckDB type in the source
     expression: str | None = None  # set for an absent optional column: NULL
+    source: str | None = None  # the relation the column comes from, for checks that look at all rows
 
     @property
     def sql(self) -> str:
@@ -273,7 +279,22 @@ def _not_in_set(e: Expectation, c: Column) -> str:
 def _unique(e: Expectation, c: Column) -> str:
     # GX semantics: every row sharing a value fails, not only the later copies; which copy is
     # real is a human decision, and the quarantine file shows them side by side.
-    return _nullable(c, f"count(*) OVER (PARTITION BY {c.sql}) = 1")
+    if c.source is None or c.expression:
+        return _nullable(c, f"count(*) OVER (PARTITION BY {c.sql}) = 1")
+    # A semi-join against the duplicated values is ~4x cheaper than a window over 10M rows.
+    duplicated = f"SELECT {c.sql} FROM {c.source} WHERE {c.sql} IS NOT NULL GROUP BY 1 HAVING count(*) > 1"
+    return _nullable(c, f"{c.sql} NOT IN ({duplicated})")
+
+
+@register_sql_expectation("expect_column_values_to_be_timezone_aware")
+def _timezone_aware(e: Expectation, c: Column) -> str:
+    """A workhorse expectation (GX has none): a time with a zone. Typed columns decide by type,
+    text by its suffix (Z or an offset), so a 10M-row typed column costs nothing."""
+    if c.type == "TIMESTAMP WITH TIME ZONE":
+        return "TRUE"
+    if c.type.startswith("TIMESTAMP") or c.type == "DATE":
+        return f"({c.sql} IS NULL)"
+    return _nullable(c, f"regexp_matches({c.text}, {lit(TIMEZONE_SUFFIX)})")
 
 
 @register_sql_expectation("expect_column_values_to_match_regex")
@@ -370,7 +391,8 @@ def _safe(predicate: Callable[..., bool], values: tuple, nulls_pass: bool) -> bo
         return False
 
 
-def compile_checks(con: duckdb.DuckDBPyConnection, columns: dict[str, str], contract: Contract) -> list[Check]:
+def compile_checks(con: duckdb.DuckDBPyConnection, columns: dict[str, str], contract: Contract,
+                   source: str | None = None) -> list[Check]:
     """Row-level checks for a source with these columns.
 
     A column the contract requires (``expect_column_to_exist``) but the source lacks fails every
@@ -386,16 +408,16 @@ def compile_checks(con: duckdb.DuckDBPyConnection, columns: dict[str, str], cont
         elif e.type in TABLE_LEVEL or (e.column in required and e.column not in columns):
             continue
         else:
-            checks.append(Check(e.label, _compile_one(con, index, e, _column(e.column, columns))))
+            checks.append(Check(e.label, _compile_one(con, index, e, _column(e.column, columns, source))))
     for offset, rc in enumerate(contract.row_checks, start=len(contract.expectations)):
         cols = [_column(c, columns) for c in rc.columns]
         checks.append(Check(rc.label, _python_check(con, offset, cols, rc.predicate, nulls_pass=False)))
     return checks
 
 
-def _column(name: str | None, columns: dict[str, str]) -> Column:
+def _column(name: str | None, columns: dict[str, str], source: str | None = None) -> Column:
     if name in columns:
-        return Column(name, columns[name])
+        return Column(name, columns[name], source=source)
     return Column(name or "", "VARCHAR", expression="CAST(NULL AS VARCHAR)")
 
 
@@ -454,6 +476,13 @@ class CheckedRelation:
         return f"(SELECT {self._conformed()} FROM {self.flagged_sql} WHERE _ok)"
 
     @property
+    def conformed_flagged_sql(self) -> str:
+        """Every row, cast to the declared types (NULL where a cast fails), with ``_ok`` and the
+        ``_c<i>`` flags: one scan can then aggregate accepted rows and count failures together."""
+        flags = "".join(f", _c{i}" for i in range(len(self.checks)))
+        return f"(SELECT {self._conformed()}{flags}, _ok FROM {self.flagged_sql})"
+
+    @property
     def quarantined_sql(self) -> str:
         reasons = ", ".join(f"CASE WHEN NOT _c{i} THEN {lit(c.label)} END" for i, c in enumerate(self.checks))
         reason = f"concat_ws({lit(REASON_SEPARATOR)}, {reasons})" if self.checks else "''"
@@ -486,13 +515,15 @@ def connect() -> duckdb.DuckDBPyConnection:
     """A DuckDB connection that reads and prints timestamps in UTC, whatever the machine's zone."""
     con = duckdb.connect()
     con.execute("SET TimeZone='UTC'")
+    # Streams (COPY of 10M rows) need not keep input order: every ordered output says ORDER BY.
+    con.execute("SET preserve_insertion_order=false")
     return con
 
 
 def check_relation(con: duckdb.DuckDBPyConnection, source: str, contract: Contract) -> CheckedRelation:
     """Compile ``contract`` onto ``source`` (a view name or ``(SELECT ...)``) without running it."""
     columns = source_columns(con, source)
-    return CheckedRelation(con, source, contract, columns, compile_checks(con, columns, contract))
+    return CheckedRelation(con, source, contract, columns, compile_checks(con, columns, contract, source))
 
 
 @dataclass

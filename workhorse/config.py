@@ -1,0 +1,203 @@
+"""The migration plan (``workhorse.yaml``): a typed loader with clear errors, and setting precedence.
+
+The plan is what a team reviews in git: use cases (task type, labels or JSON schema, latency
+need, owner), the incumbent, the candidates, self-hosting costs, the quality policy, the
+rollout steps, the alert channel. Sections that later steps own (rollout, monitoring, ...) accept
+keys this module does not know yet, so adding one never breaks an older plan.
+
+Precedence of any setting, written once in ``resolve``: flow parameter > workspace file (the
+plan) > Prefect Block > environment variable > default.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from workhorse.errors import ConfigError
+
+PLAN_FILE = "workhorse.yaml"
+TaskType = Literal["classification", "extraction", "summarization", "qa", "generation"]
+Hosting = Literal["api", "batch", "self_hosted"]
+
+
+class _Section(BaseModel):
+    # Later steps add keys to their sections; unknown keys are kept, not rejected.
+    model_config = ConfigDict(extra="allow")
+
+
+class UseCase(_Section):
+    task_type: TaskType = Field(description="What the calls do; decides metrics and workhorse vs frontier.")
+    workload: Optional[Literal["workhorse", "frontier"]] = Field(
+        None, description="Force the classification; else it follows task_type, then the logs' evidence.")
+    labels: list[str] = Field(default_factory=list, description="Allowed answers of a classification.")
+    json_schema: Optional[dict[str, Any]] = Field(None, description="Schema of an extraction's output.")
+    latency: Optional[Literal["realtime", "batch"]] = Field(None, description="Latency need; else inferred.")
+    owner: Optional[str] = Field(None, description="The migration champion for this use case.")
+    incumbent: Optional[str] = Field(None, description="Model in production, when not the plan's incumbent.")
+    candidates: list[str] = Field(default_factory=list, description="Candidate models for this use case only.")
+    system_prompt: Optional[str] = None
+
+    @model_validator(mode="after")
+    def _labels_for_classification(self) -> "UseCase":
+        if self.task_type == "classification" and len(self.labels) == 1:
+            raise ValueError("a classification needs at least two labels")
+        return self
+
+
+class Candidate(_Section):
+    model: str = Field(description="LiteLLM model string, e.g. deepinfra/Qwen/Qwen3-14B.")
+    hosting: list[Hosting] = Field(default_factory=lambda: ["api"], description="Strategies to project.")
+    api_base: Optional[str] = None
+    notes: Optional[str] = None
+
+    @field_validator("hosting", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+
+class SelfHostingPlan(_Section):
+    gpu: str = "H100"
+    gpu_hourly_usd: float = Field(2.0, gt=0, description="Rent of one GPU per hour.")
+    gpus: int = Field(1, ge=1)
+    tokens_per_hour: float = Field(158_760, gt=0, description="Generated tokens/hour per GPU unless measured.")
+    input_tokens_per_hour: Optional[float] = Field(None, gt=0)
+    engineering_fte: float = Field(0.5, ge=0, description="People running the serving stack.")
+    fte_monthly_usd: float = Field(15_000, ge=0)
+    other_fixed_monthly_usd: float = Field(0, ge=0, description="Monitoring, storage, networking.")
+    one_off_usd: float = Field(0, ge=0, description="Migration work paid once.")
+
+    @property
+    def fixed_monthly_usd(self) -> float:
+        """Always-on GPUs + engineering + the rest: what self-hosting costs at any volume."""
+        return (self.gpu_hourly_usd * 730 * self.gpus + self.engineering_fte * self.fte_monthly_usd
+                + self.other_fixed_monthly_usd)
+
+
+class PricingPlan(_Section):
+    overrides: dict[str, dict[str, float]] = Field(
+        default_factory=dict, description="model -> {input_cost_per_token, output_cost_per_token, ...}.")
+    batch_discount: float = Field(0.5, gt=0, le=1, description="Batch price = list x this, when the map has none.")
+
+    @field_validator("overrides")
+    @classmethod
+    def _complete(cls, value: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+        for model, entry in value.items():
+            missing = {"input_cost_per_token", "output_cost_per_token"} - set(entry)
+            if missing:
+                raise ValueError(f"override for {model!r} lacks {sorted(missing)}")
+        return value
+
+
+class UseCaseRule(_Section):
+    use_case: str
+    model: Optional[str] = Field(None, description="Regex on the logged model.")
+    tag: Optional[str] = Field(None, description="Regex on the logged metadata (tags, user, key alias).")
+
+
+class AuditPlan(_Section):
+    max_bad_row_ratio: float = Field(0.05, ge=0, le=1, description="Fail the audit past this share of bad rows.")
+    use_case_rules: list[UseCaseRule] = Field(default_factory=list,
+                                              description="Assign a use case to rows without a use_case tag.")
+    check_duplicate_ids: bool = Field(True, description="Quarantine duplicated request ids; off saves a hash "
+                                      "of every id (the costliest check at 10M rows) when ids are known unique.")
+    log_sample_rate: float = Field(1.0, gt=0, le=1, description="Share of all calls the logs hold (costs scale by 1/x).")
+
+
+class QualityPolicy(_Section):
+    non_inferiority_margin: float = Field(0.02, ge=0, le=1)
+    min_items: int = Field(100, ge=1)
+    confidence: float = Field(0.95, gt=0, lt=1)
+
+
+class Plan(_Section):
+    """The whole ``workhorse.yaml``."""
+
+    company: Optional[str] = None
+    owner: Optional[str] = Field(None, description="Overall migration champion.")
+    incumbent: str = "gpt-4o-mini"
+    use_cases: dict[str, UseCase] = Field(default_factory=dict)
+    candidates: list[Candidate] = Field(default_factory=list)
+    self_hosting: SelfHostingPlan = Field(default_factory=SelfHostingPlan)
+    pricing: PricingPlan = Field(default_factory=PricingPlan)
+    audit: AuditPlan = Field(default_factory=AuditPlan)
+    quality_policy: QualityPolicy = Field(default_factory=QualityPolicy)
+    rollout: _Section = Field(default_factory=_Section)
+    monitoring: _Section = Field(default_factory=_Section)
+    alerts: _Section = Field(default_factory=_Section)
+
+    def owner_of(self, use_case: str) -> Optional[str]:
+        case = self.use_cases.get(use_case)
+        return (case.owner if case else None) or self.owner
+
+    def candidates_for(self, use_case: str) -> list[Candidate]:
+        """Per-use-case candidates if named there, else the plan's."""
+        case = self.use_cases.get(use_case)
+        if case and case.candidates:
+            by_model = {c.model: c for c in self.candidates}
+            return [by_model.get(m, Candidate(model=m)) for m in case.candidates]
+        return list(self.candidates)
+
+
+def find_plan(path: str | os.PathLike | None = None, workspace_root: Path | None = None) -> Path | None:
+    """Where the plan is: an explicit file or folder > the workspace's > the current folder's."""
+    options = [Path(path)] if path else []
+    options += [workspace_root / PLAN_FILE] if workspace_root else []
+    options.append(Path.cwd() / PLAN_FILE)
+    for option in options:
+        file = option / PLAN_FILE if option.is_dir() else option
+        if file.is_file():
+            return file
+    if path:
+        raise ConfigError(f"no migration plan at {path} (expected a {PLAN_FILE} file or a folder holding one)")
+    return None
+
+
+def load_plan(path: str | os.PathLike | None = None, workspace_root: Path | None = None) -> Plan:
+    """Read and check ``workhorse.yaml``; an absent plan is the empty plan (all defaults)."""
+    file = find_plan(path, workspace_root)
+    if file is None:
+        return Plan()
+    try:
+        data = yaml.safe_load(file.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{file} is not valid YAML: {error}") from error
+    return parse_plan(data, str(file))
+
+
+def parse_plan(data: Any, source: str = "workhorse.yaml") -> Plan:
+    """Validate plan data; the error lists every wrong key with its path in the file."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the plan must be a mapping of sections, not {type(data).__name__}")
+    try:
+        return Plan.model_validate(data)
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+        raise ConfigError(f"{source}: {problems}") from None
+
+
+def resolve(name: str, *, parameter: Any = None, plan_value: Any = None,
+            block: Callable[[], Any] | None = None, env: str | None = None, default: Any = None) -> Any:
+    """The one precedence rule: flow parameter > workspace file > Block > environment > default.
+
+    ``block`` is a callable so a Prefect Block is only loaded (an API call) when the earlier
+    sources are silent; a missing block counts as silent.
+    """
+    for value in (parameter, plan_value):
+        if value is not None:
+            return value
+    if block is not None:
+        try:
+            value = block()
+        except (ValueError, LookupError):  # Prefect raises ValueError for an unknown block name
+            value = None
+        if value is not None:
+            return value
+    if env and os.environ.get(env) not in (None, ""):
+        return os.environ[env]
+    return default
