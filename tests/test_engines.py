@@ -9,7 +9,7 @@ import time
 import pytest
 
 from workhorse.errors import EngineError
-from workhorse.tasks.engines import VLLMServer, prepare_embedded_model, run_offline_batch
+from workhorse.tasks.engines import BatchParams, VLLMServer, prepare_embedded_model, run_offline_batch
 from workhorse.tasks.inference import ModelRequest, ModelSpec, Runner
 from workhorse.tasks.prompts import PromptTask, render
 
@@ -45,17 +45,19 @@ def test_server_answers_through_litellm_with_a_choice_constraint(vllm_server, is
 
 def test_offline_batch_generates_and_reports_throughput(embedded_model_dir, tmp_path):
     conversations = [render("constrained", sentiment_task(text), "batch")[0] for text, _ in SENTIMENT]
-    result = run_offline_batch(embedded_model_dir, conversations, choice=["positive", "negative"],
-                               max_tokens=5, cache_root=tmp_path)
+    result = run_offline_batch(embedded_model_dir, conversations, BatchParams(max_tokens=5, choice=["positive", "negative"]),
+                               cache_root=tmp_path)
     assert len(result.outputs) == len(SENTIMENT)
     assert set(result.outputs) <= {"positive", "negative"}
     assert result.tokens_per_s > 0 and result.generate_s < result.wall_s
     schema = {"type": "object", "properties": {"sentiment": {"type": "string"}}, "required": ["sentiment"]}
-    free = run_offline_batch(embedded_model_dir, conversations[:2], json_schema=schema, max_tokens=24,
-                             cache_root=tmp_path)
+    mixed = run_offline_batch(embedded_model_dir, conversations[:2],
+                              [BatchParams(max_tokens=24, json_schema=schema), BatchParams(max_tokens=5, choice=["yes", "no"])],
+                              cache_root=tmp_path)
     import json
 
-    assert all("sentiment" in json.loads(text) for text in free.outputs)
+    assert "sentiment" in json.loads(mixed.outputs[0])  # each conversation kept its own constraint
+    assert mixed.outputs[1] in ("yes", "no")
 
 
 def test_start_failure_quotes_the_server_log(tmp_path):

@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from workhorse.errors import DependencyError, EngineError, EngineStartTimeout
@@ -199,16 +199,29 @@ class BatchResult:
         return sum(self.completion_tokens) / self.generate_s if self.generate_s else 0.0
 
 
-def run_offline_batch(model_dir: Path, conversations: list[list[dict]], *, max_tokens: int = 64,
-                      temperature: float = 0.0, json_schema: dict | None = None,
-                      choice: list[str] | None = None, cache_root: Path | None = None,
-                      timeout_s: float = 1800) -> BatchResult:
-    """Generate for every conversation with vLLM's offline engine in a child process."""
+@dataclass(frozen=True)
+class BatchParams:
+    """Decoding parameters of one conversation in an offline batch."""
+
+    max_tokens: int = 64
+    temperature: float = 0.0
+    json_schema: dict | None = None
+    choice: list[str] | None = None
+
+
+def run_offline_batch(model_dir: Path, conversations: list[list[dict]], params: BatchParams | list[BatchParams] = BatchParams(),
+                      *, cache_root: Path | None = None, timeout_s: float = 1800) -> BatchResult:
+    """Generate for every conversation with vLLM's offline engine in a child process.
+
+    ``params`` is one setting for all, or one per conversation: a whole evaluation phase
+    (several prompt variants, each with its own constraint) then costs one engine start."""
     require_vllm()
+    per_item = params if isinstance(params, list) else [params] * len(conversations)
+    if len(per_item) != len(conversations):
+        raise ValueError(f"{len(per_item)} parameter sets for {len(conversations)} conversations")
     cache_root = cache_root or Path(tempfile.gettempdir()) / "workhorse-vllm"
     cache_root.mkdir(parents=True, exist_ok=True)
-    job = {"model_dir": str(model_dir), "conversations": conversations, "max_tokens": max_tokens,
-           "temperature": temperature, "json_schema": json_schema, "choice": choice}
+    job = {"model_dir": str(model_dir), "conversations": conversations, "params": [asdict(p) for p in per_item]}
     with tempfile.TemporaryDirectory(dir=cache_root) as tmp:
         job_path, out_path = Path(tmp) / "job.json", Path(tmp) / "out.json"
         job_path.write_text(json.dumps(job))
@@ -225,14 +238,13 @@ def run_offline_batch(model_dir: Path, conversations: list[list[dict]], *, max_t
 
 def _batch_main(job_path: str, out_path: str) -> None:
     """Child-process side of ``run_offline_batch``."""
-    from vllm import LLM, SamplingParams
+    from vllm import LLM
 
     job = json.loads(Path(job_path).read_text())
     llm = LLM(model=job["model_dir"], enforce_eager=True, dtype="bfloat16", max_model_len=2048)
-    params = SamplingParams(max_tokens=job["max_tokens"], temperature=job["temperature"],
-                            structured_outputs=_structured(job))
+    sampling = [_sampling_params(BatchParams(**p)) for p in job["params"]]
     started = time.monotonic()
-    results = llm.chat(job["conversations"], params, use_tqdm=False)
+    results = llm.chat(job["conversations"], sampling, use_tqdm=False)
     generate_s = time.monotonic() - started
     Path(out_path).write_text(json.dumps({
         "outputs": [r.outputs[0].text for r in results],
@@ -242,12 +254,16 @@ def _batch_main(job_path: str, out_path: str) -> None:
     }))
 
 
-def _structured(job: dict):
-    if not (job.get("json_schema") or job.get("choice")):
-        return None
-    from vllm.sampling_params import StructuredOutputsParams
+def _sampling_params(params: BatchParams):
+    from vllm import SamplingParams
 
-    return StructuredOutputsParams(json=job.get("json_schema"), choice=job.get("choice"))
+    structured = None
+    if params.json_schema or params.choice:
+        from vllm.sampling_params import StructuredOutputsParams
+
+        structured = StructuredOutputsParams(json=params.json_schema, choice=params.choice)
+    return SamplingParams(max_tokens=params.max_tokens, temperature=params.temperature,
+                          structured_outputs=structured)
 
 
 if __name__ == "__main__":

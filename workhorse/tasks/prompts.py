@@ -28,6 +28,7 @@ class PromptTask:
     text: str
     labels: tuple[str, ...] = ()
     json_schema: dict | None = None
+    examples: tuple[tuple[str, str], ...] = ()  # (text, answer) pairs from the dev split
 
 
 def instruction_for(task: PromptTask) -> str:
@@ -37,6 +38,15 @@ def instruction_for(task: PromptTask) -> str:
 
 def zero_shot(task: PromptTask, hosting: str) -> tuple[list[dict], dict]:
     messages = [{"role": "system", "content": instruction_for(task)}, {"role": "user", "content": task.text}]
+    return messages, {}
+
+
+def few_shot(task: PromptTask, hosting: str) -> tuple[list[dict], dict]:
+    """Zero-shot with worked examples as earlier turns of the conversation."""
+    shots = []
+    for text, answer in task.examples:
+        shots += [{"role": "user", "content": text}, {"role": "assistant", "content": answer}]
+    messages = [{"role": "system", "content": instruction_for(task)}, *shots, {"role": "user", "content": task.text}]
     return messages, {}
 
 
@@ -63,7 +73,7 @@ def _json_schema_format(name: str, schema: dict) -> dict:
 
 
 PromptVariant = Callable[[PromptTask, str], tuple[list[dict], dict]]
-VARIANTS: dict[str, PromptVariant] = {"zero-shot": zero_shot, "constrained": constrained}
+VARIANTS: dict[str, PromptVariant] = {"zero-shot": zero_shot, "few-shot": few_shot, "constrained": constrained}
 
 
 def render(variant: str, task: PromptTask, hosting: str) -> tuple[list[dict], dict]:

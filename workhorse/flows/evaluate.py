@@ -1,0 +1,54 @@
+"""Step 3 — parallel evaluation: incumbent and candidates on the same golden items.
+
+Phase 1 runs every candidate's prompt variants on dev and keeps the best; phase 2 runs the
+incumbent and each candidate's best variant on test, where the verdict is taken.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from prefect import flow, get_run_logger
+
+from workhorse.config import load_plan
+from workhorse.tasks.evaluation import AS_LOGGED, best_variant, build_requests, few_shot_examples
+from workhorse.tasks.eval_run import (
+    EvalContext, contenders_from_plan, decide, generate, publish_results, replay_for, score_responses,
+)
+from workhorse.tasks.golden_versions import load_golden
+from workhorse.workspace import Workspace
+
+
+@flow(name="parallel-eval", log_prints=True)
+def parallel_eval(use_case: str, workspace: str | None = None, plan_path: str | None = None,
+                  models: list[str] | None = None, hostings: list[str] | None = None,
+                  variants: list[str] | None = None, shard_size: int = 64, replay: bool = True,
+                  run_id: str | None = None) -> dict:
+    """Evaluate the plan's incumbent and candidates for one use case and give a verdict."""
+    logger = get_run_logger()
+    ws = Workspace.resolve(workspace)
+    plan = load_plan(plan_path, ws.root)
+    items = load_golden(ws, use_case)
+    dev, test = [i for i in items if i.split == "dev"], [i for i in items if i.split == "test"]
+    run_id = run_id or f"eval-{use_case}-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}"
+    incumbent, candidates, skipped = contenders_from_plan(plan, use_case, models, hostings, variants)
+    for reason in skipped:
+        logger.warning(reason)
+    with EvalContext(ws, run_id, shard_size) as context:
+        examples = few_shot_examples(dev)
+        tuning = [r for c in candidates for v in c.variants for r in build_requests(c, v, dev, examples)]
+        dev_rows = generate(context, tuning)
+        dev_scores = score_responses(items, dev_rows)
+        chosen = {(c.spec.label, c.spec.hosting): best_variant(dev_scores, c.spec.label, c.spec.hosting)
+                  for c in candidates}
+        replayed, to_call = replay_for(incumbent, test, run_id) if replay else ([], test)
+        confirm = build_requests(incumbent, AS_LOGGED, to_call) if incumbent.callable else []
+        for c in candidates:
+            confirm += build_requests(c, chosen[(c.spec.label, c.spec.hosting)][0], test, examples)
+        test_rows = replayed + generate(context, confirm)
+        throughput = context.throughput()
+    test_scores = score_responses(items, test_rows)
+    verdict = decide(plan, use_case, incumbent, candidates, chosen, test_scores, test_rows, ws)
+    task_type, labels = items[0].task_type, list(items[0].labels or [])
+    return publish_results(ws, run_id, use_case, task_type, labels, dev_rows + test_rows,
+                           dev_scores + test_scores, chosen, verdict, skipped, throughput)

@@ -1,0 +1,134 @@
+"""The evaluation's human-readable outputs: a markdown verdict and a self-contained HTML report
+with a quality-vs-cost scatter, the leaderboard, and per-use-case detail (a confusion matrix
+for classification, the ROUGE-L distribution for summarisation). No JavaScript, no CDN: the
+report opens offline and in any mail client that renders HTML."""
+
+from __future__ import annotations
+
+import html
+import json
+from collections import Counter
+from pathlib import Path
+
+STYLE = """
+body{font-family:system-ui,sans-serif;margin:2rem;max-width:1100px;color:#1b1f24}
+table{border-collapse:collapse;margin:1rem 0}td,th{border:1px solid #ccd;padding:4px 8px;text-align:right}
+th{background:#f0f2f6}td:first-child,th:first-child{text-align:left}
+.verdict{padding:1rem;border-radius:6px;background:#f6f8fa;border-left:6px solid #888}
+.migrate{border-color:#2da44e}.keep{border-color:#cf222e}.inconclusive{border-color:#bf8700}
+"""
+
+
+def fmt(value, kind: str = "") -> str:
+    if value is None:
+        return "–"
+    if kind == "%":
+        return f"{value:.1%}"
+    if kind == "$":
+        return f"${value:,.4f}"
+    if isinstance(value, float):
+        return f"{value:,.1f}"
+    return html.escape(str(value))
+
+
+def verdict_markdown(summary: dict) -> str:
+    verdict = summary["verdict"]
+    lines = [f"# Verdict for `{summary['use_case']}`: **{verdict['decision']}**", "", verdict["reason"] or "", ""]
+    if verdict.get("best_candidate"):
+        lines.append(f"Best candidate: `{verdict['best_candidate']}` ({verdict['hosting']}, "
+                     f"prompt `{verdict['prompt_variant']}`); projected monthly saving: "
+                     f"{fmt(verdict['projected_monthly_saving_usd'], '$')}")
+    lines += ["", "| model | hosting | variant | split | items | accuracy | score | errors | p95 ms | $/1k items |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for line in summary["leaderboard"]:
+        lines.append(f"| {line['model']} | {line['hosting']} | {line['prompt_variant']} | {line['split']} | "
+                     f"{line['items']} | {line['accuracy']:.1%} | {line['score']:.3f} | {fmt(line['error_rate'], '%')} | "
+                     f"{fmt(line['latency_p95_ms'])} | {fmt(line['cost_per_1k_items'], '$')} |")
+    for reason in summary["skipped"]:
+        lines.append(f"\n- skipped: {reason}")
+    return "\n".join(lines)
+
+
+def scatter_svg(points: list[dict], width: int = 560, height: int = 320) -> str:
+    """Quality (y) against cost per 1k items (x); unpriced arms sit on the left edge, marked."""
+    pad = 50
+    costs = [p["cost_per_1k_items"] for p in points if p["cost_per_1k_items"] is not None] or [1.0]
+    top = max(costs) * 1.1 or 1.0
+    marks = [f'<line x1="{pad}" y1="{height - pad}" x2="{width - 10}" y2="{height - pad}" stroke="#444"/>',
+             f'<line x1="{pad}" y1="10" x2="{pad}" y2="{height - pad}" stroke="#444"/>',
+             f'<text x="{width / 2}" y="{height - 12}" text-anchor="middle">cost per 1k items (USD)</text>',
+             f'<text x="14" y="{height / 2}" transform="rotate(-90 14 {height / 2})" text-anchor="middle">score</text>']
+    for point in points:
+        cost = point["cost_per_1k_items"]
+        x = pad + (cost / top if cost is not None else 0) * (width - pad - 20)
+        y = height - pad - point["score"] * (height - pad - 20)
+        label = f"{point['model']} · {point['prompt_variant']}" + ("" if cost is not None else " (unpriced)")
+        marks.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="6" fill="#0969da" class="point">'
+                     f"<title>{html.escape(label)}: score {point['score']:.3f}, cost {fmt(cost, '$')}</title></circle>")
+        marks.append(f'<text x="{x + 8:.1f}" y="{y - 8:.1f}" font-size="11">{html.escape(label)}</text>')
+    return (f'<svg id="quality-vs-cost" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+            f'role="img" aria-label="quality versus cost">{"".join(marks)}</svg>')
+
+
+def table_html(rows: list[dict], columns: list[tuple[str, str, str]], table_id: str) -> str:
+    head = "".join(f"<th>{html.escape(title)}</th>" for _, title, _ in columns)
+    body = "".join("<tr>" + "".join(f"<td>{fmt(row.get(key), kind)}</td>" for key, _, kind in columns) + "</tr>"
+                   for row in rows)
+    return f'<table id="{table_id}"><tr>{head}</tr>{body}</table>'
+
+
+LEADERBOARD_COLUMNS = [("model", "model", ""), ("hosting", "hosting", ""), ("prompt_variant", "prompt", ""),
+                       ("split", "split", ""), ("items", "items", ""), ("accuracy", "accuracy", "%"),
+                       ("score", "score", ""), ("macro_f1", "macro F1", ""), ("error_rate", "errors", "%"),
+                       ("latency_p50_ms", "p50 ms", ""), ("latency_p95_ms", "p95 ms", ""),
+                       ("cost_per_1k_items", "$ / 1k items", "$"), ("cost_per_correct", "$ / correct", "$")]
+
+
+def confusion_html(scores: list[dict], labels: list[str]) -> str:
+    """Reference × prediction counts per arm tested, so a reader sees which labels get confused."""
+    parts = []
+    for arm in sorted({(s["model"], s["prompt_variant"]) for s in scores if s["split"] == "test"}):
+        counts = Counter((s["reference"], s["prediction"]) for s in scores
+                         if (s["model"], s["prompt_variant"]) == arm and s["split"] == "test")
+        predicted = labels + sorted({p for _, p in counts if p not in labels})
+        head = "".join(f"<th>{html.escape(str(p))}</th>" for p in predicted)
+        body = "".join(f"<tr><td>{html.escape(r)}</td>" + "".join(f"<td>{counts[(r, p)]}</td>" for p in predicted)
+                       + "</tr>" for r in labels)
+        parts.append(f"<h3>{html.escape(' · '.join(arm))}</h3><table class='confusion'><tr><th>reference ＼ predicted"
+                     f"</th>{head}</tr>{body}</table>")
+    return "".join(parts)
+
+
+def distribution_html(scores: list[dict], metric: str = "rougeL") -> str:
+    """Histogram (10 bins) of a per-item metric per arm tested, as inline SVG bars."""
+    parts = []
+    for arm in sorted({(s["model"], s["prompt_variant"]) for s in scores if s["split"] == "test"}):
+        values = [json.loads(s["details"]).get(metric, 0.0) for s in scores
+                  if (s["model"], s["prompt_variant"]) == arm and s["split"] == "test"]
+        bins = Counter(min(int(v * 10), 9) for v in values)
+        peak = max(bins.values() or [1])
+        bars = "".join(f'<rect x="{i * 30}" y="{100 - bins[i] / peak * 100:.0f}" width="26" '
+                       f'height="{bins[i] / peak * 100:.0f}" fill="#8250df"><title>{i / 10:.1f}–{(i + 1) / 10:.1f}: '
+                       f"{bins[i]}</title></rect>" for i in range(10))
+        parts.append(f"<h3>{html.escape(' · '.join(arm))}</h3><svg class='distribution' width='300' height='100'>"
+                     f"{bars}</svg>")
+    return "".join(parts)
+
+
+def write_eval_report(path: Path, summary: dict, scores: list[dict], labels: list[str]) -> Path:
+    verdict = summary["verdict"]
+    tested = [line for line in summary["leaderboard"] if line["split"] == "test"]
+    detail = {"classification": lambda: confusion_html(scores, labels),
+              "summarization": lambda: distribution_html(scores)}.get(summary["task_type"], lambda: "")()
+    skipped = "".join(f"<li>{html.escape(reason)}</li>" for reason in summary["skipped"])
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>Evaluation — {html.escape(summary['use_case'])}</title>
+<style>{STYLE}</style></head><body>
+<h1>Evaluation of <code>{html.escape(summary['use_case'])}</code></h1>
+<div class="verdict {html.escape(verdict['decision'])}"><strong>{html.escape(verdict['decision'])}</strong>: {html.escape(verdict['reason'] or '')}</div>
+<h2>Quality against cost (test split)</h2>{scatter_svg(tested)}
+<h2>Leaderboard</h2>{table_html(summary['leaderboard'], LEADERBOARD_COLUMNS, 'leaderboard')}
+<h2>Detail</h2>{detail}
+<h2>Run</h2><p>Run <code>{html.escape(summary['run_id'])}</code>; generated tokens/s: {html.escape(json.dumps({k: round(v, 1) for k, v in summary['tokens_per_s'].items()}))}</p>
+<ul>{skipped}</ul></body></html>"""
+    path.write_text(page, encoding="utf-8")
+    return path

@@ -1,0 +1,328 @@
+"""The moving parts of an evaluation run: contenders from the plan, shards as Prefect tasks,
+the embedded engine (server or offline batch), scores, verdict and published results."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import defaultdict
+from dataclasses import replace
+from pathlib import Path
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from workhorse.config import Plan
+from workhorse.tasks.engines import (
+    EMBEDDED_MODEL, BatchParams, VLLMServer, prepare_embedded_model, run_offline_batch,
+)
+from workhorse.tasks.evaluation import (
+    AS_LOGGED, CANDIDATE_VARIANTS, Contender, concurrency_per_shard, replay_incumbent, score_rows, shards,
+)
+from workhorse.tasks.inference import EvalResponse, ModelRequest, ModelSpec, Runner, call_cost
+from workhorse.tasks.pricing import SelfHosting, record_throughput
+from workhorse.workspace import Workspace
+
+EMBEDDED_LITELLM = f"hosted_vllm/{EMBEDDED_MODEL}"
+
+
+def is_embedded(spec: ModelSpec) -> bool:
+    return spec.model == EMBEDDED_LITELLM and not spec.api_base
+
+
+def has_credentials(model: str) -> bool:
+    """Whether LiteLLM finds the provider's key in the environment (local vLLM needs none)."""
+    if model.startswith("hosted_vllm/"):
+        return True
+    import litellm
+
+    return bool(litellm.validate_environment(model=model).get("keys_in_environment"))
+
+
+def self_hosted_spec(plan: Plan, model: str, hosting: str, api_base: str | None) -> ModelSpec:
+    """A self-hosted model is priced by GPU rent over throughput, from the plan."""
+    hosting_plan = plan.self_hosting
+    price = SelfHosting(hosting_plan.gpu_hourly_usd, hosting_plan.tokens_per_hour,
+                        hosting_plan.input_tokens_per_hour).price(model)
+    return ModelSpec(model=model, name=f"{model.split('/')[-1]} ({hosting})", api_base=api_base, hosting=hosting,
+                     input_cost_per_token=price.input_per_token, output_cost_per_token=price.output_per_token,
+                     max_concurrency=8, timeout_s=180)
+
+
+def contenders_from_plan(plan: Plan, use_case: str, models: list[str] | None, hostings: list[str] | None,
+                         variants: list[str] | None) -> tuple[Contender, list[Contender], list[str]]:
+    """The incumbent (always, for replay) and the runnable candidates; the rest are listed as skipped."""
+    case = plan.use_cases.get(use_case)
+    incumbent_model = (case.incumbent if case and case.incumbent else None) or plan.incumbent
+    incumbent = Contender("incumbent", ModelSpec(model=incumbent_model, hosting="api"), (AS_LOGGED,),
+                          callable=has_credentials(incumbent_model))
+    skipped = [] if incumbent.callable else [
+        f"incumbent {incumbent_model}: no API key here, only its logged answers are used (replay)"]
+    candidates = []
+    for candidate in plan.candidates_for(use_case):
+        for hosting in candidate.hosting:
+            if (models and candidate.model not in models) or (hostings and hosting not in hostings):
+                continue
+            if not has_credentials(candidate.model):
+                skipped.append(f"candidate {candidate.model} ({hosting}): no API key for its provider here")
+                continue
+            spec = _candidate_spec(plan, candidate.model, hosting, candidate.api_base)
+            candidates.append(Contender("candidate", spec, tuple(variants or CANDIDATE_VARIANTS)))
+    return incumbent, candidates, skipped
+
+
+def _candidate_spec(plan: Plan, model: str, hosting: str, api_base: str | None) -> ModelSpec:
+    if hosting in ("self_hosted", "batch") and model.startswith("hosted_vllm/"):
+        return self_hosted_spec(plan, model, hosting, api_base)
+    return ModelSpec(model=model, name=f"{model} ({hosting})" if hosting != "api" else model,
+                     api_base=api_base, hosting=hosting)
+
+
+class EvalContext:
+    """Engines and bookkeeping for one run: starts the embedded vLLM server only if needed."""
+
+    def __init__(self, workspace: Workspace, run_id: str, shard_size: int):
+        self.workspace, self.run_id, self.shard_size = workspace, run_id, shard_size
+        self.server: VLLMServer | None = None
+        self.generated: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])  # model -> [tokens, seconds]
+
+    def __enter__(self) -> "EvalContext":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.server is not None:
+            self.server.stop()
+
+    def server_base(self) -> str:
+        if self.server is None:
+            model_dir = prepare_embedded_model(self.workspace.models_dir)
+            self.server = VLLMServer(model_dir, cache_root=self.workspace.subdir("vllm")).start()
+            get_run_logger().info(f"vLLM server ready in {self.server.started_in_s:.0f} s")
+        return self.server.api_base
+
+    def account(self, label: str, rows: list[EvalResponse], seconds: float) -> None:
+        fresh = [r for r in rows if not r.cached and r.error_type is None]
+        if fresh:
+            self.generated[label][0] += sum(r.completion_tokens or 0 for r in fresh)
+            self.generated[label][1] += seconds
+
+    def throughput(self) -> dict[str, float]:
+        """Generated tokens per second of each model measured in this run."""
+        return {label: tokens / seconds for label, (tokens, seconds) in self.generated.items() if seconds}
+
+
+def generate(context: EvalContext, requests: list[ModelRequest]) -> list[EvalResponse]:
+    """Answer all requests: one task per (model, variant, shard); the embedded model's batch
+    hosting goes to one offline engine call for the whole phase."""
+    offline = [r for r in requests if is_embedded(r.model) and r.model.hosting == "batch"]
+    groups: dict[tuple, list[ModelRequest]] = defaultdict(list)
+    for request in requests:
+        if not (is_embedded(request.model) and request.model.hosting == "batch"):
+            groups[(request.model.label, request.prompt_variant)].append(request)
+    futures = []
+    for group in groups.values():
+        spec = group[0].model
+        if is_embedded(spec):
+            spec = replace(spec, api_base=context.server_base())
+        parts = shards(group, context.shard_size)
+        spec = concurrency_per_shard(spec, len(parts))
+        futures += [run_shard.submit(str(context.workspace.root), context.run_id, [replace(r, model=spec) for r in part])
+                    for part in parts]
+    rows = _offline_batch(context, offline) if offline else []
+    for future in futures:
+        shard_rows, seconds = future.result()
+        context.account(shard_rows[0].model, shard_rows, seconds)
+        rows += shard_rows
+    return rows
+
+
+@task(name="run-shard", cache_policy=NO_CACHE)
+def run_shard(workspace_root: str, run_id: str, requests: list[ModelRequest]) -> tuple[list[EvalResponse], float]:
+    """One (model, variant) shard through the runner; its wall time feeds measured throughput."""
+    started = time.perf_counter()
+    rows = asyncio.run(Runner(Workspace.resolve(workspace_root), run_id).run(requests))
+    return rows, time.perf_counter() - started
+
+
+def _offline_batch(context: EvalContext, requests: list[ModelRequest]) -> list[EvalResponse]:
+    rows, generate_s = run_offline_shard(str(context.workspace.root), context.run_id, requests)
+    context.account(requests[0].model.label, rows, generate_s)
+    return rows
+
+
+def batch_params(request: ModelRequest) -> BatchParams:
+    """The runner's request parameters, as vLLM's offline engine takes them."""
+    params = request.params
+    choice = params.get("extra_body", {}).get("structured_outputs", {}).get("choice")
+    schema = params.get("response_format", {}).get("json_schema", {}).get("schema")
+    return BatchParams(max_tokens=params.get("max_tokens", 256), temperature=params.get("temperature", 0.0),
+                       json_schema=schema, choice=choice)
+
+
+@task(name="run-offline-batch", cache_policy=NO_CACHE)
+def run_offline_shard(workspace_root: str, run_id: str,
+                      requests: list[ModelRequest]) -> tuple[list[EvalResponse], float]:
+    """The embedded model through vLLM's offline engine: continuous batching of the whole set.
+
+    A batch has no per-item latency: each row gets the batch's generation time spread over it."""
+    workspace = Workspace.resolve(workspace_root)
+    result = run_offline_batch(prepare_embedded_model(workspace.models_dir), [r.messages for r in requests],
+                               [batch_params(r) for r in requests], cache_root=workspace.subdir("vllm"))
+    per_item_ms = result.generate_s * 1000 / max(1, len(requests))
+    rows = []
+    for request, output, prompt, completion in zip(requests, result.outputs, result.prompt_tokens,
+                                                   result.completion_tokens):
+        spec = request.model
+        rows.append(EvalResponse(
+            run_id=run_id, item_id=request.item_id, model=spec.label, hosting=spec.hosting,
+            prompt_variant=request.prompt_variant, output=output, latency_ms=per_item_ms, prompt_tokens=prompt,
+            completion_tokens=completion, cost_usd=call_cost(spec, prompt, completion), error_type=None,
+            cached=False, attempts=1, request_key=request.cache_key))
+    return rows, result.generate_s
+
+
+def replay_for(incumbent: Contender, items, run_id: str):
+    return replay_incumbent(incumbent, items, run_id)
+
+
+@task(name="score-responses", cache_policy=NO_CACHE)
+def score_responses(items, rows: list[EvalResponse]) -> list[dict]:
+    return score_rows(items, rows)
+
+
+# --------------------------------------------------------------------------- verdict
+
+
+def metric_value(score_row: dict, metric: str) -> float:
+    """A scores row's number for the policy's primary metric (``correct``, ``value`` or a detail)."""
+    if metric == "correct":
+        return float(score_row["correct"])
+    if metric == "value":
+        return float(score_row["value"])
+    return float(json.loads(score_row["details"]).get(metric, 0.0))
+
+
+def projected_saving(workspace: Workspace, use_case: str, model: str, hosting: str) -> float | None:
+    """The audit's projected monthly saving for this candidate and hosting, when an audit ran."""
+    path = workspace.root / "usage" / "projections.parquet"
+    if not path.exists():
+        return None
+    import pyarrow.parquet as pq
+
+    for row in pq.read_table(path).to_pylist():
+        if row["use_case"] == use_case and row["candidate"] == model and row["hosting"] == hosting:
+            return row["saving_usd"]
+    return None
+
+
+@task(name="decide", cache_policy=NO_CACHE)
+def decide(plan: Plan, use_case: str, incumbent: Contender, candidates: list[Contender], chosen: dict,
+           test_scores: list[dict], test_rows: list[EvalResponse], workspace: Workspace):
+    """Pair every candidate's chosen variant with the incumbent on the test items all answered."""
+    from workhorse.tasks.decision import CandidateResult, QualityPolicy, verdict
+
+    policy = QualityPolicy.from_dict(plan.quality_policy)
+    task_type = plan.use_cases[use_case].task_type if use_case in plan.use_cases else "classification"
+    metric = policy.metric_for(task_type)
+    arms = _scores_by_arm(test_scores)
+    baseline = arms.get((incumbent.spec.label, AS_LOGGED), {})
+    picked = [(c, arms.get((c.spec.label, chosen[(c.spec.label, c.spec.hosting)][0]), {})) for c in candidates]
+    shared = sorted(set(baseline).intersection(*(set(mine) for _, mine in picked)))
+    results = [_candidate_result(c, mine, shared, metric, test_rows, workspace, use_case) for c, mine in picked]
+    return verdict(use_case, [metric_value(baseline[i], metric) for i in shared], results, policy,
+                   task_type=task_type, incumbent_correct=[baseline[i]["correct"] for i in shared])
+
+
+def _candidate_result(contender: Contender, mine: dict, shared: list[str], metric: str,
+                      test_rows: list[EvalResponse], workspace: Workspace, use_case: str):
+    from workhorse.tasks.decision import CandidateResult
+    from workhorse.tasks.scoring import operational_metrics
+
+    variant = mine[shared[0]]["prompt_variant"] if shared else ""
+    wanted = set(shared)
+    rows = {r.item_id: r for r in test_rows
+            if r.model == contender.spec.label and r.prompt_variant == variant and r.item_id in wanted}
+    correct = [mine[i]["correct"] for i in shared]
+    return CandidateResult(
+        model=contender.spec.model, hosting=contender.spec.hosting, prompt_variant=variant,
+        scores=[metric_value(mine[i], metric) for i in shared], correct=correct,
+        operational=operational_metrics([rows[i] for i in shared], correct),
+        projected_monthly_saving_usd=projected_saving(workspace, use_case, contender.spec.model,
+                                                      contender.spec.hosting))
+
+
+def _scores_by_arm(scores: list[dict]) -> dict[tuple, dict[str, dict]]:
+    arms: dict[tuple, dict[str, dict]] = defaultdict(dict)
+    for row in scores:
+        arms[(row["model"], row["prompt_variant"])][row["item_id"]] = row
+    return arms
+
+
+# --------------------------------------------------------------------------- results
+
+
+def leaderboard(scores: list[dict], rows: list[EvalResponse], task_type: str, labels: list[str]) -> list[dict]:
+    """One line per (model, hosting, prompt variant, split): quality, errors, latency, cost."""
+    from workhorse.tasks.scoring import classification_metrics, operational_metrics
+
+    by_key = {(r.model, r.prompt_variant, r.item_id): r for r in rows}
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for score in scores:
+        groups[(score["model"], score["hosting"], score["prompt_variant"], score["split"])].append(score)
+    lines = []
+    for (model, hosting, variant, split), group in sorted(groups.items()):
+        correct = [g["correct"] for g in group]
+        ops = operational_metrics([by_key[(model, variant, g["item_id"])] for g in group], correct)
+        line = {"model": model, "hosting": hosting, "prompt_variant": variant, "split": split, "items": len(group),
+                "accuracy": sum(correct) / len(group), "score": sum(g["value"] for g in group) / len(group),
+                "error_rate": ops["error_rate"], "latency_p50_ms": ops["latency_p50_ms"],
+                "latency_p95_ms": ops["latency_p95_ms"], "cost_per_1k_items": ops["cost_per_1k_items"],
+                "cost_per_correct": ops["cost_per_correct"]}
+        if task_type == "classification":
+            metrics = classification_metrics([g["reference"] for g in group], [g["prediction"] for g in group], labels)
+            line["macro_f1"] = metrics["macro_f1"]
+        lines.append(line)
+    return lines
+
+
+@task(name="publish-results", cache_policy=NO_CACHE)
+def publish_results(workspace: Workspace, run_id: str, use_case: str, task_type: str, labels: list[str],
+                    rows: list[EvalResponse], scores: list[dict], chosen: dict, verdict, skipped: list[str],
+                    throughput: dict[str, float]) -> dict:
+    """responses.parquet, scores.parquet, verdict.json, report.html and the Prefect artifacts."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from workhorse.tasks.eval_report import verdict_markdown, write_eval_report
+    from workhorse.tasks.inference import responses_table
+
+    out = workspace.run_dir(run_id)
+    pq.write_table(responses_table(rows), out / "responses.parquet")
+    pq.write_table(pa.Table.from_pylist(scores), out / "scores.parquet")
+    board = leaderboard(scores, rows, task_type, labels)
+    summary = {"run_id": run_id, "use_case": use_case, "task_type": task_type, "verdict": _verdict_dict(verdict),
+               "chosen_variants": {f"{m} ({h})": {"variant": v, "dev_scores": s} for (m, h), (v, s) in chosen.items()},
+               "skipped": skipped, "tokens_per_s": throughput, "leaderboard": board,
+               "responses": str(out / "responses.parquet"), "scores": str(out / "scores.parquet")}
+    (out / "verdict.json").write_text(json.dumps(summary, indent=2, default=str))
+    summary["report"] = str(write_eval_report(out / "report.html", summary, scores, labels))
+    _artifacts(use_case, board, verdict_markdown(summary))
+    for model, tokens_per_s in throughput.items():
+        if "self_hosted" in model or "batch" in model:
+            record_throughput(workspace.root, model, tokens_per_s)
+    return summary
+
+
+def _verdict_dict(verdict) -> dict:
+    fields = ("decision", "best_candidate", "hosting", "prompt_variant", "diff", "ci_low", "ci_high", "p_value",
+              "n", "projected_monthly_saving_usd", "reason", "metric")
+    return {name: getattr(verdict, name, None) for name in fields}
+
+
+def _artifacts(use_case: str, board: list[dict], markdown: str) -> None:
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+    key = "eval-" + "".join(c if c.isalnum() else "-" for c in use_case.lower())
+    create_table_artifact(key=f"{key}-leaderboard", table=board, description=f"Leaderboard for {use_case}")
+    create_markdown_artifact(key=f"{key}-verdict", markdown=markdown, description=f"Verdict for {use_case}")

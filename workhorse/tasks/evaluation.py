@@ -1,0 +1,149 @@
+"""Parallel evaluation: contenders × prompt variants × golden items, in shards.
+
+The incumbent answers with the prompt it uses in production ("as-logged"), replayed from the
+logs when its answers are there. Each candidate tries several prompt variants on the dev split;
+the best one on dev is the only one run on test, where the verdict is taken (no peeking).
+Work is split into shards per (model, variant): a Prefect task costs milliseconds, an item none.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, replace
+from typing import Iterable, Sequence
+
+from workhorse.tasks.golden_item import GoldenItem
+from workhorse.tasks.inference import EvalResponse, ModelRequest, ModelSpec
+from workhorse.tasks.prompts import PromptTask, render
+from workhorse.tasks.scoring import score_item
+
+AS_LOGGED = "as-logged"
+CANDIDATE_VARIANTS = ("zero-shot", "few-shot", "constrained")
+FEW_SHOT_EXAMPLES = 3
+DEFAULT_PARAMS = {"temperature": 0.0, "max_tokens": 256}
+
+
+@dataclass(frozen=True)
+class Contender:
+    role: str  # incumbent | candidate
+    spec: ModelSpec
+    variants: tuple[str, ...]
+    callable: bool = True  # False: no credentials here, so only its logged answers count
+
+
+def user_text(item: GoldenItem) -> str:
+    """The text the task is about: the last user message of the logged request."""
+    users = [m.get("content", "") for m in item.input if m.get("role") == "user"]
+    return str(users[-1] if users else item.input[-1].get("content", ""))
+
+
+def parsed_reference(item: GoldenItem):
+    if item.task_type == "extraction" and item.reference:
+        try:
+            return json.loads(item.reference)
+        except json.JSONDecodeError:
+            return item.reference
+    if item.task_type == "qa":
+        return item.metadata.get("acceptable_answers") or item.reference
+    return item.reference
+
+
+def prompt_task(item: GoldenItem, examples: Sequence[GoldenItem] = ()) -> PromptTask:
+    return PromptTask(item.task_type, user_text(item), labels=tuple(item.labels or ()),
+                      json_schema=item.json_schema,
+                      examples=tuple((user_text(e), e.reference or "") for e in examples))
+
+
+def few_shot_examples(dev: Sequence[GoldenItem], k: int = FEW_SHOT_EXAMPLES) -> list[GoldenItem]:
+    """Examples from dev only, one per label first so every class is shown."""
+    chosen, seen = [], set()
+    for item in sorted(dev, key=lambda i: i.item_id):
+        if item.reference not in seen:
+            chosen.append(item)
+            seen.add(item.reference)
+    rest = [i for i in sorted(dev, key=lambda i: i.item_id) if i not in chosen]
+    return (chosen + rest)[:k]
+
+
+def build_requests(contender: Contender, variant: str, items: Iterable[GoldenItem],
+                   examples: Sequence[GoldenItem] = ()) -> list[ModelRequest]:
+    spec = contender.spec
+    requests = []
+    for item in items:
+        if variant == AS_LOGGED:
+            messages, params = item.input, {}
+        else:
+            shown = [e for e in examples if e.item_id != item.item_id] if variant.startswith("few-shot") else ()
+            messages, params = render(variant, prompt_task(item, shown), spec.hosting)
+        requests.append(ModelRequest(item.item_id, spec, messages, {**DEFAULT_PARAMS, **params}, variant))
+    return requests
+
+
+def shards(requests: list, size: int) -> list[list]:
+    return [requests[start : start + size] for start in range(0, len(requests), max(1, size))]
+
+
+def concurrency_per_shard(spec: ModelSpec, shards_at_once: int) -> ModelSpec:
+    """Shards of one endpoint run side by side: split its limit so the sum stays within it."""
+    return replace(spec, max_concurrency=max(1, math.ceil(spec.max_concurrency / max(1, shards_at_once))))
+
+
+def replay_incumbent(contender: Contender, items: Iterable[GoldenItem], run_id: str) -> tuple[list[EvalResponse], list[GoldenItem]]:
+    """Rows for items whose logged answer came from this incumbent; the rest still need calls."""
+    replayed, remaining = [], []
+    for item in items:
+        answer = logged_answer(item, contender.spec.model)
+        if answer is None:
+            remaining.append(item)
+            continue
+        replayed.append(EvalResponse(run_id=run_id, item_id=item.item_id, model=contender.spec.label,
+                                     hosting="replay", prompt_variant=AS_LOGGED, output=answer, latency_ms=None,
+                                     prompt_tokens=None, completion_tokens=None, cost_usd=None,
+                                     error_type=None, cached=True))
+    return replayed, remaining
+
+
+def logged_answer(item: GoldenItem, model: str) -> str | None:
+    logged_model = str(item.metadata.get("model", ""))
+    if not logged_model or logged_model.split("/")[-1] != model.split("/")[-1]:
+        return None
+    if "incumbent_output" in item.metadata:
+        return item.metadata["incumbent_output"]
+    return item.reference if item.label_origin == "incumbent" else None
+
+
+def score_rows(items: Sequence[GoldenItem], rows: Iterable[EvalResponse]) -> list[dict]:
+    """One scores row per response: the per-item verdict the statistics are built on."""
+    by_id = {item.item_id: item for item in items}
+    scored = []
+    for row in rows:
+        item = by_id[row.item_id]
+        score = score_item(item.task_type, row.output, parsed_reference(item),
+                           {"labels": item.labels or [], "json_schema": item.json_schema})
+        scored.append({
+            "run_id": row.run_id, "use_case": item.use_case, "item_id": item.item_id, "split": item.split,
+            "label_origin": item.label_origin, "model": row.model, "hosting": row.hosting,
+            "prompt_variant": row.prompt_variant, "correct": bool(score.correct), "value": float(score.value),
+            "reference": item.reference,
+            "prediction": score.prediction if isinstance(score.prediction, str) or score.prediction is None
+            else json.dumps(score.prediction, sort_keys=True),
+            "details": json.dumps(score.details, sort_keys=True, default=str), "error_type": row.error_type,
+        })
+    return scored
+
+
+def best_variant(scores: Iterable[dict], model: str, hosting: str) -> tuple[str, dict[str, float]]:
+    """The variant with the highest mean score on dev for one model; ties go to the first tried."""
+    means: dict[str, list[float]] = {}
+    for row in scores:
+        if row["model"] == model and row["hosting"] == hosting and row["split"] == "dev":
+            means.setdefault(row["prompt_variant"], []).append(row["value"])
+    summary = {variant: sum(values) / len(values) for variant, values in means.items()}
+    if not summary:
+        raise ValueError(f"no dev scores for {model} ({hosting})")
+    return max(summary, key=lambda v: summary[v]), summary
+
+
+def rows_as_dicts(rows: Iterable[EvalResponse]) -> list[dict]:
+    return [asdict(row) for row in rows]
