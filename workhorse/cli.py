@@ -38,6 +38,38 @@ def demo(workspace: Optional[Path] = WorkspaceOption,
 
 # Commands of the playbook steps are added below, one function each.
 
+
+@app.command()
+def audit(logs: list[Path] = typer.Argument(..., help="Log files or folders (CSV, JSONL, Parquet)."),
+          plan: Optional[Path] = typer.Option(None, help="The migration plan (default: the workspace's workhorse.yaml)."),
+          log_format: Optional[str] = typer.Option(None, "--format", "-f",
+                                                   help="canonical | litellm | openai | openai_batch (default: detected)."),
+          max_bad_row_ratio: Optional[float] = typer.Option(None, help="Fail past this share of bad rows (default: the plan's)."),
+          workspace: Optional[Path] = WorkspaceOption) -> None:
+    """Step 1: monthly cost per use case and model, workhorse vs frontier, savings per candidate."""
+    from rich.table import Table
+
+    from workhorse.errors import WorkhorseError
+    from workhorse.flows.audit import usage_audit
+
+    try:
+        summary = usage_audit(logs=[str(p) for p in logs], plan=str(plan) if plan else None,
+                              workspace=str(workspace) if workspace else None, format=log_format,
+                              max_bad_row_ratio=max_bad_row_ratio)
+    except WorkhorseError as error:
+        console.print(f"[red]audit failed:[/red] {error}")
+        raise typer.Exit(1)
+    table = Table("Use case", "Workload", "Now $/month", "Cheapest fitting option", "Projected $/month")
+    for row in summary.use_cases:
+        projected = row["projected_monthly_usd"]
+        table.add_row(row["use_case"], row["workload"], f"{row['monthly_cost_usd']:,.2f}", row["best_option"] or "keep",
+                      "—" if projected is None else f"{projected:,.2f}")
+    console.print(table)
+    console.print(f"read {summary.read:,} rows: {summary.accepted:,} accepted, {summary.quarantined:,} quarantined"
+                  + (f" ({summary.quarantine})" if summary.quarantine else ""))
+    console.print(f"${summary.monthly_cost_usd:,.2f}/month now, ${summary.projected_monthly_usd:,.2f} with the cheapest "
+                  f"fitting options (saving ${summary.monthly_saving_usd:,.2f}). Report: {summary.report}")
+
 golden_app = typer.Typer(help="Golden datasets (step 2): refresh from the plan, import a file, show a version.",
                          no_args_is_help=True)
 app.add_typer(golden_app, name="golden")

@@ -616,7 +616,7 @@ def check_ratio(contract: str, read: int, quarantined: int, failures: Counter, f
         raise ContractError(f"{what} breaks the {contract} contract: {'; '.join(failed_tables)}")
     ratio = quarantined / read if read else 0.0
     if ratio > max_ratio:
-        top = ", ".join(f"{label} ({n} rows)" for label, n in failures.most_common(3))
+        top = ", ".join(f"{label} ({n} rows)" for label, n in failures.most_common(5))
         raise ContractError(f"{what}: {quarantined} of {read} rows ({ratio:.1%}) broke the {contract} contract, "
                             f"more than the allowed {max_ratio:.1%}. Most frequent: {top}")
 

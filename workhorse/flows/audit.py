@@ -1,0 +1,57 @@
+"""Flow: usage_audit (playbook step 1) - what we spend, on what, and what open models would cost.
+
+Wiring only: read the logs through the usage_log contract, price them, classify each use case,
+project candidates × hosting strategies, then write the tables, the HTML report and the
+Prefect artifacts. Row-level problems are quarantined; the flow fails only past the plan's
+bad-row ratio, with a message naming the file and the broken expectations.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow, get_run_logger
+
+import workhorse  # noqa: F401  (offline defaults before anything imports LiteLLM)
+from workhorse.config import Plan, find_plan, load_plan, parse_plan
+from workhorse.tasks.audit import AuditSummary, audit_usage_logs, store_audit_tables, summarize
+from workhorse.tasks.reports import audit_markdown, use_case_rows, write_report
+from workhorse.workspace import Workspace
+
+
+def read_plan(plan: str | dict | None, root: Path) -> Plan:
+    """The plan from a parameter (path or dict), else the workspace's, else defaults."""
+    if isinstance(plan, dict):
+        return parse_plan(plan, "plan parameter")
+    return load_plan(find_plan(plan, root), root)
+
+
+def publish(result, plan: Plan, report: str) -> None:
+    """A table artifact (per use case) and a markdown artifact (summary with reasons)."""
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+    create_table_artifact(key="usage-audit", table=use_case_rows(result, plan),
+                          description="Monthly spend, verdicts and the cheapest fitting option per use case")
+    create_markdown_artifact(key="usage-audit-summary", markdown=audit_markdown(result, plan) + f"\nReport: {report}\n",
+                             description="Usage audit summary")
+
+
+@flow(name="usage-audit", log_prints=True)
+def usage_audit(logs: list[str], plan: str | dict | None = None, workspace: str | None = None,
+                format: str | None = None, max_bad_row_ratio: float | None = None) -> AuditSummary:
+    """Audit LLM usage logs: monthly cost per use case and model, and savings per candidate."""
+    logger = get_run_logger()
+    ws = Workspace.resolve(workspace)
+    chosen = read_plan(plan, ws.root)
+    result = audit_usage_logs(logs, chosen, str(ws.root), format, max_bad_row_ratio)
+    folder = ws.subdir("audit")
+    tables = store_audit_tables(result, str(folder))
+    report = write_report(result, chosen, str(folder / "report.html"))
+    publish(result, chosen, report)
+    summary = summarize(result, report, tables)
+    logger.info("read %s rows, accepted %s, quarantined %s; $%.2f/month now, $%.2f/month with the cheapest "
+                "fitting options; report: %s", summary.read, summary.accepted, summary.quarantined,
+                summary.monthly_cost_usd, summary.projected_monthly_usd, report)
+    for name in summary.unpriced_models:
+        logger.warning("model %s has no price: its rows are counted as unpriced", name)
+    return summary

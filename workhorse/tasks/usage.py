@@ -1,0 +1,439 @@
+"""Log adapters -> the canonical ``usage_log`` table, and the audit's aggregations.
+
+Every adapter is a DuckDB ``SELECT`` over the raw file that renames and converts columns to the
+canonical ones; DuckDB streams the scan, so a 10M-row log never becomes Python objects. The
+contract (``data_contracts/usage_log.json``) is compiled onto that select, and the cost
+aggregation runs on the accepted rows in the same query.
+
+Formats (detected, or named): ``canonical`` (CSV/Parquet/JSONL with the canonical columns),
+``litellm`` (the proxy's ``LiteLLM_SpendLogs`` export, CSV/Parquet/JSONL), ``openai`` (JSONL of
+``{"request": {...}, "response": {chat.completion}}``), ``openai_batch`` (Batch API output JSONL).
+The use case comes from the row, a ``use_case:<name>`` tag or key in the metadata, or the plan's
+rules; else ``unassigned`` (counted, never dropped). Metadata keys that look like secrets
+(``*api_key*``, ``authorization``...) and ``sk-...`` strings are redacted before anything is
+written.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import duckdb
+import pyarrow as pa
+
+from workhorse.errors import DataError
+from workhorse.tasks.contracts import lit, q
+
+USAGE_SCHEMA = pa.schema([
+    ("request_id", pa.string()), ("ts", pa.timestamp("us", tz="UTC")), ("use_case", pa.string()),
+    ("model", pa.string()), ("provider", pa.string()), ("prompt_tokens", pa.int64()),
+    ("completion_tokens", pa.int64()), ("latency_ms", pa.float64()), ("status", pa.string()),
+    ("error_type", pa.string()), ("cost_usd", pa.float64()), ("request", pa.string()),
+    ("response", pa.string()), ("metadata", pa.string()),
+])
+CANONICAL_COLUMNS = tuple(USAGE_SCHEMA.names)
+SOURCE_LINE = "_source_line"  # JSONL only: the raw line, so a malformed one is quarantined as it was
+VALID_LINE = "_valid_line"  # the same line when it parses, else NULL: JSON functions never see bad input
+FORMATS = ("canonical", "litellm", "openai", "openai_batch")
+UNASSIGNED = "unassigned"
+
+SECRET_KEYS = r"[^\"]*(api[_-]?key|authorization|secret|password|bearer|access[_-]?token)[^\"]*"
+SECRET_VALUE = r"sk-[A-Za-z0-9_-]{12,}"
+TAG_PATTERN = r"use_case[:=]([A-Za-z0-9_.-]+)"
+
+
+@dataclass(frozen=True)
+class LogFile:
+    """One input: where it is, its container (parquet|csv|jsonl) and its log format."""
+
+    path: Path
+    container: str
+    format: str
+
+
+# --------------------------------------------------------------------------- detection
+
+
+def sniff_container(path: Path) -> str:
+    """parquet, csv or jsonl from the bytes; empty and binary files are refused by name."""
+    if not path.is_file():
+        raise DataError(f"{path}: no such log file")
+    with path.open("rb") as handle:
+        head = handle.read(8192)
+    if not head.strip():
+        raise DataError(f"{path}: the file is empty, there are no usage rows to audit")
+    if head.startswith(b"PAR1"):
+        return "parquet"
+    if b"\x00" in head or _mostly_binary(head):
+        raise DataError(f"{path}: this is a binary file, not a usage log (expected CSV, JSONL or Parquet)")
+    return "jsonl" if head.lstrip().startswith((b"{", b"[")) else "csv"
+
+
+def _mostly_binary(head: bytes) -> bool:
+    try:
+        head.decode("utf-8")
+        return False
+    except UnicodeDecodeError as error:
+        return error.start < len(head) - 4  # a multibyte char cut at the buffer's end is still text
+
+
+def detect_format(path: str | Path, fmt: str | None = None) -> LogFile:
+    """The container from the bytes and the format from the column names (or ``fmt``)."""
+    path = Path(path)
+    container = sniff_container(path)
+    if fmt:
+        if fmt not in FORMATS:
+            raise DataError(f"unknown log format {fmt!r}: choose one of {', '.join(FORMATS)}")
+        return LogFile(path, container, fmt)
+    keys = _first_keys(path, container)
+    return LogFile(path, container, _format_from_keys(keys))
+
+
+def _first_keys(path: Path, container: str) -> set[str]:
+    if container == "jsonl":
+        for line in path.open(encoding="utf-8", errors="replace"):
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue  # the malformed line is the contract's business, not detection's
+            if isinstance(record, dict):
+                return set(record) | {f"response.{k}" for k in (record.get("response") or {}) if isinstance(record.get("response"), dict)}
+        return set()
+    con = duckdb.connect()
+    return set(_raw_columns(con, LogFile(path, container, "canonical")))
+
+
+def _format_from_keys(keys: set[str]) -> str:
+    if {"startTime", "spend"} <= keys or {"model_group", "custom_llm_provider"} & keys and "startTime" in keys:
+        return "litellm"
+    if "custom_id" in keys and "response" in keys:  # custom_id is the Batch API's signature
+        return "openai_batch"
+    if "request" in keys and {"response.choices", "response.usage"} & keys:
+        return "openai"
+    return "canonical"
+
+
+# --------------------------------------------------------------------------- raw scans
+
+
+def _path_literal(path: Path) -> str:
+    return lit(str(path))
+
+
+def scan_sql(log: LogFile) -> str:
+    """A streaming DuckDB scan of the file; CSV as text (the contract judges types per row)."""
+    if log.container == "parquet":
+        return f"read_parquet({_path_literal(log.path)})"
+    if log.container == "csv":
+        return f"read_csv({_path_literal(log.path)}, header=true, all_varchar=true, auto_detect=true)"
+    # JSONL is read as lines so that a malformed line becomes a quarantined row, not a crash or
+    # a silent skip (read_json's ignore_errors drops lines without a word).
+    return (f"(SELECT line AS {SOURCE_LINE}, CASE WHEN json_valid(line) THEN line END AS {VALID_LINE} FROM read_csv({_path_literal(log.path)}, columns={{'line': 'VARCHAR'}}, "
+            "header=false, delim=chr(0), quote='', escape='', auto_detect=false, max_line_size=67108864) "
+            "WHERE line IS NOT NULL AND trim(line) <> '')")
+
+
+def _raw_columns(con: duckdb.DuckDBPyConnection, log: LogFile) -> dict[str, str]:
+    try:
+        return {r[0]: r[1] for r in con.execute(f"DESCRIBE SELECT * FROM {scan_sql(log)}").fetchall()}
+    except duckdb.Error as error:
+        raise DataError(f"{log.path}: cannot be read as {log.container}: {str(error).splitlines()[0]}") from None
+
+
+class Fields:
+    """SQL for a named field of a row, whether the row is a table row or a JSON line."""
+
+    def __init__(self, columns: dict[str, str], jsonl: bool):
+        self.columns, self.jsonl = columns, jsonl
+
+    def text(self, name: str) -> str:
+        """The field as text (JSON values keep their JSON text); NULL when absent."""
+        if self.jsonl:
+            path = lit("$." + ".".join(f'"{p}"' for p in name.split(".")))
+            return (f"CASE json_type({VALID_LINE}, {path}) WHEN 'VARCHAR' THEN json_extract_string({VALID_LINE}, {path}) "
+                    f"WHEN 'NULL' THEN NULL ELSE json_extract({VALID_LINE}, {path})::VARCHAR END")
+        return f"CAST({q(name)} AS VARCHAR)" if name in self.columns else "CAST(NULL AS VARCHAR)"
+
+    def raw(self, name: str) -> str:
+        """The field with its own type where the container has types (Parquet); text otherwise."""
+        if not self.jsonl and name in self.columns:
+            return q(name)
+        return self.text(name)
+
+    def has(self, name: str) -> bool:
+        return self.jsonl or name in self.columns
+
+
+def jget(sql: str, path: str) -> str:
+    """``json_extract_string`` that yields NULL on malformed JSON instead of failing the query."""
+    return f"json_extract_string(CASE WHEN json_valid({sql}) THEN {sql} END, {lit(path)})"
+
+
+def redact(sql: str) -> str:
+    """Secrets out of a JSON text column: keys like api_key/authorization, and sk-... values."""
+    keyed = (f"regexp_replace({sql}, {lit(chr(34) + '(' + SECRET_KEYS + ')' + chr(34))} || '\\s*:\\s*(\"(\\\\.|[^\"\\\\])*\"|[^,}}\\]]*)', "
+             f"'\"\\1\": \"[redacted]\"', 'gi')")
+    return f"regexp_replace({keyed}, {lit(SECRET_VALUE)}, '[redacted]', 'g')"
+
+
+def _use_case_sql(explicit: str, metadata: str, model: str, rules: Sequence[dict]) -> str:
+    """Row value > tag/key in the metadata > the plan's rules > 'unassigned'."""
+    from_meta = (f"coalesce(nullif(regexp_extract({metadata}, {lit(TAG_PATTERN)}, 1), ''), "
+                 f"{jget(metadata, '$.use_case')})")
+    cases = []
+    for rule in rules:
+        tests = []
+        if rule.get("model"):
+            tests.append(f"regexp_matches({model}, {lit(rule['model'])})")
+        if rule.get("tag"):
+            tests.append(f"regexp_matches(coalesce({metadata}, ''), {lit(rule['tag'])})")
+        if tests:
+            cases.append(f"WHEN {' AND '.join(tests)} THEN {lit(rule['use_case'])}")
+    by_rule = f"CASE {' '.join(cases)} END" if cases else "NULL"
+    return f"coalesce(nullif({explicit}, ''), {from_meta}, {by_rule}, {lit(UNASSIGNED)})"
+
+
+# --------------------------------------------------------------------------- adapters
+
+
+def _canonical(f: Fields) -> dict[str, str]:
+    return {name: f.raw(name) for name in CANONICAL_COLUMNS}
+
+
+def _litellm(f: Fields) -> dict[str, str]:
+    start, end = f.text("startTime"), f.text("endTime")
+    status = f.text("status")
+    return {
+        "request_id": f.text("request_id"),
+        # LiteLLM's database stores UTC without a zone (Prisma DateTime); say so explicitly.
+        "ts": _assume_utc(start),
+        "model": f"coalesce(nullif({f.text('model')}, ''), {f.text('model_group')})",
+        "provider": f.text("custom_llm_provider"),
+        "prompt_tokens": f.raw("prompt_tokens"), "completion_tokens": f.raw("completion_tokens"),
+        "latency_ms": f"(epoch_ms(TRY_CAST({end} AS TIMESTAMP)) - epoch_ms(TRY_CAST({start} AS TIMESTAMP)))::DOUBLE",
+        "status": f"CASE lower({status}) WHEN 'success' THEN 'ok' WHEN 'failure' THEN 'error' ELSE coalesce({status}, 'ok') END",
+        "error_type": jget(f.text("metadata"), "$.error_information.error_class"),
+        "cost_usd": f.raw("spend"),
+        "request": f.text("messages"),
+        "response": _response_text(f.text("response")),
+        "metadata": f.text("metadata"),
+    }
+
+
+def _assume_utc(ts: str) -> str:
+    return f"CASE WHEN regexp_matches({ts}, '(Z|[+-][0-9]{{2}}(:?[0-9]{{2}})?)$') THEN {ts} ELSE {ts} || '+00:00' END"
+
+
+def _response_text(sql: str) -> str:
+    """The assistant's text from a chat.completion JSON; plain text stays as it is."""
+    valid = f"CASE WHEN json_valid({sql}) THEN {sql} END"
+    content = f"json_extract_string({valid}, '$.choices[0].message.content')"
+    tools = f"json_extract({valid}, '$.choices[0].message.tool_calls')::VARCHAR"
+    return (f"CASE WHEN json_type({valid}) = 'OBJECT' AND json_exists({valid}, '$.choices') "
+            f"THEN coalesce({content}, {tools}) ELSE {sql} END")
+
+
+def _openai(f: Fields) -> dict[str, str]:
+    error = f.text("error")
+    return {
+        "request_id": f"coalesce({f.text('response.id')}, {f.text('request_id')})",
+        "ts": f"coalesce(strftime(to_timestamp(TRY_CAST({f.text('response.created')} AS BIGINT)), '%Y-%m-%dT%H:%M:%SZ'), {f.text('ts')})",
+        "model": f"coalesce({f.text('request.model')}, {f.text('response.model')})",
+        "provider": "'openai'",
+        "prompt_tokens": f"coalesce({f.text('response.usage.prompt_tokens')}, '0')",
+        "completion_tokens": f"coalesce({f.text('response.usage.completion_tokens')}, '0')",
+        "latency_ms": f.text("latency_ms"),
+        "status": f"CASE WHEN {error} IS NULL OR {error} = 'null' THEN 'ok' ELSE 'error' END",
+        "error_type": f"coalesce({jget(error, '$.type')}, {jget(error, '$.code')})",
+        "cost_usd": f.text("cost_usd"),
+        "request": f.text("request.messages"),
+        "response": _response_text(f.text("response")),
+        "metadata": f"coalesce({f.text('metadata')}, {f.text('request.metadata')}, '{{}}')",
+    }
+
+
+def _openai_batch(f: Fields) -> dict[str, str]:
+    body, error = "response.body", f.text("error")
+    status_code = f"TRY_CAST({f.text('response.status_code')} AS INT)"
+    return {
+        "request_id": f"coalesce({f.text('custom_id')}, {f.text('id')})",
+        "ts": f"strftime(to_timestamp(TRY_CAST({f.text(body + '.created')} AS BIGINT)), '%Y-%m-%dT%H:%M:%SZ')",
+        "model": f.text(body + ".model"), "provider": "'openai'",
+        "prompt_tokens": f"coalesce({f.text(body + '.usage.prompt_tokens')}, '0')",
+        "completion_tokens": f"coalesce({f.text(body + '.usage.completion_tokens')}, '0')",
+        "latency_ms": "CAST(NULL AS VARCHAR)",
+        "status": f"CASE WHEN ({error} IS NULL OR {error} = 'null') AND coalesce({status_code}, 200) < 400 THEN 'ok' ELSE 'error' END",
+        "error_type": f"coalesce({jget(error, '$.code')}, CAST({status_code} AS VARCHAR))",
+        "cost_usd": "CAST(NULL AS VARCHAR)", "request": "CAST(NULL AS VARCHAR)",
+        "response": _response_text(f.text(body)),
+        # Batch rows are priced at batch rates: the hosting travels in the metadata.
+        "metadata": f"json_object('hosting', 'batch', 'batch_request_id', {f.text('id')}, 'custom_id', {f.text('custom_id')})::VARCHAR",
+    }
+
+
+ADAPTERS = {"canonical": _canonical, "litellm": _litellm, "openai": _openai, "openai_batch": _openai_batch}
+
+
+def source_sql(con: duckdb.DuckDBPyConnection, log: LogFile, rules: Sequence[dict] = ()) -> str:
+    """``(SELECT <canonical columns> FROM <scan>)`` for one file, secrets redacted, use case set.
+
+    A canonical file that lacks a required column keeps lacking it, so the contract reports it.
+    """
+    raw = _raw_columns(con, log)
+    fields = Fields(raw, log.container == "jsonl")
+    exprs = ADAPTERS[log.format](fields)
+    if log.format == "canonical" and not fields.jsonl:
+        exprs = {k: v for k, v in exprs.items() if k in raw or k in OPTIONAL_COLUMNS or k == "use_case"}
+    exprs["metadata"] = redact(f"coalesce({exprs.get('metadata', 'NULL')}, '{{}}')")
+    exprs["use_case"] = _use_case_sql(exprs.get("use_case", "NULL"), exprs["metadata"], exprs.get("model", "NULL"), rules)
+    for column in OPTIONAL_COLUMNS:
+        exprs.setdefault(column, "CAST(NULL AS VARCHAR)")
+    if fields.jsonl:
+        exprs[SOURCE_LINE] = redact(SOURCE_LINE)
+    select = ", ".join(f"{v} AS {q(k)}" for k, v in exprs.items())
+    return f"(SELECT {select} FROM {scan_sql(log)})"
+
+
+OPTIONAL_COLUMNS = ("provider", "latency_ms", "error_type", "cost_usd", "request", "response", "metadata")
+
+
+def usage_source(con: duckdb.DuckDBPyConnection, paths: Iterable[str | Path], fmt: str | None = None,
+                 rules: Sequence[dict] = ()) -> tuple[str, list[LogFile]]:
+    """All inputs as one relation (``UNION ALL BY NAME``); a folder means the log files inside it."""
+    logs = [detect_format(path, fmt) for path in expand_paths(paths)]
+    if not logs:
+        raise DataError("no usage log files given")
+    parts = [source_sql(con, log, rules) for log in logs]
+    return "(" + " UNION ALL BY NAME ".join(f"SELECT * FROM {p}" for p in parts) + ")", logs
+
+
+def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
+    """Files as given; folders expand to their .csv/.jsonl/.parquet files, sorted."""
+    found: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found += sorted(p for p in path.iterdir() if p.suffix in (".csv", ".jsonl", ".parquet", ".json"))
+        else:
+            found.append(path)
+    return found
+
+
+# --------------------------------------------------------------------------- aggregations
+
+HOSTING_SQL = f"coalesce(CASE WHEN metadata LIKE '%hosting%' THEN {jget('metadata', '$.hosting')} END, 'api')"
+
+
+def checked_cost_by_month(checked) -> tuple[pa.Table, int, dict[str, int]]:
+    """The cost groups of the accepted rows, rows read, and failures per expectation.
+
+    The contract's flags and the GROUP BY run in one DuckDB query, so a clean log costs about
+    what a bare GROUP BY over the file costs; only when rows failed does a second scan count
+    the failures per expectation.
+    """
+    # Group by the truncated timestamp and format the few groups afterwards: formatting 10M
+    # timestamps would cost more than the whole contract.
+    grouped = f"""
+        SELECT date_trunc('month', ts) AS month, use_case, model,
+               {HOSTING_SQL} AS hosting, _ok,
+               any_value(provider) AS provider, count(*) AS requests,
+               count(*) FILTER (WHERE status = 'error') AS errors,
+               sum(prompt_tokens)::BIGINT AS prompt_tokens, sum(completion_tokens)::BIGINT AS completion_tokens,
+               sum(cost_usd) AS logged_cost_usd,
+               coalesce(sum(prompt_tokens) FILTER (WHERE cost_usd IS NULL), 0)::BIGINT AS unlogged_prompt_tokens,
+               coalesce(sum(completion_tokens) FILTER (WHERE cost_usd IS NULL), 0)::BIGINT AS unlogged_completion_tokens,
+               min(ts) AS first_ts, max(ts) AS last_ts
+        FROM {checked.conformed_flagged_sql} GROUP BY ALL"""
+    table = checked.con.sql(f"SELECT * REPLACE (strftime(month, '%Y-%m') AS month) FROM ({grouped})").to_arrow_table()
+    read = sum(table.column("requests").to_pylist())
+    accepted = table.filter(table.column("_ok")).drop_columns(["_ok"])
+    failures = dict(checked.failure_counts()[1]) if accepted.num_rows < table.num_rows else {}
+    order = [("month", "ascending"), ("use_case", "ascending"), ("model", "ascending")]
+    return accepted.sort_by(order), read, failures
+
+
+def price_costs(con: duckdb.DuckDBPyConnection, grouped: pa.Table, prices: pa.Table, batch_prices: pa.Table) -> pa.Table:
+    """Add ``cost_usd`` (logged spend + unlogged tokens × price) and the tokens nobody could price."""
+    con.register("_grouped", grouped)
+    con.register("_prices", prices)
+    con.register("_batch_prices", batch_prices)
+    return con.sql("""
+        SELECT g.*, CASE WHEN g.hosting = 'batch' THEN b.price_source ELSE p.price_source END AS price_source,
+               coalesce(g.logged_cost_usd, 0) + coalesce(
+                   g.unlogged_prompt_tokens * CASE WHEN g.hosting = 'batch' THEN b.input_per_token ELSE p.input_per_token END
+                 + g.unlogged_completion_tokens * CASE WHEN g.hosting = 'batch' THEN b.output_per_token ELSE p.output_per_token END, 0) AS cost_usd,
+               CASE WHEN (CASE WHEN g.hosting = 'batch' THEN b.input_per_token ELSE p.input_per_token END) IS NULL
+                    THEN g.unlogged_prompt_tokens + g.unlogged_completion_tokens ELSE 0 END AS unpriced_tokens
+        FROM _grouped g LEFT JOIN _prices p USING (model) LEFT JOIN _batch_prices b USING (model)
+        ORDER BY month, use_case, model""").to_arrow_table()
+
+
+EVIDENCE_SQL = """
+SELECT use_case,
+       count(*) AS sampled,
+       avg(CASE WHEN left(ltrim(response), 1) IN ('{{', '[') AND json_valid(response) THEN 1.0 ELSE 0.0 END) AS json_share,
+       approx_count_distinct(lower(trim(response))) AS distinct_responses,
+       avg(length(response)) AS mean_response_chars,
+       avg(completion_tokens) AS mean_completion_tokens,
+       avg(json_array_length(CASE WHEN json_valid(request) THEN request END)) AS mean_messages,
+       avg(CASE WHEN request LIKE '%"tool_calls"%' OR request LIKE '%"role": "tool"%' OR request LIKE '%"role":"tool"%'
+                THEN 1.0 ELSE 0.0 END) AS tool_share,
+       quantile_cont(latency_ms, 0.95) AS p95_latency_ms,
+       avg(CASE WHEN {hosting} = 'batch' THEN 1.0 ELSE 0.0 END) AS batch_share,
+       count(DISTINCT strftime(ts, '%H')) AS active_hours
+FROM {accepted}
+WHERE status = 'ok' AND {sample}
+GROUP BY use_case
+ORDER BY use_case
+"""
+
+
+def use_case_evidence(con: duckdb.DuckDBPyConnection, source_sql: str, rows: int, sample: int = 200_000) -> pa.Table:
+    """Per use case, what the logs say about the work: JSON outputs, label sets, turns, tools, latency.
+
+    Read from the source (evidence is a heuristic, it needs no contract) on a repeatable
+    sample of about ``sample`` rows: the shape of a workload shows in thousands of rows, and
+    the audit must stay near the cost of one scan.
+    """
+    sampled = source_sql if rows <= sample else \
+        f"(SELECT * FROM {source_sql} USING SAMPLE {100 * sample / rows:.4f}% (system, 42))"
+    typed = (f"(SELECT use_case, response, request, metadata, status, TRY_CAST(ts AS TIMESTAMPTZ) AS ts, "
+             f"TRY_CAST(completion_tokens AS DOUBLE) AS completion_tokens, TRY_CAST(latency_ms AS DOUBLE) AS latency_ms "
+             f"FROM {sampled})")
+    return con.sql(EVIDENCE_SQL.format(accepted=typed, sample="TRUE", hosting=HOSTING_SQL)).to_arrow_table()
+
+
+def write_canonical(con: duckdb.DuckDBPyConnection, accepted_sql: str, path: Path) -> Path:
+    """The accepted rows as canonical parquet (what golden sets sample from), streamed: no sort,
+    so 10M rows never sit in memory at once (readers order what they need)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cols = ", ".join(f"CAST({q(f.name)} AS {_duck(f.type)}) AS {q(f.name)}" for f in USAGE_SCHEMA)
+    con.execute(f"COPY (SELECT {cols} FROM {accepted_sql}) TO {lit(str(path))} (FORMAT PARQUET)")
+    return path
+
+
+def _duck(arrow_type: pa.DataType) -> str:
+    return {pa.string(): "VARCHAR", pa.int64(): "BIGINT", pa.float64(): "DOUBLE"}.get(arrow_type, "TIMESTAMPTZ")
+
+
+def read_usage(paths: Iterable[str | Path], fmt: str | None = None, rules: Sequence[dict] = ()) -> pa.Table:
+    """Small inputs as a canonical Arrow table, unvalidated (tests, notebooks); big ones stay in DuckDB."""
+    from workhorse.tasks.contracts import connect
+
+    con = connect()
+    sql, _ = usage_source(con, paths, fmt, rules)
+    return con.sql(f"SELECT * FROM {sql}").to_arrow_table()
+
+
+def canonical_rows(rows: list[dict]) -> pa.Table:
+    """Canonical usage rows from dicts (tests, generators), with the schema's types."""
+    return pa.Table.from_pylist(rows, schema=USAGE_SCHEMA)
+
+
+def tag_use_case(metadata: dict, use_case: str) -> dict:
+    """Metadata carrying the use case the way LiteLLM tags carry it (``use_case:<name>``)."""
+    tags = [t for t in metadata.get("tags", []) if not re.match(TAG_PATTERN, t)]
+    return {**metadata, "tags": tags + [f"use_case:{use_case}"]}
