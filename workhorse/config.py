@@ -115,6 +115,53 @@ class QualityPolicy(_Section):
     confidence: float = Field(0.95, gt=0, lt=1)
 
 
+class Guardrails(_Section):
+    """Thresholds of the rollout analysis: a breach needs significance AND a minimum effect."""
+
+    alpha: float = Field(0.01, gt=0, lt=1, description="Significance level of every test (loop runs repeat tests).")
+    max_error_rate_increase: float = Field(0.02, ge=0, le=1, description="Tolerated error-rate excess (absolute).")
+    critical_error_rate: float = Field(0.25, gt=0, le=1, description="Candidate error rate that reverts at once.")
+    latency_p95_increase: float = Field(0.25, ge=0, description="Tolerated p95 latency excess (relative).")
+    latency_min_increase_ms: float = Field(50.0, ge=0, description="Smaller p95 excesses are never a breach.")
+    latency_critical_ratio: float = Field(4.0, gt=1, description="p95 ratio that reverts at once.")
+    max_invalid_rate_increase: float = Field(0.05, ge=0, le=1, description="Tolerated excess of invalid outputs.")
+    min_agreement: float = Field(0.8, ge=0, le=1, description="Shadow: least agreement with the incumbent.")
+    max_cost_ratio: float = Field(1.5, gt=0, description="Candidate cost share / traffic share tolerated.")
+    min_critical_requests: int = Field(10, ge=1, description="Candidate requests needed before anything reverts.")
+
+
+class RolloutPolicy(_Section):
+    """Steps, bake time, minimum requests and counters of a staged rollout (Argo Rollouts' semantics)."""
+
+    steps: list[Any] = Field(default_factory=lambda: ["shadow", 5, 10, 25, 50, 100],
+                             description="'shadow' first (optional), then increasing percentages ending at 100.")
+    bake_time: float = Field(600.0, ge=0, description="Seconds (or '10m', '1h') each step runs before it can pass.")
+    min_requests: int = Field(200, ge=1, description="Requests per arm in a step before it can pass.")
+    failure_limit: int = Field(1, ge=0, description="Revert when failed analyses exceed this (whole rollout).")
+    consecutive_error_limit: int = Field(1, ge=0, description="Revert when failed analyses in a row exceed this.")
+    inconclusive_limit: int = Field(2, ge=0, description="Pause when inconclusive analyses in a step exceed this.")
+    guardrails: Guardrails = Field(default_factory=Guardrails)
+
+    @field_validator("bake_time", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        units = {"s": 1, "m": 60, "h": 3600}
+        if isinstance(value, str) and value[-1:] in units:
+            return float(value[:-1]) * units[value[-1]]
+        return value
+
+    @field_validator("steps")
+    @classmethod
+    def _ordered(cls, value: list[Any]) -> list[Any]:
+        shadow = value[:1] == ["shadow"]
+        numbers = value[1:] if shadow else value
+        if not numbers or any(isinstance(n, bool) or not isinstance(n, int) for n in numbers):
+            raise ValueError("steps are 'shadow' (first, optional) then integer percentages")
+        if numbers != sorted(set(numbers)) or numbers[0] <= 0 or numbers[-1] != 100:
+            raise ValueError("percentages must increase strictly, start above 0 and end at 100")
+        return value
+
+
 class Plan(_Section):
     """The whole ``workhorse.yaml``."""
 
@@ -127,7 +174,7 @@ class Plan(_Section):
     pricing: PricingPlan = Field(default_factory=PricingPlan)
     audit: AuditPlan = Field(default_factory=AuditPlan)
     quality_policy: QualityPolicy = Field(default_factory=QualityPolicy)
-    rollout: _Section = Field(default_factory=_Section)
+    rollout: RolloutPolicy = Field(default_factory=RolloutPolicy)
     monitoring: _Section = Field(default_factory=_Section)
     alerts: _Section = Field(default_factory=_Section)
 

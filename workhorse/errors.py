@@ -8,7 +8,8 @@
     ├── DataError              input data is unusable as a whole (not row-level: rows are quarantined)
     │   ├── ContractError      too many rows broke a data contract
     │   └── VersionExistsError an immutable version (golden set) is already there: never overwritten
-    └── ProviderError          a model call failed for good (after bounded retries)
+    ├── ProviderError          a model call failed for good (after bounded retries)
+    └── RolloutError           a rollout transition is not allowed (another rollout in progress, ...)
 
 Messages name the use case, model and item where they are known. Catch at the flow boundary.
 """
@@ -52,3 +53,7 @@ class ProviderError(WorkhorseError):
     def __init__(self, message: str, *, error_type: str):
         super().__init__(message)
         self.error_type = error_type
+
+
+class RolloutError(WorkhorseError):
+    """A rollout transition is not allowed in the current state; the message names the use case."""
