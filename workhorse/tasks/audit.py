@@ -270,7 +270,7 @@ def _enforce(checked, result: AuditResult, plan: Plan, max_bad_ratio: float | No
 
 
 def _judge(con, checked, result: AuditResult, plan: Plan, catalog: pricing.PriceCatalog, read: int) -> None:
-    evidence = {r["use_case"]: r for r in usage.use_case_evidence(con, checked.source, read).to_pylist()}
+    evidence = usage.evidence_from_groups(result.costs)
     result.use_cases = monthly_use_cases(result.costs, plan.audit.log_sample_rate)
     names = result.use_cases.column("use_case").to_pylist() if result.use_cases.num_rows else []
     result.verdicts = {n: classify_use_case(n, plan, evidence.get(n)) for n in names}
@@ -291,7 +291,8 @@ def write_audit_tables(result: AuditResult, folder: Path) -> dict[str, str]:
 
     folder.mkdir(parents=True, exist_ok=True)
     verdicts = pa.Table.from_pylist([v.__dict__ for v in result.verdicts.values()]) if result.verdicts else pa.table({})
-    tables = {"cost_by_month": result.costs, "use_cases": result.use_cases, "verdicts": verdicts,
+    costs = result.costs.drop_columns([c for c in result.costs.column_names if c.startswith("ev_")])
+    tables = {"cost_by_month": costs, "use_cases": result.use_cases, "verdicts": verdicts,
               "projections": result.projections, "total_cost": pa.Table.from_pylist(result.total_cost)}
     paths = {}
     for name, table in tables.items():

@@ -194,7 +194,9 @@ def _use_case_sql(explicit: str, metadata: str, model: str, rules: Sequence[dict
         if tests:
             cases.append(f"WHEN {' AND '.join(tests)} THEN {lit(rule['use_case'])}")
     by_rule = f"CASE {' '.join(cases)} END" if cases else "NULL"
-    return f"coalesce(nullif({explicit}, ''), {from_meta}, {by_rule}, {lit(UNASSIGNED)})"
+    # CASE, not coalesce: DuckDB then only parses the metadata of rows that lack a use case.
+    return (f"CASE WHEN nullif({explicit}, '') IS NOT NULL THEN {explicit} "
+            f"ELSE coalesce({from_meta}, {by_rule}, {lit(UNASSIGNED)}) END")
 
 
 # --------------------------------------------------------------------------- adapters
@@ -338,14 +340,13 @@ def checked_cost_by_month(checked) -> tuple[pa.Table, int, dict[str, int]]:
     # timestamps would cost more than the whole contract.
     grouped = f"""
         SELECT date_trunc('month', ts) AS month, use_case, model,
-               {HOSTING_SQL} AS hosting, _ok,
-               any_value(provider) AS provider, count(*) AS requests,
+               {HOSTING_SQL} AS hosting, _ok, count(*) AS requests,
                count(*) FILTER (WHERE status = 'error') AS errors,
                sum(prompt_tokens)::BIGINT AS prompt_tokens, sum(completion_tokens)::BIGINT AS completion_tokens,
                sum(cost_usd) AS logged_cost_usd,
                coalesce(sum(prompt_tokens) FILTER (WHERE cost_usd IS NULL), 0)::BIGINT AS unlogged_prompt_tokens,
                coalesce(sum(completion_tokens) FILTER (WHERE cost_usd IS NULL), 0)::BIGINT AS unlogged_completion_tokens,
-               min(ts) AS first_ts, max(ts) AS last_ts
+               min(ts) AS first_ts, max(ts) AS last_ts,{EVIDENCE_AGGREGATES}
         FROM {checked.conformed_flagged_sql} GROUP BY ALL"""
     table = checked.con.sql(f"SELECT * REPLACE (strftime(month, '%Y-%m') AS month) FROM ({grouped})").to_arrow_table()
     read = sum(table.column("requests").to_pylist())
@@ -353,6 +354,51 @@ def checked_cost_by_month(checked) -> tuple[pa.Table, int, dict[str, int]]:
     failures = dict(checked.failure_counts()[1]) if accepted.num_rows < table.num_rows else {}
     order = [("month", "ascending"), ("use_case", "ascending"), ("model", "ascending")]
     return accepted.sort_by(order), read, failures
+
+
+# Evidence about the work, as sums that merge across groups, so it rides along the cost scan
+# instead of costing a second one. Only successful calls count.
+EVIDENCE_AGGREGATES = """
+               count(*) FILTER (WHERE status = 'ok' AND response IS NOT NULL) AS ev_answers,
+               count(*) FILTER (WHERE status = 'ok' AND left(ltrim(response), 1) IN ('{', '[')) AS ev_json,
+               approx_count_distinct(lower(trim(response))) FILTER (WHERE status = 'ok') AS ev_distinct,
+               coalesce(sum(length(response)) FILTER (WHERE status = 'ok'), 0) AS ev_chars,
+               coalesce(sum(completion_tokens) FILTER (WHERE status = 'ok'), 0) AS ev_completion,
+               count(*) FILTER (WHERE status = 'ok') AS ev_ok,
+               coalesce(sum(json_array_length(CASE WHEN left(request, 1) = '[' AND json_valid(request) THEN request END)), 0) AS ev_messages,
+               count(*) FILTER (WHERE left(request, 1) = '[') AS ev_requests,
+               count(*) FILTER (WHERE contains(request, '"tool_calls"') OR contains(request, '"role": "tool"')
+                                OR contains(request, '"role":"tool"')) AS ev_tools,
+               bit_or(1::UBIGINT << ((epoch_ms(ts) // 3600000) % 24)::UBIGINT) AS ev_hours"""  # UTC hour, no zone lookup
+
+
+def evidence_from_groups(groups: pa.Table) -> dict[str, dict]:
+    """Per use case, what the logs say about the work: JSON outputs, label sets, turns, tools, hours.
+
+    ``distinct_responses`` sums the per-group distinct counts: an upper bound, so "a small fixed
+    label set" is only claimed when it surely is one.
+    """
+    evidence: dict[str, dict] = {}
+    for row in groups.to_pylist():
+        ev = evidence.setdefault(row["use_case"], {"hours": 0, "batch": 0, **{k: 0 for k in row if k.startswith("ev_")}})
+        for key in ev:
+            if key.startswith("ev_") and key != "ev_hours":
+                ev[key] += row[key] or 0
+        ev["hours"] |= row["ev_hours"] or 0
+        ev["batch"] += row["requests"] if row["hosting"] == "batch" else 0
+        ev["requests"] = ev.get("requests", 0) + row["requests"]
+    return {name: _evidence(ev) for name, ev in evidence.items()}
+
+
+def _evidence(ev: dict) -> dict:
+    answers, ok = ev["ev_answers"], ev["ev_ok"]
+    return {"sampled": ok, "json_share": ev["ev_json"] / answers if answers else 0.0,
+            "distinct_responses": ev["ev_distinct"], "mean_response_chars": ev["ev_chars"] / answers if answers else 0.0,
+            "mean_completion_tokens": ev["ev_completion"] / ok if ok else 0.0,
+            "mean_messages": ev["ev_messages"] / ev["ev_requests"] if ev["ev_requests"] else 0.0,
+            "tool_share": ev["ev_tools"] / ev["requests"] if ev["requests"] else 0.0,
+            "batch_share": ev["batch"] / ev["requests"] if ev["requests"] else 0.0,
+            "active_hours": bin(ev["hours"]).count("1")}
 
 
 def price_costs(con: duckdb.DuckDBPyConnection, grouped: pa.Table, prices: pa.Table, batch_prices: pa.Table) -> pa.Table:
@@ -369,41 +415,6 @@ def price_costs(con: duckdb.DuckDBPyConnection, grouped: pa.Table, prices: pa.Ta
                     THEN g.unlogged_prompt_tokens + g.unlogged_completion_tokens ELSE 0 END AS unpriced_tokens
         FROM _grouped g LEFT JOIN _prices p USING (model) LEFT JOIN _batch_prices b USING (model)
         ORDER BY month, use_case, model""").to_arrow_table()
-
-
-EVIDENCE_SQL = """
-SELECT use_case,
-       count(*) AS sampled,
-       avg(CASE WHEN left(ltrim(response), 1) IN ('{{', '[') AND json_valid(response) THEN 1.0 ELSE 0.0 END) AS json_share,
-       approx_count_distinct(lower(trim(response))) AS distinct_responses,
-       avg(length(response)) AS mean_response_chars,
-       avg(completion_tokens) AS mean_completion_tokens,
-       avg(json_array_length(CASE WHEN json_valid(request) THEN request END)) AS mean_messages,
-       avg(CASE WHEN request LIKE '%"tool_calls"%' OR request LIKE '%"role": "tool"%' OR request LIKE '%"role":"tool"%'
-                THEN 1.0 ELSE 0.0 END) AS tool_share,
-       quantile_cont(latency_ms, 0.95) AS p95_latency_ms,
-       avg(CASE WHEN {hosting} = 'batch' THEN 1.0 ELSE 0.0 END) AS batch_share,
-       count(DISTINCT strftime(ts, '%H')) AS active_hours
-FROM {accepted}
-WHERE status = 'ok' AND {sample}
-GROUP BY use_case
-ORDER BY use_case
-"""
-
-
-def use_case_evidence(con: duckdb.DuckDBPyConnection, source_sql: str, rows: int, sample: int = 200_000) -> pa.Table:
-    """Per use case, what the logs say about the work: JSON outputs, label sets, turns, tools, latency.
-
-    Read from the source (evidence is a heuristic, it needs no contract) on a repeatable
-    sample of about ``sample`` rows: the shape of a workload shows in thousands of rows, and
-    the audit must stay near the cost of one scan.
-    """
-    sampled = source_sql if rows <= sample else \
-        f"(SELECT * FROM {source_sql} USING SAMPLE {100 * sample / rows:.4f}% (system, 42))"
-    typed = (f"(SELECT use_case, response, request, metadata, status, TRY_CAST(ts AS TIMESTAMPTZ) AS ts, "
-             f"TRY_CAST(completion_tokens AS DOUBLE) AS completion_tokens, TRY_CAST(latency_ms AS DOUBLE) AS latency_ms "
-             f"FROM {sampled})")
-    return con.sql(EVIDENCE_SQL.format(accepted=typed, sample="TRUE", hosting=HOSTING_SQL)).to_arrow_table()
 
 
 def write_canonical(con: duckdb.DuckDBPyConnection, accepted_sql: str, path: Path) -> Path:
