@@ -461,7 +461,14 @@ def revert_payload(state: RolloutState) -> dict:
 def emit_reverted_event(payload: dict) -> Any:
     """A Prefect event so Automations can act; without a Prefect API it is only logged."""
     try:
+        from prefect.context import FlowRunContext
         from prefect.events import emit_event
+        from prefect.settings import PREFECT_API_URL
+
+        # Without a server Prefect would start a temporary one (~15 s): a revert must not wait for that.
+        if not PREFECT_API_URL.value() and FlowRunContext.get() is None:
+            log.info("%s: no Prefect API configured; %s not emitted", payload["use_case"], REVERTED_EVENT)
+            return None
 
         return emit_event(event=REVERTED_EVENT, payload=payload,
                           resource={"prefect.resource.id": f"workhorse.rollout.{payload['use_case']}",
