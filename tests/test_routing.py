@@ -74,7 +74,7 @@ def test_counters_decide_between_staying_pausing_and_reverting(isolated_workspac
     ws = isolated_workspace
     started(ws)
     for _ in range(3):
-        advance(ws, UC)  # shadow -> 5 -> 10 -> 25 by hand
+        advance(ws, UC, manual=True)  # shadow -> 5 -> 10 -> 25 by hand
     for outcome in outcomes:
         before = current_state(ws, UC).stage
         advance(ws, UC, verdict(ws, outcome))
@@ -93,7 +93,7 @@ def test_counters_decide_between_staying_pausing_and_reverting(isolated_workspac
 def test_pause_resume_promote_abort_and_restart(isolated_workspace):
     ws = isolated_workspace
     started(ws)
-    advance(ws, UC)
+    advance(ws, UC, manual=True)
     assert pause(ws, UC, "holiday freeze").to_stage == "paused"
     assert current_weights(ws, UC)["candidate"] == 5  # paused keeps the weights
     assert advance(ws, UC, verdict(ws, "pass")).changed is False  # the loop leaves a paused rollout alone
@@ -115,7 +115,7 @@ def test_pause_resume_promote_abort_and_restart(isolated_workspace):
 def test_revert_is_idempotent_and_alerts_once(isolated_workspace):
     ws = isolated_workspace
     started(ws)
-    advance(ws, UC)
+    advance(ws, UC, manual=True)
     sent = []
     first = revert(ws, UC, "error rate 40 % vs 1 %", {"p_value": 1e-9}, notify=sent.append)
     again = revert(ws, UC, "error rate 40 % vs 1 %", {"p_value": 1e-9}, notify=sent.append)
@@ -133,7 +133,7 @@ from workhorse.workspace import Workspace
 from workhorse.tasks import routing
 ws = Workspace.resolve(sys.argv[1])
 if sys.argv[2] == "advance":
-    routing.advance(ws, "ticket-routing")
+    routing.advance(ws, "ticket-routing", manual=True)
 else:
     routing.revert(ws, "ticket-routing", "injected", {"k": 1}, notify=lambda p: print("ALERTED"))
 """
@@ -149,7 +149,7 @@ def run_child(ws, action: str, crash_at: str) -> subprocess.CompletedProcess:
 def test_sigkill_between_writing_the_weight_and_recording_it_keeps_the_old_state(isolated_workspace, action):
     ws = isolated_workspace
     started(ws)
-    advance(ws, UC)  # at 5 %
+    advance(ws, UC, manual=True)  # at 5 %
     before = current_state(ws, UC)
     child = run_child(ws, action, "after_state_write")
     assert child.returncode == -9  # really killed, mid-transaction
@@ -157,7 +157,7 @@ def test_sigkill_between_writing_the_weight_and_recording_it_keeps_the_old_state
     assert (after.stage, after.version, after.candidate_weight) == (before.stage, before.version, 5)
     assert_consistent(ws)
     # The interrupted transition can simply be run again.
-    (advance(ws, UC) if action == "advance" else revert(ws, UC, "again", {}, notify=lambda p: None))
+    (advance(ws, UC, manual=True) if action == "advance" else revert(ws, UC, "again", {}, notify=lambda p: None))
     assert current_state(ws, UC).stage == ("10" if action == "advance" else "reverted")
     assert_consistent(ws)
 

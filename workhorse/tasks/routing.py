@@ -274,9 +274,11 @@ def start_rollout(workspace: Workspace | str | None, use_case: str, incumbent: A
     return _transact(_ws(workspace), use_case, "start", decide)
 
 
-def advance(workspace: Workspace | str | None, use_case: str, analysis: Any = None, *,
+def advance(workspace: Workspace | str | None, use_case: str, analysis: Any = None, *, manual: bool = False,
             expected_version: int | None = None, notify: Callable[[dict], None] | None = None) -> Transition:
-    """Apply one analysis of the current step (or, with none, move one step on by hand).
+    """Apply one analysis of the current step, or with ``manual=True`` move one step on by hand.
+
+    No analysis and no ``manual`` changes nothing: a loop with nothing to judge never advances.
 
     The analysis carries the ``version`` it was computed on: a state that moved meanwhile makes
     it stale and nothing changes (of concurrent callers, one wins). Outcomes: ``pass`` → next
@@ -284,12 +286,12 @@ def advance(workspace: Workspace | str | None, use_case: str, analysis: Any = No
     counter, pause past the limit; ``wait`` → nothing (bake time not over).
     """
     expected = getattr(analysis, "version", None) if analysis is not None else expected_version
-    outcome = getattr(analysis, "outcome", "pass") if analysis is not None else "manual"
+    outcome = getattr(analysis, "outcome", "pass") if analysis is not None else ("manual" if manual else "none")
     reason = getattr(analysis, "reason", None) or "advanced by operator"
     evidence = _evidence_of(analysis)
 
     def decide(state: RolloutState) -> RolloutState | None:
-        if expected is not None and expected != state.version:
+        if outcome == "none" or (expected is not None and expected != state.version):
             return None
         if outcome == "manual" and state.stage == "paused":
             state = replace(state, stage="resuming")
