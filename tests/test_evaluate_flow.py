@@ -3,6 +3,7 @@ server via LiteLLM) and batched (vLLM offline), with its numbers recomputed inde
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import json
 import string
@@ -53,8 +54,8 @@ def test_banking77_slice_through_both_hosting_modes(prefect_server, shared_datas
     refresh_golden(isolated_workspace, spec, [SourceSpec("labels", str(labels), {"input": "text", "reference": "category"})])
     plan = write_plan(tmp_path / "workhorse.yaml")
 
-    summary = parallel_eval(use_case="banking", workspace=str(isolated_workspace.root), plan_path=str(plan),
-                            variants=["zero-shot", "constrained"])
+    summary = asyncio.run(parallel_eval(use_case="banking", workspace=str(isolated_workspace.root),
+                                        plan_path=str(plan), variants=["zero-shot", "constrained"]))
 
     responses = pq.read_table(summary["responses"]).to_pylist()
     assert {r["hosting"] for r in responses} == {"self_hosted", "batch"}

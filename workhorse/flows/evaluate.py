@@ -20,9 +20,9 @@ from workhorse.workspace import Workspace
 
 
 @flow(name="parallel-eval", log_prints=True)
-def parallel_eval(use_case: str, workspace: str | None = None, plan_path: str | None = None,
+async def parallel_eval(use_case: str, workspace: str | None = None, plan_path: str | None = None,
                   models: list[str] | None = None, hostings: list[str] | None = None,
-                  variants: list[str] | None = None, shard_size: int = 64, replay: bool = True,
+                  variants: list[str] | None = None, shard_size: int = 200, replay: bool = True,
                   run_id: str | None = None) -> dict:
     """Evaluate the plan's incumbent and candidates for one use case and give a verdict."""
     logger = get_run_logger()
@@ -37,7 +37,7 @@ def parallel_eval(use_case: str, workspace: str | None = None, plan_path: str | 
     with EvalContext(ws, run_id, shard_size) as context:
         examples = few_shot_examples(dev)
         tuning = [r for c in candidates for v in c.variants for r in build_requests(c, v, dev, examples)]
-        dev_rows = generate(context, tuning)
+        dev_rows = await generate(context, tuning, phase="dev")
         dev_scores = score_responses(items, dev_rows)
         chosen = {(c.spec.label, c.spec.hosting): best_variant(dev_scores, c.spec.label, c.spec.hosting)
                   for c in candidates}
@@ -45,7 +45,7 @@ def parallel_eval(use_case: str, workspace: str | None = None, plan_path: str | 
         confirm = build_requests(incumbent, AS_LOGGED, to_call) if incumbent.callable else []
         for c in candidates:
             confirm += build_requests(c, chosen[(c.spec.label, c.spec.hosting)][0], test, examples)
-        test_rows = replayed + generate(context, confirm)
+        test_rows = replayed + await generate(context, confirm, phase="test")
         throughput = context.throughput()
     test_scores = score_responses(items, test_rows)
     verdict = decide(plan, use_case, incumbent, candidates, chosen, test_scores, test_rows, ws)

@@ -4,6 +4,7 @@ the embedded engine (server or offline batch), scores, verdict and published res
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import time
 from collections import defaultdict
@@ -18,10 +19,10 @@ from workhorse.tasks.engines import (
     EMBEDDED_MODEL, BatchParams, VLLMServer, prepare_embedded_model, run_offline_batch,
 )
 from workhorse.tasks.evaluation import (
-    AS_LOGGED, CANDIDATE_VARIANTS, Contender, concurrency_per_shard, replay_incumbent, score_rows, shards,
+    AS_LOGGED, CANDIDATE_VARIANTS, Contender, replay_incumbent, score_rows, shards,
 )
 from workhorse.tasks.inference import EvalResponse, ModelRequest, ModelSpec, Runner, call_cost
-from workhorse.tasks.pricing import SelfHosting, record_throughput
+from workhorse.tasks.pricing import PriceCatalog, SelfHosting, record_throughput
 from workhorse.workspace import Workspace
 
 EMBEDDED_LITELLM = f"hosted_vllm/{EMBEDDED_MODEL}"
@@ -37,6 +38,7 @@ def has_credentials(model: str) -> bool:
         return True
     import litellm
 
+    litellm.suppress_debug_info = True
     return bool(litellm.validate_environment(model=model).get("keys_in_environment"))
 
 
@@ -75,8 +77,14 @@ def contenders_from_plan(plan: Plan, use_case: str, models: list[str] | None, ho
 def _candidate_spec(plan: Plan, model: str, hosting: str, api_base: str | None) -> ModelSpec:
     if hosting in ("self_hosted", "batch") and model.startswith("hosted_vllm/"):
         return self_hosted_spec(plan, model, hosting, api_base)
-    return ModelSpec(model=model, name=f"{model} ({hosting})" if hosting != "api" else model,
-                     api_base=api_base, hosting=hosting)
+    if hosting == "batch":
+        # Answers come from the synchronous API (same model, same output); the price is the batch one.
+        price = PriceCatalog(overrides=dict(plan.pricing.overrides),
+                             batch_discount=plan.pricing.batch_discount).price(model, "batch")
+        return ModelSpec(model=model, name=f"{model} (batch)", api_base=api_base, hosting="batch",
+                         input_cost_per_token=price.input_per_token if price else None,
+                         output_cost_per_token=price.output_per_token if price else None)
+    return ModelSpec(model=model, api_base=api_base, hosting=hosting)
 
 
 class EvalContext:
@@ -85,6 +93,7 @@ class EvalContext:
     def __init__(self, workspace: Workspace, run_id: str, shard_size: int):
         self.workspace, self.run_id, self.shard_size = workspace, run_id, shard_size
         self.server: VLLMServer | None = None
+        self.limits: dict[str, asyncio.Semaphore] = {}  # per endpoint, shared by every shard
         self.generated: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])  # model -> [tokens, seconds]
 
     def __enter__(self) -> "EvalContext":
@@ -112,41 +121,69 @@ class EvalContext:
         return {label: tokens / seconds for label, (tokens, seconds) in self.generated.items() if seconds}
 
 
-def generate(context: EvalContext, requests: list[ModelRequest]) -> list[EvalResponse]:
-    """Answer all requests: one task per (model, variant, shard); the embedded model's batch
-    hosting goes to one offline engine call for the whole phase."""
-    offline = [r for r in requests if is_embedded(r.model) and r.model.hosting == "batch"]
+async def generate(context: EvalContext, requests: list[ModelRequest], phase: str) -> list[EvalResponse]:
+    """Answer all requests: one async task per (model, variant, shard) in the flow's event loop,
+    so an endpoint's concurrency limit is shared by all its shards; the embedded model's batch
+    hosting goes to one offline engine call for the whole phase, alongside."""
+    offline: list[ModelRequest] = []
     groups: dict[tuple, list[ModelRequest]] = defaultdict(list)
     for request in requests:
-        if not (is_embedded(request.model) and request.model.hosting == "batch"):
+        if is_embedded(request.model) and request.model.hosting == "batch":
+            offline.append(request)
+        else:
             groups[(request.model.label, request.prompt_variant)].append(request)
-    futures = []
-    for group in groups.values():
-        spec = group[0].model
-        if is_embedded(spec):
-            spec = replace(spec, api_base=context.server_base())
-        parts = shards(group, context.shard_size)
-        spec = concurrency_per_shard(spec, len(parts))
-        futures += [run_shard.submit(str(context.workspace.root), context.run_id, [replace(r, model=spec) for r in part])
-                    for part in parts]
-    rows = _offline_batch(context, offline) if offline else []
-    for future in futures:
-        shard_rows, seconds = future.result()
-        context.account(shard_rows[0].model, shard_rows, seconds)
-        rows += shard_rows
-    return rows
+    if any(is_embedded(group[0].model) for group in groups.values()):
+        await asyncio.to_thread(context.server_base)
+    jobs = [run_shard(context, [_served(context, r) for r in part])
+            for group in groups.values() for part in shards(group, context.shard_size)]
+    if offline:
+        jobs.append(_offline_batch(context, offline))
+    provider_batch = [r for group in groups.values() for r in group if r.model.hosting == "batch"]
+    if provider_batch:
+        write_openai_batch_files(context.workspace.run_dir(context.run_id) / "batch", provider_batch, phase)
+    return [row for rows in await asyncio.gather(*jobs) for row in rows]
+
+
+def write_openai_batch_files(folder: Path, requests: list[ModelRequest], phase: str) -> list[Path]:
+    """OpenAI Batch API input files (one per model), ready to upload to a provider that takes them.
+
+    ``custom_id`` is "<prompt variant>|<item id>" so the provider's output file maps back to items."""
+    folder.mkdir(parents=True, exist_ok=True)
+    by_model: dict[str, list[ModelRequest]] = defaultdict(list)
+    for request in requests:
+        by_model[request.model.model].append(request)
+    written = []
+    for model, group in by_model.items():
+        path = folder / ("".join(c if c.isalnum() or c in "-_." else "_" for c in model) + f"-{phase}.jsonl")
+        lines = [json.dumps({"custom_id": f"{r.prompt_variant}|{r.item_id}", "method": "POST",
+                             "url": "/v1/chat/completions",
+                             "body": {"model": model.split("/", 1)[-1], "messages": r.messages, **r.params}})
+                 for r in group]
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        written.append(path)
+    return written
+
+
+def _served(context: EvalContext, request: ModelRequest) -> ModelRequest:
+    return replace(request, model=replace(request.model, api_base=context.server.api_base)) \
+        if is_embedded(request.model) else request
 
 
 @task(name="run-shard", cache_policy=NO_CACHE)
-def run_shard(workspace_root: str, run_id: str, requests: list[ModelRequest]) -> tuple[list[EvalResponse], float]:
+async def run_shard(context: EvalContext, requests: list[ModelRequest]) -> list[EvalResponse]:
     """One (model, variant) shard through the runner; its wall time feeds measured throughput."""
+    shard_key = hashlib.sha256("|".join(map(str, (r.identity for r in requests))).encode()).hexdigest()[:12]
+    runner = Runner(context.workspace, context.run_id, checkpoint_name=f"checkpoint-{shard_key}",
+                    limits=context.limits)
     started = time.perf_counter()
-    rows = asyncio.run(Runner(Workspace.resolve(workspace_root), run_id).run(requests))
-    return rows, time.perf_counter() - started
+    rows = await runner.run(requests)
+    context.account(rows[0].model, rows, time.perf_counter() - started)
+    return rows
 
 
-def _offline_batch(context: EvalContext, requests: list[ModelRequest]) -> list[EvalResponse]:
-    rows, generate_s = run_offline_shard(str(context.workspace.root), context.run_id, requests)
+async def _offline_batch(context: EvalContext, requests: list[ModelRequest]) -> list[EvalResponse]:
+    rows, generate_s = await asyncio.to_thread(run_offline_shard, str(context.workspace.root), context.run_id,
+                                               requests)
     context.account(requests[0].model.label, rows, generate_s)
     return rows
 

@@ -9,8 +9,7 @@ Work is split into shards per (model, variant): a Prefect task costs millisecond
 from __future__ import annotations
 
 import json
-import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import Iterable, Sequence
 
 from workhorse.tasks.golden_item import GoldenItem
@@ -82,11 +81,6 @@ def build_requests(contender: Contender, variant: str, items: Iterable[GoldenIte
 
 def shards(requests: list, size: int) -> list[list]:
     return [requests[start : start + size] for start in range(0, len(requests), max(1, size))]
-
-
-def concurrency_per_shard(spec: ModelSpec, shards_at_once: int) -> ModelSpec:
-    """Shards of one endpoint run side by side: split its limit so the sum stays within it."""
-    return replace(spec, max_concurrency=max(1, math.ceil(spec.max_concurrency / max(1, shards_at_once))))
 
 
 def replay_incumbent(contender: Contender, items: Iterable[GoldenItem], run_id: str) -> tuple[list[EvalResponse], list[GoldenItem]]:

@@ -272,15 +272,18 @@ class Runner:
     """Runs model requests for one run id inside a workspace."""
 
     def __init__(self, workspace: Workspace, run_id: str, *, retry: RetryPolicy = RetryPolicy(),
-                 use_cache: bool = True, progress: bool = False):
+                 use_cache: bool = True, progress: bool = False, checkpoint_name: str = "checkpoint",
+                 limits: dict[str, asyncio.Semaphore] | None = None):
         self.workspace = workspace
         self.run_id = run_id
         self.retry = retry
         self.use_cache = use_cache
         self.progress = progress
         self.stats = RunStats()
-        self.checkpoint = Checkpoint(workspace.run_dir(run_id) / "checkpoint.jsonl")
-        self._semaphores: dict[str, asyncio.Semaphore] = {}
+        # Shards of one run running side by side each keep their own file: appends never interleave.
+        self.checkpoint = Checkpoint(workspace.run_dir(run_id) / f"{checkpoint_name}.jsonl")
+        # Runners of one event loop (the shards of a flow) pass one dict: an endpoint's limit holds for all.
+        self._semaphores: dict[str, asyncio.Semaphore] = {} if limits is None else limits
 
     async def run(self, requests: list[ModelRequest]) -> list[EvalResponse]:
         """Answer every request (in input order), reusing the checkpoint and the cache."""
@@ -359,6 +362,7 @@ class Runner:
     async def _call_once(self, request: ModelRequest) -> EvalResponse:
         import litellm
 
+        litellm.suppress_debug_info = True  # its banners would bury our own logs
         spec = request.model
         semaphore = self._semaphores.setdefault(spec.endpoint, asyncio.Semaphore(spec.max_concurrency))
         async with semaphore:

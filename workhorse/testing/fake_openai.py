@@ -55,6 +55,8 @@ class ServerConfig:
     pause_after_successes: int | None = None
     # Fail every request with 503 (a provider outage) until /_control says otherwise.
     down: bool = False
+    # Scripted answers by the text of the last message: a model whose quality a test chooses.
+    answers: dict[str, str] = field(default_factory=dict)
 
 
 def request_key(body: dict) -> str:
@@ -68,10 +70,13 @@ def unit_interval(*parts: object) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
-def default_answer(body: dict) -> str:
-    """A deterministic answer: the labels offered by a `choice` constraint, else an echo."""
+def default_answer(body: dict, answers: dict[str, str] | None = None) -> str:
+    """A scripted answer for this last message, else one of the labels offered by a `choice`
+    constraint (picked by hash), else an echo."""
     choices = (body.get("structured_outputs") or {}).get("choice")
     last = body["messages"][-1]["content"] if body.get("messages") else ""
+    if answers and last in answers:
+        return answers[last]
     if choices:
         return choices[int(unit_interval(last) * len(choices))]
     return f"echo: {str(last)[:64]}"
@@ -125,7 +130,7 @@ class FakeOpenAI:
             # Counted before the write, so the pause check sees it at once; a write that fails
             # (client gone) is recorded as such, not as a success.
             self.successes += 1
-            response = web.json_response(completion_body(body, default_answer(body)))
+            response = web.json_response(completion_body(body, default_answer(body, self.config.answers)))
             try:
                 await response.prepare(request)
                 await response.write_eof()

@@ -1,0 +1,158 @@
+"""parallel_eval against fake OpenAI-compatible servers whose answers a test scripts: variant
+choice on dev, replay of logged incumbent answers, verdicts, batch files, skipped contenders."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from workhorse.tasks.evaluation import AS_LOGGED, build_requests, few_shot_examples, replay_incumbent, Contender
+from workhorse.tasks.golden_sources import GoldenSpec
+from workhorse.tasks.golden_versions import write_version
+from workhorse.tasks.inference import ModelSpec
+
+LABELS = ["alpha", "beta", "gamma"]
+CANARY = "sk-canary-eval-4c1d9e"
+
+
+def make_items(count: int = 240, logged_model: str | None = None):
+    spec = GoldenSpec("routing", "classification", labels=LABELS)
+    rng = random.Random(11)
+    items = []
+    for index in range(count):
+        label = LABELS[index % 3]
+        text = f"request {index}: please route this {rng.choice(['order', 'bill', 'login'])} question"
+        metadata = {"model": logged_model} if logged_model else {}
+        items.append(spec.item([{"role": "user", "content": text}], label, source="test",
+                               label_origin="incumbent" if logged_model else "human", metadata=metadata))
+    return items
+
+
+def scripted(items, accuracy: float, seed: int) -> dict[str, str]:
+    """Answers right on a chosen share of items, wrong (another label) on the rest."""
+    rng = random.Random(seed)
+    answers = {}
+    for item in items:
+        wrong = [label for label in LABELS if label != item.reference]
+        answers[item.input[-1]["content"]] = item.reference if rng.random() < accuracy else rng.choice(wrong)
+    return answers
+
+
+def plan_file(tmp_path, candidates, incumbent="openai/incumbent-model", min_items=50):
+    plan = {"incumbent": incumbent, "use_cases": {"routing": {"task_type": "classification", "labels": LABELS}},
+            "candidates": candidates, "quality_policy": {"min_items": min_items, "non_inferiority_margin": 0.05}}
+    path = tmp_path / "workhorse.yaml"
+    path.write_text(yaml.safe_dump(plan))
+    return str(path)
+
+
+def evaluate(workspace, plan, **options):
+    from workhorse.flows.evaluate import parallel_eval
+
+    return asyncio.run(parallel_eval(use_case="routing", workspace=str(workspace.root), plan_path=plan, **options))
+
+
+@pytest.fixture
+def golden(isolated_workspace):
+    items = make_items()
+    write_version(isolated_workspace, "routing", items, [{"kind": "test"}])
+    return items
+
+
+def test_verdicts_follow_quality_and_variant_is_tuned_on_dev_only(prefect_server, golden, isolated_workspace,
+                                                                     fake_openai_server, tmp_path, monkeypatch):
+    incumbent = fake_openai_server(answers=scripted(golden, 0.85, seed=1))
+    good = fake_openai_server(answers=scripted(golden, 0.97, seed=2))
+    poor = fake_openai_server(answers=scripted(golden, 0.3, seed=3))
+    monkeypatch.setenv("OPENAI_API_KEY", CANARY)
+    monkeypatch.setenv("OPENAI_API_BASE", incumbent.url)
+    plan = plan_file(tmp_path, [{"model": "openai/good", "api_base": good.url},
+                                {"model": "openai/poor", "api_base": poor.url}])
+
+    summary = evaluate(isolated_workspace, plan, variants=["zero-shot", "few-shot"])
+
+    assert summary["verdict"]["decision"] == "migrate", summary["verdict"]["reason"]
+    assert summary["verdict"]["best_candidate"] == "openai/good"
+    responses = pq.read_table(summary["responses"]).to_pylist()
+    by_id = {item.item_id: item for item in golden}
+    for model in ("openai/good", "openai/poor"):
+        dev_variants = {r["prompt_variant"] for r in responses if r["model"] == model and by_id[r["item_id"]].split == "dev"}
+        test_variants = {r["prompt_variant"] for r in responses if r["model"] == model and by_id[r["item_id"]].split == "test"}
+        assert dev_variants == {"zero-shot", "few-shot"}
+        assert test_variants == {summary["chosen_variants"][f"{model} (api)"]["variant"]}
+    # The incumbent answered only test items, with its production prompt.
+    incumbent_rows = [r for r in responses if r["model"] == "openai/incumbent-model"]
+    assert {by_id[r["item_id"]].split for r in incumbent_rows} == {"test"}
+    assert {r["prompt_variant"] for r in incumbent_rows} == {AS_LOGGED}
+    poor_line = next(a for a in summary["leaderboard"] if a["model"] == "openai/poor" and a["split"] == "test")
+    assert poor_line["accuracy"] < 0.5
+    for path in isolated_workspace.root.rglob("*"):
+        if path.is_file():
+            assert CANARY.encode() not in path.read_bytes(), path
+
+
+def test_logged_incumbent_answers_are_replayed_not_paid(prefect_server, isolated_workspace, fake_openai_server,
+                                                        tmp_path, monkeypatch):
+    items = make_items(logged_model="gpt-4o-mini")
+    write_version(isolated_workspace, "routing", items, [{"kind": "test"}])
+    incumbent = fake_openai_server()
+    candidate = fake_openai_server(answers=scripted(items, 0.95, seed=4))
+    monkeypatch.setenv("OPENAI_API_KEY", CANARY)
+    monkeypatch.setenv("OPENAI_API_BASE", incumbent.url)
+    plan = plan_file(tmp_path, [{"model": "openai/cand", "api_base": candidate.url}], incumbent="gpt-4o-mini")
+
+    summary = evaluate(isolated_workspace, plan, variants=["zero-shot"])
+
+    assert incumbent.records() == []  # every incumbent answer came from the logs
+    rows = [r for r in pq.read_table(summary["responses"]).to_pylist() if r["model"] == "gpt-4o-mini"]
+    assert rows and all(r["hosting"] == "replay" and r["cached"] for r in rows)
+
+
+def test_candidates_without_credentials_are_skipped_and_said(prefect_server, golden, isolated_workspace, tmp_path):
+    plan = plan_file(tmp_path, [{"model": "deepinfra/Qwen/Qwen3-14B", "hosting": ["api"]}])
+    summary = evaluate(isolated_workspace, plan)
+    assert summary["verdict"]["decision"] == "inconclusive"
+    assert any("Qwen3-14B" in reason and "API key" in reason for reason in summary["skipped"])
+    assert any("replay" in reason for reason in summary["skipped"])
+
+
+def test_batch_hosting_writes_openai_batch_files(prefect_server, golden, isolated_workspace, fake_openai_server,
+                                                 tmp_path, monkeypatch):
+    server = fake_openai_server(answers=scripted(golden, 0.9, seed=5))
+    monkeypatch.setenv("OPENAI_API_KEY", CANARY)
+    plan = plan_file(tmp_path, [{"model": "openai/gpt-4o-mini", "api_base": server.url, "hosting": ["batch"]}])
+    summary = evaluate(isolated_workspace, plan, variants=["zero-shot"])
+    files = sorted((isolated_workspace.run_dir(summary["run_id"]) / "batch").glob("*.jsonl"))
+    assert [f.name for f in files] == ["openai_gpt-4o-mini-dev.jsonl", "openai_gpt-4o-mini-test.jsonl"]
+    lines = [json.loads(line) for f in files for line in f.read_text().splitlines()]
+    assert {line["url"] for line in lines} == {"/v1/chat/completions"}
+    assert len({line["custom_id"] for line in lines}) == len(lines) == len(golden)  # dev + test, once each
+    import litellm
+
+    batch_price = litellm.model_cost["gpt-4o-mini"]["input_cost_per_token_batches"]
+    rows = [r for r in pq.read_table(summary["responses"]).to_pylist() if r["hosting"] == "batch"]
+    assert all(r["cost_usd"] == pytest.approx(r["prompt_tokens"] * batch_price + r["completion_tokens"]
+                                              * litellm.model_cost["gpt-4o-mini"]["output_cost_per_token_batches"])
+               for r in rows)
+
+
+def test_few_shot_examples_come_from_dev_and_cover_labels(golden):
+    dev = [item for item in golden if item.split == "dev"]
+    examples = few_shot_examples(dev)
+    assert {e.split for e in examples} == {"dev"}
+    assert {e.reference for e in examples} == set(LABELS)
+    contender = Contender("candidate", ModelSpec(model="m"), ("few-shot",))
+    request = build_requests(contender, "few-shot", [examples[0]], examples)[0]
+    assert examples[0].input[-1]["content"] not in [m["content"] for m in request.messages[:-1]]  # never its own answer
+
+
+def test_replay_only_matches_the_logged_model():
+    items = make_items(10, logged_model="gpt-4o-mini")
+    same, rest = replay_incumbent(Contender("incumbent", ModelSpec(model="openai/gpt-4o-mini"), ()), items, "r")
+    other, remaining = replay_incumbent(Contender("incumbent", ModelSpec(model="gpt-4o"), ()), items, "r")
+    assert len(same) == 10 and rest == [] and other == [] and len(remaining) == 10
