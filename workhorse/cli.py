@@ -39,6 +39,119 @@ def demo(workspace: Optional[Path] = WorkspaceOption,
 # Commands of the playbook steps are added below, one function each.
 
 
+rollout_app = typer.Typer(help="Staged rollout (step 4): status, start, advance, promote, pause, abort.",
+                          no_args_is_help=True)
+app.add_typer(rollout_app, name="rollout")
+
+
+@rollout_app.command("status")
+def rollout_status(use_case: str, workspace: Optional[Path] = WorkspaceOption) -> None:
+    """Stage, weights, counters and the last reason of a use case's rollout, with its history."""
+    from workhorse.tasks.routing import current_state, history
+
+    state = current_state(workspace, use_case)
+    _print_rollout(state, workspace)
+    for step in history(workspace, use_case)[-10:]:
+        console.print(f"  v{step['version']} {step['action']}: {step['from_stage']} → {step['to_stage']} "
+                      f"({step['reason'] or ''})")
+
+
+@rollout_app.command("start")
+def rollout_start(use_case: str, candidate: Optional[str] = typer.Option(None, help="Default: the plan's first."),
+                  incumbent: Optional[str] = typer.Option(None, help="Default: the plan's incumbent."),
+                  plan: Optional[Path] = typer.Option(None, help="The migration plan (its rollout policy)."),
+                  workspace: Optional[Path] = WorkspaceOption) -> None:
+    """Start a rollout at the policy's first step (shadow by default)."""
+    from workhorse.config import load_plan
+    from workhorse.tasks.routing import current_state, start_rollout
+    from workhorse.workspace import Workspace
+
+    chosen = load_plan(plan, Workspace.resolve(workspace).root)
+    case = chosen.use_cases.get(use_case)
+    incumbent = incumbent or (case.incumbent if case and case.incumbent else chosen.incumbent)
+    candidates = chosen.candidates_for(use_case)
+    candidate = candidate or (candidates[0].model if candidates else None)
+    if not candidate:
+        console.print(f"[red]no candidate for {use_case}:[/red] pass --candidate or name one in the plan")
+        raise typer.Exit(1)
+    _rollout(lambda: start_rollout(workspace, use_case, incumbent, candidate, chosen.rollout))
+    _print_rollout(current_state(workspace, use_case), workspace)
+
+
+@rollout_app.command("advance")
+def rollout_advance(use_case: str, force: bool = typer.Option(False, help="Move one step on without analysis."),
+                    plan: Optional[Path] = typer.Option(None, help="The migration plan (labels, schema)."),
+                    workspace: Optional[Path] = WorkspaceOption) -> None:
+    """Run the control loop once (judge the step, advance at most one), or --force one step."""
+    from workhorse.tasks.routing import advance, current_state
+
+    if force:
+        _rollout(lambda: advance(workspace, use_case, manual=True))
+    else:
+        from workhorse.flows.rollout import staged_rollout
+
+        result = staged_rollout(use_case, workspace=str(workspace) if workspace else None,
+                                plan_path=str(plan) if plan else None)
+        console.print(f"analysis: {result['outcome']}")
+    _print_rollout(current_state(workspace, use_case), workspace)
+
+
+@rollout_app.command("promote")
+def rollout_promote(use_case: str, workspace: Optional[Path] = WorkspaceOption) -> None:
+    """Give the candidate 100 % now, skipping the remaining steps."""
+    from workhorse.tasks.routing import current_state, promote
+
+    _rollout(lambda: promote(workspace, use_case))
+    _print_rollout(current_state(workspace, use_case), workspace)
+
+
+@rollout_app.command("pause")
+def rollout_pause(use_case: str, reason: str = typer.Option("paused by operator"),
+                  workspace: Optional[Path] = WorkspaceOption) -> None:
+    """Hold the current weights; the control loop leaves the rollout alone."""
+    from workhorse.tasks.routing import current_state, pause
+
+    _rollout(lambda: pause(workspace, use_case, reason))
+    _print_rollout(current_state(workspace, use_case), workspace)
+
+
+@rollout_app.command("abort")
+def rollout_abort(use_case: str, reason: str = typer.Option("aborted by operator"),
+                  workspace: Optional[Path] = WorkspaceOption) -> None:
+    """Revert: the incumbent gets 100 % again (alert and event as for an automatic revert)."""
+    from workhorse.tasks.routing import abort, current_state
+
+    _rollout(lambda: abort(workspace, use_case, reason))
+    _print_rollout(current_state(workspace, use_case), workspace)
+
+
+def _rollout(call):
+    """Apply a transition; a refused one is an answer (exit 1 with why), and a no-op says so."""
+    from workhorse.errors import WorkhorseError
+
+    try:
+        transition = call()
+    except WorkhorseError as error:
+        console.print(f"[red]rollout unchanged:[/red] {error}")
+        raise typer.Exit(1)
+    if not transition.changed:
+        console.print(f"no change: {transition.use_case} is {transition.to_stage}")
+    return transition
+
+
+def _print_rollout(state, workspace: Optional[Path]) -> None:
+    from workhorse.workspace import Workspace
+
+    weights = state.weights
+    console.print(f"[bold]{state.use_case}[/]: {state.stage} — incumbent {state.incumbent or '—'} "
+                  f"{weights['incumbent']} %, candidate {state.candidate or '—'} {weights['candidate']} %"
+                  + (" + shadow" if state.shadow else "")
+                  + f"; failures {state.failures}, in a row {state.consecutive_errors}, "
+                  f"inconclusive {state.inconclusive}; state v{state.version} in {Workspace.resolve(workspace).state_db}")
+    if state.reason:
+        console.print(f"why: {state.reason}")
+
+
 @app.command()
 def audit(logs: list[Path] = typer.Argument(..., help="Log files or folders (CSV, JSONL, Parquet)."),
           plan: Optional[Path] = typer.Option(None, help="The migration plan (default: the workspace's workhorse.yaml)."),
