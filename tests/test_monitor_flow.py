@@ -226,3 +226,86 @@ def test_shadow_agreement_is_measured_on_paired_requests(workspace, plan):
     row = next(m for m in summary.metrics if m["model"] == "hosted_vllm/smollm2")
     assert (row["agreement"], row["agreement_n"]) == (pytest.approx(42 / 60), 60)
     assert "ticket-routing|hosted_vllm/smollm2|shadow_agreement" in [b["key"] for b in summary.breaches]
+
+
+@pytest.fixture
+def captured_events(monkeypatch):
+    """Events emitted in the test, caught by Prefect's asserting client."""
+    from prefect.events.worker import EventsWorker
+    from prefect.testing.fixtures import AssertingEventsClient
+
+    AssertingEventsClient.reset()
+    worker = EventsWorker.instance(AssertingEventsClient)
+    monkeypatch.setattr(EventsWorker, "instance", lambda *_: worker)
+
+    def events(name: str) -> list:
+        worker.drain()
+        return [e for client in AssertingEventsClient.all for e in getattr(client, "events", []) if e.event == name]
+
+    yield events
+    worker.drain()
+
+
+def read_artifacts(flow_run_id) -> list[str]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+    return [json.dumps(a.data) if not isinstance(a.data, str) else a.data for a in found]
+
+
+def read_run_logs(flow_run_id) -> str:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all()  # logs reach the API in batches
+    with get_client(sync_client=True) as client:
+        found = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+    return "\n".join(entry.message for entry in found)
+
+
+@pytest.mark.parametrize("source", ["parameter", "environment"])
+def test_the_flow_publishes_events_and_artifacts_and_never_reveals_the_webhook(
+        prefect_server, workspace, captured_events, caplog, monkeypatch, tmp_path, source):
+    import logging
+
+    import pyarrow.parquet as pq
+    from pydantic import SecretStr
+
+    from workhorse.flows.monitor import monitoring
+
+    # capsys is not used: Prefect's console handler keeps the stream of the first test that logged,
+    # and a closed capture stream there breaks every later flow run. caplog + the API's logs cover it.
+    caplog.set_level(logging.INFO)
+    prefect_logger = logging.getLogger("prefect")  # it does not propagate to the root logger
+    monkeypatch.setattr(prefect_logger, "handlers", [*prefect_logger.handlers, caplog.handler])
+    plan_file = tmp_path / "workhorse.yaml"
+    plan_file.write_text(json.dumps(PLAN))  # JSON is YAML
+    path = tmp_path / "traffic.parquet"
+    pq.write_table(T.table(window(T0) + window(T0 + timedelta(minutes=15), "errors", seed=1)), path)
+    with SlackReceiver() as slack:
+        secret = slack.url
+        if source == "environment":
+            monkeypatch.setenv("WORKHORSE_SLACK_WEBHOOK_URL", secret)
+        options = dict(workspace=str(workspace.root), plan_path=str(plan_file), traffic_path=str(path),
+                       slack_webhook_url=SecretStr(secret) if source == "parameter" else None)
+        monitoring(now=T0 + timedelta(minutes=15), **options)
+        slack.fail_next(3, 500)  # the error path must not leak the URL either
+        state = monitoring(now=T0 + timedelta(minutes=30), return_state=True, **options)
+    result = state.result()
+    assert result["opened"] == ["ticket-routing|gpt-4o-mini|error_rate"] and result["pending"] == 1
+    breached = captured_events("workhorse.guardrail.breached")
+    assert [(e.resource.id, e.payload["rule"], e.payload["value"]) for e in breached] == [
+        ("workhorse.use-case.ticket-routing", "error_rate", 0.3)]
+    artifacts = read_artifacts(state.state_details.flow_run_id)
+    run_logs = read_run_logs(state.state_details.flow_run_id)
+    assert any("30.0%" in a for a in artifacts) and any("ticket-routing|gpt-4o-mini|error_rate" in a for a in artifacts)
+    stored = b"".join(p.read_bytes() for p in workspace.root.glob("state.db*"))
+    token = secret.split("/services/")[1]
+    for where, text in {"logs": caplog.text, "run logs": run_logs, "artifacts": " ".join(artifacts),
+                        "result": json.dumps(result), "state.db": stored.decode("latin-1")}.items():
+        assert token not in text, where
+    # The logs were captured: the scan above looked at real text.
+    assert "1 opened" in caplog.text and "window" in run_logs
