@@ -39,6 +39,30 @@ def demo(workspace: Optional[Path] = WorkspaceOption,
 # Commands of the playbook steps are added below, one function each.
 
 
+@app.command()
+def monitor(plan: Optional[Path] = typer.Option(None, help="The migration plan (default: the workspace's workhorse.yaml)."),
+            window_minutes: Optional[int] = typer.Option(None, "--window", help="Window length (default: the plan's)."),
+            use_case: Optional[list[str]] = typer.Option(None, "--use-case", "-u", help="Only these use cases."),
+            traffic: Optional[Path] = typer.Option(None, help="A traffic/usage Parquet file (default: the workspace's logs)."),
+            workspace: Optional[Path] = WorkspaceOption) -> None:
+    """Step 5: one monitoring window — metrics, guardrails, incidents, Slack, revert of a breaching rollout."""
+    from workhorse.errors import WorkhorseError
+    from workhorse.flows.monitor import monitoring
+
+    try:
+        result = monitoring(workspace=str(workspace) if workspace else None, plan_path=str(plan) if plan else None,
+                            window_minutes=window_minutes, use_cases=use_case or None,
+                            traffic_path=str(traffic) if traffic else None)
+    except WorkhorseError as error:
+        console.print(f"[red]monitoring failed:[/red] {error}")
+        raise typer.Exit(1)
+    console.print(f"window {result['window_start']} – {result['window_end']}: {len(result['breaches'])} breach(es), "
+                  f"opened {result['opened'] or 'none'}, resolved {result['resolved'] or 'none'}, "
+                  f"reverted {result['reverts'] or 'none'}")
+    console.print(f"Slack: {result['sent']} sent, {result['pending']} pending (retried next run); "
+                  f"no traffic: {', '.join(result['no_traffic']) or '—'}. Incidents in the workspace's state.db.")
+
+
 rollout_app = typer.Typer(help="Staged rollout (step 4): status, start, advance, promote, pause, abort.",
                           no_args_is_help=True)
 app.add_typer(rollout_app, name="rollout")

@@ -249,3 +249,69 @@ def summary_dict(summary: MonitorSummary) -> dict:
             "pending": len(summary.deliveries.get("pending", [])), "attempts": summary.deliveries.get("attempts", 0),
             "reverts": [t["use_case"] for t in summary.reverts], "events": summary.events,
             "no_traffic": [m["use_case"] for m in summary.metrics if m["model"] == mon.ALL_MODELS and not m["requests"]]}
+
+
+# --- the demo ---------------------------------------------------------------------------------
+
+def run_demo_monitoring(workspace, plan_path=None, traffic: pa.Table | None = None, webhook_url: str | None = None,
+                        console=None) -> dict:
+    """Monitoring at the end of ``make demo``: consecutive windows over ``traffic`` (default: a
+    healthy window then a candidate error burst), posted to ``webhook_url`` or to a local Slack
+    receiver started here; prints every message. Returns the last window's summary dict plus
+    ``messages`` (the Slack payloads received locally, or sent)."""
+    from workhorse.config import load_plan
+    from workhorse.testing.slack_receiver import SlackReceiver
+
+    ws = Workspace.resolve(workspace)
+    plan = load_plan(plan_path, ws.root)
+    settings = mon.monitor_settings(plan.monitoring.model_dump())
+    traffic = demo_traffic(plan) if traffic is None else traffic
+    with SlackReceiver() as receiver:
+        url = webhook_url or receiver.url
+        summaries = [monitor_window(ws, plan, traffic, now=end, webhook_url=url, delivery={"backoff_s": 0.05})
+                     for end in demo_window_ends(traffic, settings.window_minutes)]
+        messages = receiver.messages if webhook_url is None else [m for s in summaries for m in s.messages]
+    _print_demo(console, summaries, messages)
+    return {**summary_dict(summaries[-1]), "windows": len(summaries), "messages": messages,
+            "incidents": [c for s in summaries for c in s.changes if c["change"]]}
+
+
+def demo_window_ends(traffic: pa.Table, minutes: int, most: int = 8) -> list[datetime]:
+    """Ends of consecutive windows covering the table (the last ``most``), so earlier ones are baselines."""
+    import pyarrow.compute as pc
+
+    first, last = pc.min(traffic["ts"]).as_py(), pc.max(traffic["ts"]).as_py()
+    ends, end = [], first + timedelta(minutes=minutes)
+    while end <= last + timedelta(minutes=minutes):
+        ends.append(end)
+        end += timedelta(minutes=minutes)
+    return ends[-most:]
+
+
+def demo_traffic(plan) -> pa.Table:
+    """A healthy window, then one where the first candidate fails 30 % of the time on the first
+    classification use case (the incumbent stays healthy)."""
+    from workhorse.testing import traffic as generated
+
+    name, case = next(((n, c) for n, c in plan.use_cases.items() if c.task_type == "classification"),
+                      ("ticket-routing", None))
+    labels = list(case.labels) if case else ["billing", "technical"]
+    candidate = (plan.candidates_for(name) or [None])[0]
+    model = candidate.model if candidate else "hosted_vllm/smollm2-135m-instruct"
+    start = datetime.now(timezone.utc).replace(second=0, microsecond=0) - timedelta(minutes=2 * 15)
+    answer = generated.labels_answer(labels)
+    rows = []
+    for index, window_start in enumerate((start, start + timedelta(minutes=15))):
+        rows += generated.stream(name, plan.incumbent, window_start, 15, 80, answer=answer, seed=index)
+        rows += generated.stream(name, model, window_start, 15, 40, answer=answer, seed=index, arm="candidate",
+                                 errors=12 if index else 0)
+    return generated.table(rows)
+
+
+def _print_demo(console, summaries: list[MonitorSummary], messages: list[dict]) -> None:
+    say = console.print if console is not None else print
+    last = summaries[-1]
+    say(f"Monitoring: {len(summaries)} window(s), last {last.window_start:%H:%M}–{last.window_end:%H:%M} UTC, "
+        f"{len(last.breaches)} breach(es), {len(messages)} Slack message(s)")
+    for message in messages:
+        say("--- Slack ---\n" + alerts.message_text(message))
