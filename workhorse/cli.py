@@ -63,6 +63,96 @@ def monitor(plan: Optional[Path] = typer.Option(None, help="The migration plan (
                   f"no traffic: {', '.join(result['no_traffic']) or '—'}. Incidents in the workspace's state.db.")
 
 
+@app.command()
+def serve(project: Optional[Path] = typer.Option(None, help="The prefect.yaml (default: ./prefect.yaml, else the repository's)."),
+          deployment: Optional[list[str]] = typer.Option(None, "--deployment", "-d", help="Only these deployments."),
+          limit: Optional[int] = typer.Option(None, help="Flow runs at once (default: no limit).")) -> None:
+    """Serve every deployment of prefect.yaml with its schedule from this process (no worker needed)."""
+    from workhorse.serve import default_project, load_specs, serve_project
+
+    path = project or default_project()
+    try:
+        specs = load_specs(path, deployment)
+    except (OSError, ValueError) as error:
+        console.print(f"[red]cannot serve:[/red] {error}")
+        raise typer.Exit(1)
+    for spec in specs:
+        when = ", ".join(s.get("cron") or f"every {s.get('interval')} s" for s in spec.schedules) or "on demand"
+        console.print(f"  {spec.name:<32} {spec.entrypoint.rsplit(':', 1)[1]:<24} {when}")
+    console.print(f"serving {len(specs)} deployments from {path}; Ctrl-C stops (and pauses their schedules)")
+    serve_project(path, deployment, limit)
+
+
+@app.command()
+def ui(port: Optional[int] = typer.Option(None, help="Port on 127.0.0.1 (default: a free one)."),
+       home: Optional[Path] = typer.Option(None, help="PREFECT_HOME of the server (its SQLite database).")) -> None:
+    """Start a local Prefect server and UI on 127.0.0.1; runs until Ctrl-C."""
+    from workhorse.ui import ServerStartError, local_prefect_server
+
+    try:
+        with local_prefect_server(port=port, home=home) as server:
+            console.print(f"Prefect UI: {server.ui_url}  (server log: {server.log})")
+            console.print("Point flows and the CLI at it in another shell:")
+            console.print(f"export PREFECT_API_URL={server.api_url}", soft_wrap=True, highlight=False)
+            _wait_for_interrupt(server.process)
+    except ServerStartError as error:
+        console.print(f"[red]Prefect server not started:[/red] {error}")
+        raise typer.Exit(1)
+    console.print("Prefect server stopped.")
+
+
+def _wait_for_interrupt(process) -> None:
+    """Block until Ctrl-C or SIGTERM (the normal ways out) or until the server dies on its own."""
+    import signal
+    import time
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    # A shell's `cmd &` starts us with SIGINT ignored; a supervisor stops us with SIGTERM.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, interrupt)
+    try:
+        while process.poll() is None:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        return
+    console.print(f"[red]the Prefect server exited with {process.returncode}[/red]")
+
+
+blocks_app = typer.Typer(help="Prefect Blocks: endpoints and Slack, configured once, read by every run.",
+                         no_args_is_help=True)
+app.add_typer(blocks_app, name="blocks")
+
+
+@blocks_app.command("register")
+def blocks_register() -> None:
+    """Register workhorse's Block types on the Prefect API (like `prefect block register -m workhorse.blocks`)."""
+    from workhorse.block_setup import register_blocks
+
+    for slug in register_blocks():
+        console.print(f"registered block type {slug}")
+
+
+@blocks_app.command("init")
+def blocks_init(keep: bool = typer.Option(False, "--keep", help="Keep existing blocks instead of overwriting them.")) -> None:
+    """Save blocks from the environment (WORKHORSE_SLACK_WEBHOOK_URL, OPENAI_API_KEY, HOSTED_VLLM_API_BASE, ...).
+
+    Secrets are stored in the blocks and never printed: only names and masked values."""
+    from workhorse.block_setup import ENDPOINTS, init_blocks
+
+    try:
+        saved = init_blocks(overwrite=not keep)
+    except ValueError as error:  # Prefect refuses to overwrite an existing block without --overwrite
+        console.print(f"[red]blocks not saved:[/red] {error}")
+        raise typer.Exit(1)
+    for block in saved:
+        console.print(f"saved {block.slug}/{block.name}: {block.shown}", highlight=False)
+    if not saved:
+        names = ["WORKHORSE_SLACK_WEBHOOK_URL"] + [e.key_env or e.base_env for e in ENDPOINTS]
+        console.print(f"no block saved: none of {', '.join(names)} is set")
+
+
 rollout_app = typer.Typer(help="Staged rollout (step 4): status, start, advance, promote, pause, abort.",
                           no_args_is_help=True)
 app.add_typer(rollout_app, name="rollout")
