@@ -14,7 +14,7 @@ from workhorse.tasks.traffic_sim import run_rollout_demo
 UC = "ticket-routing"
 CANARY = "sk-canary-flow-91b2"
 POLICY = {"steps": ["shadow", 5, 10, 25, 50, 100], "bake_time": 0, "min_requests": 12,
-          "guardrails": {"min_critical_requests": 8}}
+          "guardrails": {"min_critical_requests": 8, "latency_critical_ratio": 2.5}}
 REQUESTS = [[{"role": "user", "content": f"where is order {i}?"}] for i in range(50)]
 
 
