@@ -315,3 +315,56 @@ def _print_demo(console, summaries: list[MonitorSummary], messages: list[dict]) 
         f"{len(last.breaches)} breach(es), {len(messages)} Slack message(s)")
     for message in messages:
         say("--- Slack ---\n" + alerts.message_text(message))
+
+
+# --- weekly re-evaluation ---------------------------------------------------------------------
+
+REEVALUATION_RULE = "reevaluation"
+
+
+def migrated_use_cases(workspace: Workspace, plan) -> dict[str, str | None]:
+    """Use cases now served by an open model: rollout promoted, or listed in the plan's
+    ``monitoring.migrated`` (a list of names, or name -> model). Value: the migrated model."""
+    listed = (plan.monitoring.model_dump().get("migrated") or {})
+    found = dict.fromkeys(listed) if isinstance(listed, list) else dict(listed)
+    try:
+        from workhorse.tasks.routing import current_state
+    except ImportError:
+        return found
+    for name in plan.use_cases:
+        state = current_state(workspace, name)
+        if state.stage == "promoted":
+            found[name] = state.candidate
+    return found
+
+
+def reevaluation_result(use_case: str, model: str | None, summary: dict) -> mon.RuleResult:
+    """A re-run verdict as a rule result: 'keep' means the migrated model no longer meets the
+    policy against the incumbent (breach), 'migrate' still does (ok), anything else is undecided."""
+    verdict = summary.get("verdict") or {}
+    decision = verdict.get("decision")
+    state = {"keep": "breach", "migrate": "ok"}.get(decision, "insufficient")
+    return mon.RuleResult(use_case, model or verdict.get("best_candidate") or "candidate", REEVALUATION_RULE, state,
+                          severity="critical" if state == "breach" else None, value=verdict.get("diff"),
+                          detail=f"weekly re-evaluation ({summary.get('run_id')}): {decision}. {verdict.get('reason') or ''}")
+
+
+def alert_results(workspace, plan, results: list[mon.RuleResult], *, webhook_url=None, flow_run_url=None,
+                  now: datetime | None = None, delivery: dict | None = None) -> MonitorSummary:
+    """Rule results from outside a traffic window (re-evaluation) through the same incidents,
+    Slack queue and events, so they dedup and resolve like any other guardrail."""
+    ws = workspace if isinstance(workspace, Workspace) else Workspace.resolve(workspace)
+    settings = mon.monitor_settings(plan.monitoring.model_dump())
+    now = now or datetime.now(timezone.utc)
+    connection = mon.open_state_db(ws)
+    try:
+        changes = incidents.apply_results(connection, results, now, timedelta(minutes=settings.cooldown_minutes))
+        summary = MonitorSummary(now, now, [], [r.to_dict() for r in results],
+                                 [{**c.incident, "change": c.kind} for c in changes])
+        for change in (c for c in summary.changes if c["change"]):
+            summary.messages.append(_queue(connection, plan, settings, change, flow_run_url, now))
+        summary.deliveries = alerts.deliver_pending(connection, webhook_url, **(delivery or {}))
+        summary.events = _emit(summary, flow_run_url)
+    finally:
+        connection.close()
+    return summary
