@@ -28,7 +28,12 @@ endif
 demo: install
 	$(VENV)/bin/workhorse demo
 
-test: install
+# The browser check opens the HTML reports in headless Chromium (Debian's package; root in CI).
+.PHONY: browser
+browser:
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium chromium-driver)
+
+test: install browser
 	$(PY) -m pytest
 
 benchmarks: install
