@@ -84,7 +84,7 @@ def test_verdicts_follow_quality_and_variant_is_tuned_on_dev_only(prefect_server
         dev_variants = {r["prompt_variant"] for r in responses if r["model"] == model and by_id[r["item_id"]].split == "dev"}
         test_variants = {r["prompt_variant"] for r in responses if r["model"] == model and by_id[r["item_id"]].split == "test"}
         assert dev_variants == {"zero-shot", "few-shot"}
-        assert test_variants == {summary["chosen_variants"][f"{model} (api)"]["variant"]}
+        assert test_variants == {summary["chosen_variants"][model]["variant"]}
     # The incumbent answered only test items, with its production prompt.
     incumbent_rows = [r for r in responses if r["model"] == "openai/incumbent-model"]
     assert {by_id[r["item_id"]].split for r in incumbent_rows} == {"test"}

@@ -1,138 +1,87 @@
-"""`workhorse demo`: the playbook on the bundled Acme example with the embedded model.
+"""`workhorse demo`: the whole playbook on the bundled Acme example, with the embedded model.
 
-Today it serves SmolLM2-135M through vLLM, runs the bundled golden set with two prompt
-variants through the runner and prints the scores.
+Runs the ``migration_playbook`` flow (audit → golden sets → evaluation with SmolLM2 served and
+batched by vLLM → …) and prints a one-screen summary with the path of each report.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-import statistics
 import time
-from collections import defaultdict
-from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
-from workhorse.tasks.engines import VLLMServer, prepare_embedded_model
-from workhorse.tasks.inference import EvalResponse, ModelRequest, ModelSpec, Runner, responses_table
-from workhorse.tasks.prompts import PromptTask, render
-from workhorse.tasks.scoring import score_item
 from workhorse.workspace import Workspace
 
-DEMO_VARIANTS = ("zero-shot", "constrained")
-INVOICE_SCHEMA = {
-    "type": "object",
-    "properties": {"invoice_number": {"type": "string"}, "vendor": {"type": "string"},
-                   "date": {"type": "string"}, "total": {"type": "number"},
-                   "currency": {"type": "string", "enum": ["EUR", "USD", "GBP"]}},
-    "required": ["invoice_number", "vendor", "date", "total", "currency"],
-}
-SENTIMENT_LABELS = ("positive", "negative")
 
+def run_demo(example_dir: Path, workspace: Path | None, console: Console) -> dict:
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
-@dataclass(frozen=True)
-class SeedItem:
-    item_id: str
-    use_case: str
-    task: PromptTask
-    reference: object
+    from workhorse.flows.playbook import migration_playbook
 
-
-def load_seed_items(path: Path) -> list[SeedItem]:
-    items = []
-    for line in path.read_text().splitlines():
-        row = json.loads(line)
-        task = PromptTask(task_type=row["task_type"], text=row["text"],
-                          labels=SENTIMENT_LABELS if row["task_type"] == "classification" else (),
-                          json_schema=INVOICE_SCHEMA if row["task_type"] == "extraction" else None)
-        items.append(SeedItem(row["item_id"], row["use_case"], task, row["reference"]))
-    return items
-
-
-def build_requests(items: list[SeedItem], spec: ModelSpec, variants=DEMO_VARIANTS) -> list[ModelRequest]:
-    requests = []
-    for variant in variants:
-        for item in items:
-            messages, params = render(variant, item.task, spec.hosting)
-            params = {"max_tokens": 96, "temperature": 0.0, **params}
-            requests.append(ModelRequest(item.item_id, spec, messages, params, prompt_variant=variant))
-    return requests
-
-
-def score_table(items: list[SeedItem], rows: list[EvalResponse]) -> list[dict]:
-    """One line per (use case, prompt variant): accuracy, JSON validity, errors, latency."""
-    by_id = {item.item_id: item for item in items}
-    groups: dict[tuple, list] = defaultdict(list)
-    for row in rows:
-        item = by_id[row.item_id]
-        score = score_item(item.task.task_type, row.output, item.reference,
-                           {"labels": list(item.task.labels), "json_schema": item.task.json_schema})
-        groups[(item.use_case, row.prompt_variant)].append((row, score))
-    return [_summarise(use_case, variant, pairs) for (use_case, variant), pairs in sorted(groups.items())]
-
-
-def _summarise(use_case: str, variant: str, pairs: list) -> dict:
-    latencies = [row.latency_ms for row, _ in pairs if row.latency_ms is not None]
-    json_flags = [score.details["json_valid"] for _, score in pairs if "json_valid" in score.details]
-    return {
-        "use_case": use_case, "prompt_variant": variant, "items": len(pairs),
-        "accuracy": sum(score.correct for _, score in pairs) / len(pairs),
-        "score": sum(score.value for _, score in pairs) / len(pairs),  # field match for extraction
-        "json_valid": sum(json_flags) / len(json_flags) if json_flags else None,
-        "errors": sum(row.error_type is not None for row, _ in pairs),
-        "p50_latency_ms": statistics.median(latencies) if latencies else None,
-    }
-
-
-def print_scores(console: Console, lines: list[dict], title: str) -> None:
-    table = Table(title=title, min_width=100)
-    for column in ("use case", "prompt variant", "items", "accuracy", "fields", "JSON valid", "errors", "p50 latency"):
-        table.add_column(column, justify="left" if column in ("use case", "prompt variant") else "right")
-    for line in lines:
-        table.add_row(line["use_case"], line["prompt_variant"], str(line["items"]), f"{line['accuracy']:.0%}",
-                      f"{line['score']:.0%}",
-                      "-" if line["json_valid"] is None else f"{line['json_valid']:.0%}", str(line["errors"]),
-                      "-" if line["p50_latency_ms"] is None else f"{line['p50_latency_ms']:.0f} ms")
-    console.print(table)
-
-
-def run_demo(example_dir: Path, workspace: Path | None, console: Console) -> list[dict]:
     ws = Workspace.resolve(workspace)
-    items = load_seed_items(example_dir / "seed_golden.jsonl")
-    with console.status("preparing the embedded model (SmolLM2-135M-Instruct)"):
-        model_dir = prepare_embedded_model(ws.models_dir)
-    with console.status("starting vLLM (about 40 s on 2 CPU cores)"):
-        server = VLLMServer(model_dir, cache_root=ws.subdir("vllm")).start()
-    console.print(f"vLLM ready in {server.started_in_s:.0f} s at {server.api_base}")
-    run_id = "demo-" + datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    try:
-        spec = ModelSpec(model=server.litellm_model, name="smollm2-135m", api_base=server.api_base,
-                         hosting="self_hosted", max_concurrency=8, timeout_s=120)
-        started = time.monotonic()
-        runner = Runner(ws, run_id, progress=True)
-        rows = asyncio.run(runner.run(build_requests(items, spec)))
-        wall_s = time.monotonic() - started
-    finally:
-        server.stop()
-    return _report(console, ws, run_id, items, rows, runner, wall_s)
+    started = time.monotonic()
+    # The heartbeat thread makes every synchronous flow call wait about a second at its end.
+    with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        summary = asyncio.run(migration_playbook(example_dir=str(example_dir), workspace=str(ws.root)))
+    print_summary(console, summary, time.monotonic() - started)
+    return summary
 
 
-def _report(console, ws, run_id, items, rows, runner, wall_s) -> list[dict]:
-    import pyarrow.parquet as pq
+def print_summary(console: Console, summary: dict, wall_s: float) -> None:
+    audit = summary["audit"]
+    console.rule("workhorse demo: Acme's migration playbook")
+    console.print(f"[bold]1 · audit[/]  {audit.read} log rows read = {audit.accepted} accepted + "
+                  f"{audit.quarantined} quarantined; spend ${audit.monthly_cost_usd:,.2f}/month now, "
+                  f"${audit.projected_monthly_usd:,.2f}/month with the cheapest fitting options "
+                  f"(saving ${audit.monthly_saving_usd:,.2f})")
+    console.print(f"[bold]2 · golden sets[/]  " + ", ".join(
+        f"{row['use_case']} v{row['version']} ({row['items']} items, {row['pii_scrubbed']} PII scrubbed)"
+        for row in summary["golden"]))
+    console.print(variant_table(summary["evaluations"]))
+    console.print(verdict_table(summary["evaluations"]))
+    print_verdicts(console, summary["evaluations"])
+    console.print(f"reports: audit {audit.report}")
+    for use_case, evaluation in summary["evaluations"].items():
+        console.print(f"         eval  {use_case}: {evaluation['report']}")
+    console.print(f"demo finished in {wall_s / 60:.1f} min; workspace {summary['workspace']}")
 
-    out = ws.run_dir(run_id)
-    pq.write_table(responses_table(rows), out / "responses.parquet")
-    lines = score_table(items, rows)
-    print_scores(console, lines, f"SmolLM2-135M via vLLM on the Acme seed set ({run_id})")
-    generated = sum(r.completion_tokens or 0 for r in rows if not r.cached)
-    if runner.stats.calls:
-        console.print(f"{runner.stats.calls} calls in {wall_s:.1f} s, {generated / wall_s:.0f} generated tokens/s")
-    else:
-        console.print(f"all {len(rows)} answers came from the response cache (0 calls)")
-    console.print(f"responses: {out / 'responses.parquet'}")
-    return lines
+
+def variant_table(evaluations: dict) -> Table:
+    """What each prompt variant scored on dev: constrained decoding is what makes a tiny model usable."""
+    table = Table(title="3 · evaluation — prompt variants of the candidate on dev (mean score)")
+    variants = sorted({v for e in evaluations.values() for c in e["chosen_variants"].values() for v in c["dev_scores"]})
+    table.add_column("use case")
+    table.add_column("candidate")
+    for variant in variants:
+        table.add_column(variant, justify="right")
+    table.add_column("chosen")
+    for use_case, evaluation in evaluations.items():
+        for candidate, choice in evaluation["chosen_variants"].items():
+            scores = [f"{choice['dev_scores'][v]:.0%}" if v in choice["dev_scores"] else "–" for v in variants]
+            table.add_row(use_case, candidate, *scores, choice["variant"])
+    return table
+
+
+def verdict_table(evaluations: dict) -> Table:
+    table = Table(title="3 · evaluation — on test, against the incumbent's logged answers")
+    for column in ("use case", "arm", "items", "accuracy", "score", "p50 ms", "$ / 1k items"):
+        table.add_column(column, justify="left" if column in ("use case", "arm") else "right")
+    for use_case, evaluation in evaluations.items():
+        for line in (l for l in evaluation["leaderboard"] if l["split"] == "test"):
+            table.add_row(use_case, f"{line['model']} · {line['prompt_variant']}", str(line["items"]),
+                          f"{line['accuracy']:.0%}", f"{line['score']:.2f}", _fmt(line["latency_p50_ms"], "{:.0f}"),
+                          _fmt(line["cost_per_1k_items"], "${:.4f}"))
+    return table
+
+
+def print_verdicts(console: Console, evaluations: dict) -> None:
+    for use_case, evaluation in evaluations.items():
+        verdict = evaluation["verdict"]
+        console.print(f"  verdict [bold]{verdict['decision']}[/] — {verdict['reason']}")
+
+
+def _fmt(value, pattern: str) -> str:
+    return "–" if value is None else pattern.format(value)

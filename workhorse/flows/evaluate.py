@@ -11,7 +11,9 @@ from datetime import datetime, timezone
 from prefect import flow, get_run_logger
 
 from workhorse.config import load_plan
-from workhorse.tasks.evaluation import AS_LOGGED, best_variant, build_requests, few_shot_examples
+from workhorse.tasks.evaluation import (
+    AS_LOGGED, best_variant, build_requests, few_shot_examples, tuning_contenders,
+)
 from workhorse.tasks.eval_run import (
     EvalContext, contenders_from_plan, decide, generate, publish_results, replay_for, score_responses,
 )
@@ -23,8 +25,11 @@ from workhorse.workspace import Workspace
 async def parallel_eval(use_case: str, workspace: str | None = None, plan_path: str | None = None,
                   models: list[str] | None = None, hostings: list[str] | None = None,
                   variants: list[str] | None = None, shard_size: int = 200, replay: bool = True,
-                  run_id: str | None = None) -> dict:
-    """Evaluate the plan's incumbent and candidates for one use case and give a verdict."""
+                  run_id: str | None = None, engine_api_base: str | None = None) -> dict:
+    """Evaluate the plan's incumbent and candidates for one use case and give a verdict.
+
+    ``engine_api_base``: an embedded-model vLLM server already running (the playbook shares
+    one across use cases); without it the flow starts one if a candidate needs it."""
     logger = get_run_logger()
     ws = Workspace.resolve(workspace)
     plan = load_plan(plan_path, ws.root)
@@ -34,13 +39,14 @@ async def parallel_eval(use_case: str, workspace: str | None = None, plan_path: 
     incumbent, candidates, skipped = contenders_from_plan(plan, use_case, models, hostings, variants)
     for reason in skipped:
         logger.warning(reason)
-    with EvalContext(ws, run_id, shard_size) as context:
+    with EvalContext(ws, run_id, shard_size, engine_api_base) as context:
         examples = few_shot_examples(dev)
-        tuning = [r for c in candidates for v in c.variants for r in build_requests(c, v, dev, examples)]
+        tuned = tuning_contenders(candidates)
+        tuning = [r for c in tuned for v in c.variants for r in build_requests(c, v, dev, examples)]
         dev_rows = await generate(context, tuning, phase="dev")
         dev_scores = score_responses(items, dev_rows)
-        chosen = {(c.spec.label, c.spec.hosting): best_variant(dev_scores, c.spec.label, c.spec.hosting)
-                  for c in candidates}
+        by_model = {c.spec.model: best_variant(dev_scores, c.spec.label, c.spec.hosting) for c in tuned}
+        chosen = {(c.spec.label, c.spec.hosting): by_model[c.spec.model] for c in candidates}
         replayed, to_call = replay_for(incumbent, test, run_id) if replay else ([], test)
         confirm = build_requests(incumbent, AS_LOGGED, to_call) if incumbent.callable else []
         for c in candidates:

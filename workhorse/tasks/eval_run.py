@@ -90,8 +90,9 @@ def _candidate_spec(plan: Plan, model: str, hosting: str, api_base: str | None) 
 class EvalContext:
     """Engines and bookkeeping for one run: starts the embedded vLLM server only if needed."""
 
-    def __init__(self, workspace: Workspace, run_id: str, shard_size: int):
+    def __init__(self, workspace: Workspace, run_id: str, shard_size: int, engine_api_base: str | None = None):
         self.workspace, self.run_id, self.shard_size = workspace, run_id, shard_size
+        self.engine_api_base = engine_api_base
         self.server: VLLMServer | None = None
         self.limits: dict[str, asyncio.Semaphore] = {}  # per endpoint, shared by every shard
         self.generated: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])  # model -> [tokens, seconds]
@@ -104,6 +105,8 @@ class EvalContext:
             self.server.stop()
 
     def server_base(self) -> str:
+        if self.engine_api_base:
+            return self.engine_api_base
         if self.server is None:
             model_dir = prepare_embedded_model(self.workspace.models_dir)
             self.server = VLLMServer(model_dir, cache_root=self.workspace.subdir("vllm")).start()
@@ -165,7 +168,7 @@ def write_openai_batch_files(folder: Path, requests: list[ModelRequest], phase: 
 
 
 def _served(context: EvalContext, request: ModelRequest) -> ModelRequest:
-    return replace(request, model=replace(request.model, api_base=context.server.api_base)) \
+    return replace(request, model=replace(request.model, api_base=context.server_base())) \
         if is_embedded(request.model) else request
 
 
@@ -242,7 +245,7 @@ def metric_value(score_row: dict, metric: str) -> float:
 
 def projected_saving(workspace: Workspace, use_case: str, model: str, hosting: str) -> float | None:
     """The audit's projected monthly saving for this candidate and hosting, when an audit ran."""
-    path = workspace.root / "usage" / "projections.parquet"
+    path = workspace.root / "audit" / "projections.parquet"
     if not path.exists():
         return None
     import pyarrow.parquet as pq
@@ -339,7 +342,7 @@ def publish_results(workspace: Workspace, run_id: str, use_case: str, task_type:
     pq.write_table(pa.Table.from_pylist(scores), out / "scores.parquet")
     board = leaderboard(scores, rows, task_type, labels)
     summary = {"run_id": run_id, "use_case": use_case, "task_type": task_type, "verdict": _verdict_dict(verdict),
-               "chosen_variants": {f"{m} ({h})": {"variant": v, "dev_scores": s} for (m, h), (v, s) in chosen.items()},
+               "chosen_variants": {label: {"variant": v, "dev_scores": s} for (label, _), (v, s) in chosen.items()},
                "skipped": skipped, "tokens_per_s": throughput, "leaderboard": board,
                "responses": str(out / "responses.parquet"), "scores": str(out / "scores.parquet")}
     (out / "verdict.json").write_text(json.dumps(summary, indent=2, default=str))

@@ -18,9 +18,11 @@ from workhorse.tasks.prompts import PromptTask, render
 from workhorse.tasks.scoring import score_item
 
 AS_LOGGED = "as-logged"
-CANDIDATE_VARIANTS = ("zero-shot", "few-shot", "constrained")
+CANDIDATE_VARIANTS = ("zero-shot", "few-shot", "constrained", "few-shot-constrained")
 FEW_SHOT_EXAMPLES = 3
-DEFAULT_PARAMS = {"temperature": 0.0, "max_tokens": 256}
+# Room for a complete answer of each task type, and no more: a small model that rambles
+# should be cut off, not paid (or waited for) through hundreds of tokens.
+MAX_TOKENS = {"classification": 16, "extraction": 192, "summarization": 160, "qa": 32, "generation": 512}
 
 
 @dataclass(frozen=True)
@@ -75,7 +77,8 @@ def build_requests(contender: Contender, variant: str, items: Iterable[GoldenIte
         else:
             shown = [e for e in examples if e.item_id != item.item_id] if variant.startswith("few-shot") else ()
             messages, params = render(variant, prompt_task(item, shown), spec.hosting)
-        requests.append(ModelRequest(item.item_id, spec, messages, {**DEFAULT_PARAMS, **params}, variant))
+        defaults = {"temperature": 0.0, "max_tokens": MAX_TOKENS.get(item.task_type, 256)}
+        requests.append(ModelRequest(item.item_id, spec, messages, {**defaults, **params}, variant))
     return requests
 
 
@@ -125,6 +128,15 @@ def score_rows(items: Sequence[GoldenItem], rows: Iterable[EvalResponse]) -> lis
             "details": json.dumps(score.details, sort_keys=True, default=str), "error_type": row.error_type,
         })
     return scored
+
+
+def tuning_contenders(candidates: Sequence[Contender]) -> list[Contender]:
+    """One contender per model for prompt tuning: a variant suits the model, not the hosting, so
+    a model served and batched is tuned once (on its served form, which answers fastest)."""
+    chosen: dict[str, Contender] = {}
+    for contender in sorted(candidates, key=lambda c: c.spec.hosting == "batch"):
+        chosen.setdefault(contender.spec.model, contender)
+    return list(chosen.values())
 
 
 def best_variant(scores: Iterable[dict], model: str, hosting: str) -> tuple[str, dict[str, float]]:

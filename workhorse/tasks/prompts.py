@@ -72,8 +72,15 @@ def _json_schema_format(name: str, schema: dict) -> dict:
     return {"response_format": {"type": "json_schema", "json_schema": {"name": name, "schema": schema}}}
 
 
+def few_shot_constrained(task: PromptTask, hosting: str) -> tuple[list[dict], dict]:
+    """Worked examples to show the task, a constraint to hold the format."""
+    messages, _ = few_shot(task, hosting)
+    return messages, constraint_params(task, hosting)
+
+
 PromptVariant = Callable[[PromptTask, str], tuple[list[dict], dict]]
-VARIANTS: dict[str, PromptVariant] = {"zero-shot": zero_shot, "few-shot": few_shot, "constrained": constrained}
+VARIANTS: dict[str, PromptVariant] = {"zero-shot": zero_shot, "few-shot": few_shot, "constrained": constrained,
+                                      "few-shot-constrained": few_shot_constrained}
 
 
 def render(variant: str, task: PromptTask, hosting: str) -> tuple[list[dict], dict]:
