@@ -162,6 +162,8 @@ POLICY = QualityPolicy(non_inferiority_margin=0.02, min_items=100)
     ("within margin", 4000, 40, 20, "migrate", "non_inferior"),        # -0.5 pp, margin 2 pp
     ("straddles margin", 1000, 30, 10, "inconclusive", "straddles"),   # -2 pp, CI about -3.3..-0.7
     ("under-sampled", 60, 0, 10, "inconclusive", "under_sampled"),     # better, but 60 < 100 items
+    ("worse, few items", 60, 30, 0, "keep", "worse"),                  # -50 pp: too few to migrate, enough to keep
+    ("worse, a handful", 12, 6, 0, "inconclusive", "under_sampled"),   # 12 < 20: too few even for that
 ])
 def test_verdict_on_synthetic_candidates(case, n, lose, win, decision, why):
     candidate, incumbent = synthetic(n, lose, win)

@@ -7,8 +7,9 @@ be slightly worse than the incumbent, by at most ``non_inferiority_margin`` (abs
 primary metric's 0..1 scale), and still be the right choice because it is much cheaper.
 
     per candidate, in order:
-      n < min_items                          -> inconclusive (under-sampled; a few items say
-                                                              nothing about quality or error rate)
+      n < min_items                          -> keep if n >= 20 and CI high < -margin (clearly worse
+                                                              even on few items), else inconclusive
+                                                              (under-sampled: too few items to migrate)
       error rate > max_error_rate            -> keep         (unreliable)
       p95 latency > max_p95_latency_ms       -> keep         (too slow)
       CI low  >= -margin                     -> migrate      (non-inferior)
@@ -36,6 +37,10 @@ Decision = Literal["migrate", "keep", "inconclusive"]
 # Below this many discordant pairs McNemar uses the exact binomial test; from it on the
 # chi-squared approximation with continuity correction (the usual rule of thumb: b + c >= 25).
 MCNEMAR_EXACT_BELOW = 25
+
+# Below min_items a candidate can still be kept out when clearly worse, but not on a handful of
+# items: a bootstrap over fewer than this many says little even about "clearly".
+MIN_ITEMS_TO_KEEP_EARLY = 20
 
 # Which per-item number each task type is judged on: "correct" (0/1), "value", or a key of
 # ItemScore.details (see scoring.py).
@@ -217,7 +222,7 @@ def assess(candidate: CandidateResult, incumbent_scores: Sequence[float], policy
         raise ValueError(f"{candidate.model}/{candidate.prompt_variant}: {n} scores but the incumbent has "
                          f"{len(incumbent_scores)}; the verdict needs the same items")
     if n < policy.min_items:
-        return Assessment(candidate, "inconclusive", "under_sampled", n)
+        return _under_sampled(candidate, incumbent_scores, policy, n, incumbent_correct)
     gate = _operational_gate(candidate, policy)
     if gate:
         return Assessment(candidate, "keep", gate, n)
@@ -225,6 +230,22 @@ def assess(candidate: CandidateResult, incumbent_scores: Sequence[float], policy
                                        confidence=policy.confidence, seed=policy.seed)
     decision, why = _by_margin(low, high, policy.non_inferiority_margin)
     return Assessment(candidate, decision, why, n, diff, low, high,
+                      _p_value(candidate, incumbent_scores, incumbent_correct))
+
+
+def _under_sampled(candidate: CandidateResult, incumbent_scores: Sequence[float], policy: QualityPolicy,
+                   n: int, incumbent_correct: Sequence[bool] | None) -> Assessment:
+    """Too few items to migrate on; but a candidate clearly worse even on few items is kept out.
+
+    The minimum sample size guards against a migration the data cannot support. Keeping the
+    incumbent needs no such guard when the whole interval lies below the margin."""
+    if n < MIN_ITEMS_TO_KEEP_EARLY:
+        return Assessment(candidate, "inconclusive", "under_sampled", n)
+    diff, low, high = paired_bootstrap(candidate.scores, incumbent_scores, n_resamples=policy.n_resamples,
+                                       confidence=policy.confidence, seed=policy.seed)
+    if high >= -policy.non_inferiority_margin:
+        return Assessment(candidate, "inconclusive", "under_sampled", n)
+    return Assessment(candidate, "keep", "worse", n, diff, low, high,
                       _p_value(candidate, incumbent_scores, incumbent_correct))
 
 
