@@ -93,9 +93,11 @@ def test_prefect_deploy_all_registers_every_deployment_on_a_process_pool(prefect
            "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     done = subprocess.run([sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all"], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     with get_client(sync_client=True) as client:
         deployed = {d.name: d for d in client.read_deployments() if d.work_pool_name == "workhorse"}
+        for deployment in deployed.values():  # the served deployments of other tests reuse these names
+            client.delete_deployment(deployment.id)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert set(deployed) == {spec.name for spec in SPECS}
     for spec in SPECS:
         assert len(deployed[spec.name].schedules) == len(spec.schedules) and deployed[spec.name].schedules
