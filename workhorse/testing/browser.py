@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import signal
 import subprocess
 import tempfile
 import time
@@ -96,13 +98,15 @@ def console_errors(events: list[dict]) -> list[str]:
 @contextmanager
 def headless_chromium(binary: str = CHROMIUM, timeout_s: float = 30.0) -> Iterator[str]:
     """A headless Chromium with a fresh profile; yields the DevTools HTTP endpoint, kills it on exit."""
-    with tempfile.TemporaryDirectory(prefix="workhorse-chromium-") as profile:
+    # Chromium's helpers (zygote, renderers, crashpad) outlive a killed parent for a moment and keep
+    # writing the profile: kill the whole process group, and tolerate a file appearing during cleanup.
+    with tempfile.TemporaryDirectory(prefix="workhorse-chromium-", ignore_cleanup_errors=True) as profile:
         process = subprocess.Popen([binary, *FLAGS, f"--user-data-dir={profile}", "about:blank"],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         try:
             yield f"http://127.0.0.1:{_devtools_port(Path(profile), process, timeout_s)}"
         finally:
-            process.kill()
+            os.killpg(process.pid, signal.SIGKILL)
             process.wait()
 
 
