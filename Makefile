@@ -31,7 +31,7 @@ demo: install
 # The browser check opens the HTML reports in headless Chromium (Debian's package; root in CI).
 .PHONY: browser
 browser:
-	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium chromium-driver)
+	command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver)
 
 test: install browser
 	$(PY) -m pytest

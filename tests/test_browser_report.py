@@ -1,7 +1,7 @@
 """The HTML reports in a real browser: headless Chromium lays them out, the charts have size and
 shapes, the tables have rows, the console stays clean, and a screenshot is saved beside the test.
 
-Marked `integration` (CI installs Chromium with `make browser`); skipped where no Chromium exists.
+Marked `integration`; `make test` installs Chromium first (`make browser`), so a missing browser fails here.
 """
 
 from __future__ import annotations
@@ -17,8 +17,13 @@ from workhorse.testing.browser import CHROMIUM, render_report
 REPO = Path(__file__).resolve().parents[1]
 LABELS = ["billing", "technical", "account"]
 
-pytestmark = [pytest.mark.integration,
-              pytest.mark.skipif(not shutil.which(CHROMIUM), reason=f"no Chromium at {CHROMIUM} (run `make browser`)")]
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(autouse=True)
+def chromium_present():
+    if not shutil.which(CHROMIUM):
+        pytest.fail(f"no Chromium at {CHROMIUM}: run `make browser` (part of `make test`)")
 
 
 def leaderboard_line(model: str, variant: str, split: str, score: float, cost: float | None) -> dict:

@@ -39,6 +39,33 @@ def demo(workspace: Optional[Path] = WorkspaceOption,
 # Commands of the playbook steps are added below, one function each.
 
 
+@app.command("eval")
+def evaluate(use_case: str = typer.Argument(..., help="The use case to evaluate (its golden set must exist)."),
+             plan: Optional[Path] = typer.Option(None, help="The migration plan (default: the workspace's)."),
+             model: list[str] = typer.Option([], help="Only these candidate models (repeatable)."),
+             hosting: list[str] = typer.Option([], help="Only these hostings: api, batch, self_hosted."),
+             variant: list[str] = typer.Option([], help="Only these prompt variants."),
+             no_replay: bool = typer.Option(False, "--no-replay", help="Call the incumbent even where logged."),
+             workspace: Optional[Path] = WorkspaceOption) -> None:
+    """Evaluate incumbent and candidates on a golden set: leaderboard, verdict, HTML report."""
+    import asyncio
+
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    from workhorse.demo import verdict_table
+    from workhorse.flows.evaluate import parallel_eval
+
+    with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        summary = asyncio.run(parallel_eval(
+            use_case=use_case, workspace=str(workspace) if workspace else None, plan_path=str(plan) if plan else None,
+            models=model or None, hostings=hosting or None, variants=variant or None, replay=not no_replay))
+    console.print(verdict_table({use_case: summary}))
+    console.print(f"verdict [bold]{summary['verdict']['decision']}[/] — {summary['verdict']['reason']}")
+    for reason in summary["skipped"]:
+        console.print(f"skipped: {reason}")
+    console.print(f"report: {summary['report']}")
+
+
 @app.command()
 def monitor(plan: Optional[Path] = typer.Option(None, help="The migration plan (default: the workspace's workhorse.yaml)."),
             window_minutes: Optional[int] = typer.Option(None, "--window", help="Window length (default: the plan's)."),

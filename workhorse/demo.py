@@ -43,6 +43,8 @@ def print_summary(console: Console, summary: dict, wall_s: float) -> None:
     console.print(variant_table(summary["evaluations"]))
     console.print(verdict_table(summary["evaluations"]))
     print_verdicts(console, summary["evaluations"])
+    print_rollouts(console, summary.get("rollouts", []))
+    print_monitoring(console, summary.get("monitoring"))
     console.print(f"reports: audit {audit.report}")
     for use_case, evaluation in summary["evaluations"].items():
         console.print(f"         eval  {use_case}: {evaluation['report']}")
@@ -81,6 +83,29 @@ def print_verdicts(console: Console, evaluations: dict) -> None:
     for use_case, evaluation in evaluations.items():
         verdict = evaluation["verdict"]
         console.print(f"  verdict [bold]{verdict['decision']}[/] — {verdict['reason']}")
+
+
+def print_rollouts(console: Console, rollouts: list[dict]) -> None:
+    """Each rollout's path through the steps, in control-loop runs and requests."""
+    for rollout in rollouts:
+        steps = " → ".join(f"{stage} ({calls} req)" for stage, calls in rollout["requests_per_step"].items())
+        line = (f"[bold]4 · rollout[/]  {rollout['use_case']}: {steps} ⇒ [bold]{rollout['final_stage']}[/] "
+                f"after {rollout['control_runs']} control-loop runs")
+        if rollout.get("fault"):
+            line += (f"; fault: {rollout['fault']}, reverted {rollout['runs_from_fault_to_revert']} "
+                     f"control-loop run(s) after it")
+        console.print(line)
+
+
+def print_monitoring(console: Console, monitoring: dict | None) -> None:
+    from workhorse.tasks.alerts import message_text
+
+    if not monitoring:
+        return
+    console.print(f"[bold]5 · monitoring[/]  {monitoring['windows']} window(s); incidents opened: "
+                  f"{', '.join(monitoring['opened']) or 'none'}; Slack messages: {len(monitoring['messages'])}")
+    for message in monitoring["messages"][:2]:
+        console.print("   " + message_text(message).replace("\n", "\n   "))
 
 
 def _fmt(value, pattern: str) -> str:

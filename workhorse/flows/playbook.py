@@ -6,16 +6,19 @@ started for the whole run and shared by every use case's evaluation.
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 from pathlib import Path
 
-from prefect import flow, get_run_logger
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 
 from workhorse.config import load_plan
 from workhorse.errors import ContractError
 from workhorse.flows.audit import usage_audit
 from workhorse.flows.evaluate import parallel_eval
 from workhorse.flows.golden import golden_dataset_refresh
+from workhorse.tasks.demo_traffic import Scenario, run_scenario
 from workhorse.tasks.engines import VLLMServer, prepare_embedded_model
 from workhorse.tasks.eval_run import is_embedded
 from workhorse.workspace import Workspace
@@ -45,7 +48,8 @@ def evaluated_use_cases(plan, workspace: Workspace) -> list[str]:
 @flow(name="migration-playbook", log_prints=True)
 async def migration_playbook(example_dir: str = "examples/acme", workspace: str | None = None,
                              plan_path: str | None = None) -> dict:
-    """Audit the example's logs, build its golden sets and evaluate every workhorse use case."""
+    """Audit the example's logs, build golden sets, evaluate every workhorse use case, roll the
+    embedded model out on live (replayed) traffic and watch that traffic."""
     logger = get_run_logger()
     ws = Workspace.resolve(workspace)
     example = Path(example_dir)
@@ -70,6 +74,33 @@ async def migration_playbook(example_dir: str = "examples/acme", workspace: str 
             evaluations[use_case] = await parallel_eval(
                 use_case=use_case, workspace=str(ws.root), plan_path=plan_file, hostings=hostings_for(latency),
                 engine_api_base=server.api_base)
+        # These drive their own event loops (traffic, control loop): run them off the flow's loop.
+        rollouts = [await asyncio.to_thread(rollout_with_live_traffic, ws, plan, scenario, server.api_base)
+                    for scenario in ROLLOUT_SCENARIOS if scenario.use_case in evaluations]
     finally:
         server.stop()
-    return {"workspace": str(ws.root), "audit": audit, "golden": golden, "evaluations": evaluations}
+    monitoring = await asyncio.to_thread(watch_demo_traffic, ws, plan_file)
+    return {"workspace": str(ws.root), "audit": audit, "golden": golden, "evaluations": evaluations,
+            "rollouts": rollouts, "monitoring": monitoring}
+
+
+# One rollout that should go all the way, one whose candidate endpoint breaks at 25 %.
+ROLLOUT_SCENARIOS = [Scenario("review-sentiment", fault_at_stage=None), Scenario("ticket-routing", fault_at_stage="25")]
+
+
+@task(name="rollout-with-live-traffic", cache_policy=NO_CACHE)
+def rollout_with_live_traffic(ws: Workspace, plan, scenario: Scenario, engine_api_base: str) -> dict:
+    """Staged rollout of the embedded model on replayed Acme traffic, each control-loop run a flow run."""
+    from workhorse.tasks.golden_versions import load_golden
+
+    return run_scenario(ws, plan, scenario, load_golden(ws, scenario.use_case), engine_api_base)
+
+
+@task(name="watch-demo-traffic", cache_policy=NO_CACHE)
+def watch_demo_traffic(ws: Workspace, plan_file: str) -> dict:
+    """Monitoring over the rollouts' traffic log, Slack messages to a local receiver."""
+    from workhorse.tasks.monitor_run import run_demo_monitoring
+    from workhorse.tasks.traffic import read_traffic
+
+    traffic = read_traffic(ws)
+    return run_demo_monitoring(str(ws.root), plan_file, traffic if traffic.num_rows else None)

@@ -24,8 +24,8 @@ def fmt(value, kind: str = "") -> str:
         return "–"
     if kind == "%":
         return f"{value:.1%}"
-    if kind == "$":
-        return f"${value:,.4f}"
+    if kind == "$":  # small per-item costs keep two significant digits instead of rounding to $0.0000
+        return f"${value:,.4f}" if abs(value) >= 0.01 else f"${value:.2g}"
     if isinstance(value, float):
         return f"{value:,.1f}"
     return html.escape(str(value))
@@ -63,9 +63,13 @@ def scatter_svg(points: list[dict], width: int = 560, height: int = 320) -> str:
         x = pad + (cost / top if cost is not None else 0) * (width - pad - 20)
         y = height - pad - point["score"] * (height - pad - 20)
         label = f"{point['model']} · {point['prompt_variant']}" + ("" if cost is not None else " (unpriced)")
+        short = label if len(label) <= 32 else label[:31] + "…"  # the full label is in the tooltip
+        # Labels of points on the right half run leftwards so they stay inside the chart.
+        anchor, dx = ("end", -8) if x > width * 0.55 else ("start", 8)
         marks.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="6" fill="#0969da" class="point">'
                      f"<title>{html.escape(label)}: score {point['score']:.3f}, cost {fmt(cost, '$')}</title></circle>")
-        marks.append(f'<text x="{x + 8:.1f}" y="{y - 8:.1f}" font-size="11">{html.escape(label)}</text>')
+        marks.append(f'<text x="{x + dx:.1f}" y="{y - 8:.1f}" font-size="11" text-anchor="{anchor}">'
+                     f"{html.escape(short)}</text>")
     return (f'<svg id="quality-vs-cost" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
             f'role="img" aria-label="quality versus cost">{"".join(marks)}</svg>')
 
@@ -94,7 +98,7 @@ def confusion_html(scores: list[dict], labels: list[str]) -> str:
         head = "".join(f"<th>{html.escape(str(p))}</th>" for p in predicted)
         body = "".join(f"<tr><td>{html.escape(r)}</td>" + "".join(f"<td>{counts[(r, p)]}</td>" for p in predicted)
                        + "</tr>" for r in labels)
-        parts.append(f"<h3>{html.escape(' · '.join(arm))}</h3><table class='confusion'><tr><th>reference ＼ predicted"
+        parts.append(f"<h3>{html.escape(' · '.join(arm))}</h3><table class='confusion'><tr><th>reference → predicted"
                      f"</th>{head}</tr>{body}</table>")
     return "".join(parts)
 

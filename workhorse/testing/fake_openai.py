@@ -57,6 +57,9 @@ class ServerConfig:
     down: bool = False
     # Scripted answers by the text of the last message: a model whose quality a test chooses.
     answers: dict[str, str] = field(default_factory=dict)
+    # Forward healthy requests to this OpenAI-compatible base URL (a real engine) and inject the
+    # faults in front of it: how a demo breaks a real model's endpoint on purpose.
+    upstream: str | None = None
 
 
 def request_key(body: dict) -> str:
@@ -126,6 +129,9 @@ class FakeOpenAI:
         )
         record = {"key": key, "attempt": attempt, "outcome": outcome, "t": time.time(),
                   "auth": request.headers.get("Authorization", "")}
+        if outcome == "ok" and self.config.upstream:
+            self.records.append(record)
+            return await self._forward(body)
         if outcome == "ok":
             # Counted before the write, so the pause check sees it at once; a write that fails
             # (client gone) is recorded as such, not as a success.
@@ -143,6 +149,15 @@ class FakeOpenAI:
             return response
         self.records.append(record)
         return await self._fault(request, outcome)
+
+    async def _forward(self, body: dict):
+        import aiohttp
+        from aiohttp import web
+
+        async with aiohttp.ClientSession() as session:
+            async with session.post(f"{self.config.upstream}/chat/completions", json=body) as upstream:
+                return web.Response(body=await upstream.read(), status=upstream.status,
+                                    content_type="application/json")
 
     async def _wait_if_paused(self) -> None:
         limit = self.config.pause_after_successes
