@@ -19,7 +19,7 @@ from workhorse.workspace import Workspace
 
 
 @flow(name="weekly-reevaluation", log_prints=True)
-def weekly_reevaluation(workspace: str | None = None, plan_path: str | None = None, use_cases: list[str] | None = None,
+async def weekly_reevaluation(workspace: str | None = None, plan_path: str | None = None, use_cases: list[str] | None = None,
                         refresh_golden: bool = True, slack_webhook_url: SecretStr | None = None) -> dict:
     """Golden refresh + eval per migrated use case, then one guardrail result per use case."""
     from prefect.runtime import flow_run
@@ -37,7 +37,7 @@ def weekly_reevaluation(workspace: str | None = None, plan_path: str | None = No
             state = golden_dataset_refresh(plan=plan_path, workspace=str(ws.root), use_cases=[use_case], return_state=True)
             if not state.is_completed():  # evaluate on the last good version rather than not at all
                 logger.warning("%s: golden refresh failed (%s); evaluating the previous version", use_case, state.message)
-        summary = parallel_eval(use_case, workspace=str(ws.root), plan_path=plan_path)
+        summary = await parallel_eval(use_case, workspace=str(ws.root), plan_path=plan_path)
         verdicts[use_case] = (summary.get("verdict") or {}).get("decision")
         results.append(reevaluation_result(use_case, model, summary))
     alerted = alert_results(ws, plan, results, webhook_url=resolve_webhook_url(slack_webhook_url, plan),

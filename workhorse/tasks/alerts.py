@@ -46,9 +46,13 @@ def resolve_webhook_url(parameter: str | SecretStr | None = None, plan=None,
 
 
 def _block_webhook(name: str) -> str | None:
+    """The named block's webhook; a block not created yet falls through to the environment."""
     from workhorse.blocks.slack import SlackAlerts
 
-    return SlackAlerts.load(name).webhook_url.get_secret_value()
+    try:
+        return SlackAlerts.load(name).webhook_url.get_secret_value()
+    except ValueError:  # Prefect's "block document not found"
+        return None
 
 
 def _plain(value: str | SecretStr | None) -> str | None:
