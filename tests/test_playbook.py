@@ -1,0 +1,54 @@
+"""The demo playbook's own pieces: what it evaluates, how it replays the incumbent, its policy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from workhorse.config import load_plan
+from workhorse.flows.playbook import evaluated_use_cases, generate_example_logs, hostings_for
+from workhorse.tasks.demo_traffic import DEMO_POLICY_OVERRIDES, demo_policy, replayed_answers
+from workhorse.tasks.golden_sources import GoldenSpec
+from workhorse.tasks.golden_versions import write_version
+
+ACME = Path(__file__).resolve().parents[1] / "examples" / "acme"
+
+
+@pytest.mark.parametrize("latency, batch_evaluated", [("realtime", False), ("batch", True), (None, True)])
+def test_batch_hosting_only_where_the_latency_need_allows(latency, batch_evaluated):
+    assert ("batch" in hostings_for(latency)) is batch_evaluated
+    assert {"api", "self_hosted"} <= set(hostings_for(latency))
+
+
+def test_only_workhorse_use_cases_with_a_golden_set_are_evaluated(isolated_workspace):
+    plan = load_plan(ACME / "workhorse.yaml")
+    spec = GoldenSpec("review-sentiment", "classification", labels=["positive", "negative", "neutral"])
+    item = spec.item([{"role": "user", "content": "Lovely kettle"}], "positive", source="t", label_origin="human")
+    write_version(isolated_workspace, "review-sentiment", [item], [{"kind": "test"}])
+    assert evaluated_use_cases(plan, isolated_workspace) == ["review-sentiment"]
+    assert plan.use_cases["research-agent"].workload == "frontier"
+
+
+def test_replay_serves_the_logged_answer_for_each_logged_request():
+    spec = GoldenSpec("routing", "classification", labels=["a", "b"])
+    silver = spec.item([{"role": "user", "content": "first"}], "a", source="log", label_origin="incumbent")
+    relabelled = spec.item([{"role": "user", "content": "second"}], "b", source="log", label_origin="human",
+                           metadata={"incumbent_output": "a"})
+    # A human relabel is what the incumbent should have said; the replay keeps what it did say.
+    assert replayed_answers([silver, relabelled]) == {"first": "a", "second": "a"}
+
+
+def test_demo_policy_changes_only_what_a_short_demo_needs():
+    plan = load_plan(ACME / "workhorse.yaml")
+    policy, original = demo_policy(plan), plan.rollout.model_dump()
+    assert policy["steps"] == original["steps"]
+    assert policy["guardrails"]["critical_error_rate"] == original["guardrails"]["critical_error_rate"]
+    assert policy["guardrails"]["min_agreement"] == DEMO_POLICY_OVERRIDES["guardrails"]["min_agreement"]
+    assert (policy["bake_time"], policy["min_requests"]) == (0, DEMO_POLICY_OVERRIDES["min_requests"])
+
+
+def test_example_logs_are_generated_into_the_workspace(isolated_workspace):
+    paths = generate_example_logs(ACME, isolated_workspace.subdir("logs"))
+    assert len(paths) == 2 and all(Path(p).stat().st_size > 10_000 for p in paths)
+    assert all(Path(p).parent == isolated_workspace.root / "logs" for p in paths)
