@@ -156,3 +156,50 @@ def test_replay_only_matches_the_logged_model():
     same, rest = replay_incumbent(Contender("incumbent", ModelSpec(model="openai/gpt-4o-mini"), ()), items, "r")
     other, remaining = replay_incumbent(Contender("incumbent", ModelSpec(model="gpt-4o"), ()), items, "r")
     assert len(same) == 10 and rest == [] and other == [] and len(remaining) == 10
+
+
+def test_candidate_key_and_endpoint_come_from_a_model_endpoint_block(prefect_server, golden, isolated_workspace,
+                                                                     fake_openai_server, tmp_path):
+    from workhorse.blocks.endpoints import ModelEndpoint
+
+    server = fake_openai_server(answers=scripted(golden, 0.9, seed=6))
+    block_key = "sk-canary-block-91be"
+    ModelEndpoint(model="openai/from-block", api_base=server.url, api_key=block_key).save("eval-test", overwrite=True)
+    plan = plan_file(tmp_path, [{"model": "openai/from-block", "endpoint": "eval-test"}])  # no key in the environment
+
+    summary = evaluate(isolated_workspace, plan, variants=["zero-shot"])
+
+    assert not any("from-block" in reason for reason in summary["skipped"])
+    assert {r["auth"] for r in server.records()} == {f"Bearer {block_key}"}
+    for path in isolated_workspace.root.rglob("*"):
+        if path.is_file():
+            assert block_key.encode() not in path.read_bytes(), path
+
+
+def test_a_missing_endpoint_block_is_a_clear_config_error(prefect_server, golden, isolated_workspace, tmp_path):
+    from workhorse.errors import ConfigError
+
+    plan = plan_file(tmp_path, [{"model": "openai/x", "endpoint": "no-such-block"}])
+    with pytest.raises(ConfigError, match="no-such-block"):
+        evaluate(isolated_workspace, plan)
+
+
+def test_weekly_reevaluation_alerts_once_when_a_migrated_model_falls_behind(prefect_server, golden, isolated_workspace,
+                                                                             fake_openai_server, tmp_path, monkeypatch):
+    from workhorse.flows.reevaluate import weekly_reevaluation
+    from workhorse.testing.slack_receiver import SlackReceiver
+
+    incumbent = fake_openai_server(answers=scripted(golden, 0.9, seed=7))
+    slipped = fake_openai_server(answers=scripted(golden, 0.3, seed=8))
+    monkeypatch.setenv("OPENAI_API_KEY", CANARY)
+    monkeypatch.setenv("OPENAI_API_BASE", incumbent.url)
+    plan = yaml.safe_load(open(plan_file(tmp_path, [{"model": "openai/slipped", "api_base": slipped.url}])))
+    plan["monitoring"] = {"migrated": {"routing": "openai/slipped"}}
+    (tmp_path / "workhorse.yaml").write_text(yaml.safe_dump(plan))
+
+    with SlackReceiver() as slack:
+        monkeypatch.setenv("WORKHORSE_SLACK_WEBHOOK_URL", slack.url)
+        result = asyncio.run(weekly_reevaluation(workspace=str(isolated_workspace.root),
+                                                 plan_path=str(tmp_path / "workhorse.yaml"), refresh_golden=False))
+        assert result["verdicts"] == {"routing": "keep"}
+        assert len(slack.messages) == 1 and "routing" in json.dumps(slack.messages[0])

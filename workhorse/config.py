@@ -53,6 +53,8 @@ class Candidate(_Section):
     model: str = Field(description="LiteLLM model string, e.g. deepinfra/Qwen/Qwen3-14B.")
     hosting: list[Hosting] = Field(default_factory=lambda: ["api"], description="Strategies to project.")
     api_base: Optional[str] = None
+    endpoint: Optional[str] = Field(None, description="Name of a ModelEndpoint block with this model's key "
+                                                      "(and base URL, unless api_base is set here).")
     notes: Optional[str] = None
 
     @field_validator("hosting", mode="before")

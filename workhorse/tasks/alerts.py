@@ -50,7 +50,7 @@ def _block_webhook(name: str) -> str | None:
     from workhorse.blocks.slack import SlackAlerts
 
     try:
-        return SlackAlerts.load(name).webhook_url.get_secret_value()
+        return SlackAlerts.load(name, _sync=True).webhook_url.get_secret_value()  # async flows call this too
     except ValueError:  # Prefect's "block document not found"
         return None
 

@@ -15,13 +15,14 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from workhorse.config import Plan
+from workhorse.errors import ConfigError
 from workhorse.tasks.engines import (
     EMBEDDED_MODEL, BatchParams, VLLMServer, prepare_embedded_model, run_offline_batch,
 )
 from workhorse.tasks.evaluation import (
     AS_LOGGED, CANDIDATE_VARIANTS, Contender, replay_incumbent, score_rows, shards,
 )
-from workhorse.tasks.inference import EvalResponse, ModelRequest, ModelSpec, Runner, call_cost
+from workhorse.tasks.inference import CircuitBreaker, EvalResponse, ModelRequest, ModelSpec, Runner, call_cost
 from workhorse.tasks.pricing import PriceCatalog, SelfHosting, record_throughput
 from workhorse.workspace import Workspace
 
@@ -63,15 +64,31 @@ def contenders_from_plan(plan: Plan, use_case: str, models: list[str] | None, ho
         f"incumbent {incumbent_model}: no API key here, only its logged answers are used (replay)"]
     candidates = []
     for candidate in plan.candidates_for(use_case):
+        block = endpoint_block(candidate.endpoint)
         for hosting in candidate.hosting:
             if (models and candidate.model not in models) or (hostings and hosting not in hostings):
                 continue
-            if not has_credentials(candidate.model):
+            if not (block and block.api_key) and not has_credentials(candidate.model):
                 skipped.append(f"candidate {candidate.model} ({hosting}): no API key for its provider here")
                 continue
-            spec = _candidate_spec(plan, candidate.model, hosting, candidate.api_base)
+            spec = _candidate_spec(plan, candidate.model, hosting, candidate.api_base or (block and block.api_base))
+            if block and block.api_key:  # the key lives in the block, in memory only from here on
+                spec = replace(spec, api_key=block.api_key.get_secret_value())
             candidates.append(Contender("candidate", spec, tuple(variants or CANDIDATE_VARIANTS)))
     return incumbent, candidates, skipped
+
+
+def endpoint_block(name: str | None):
+    """The candidate's ModelEndpoint block, if the plan names one (workspace file > Block > environment)."""
+    if not name:
+        return None
+    from workhorse.blocks.endpoints import ModelEndpoint
+
+    try:
+        return ModelEndpoint.load(name, _sync=True)  # sync even when called from an async flow
+    except ValueError as error:
+        raise ConfigError(f"the plan names ModelEndpoint block {name!r}, which does not exist "
+                          f"(create it with `workhorse blocks init`)") from error
 
 
 def _candidate_spec(plan: Plan, model: str, hosting: str, api_base: str | None) -> ModelSpec:
@@ -95,6 +112,7 @@ class EvalContext:
         self.engine_api_base = engine_api_base
         self.server: VLLMServer | None = None
         self.limits: dict[str, asyncio.Semaphore] = {}  # per endpoint, shared by every shard
+        self.breakers: dict[str, CircuitBreaker] = {}  # per endpoint too: one outage opens one circuit
         self.generated: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])  # model -> [tokens, seconds]
 
     def __enter__(self) -> "EvalContext":
@@ -177,7 +195,7 @@ async def run_shard(context: EvalContext, requests: list[ModelRequest]) -> list[
     """One (model, variant) shard through the runner; its wall time feeds measured throughput."""
     shard_key = hashlib.sha256("|".join(map(str, (r.identity for r in requests))).encode()).hexdigest()[:12]
     runner = Runner(context.workspace, context.run_id, checkpoint_name=f"checkpoint-{shard_key}",
-                    limits=context.limits)
+                    limits=context.limits, breakers=context.breakers)
     started = time.perf_counter()
     rows = await runner.run(requests)
     context.account(rows[0].model, rows, time.perf_counter() - started)
