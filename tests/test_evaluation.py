@@ -203,3 +203,30 @@ def test_weekly_reevaluation_alerts_once_when_a_migrated_model_falls_behind(pref
                                                  plan_path=str(tmp_path / "workhorse.yaml"), refresh_golden=False))
         assert result["verdicts"] == {"routing": "keep"}
         assert len(slack.messages) == 1 and "routing" in json.dumps(slack.messages[0])
+
+
+def test_replayed_rows_carry_the_logged_tokens_latency_and_cost(isolated_workspace):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from workhorse.tasks.eval_run import replay_for
+
+    spec = GoldenSpec("routing", "classification", labels=LABELS)
+    items = [spec.item([{"role": "user", "content": f"logged {i}"}], "alpha", source="usage_log",
+                       label_origin="incumbent", metadata={"model": "gpt-4o-mini", "request_id": f"req-{i}"})
+             for i in range(3)]
+    logged = [{"request_id": "req-0", "prompt_tokens": 40, "completion_tokens": 2, "latency_ms": 650.0, "cost_usd": 7.2e-06},
+              {"request_id": "req-1", "prompt_tokens": 55, "completion_tokens": 3, "latency_ms": 700.0, "cost_usd": None}]
+    pq.write_table(pa.Table.from_pylist(logged), isolated_workspace.subdir("usage") / "usage_log.parquet")
+    incumbent = Contender("incumbent", ModelSpec(model="gpt-4o-mini"), (AS_LOGGED,))
+
+    rows, remaining = replay_for(incumbent, items, "r", isolated_workspace)
+
+    by_id = {row.item_id: row for row in rows}
+    first, second, third = (by_id[item.item_id] for item in items)
+    assert remaining == [] and (first.prompt_tokens, first.latency_ms, first.cost_usd) == (40, 650.0, 7.2e-06)
+    import litellm
+
+    prices = litellm.model_cost["gpt-4o-mini"]  # no logged spend: priced from the logged tokens
+    assert second.cost_usd == pytest.approx(55 * prices["input_cost_per_token"] + 3 * prices["output_cost_per_token"])
+    assert third.cost_usd is None and third.prompt_tokens is None  # not in the log: unknown, not zero

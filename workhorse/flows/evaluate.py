@@ -47,7 +47,7 @@ async def parallel_eval(use_case: str, workspace: str | None = None, plan_path: 
         dev_scores = score_responses(items, dev_rows)
         by_model = {c.spec.model: best_variant(dev_scores, c.spec.label, c.spec.hosting) for c in tuned}
         chosen = {(c.spec.label, c.spec.hosting): by_model[c.spec.model] for c in candidates}
-        replayed, to_call = replay_for(incumbent, test, run_id) if replay else ([], test)
+        replayed, to_call = replay_for(incumbent, test, run_id, ws) if replay else ([], test)
         confirm = build_requests(incumbent, AS_LOGGED, to_call) if incumbent.callable else []
         for c in candidates:
             confirm += build_requests(c, chosen[(c.spec.label, c.spec.hosting)][0], test, examples)

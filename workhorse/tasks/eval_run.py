@@ -240,8 +240,33 @@ def run_offline_shard(workspace_root: str, run_id: str,
     return rows, result.generate_s
 
 
-def replay_for(incumbent: Contender, items, run_id: str):
-    return replay_incumbent(incumbent, items, run_id)
+def replay_for(incumbent: Contender, items, run_id: str, workspace: Workspace | None = None):
+    """Replayed incumbent rows, with the tokens, latency and cost the logs recorded for each call,
+    so the leaderboard compares the candidates' cost with what the incumbent really cost."""
+    replayed, remaining = replay_incumbent(incumbent, items, run_id)
+    logged = logged_calls(workspace, [i.metadata.get("request_id") for i in items]) if workspace else {}
+    by_id = {item.item_id: item for item in items}
+    for row in replayed:
+        call = logged.get(by_id[row.item_id].metadata.get("request_id"))
+        if call:
+            row.prompt_tokens, row.completion_tokens, row.latency_ms, row.cost_usd = call
+            if row.cost_usd is None:
+                row.cost_usd = call_cost(incumbent.spec, row.prompt_tokens or 0, row.completion_tokens or 0)
+    return replayed, remaining
+
+
+def logged_calls(workspace: Workspace, request_ids: list) -> dict[str, tuple]:
+    """request_id -> (prompt tokens, completion tokens, latency ms, cost) from the audited usage log."""
+    import duckdb
+
+    path = workspace.root / "usage" / "usage_log.parquet"
+    wanted = [str(r) for r in request_ids if r]
+    if not path.exists() or not wanted:
+        return {}
+    rows = duckdb.execute(
+        "SELECT request_id, prompt_tokens, completion_tokens, latency_ms, cost_usd FROM read_parquet($path) "
+        "WHERE request_id IN (SELECT unnest($ids))", {"path": str(path), "ids": wanted}).fetchall()
+    return {request_id: tuple(values) for request_id, *values in rows}
 
 
 @task(name="score-responses", cache_policy=NO_CACHE)
