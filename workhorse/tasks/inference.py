@@ -5,6 +5,7 @@ any LiteLLM provider string otherwise) with:
 
 - a concurrency limit per endpoint (in-process semaphores: Prefect's global limits are slow),
 - bounded retries with exponential backoff and jitter that honour ``Retry-After``,
+- a circuit breaker per endpoint: a provider that is down gets a probe per cool-down, not a storm,
 - a per-call timeout and an error class for every failure (``ERROR_TYPES``),
 - a response cache in ``state.db`` keyed by hash(model, params, messages): a re-run pays nothing,
 - an append-only checkpoint per run: a killed run resumes without paying again,
@@ -29,8 +30,11 @@ from typing import Any, Iterable
 from workhorse import store
 from workhorse.workspace import Workspace
 
-ERROR_TYPES = ("timeout", "rate_limited", "server_error", "bad_response", "connection", "client_error")
+ERROR_TYPES = ("timeout", "rate_limited", "server_error", "bad_response", "connection", "client_error",
+               "circuit_open")
 RETRYABLE = frozenset(ERROR_TYPES) - {"client_error"}
+# The failures that say "the endpoint is unwell" (not "this request is bad"): they trip the breaker.
+TRIPPING = frozenset({"timeout", "server_error", "connection"})
 
 
 @dataclass(frozen=True)
@@ -109,6 +113,9 @@ class RetryPolicy:
     max_delay_s: float = 20.0
     # A provider asking for more than this is treated as down for this run.
     max_retry_after_s: float = 120.0
+    # Consecutive tripping failures at one endpoint that open its circuit, and how long it stays open.
+    breaker_threshold: int = 8
+    breaker_cooldown_s: float = 1.0
 
     def delay(self, attempt: int, retry_after_s: float | None) -> float:
         """Exponential backoff with full jitter, never shorter than the server's Retry-After."""
@@ -125,6 +132,51 @@ class CallFailed(Exception):
         super().__init__(message)
         self.error_type = error_type
         self.retry_after_s = retry_after_s
+
+
+class CircuitBreaker:
+    """Per endpoint: ``threshold`` consecutive tripping failures open the circuit for ``cooldown_s``.
+
+    While open, calls fail at once with ``circuit_open`` (retryable after the cool-down, so they
+    still count against ``max_attempts``); then one probe goes through (half-open): its success
+    closes the circuit, its failure opens it again. A down provider sees a probe per cool-down
+    instead of concurrency × attempts requests. Every check is O(1).
+    """
+
+    def __init__(self, endpoint: str, threshold: int = 8, cooldown_s: float = 1.0, clock=time.monotonic):
+        self.endpoint, self.threshold, self.cooldown_s, self.clock = endpoint, threshold, cooldown_s, clock
+        self.failures = 0
+        self.open_until = 0.0
+        self.probing = False
+        self.opened = 0  # how many times it opened: reported, and what tests look at
+
+    def admit(self) -> bool:
+        """Let a call through (True when it is the half-open probe), or raise ``circuit_open``."""
+        if self.failures < self.threshold:
+            return False
+        wait = self.open_until - self.clock()
+        if wait <= 0 and not self.probing:
+            self.probing = True
+            return True
+        raise CallFailed("circuit_open", f"circuit open for {self.endpoint} after {self.failures} failures",
+                         retry_after_s=wait if wait > 0 else self.cooldown_s)
+
+    def record(self, error_type: str | None, probe: bool) -> None:
+        """Feed back an admitted call's outcome (None: answered, or failed for its own reasons)."""
+        if probe:
+            self.probing = False
+        if error_type not in TRIPPING:
+            self.failures = 0
+            return
+        self.failures += 1
+        if self.failures == self.threshold or (probe and self.failures > self.threshold):
+            self.open_until = self.clock() + self.cooldown_s
+            self.opened += 1
+
+    def release(self, probe: bool) -> None:
+        """An admitted call was cancelled: it says nothing about the endpoint."""
+        if probe:
+            self.probing = False
 
 
 def classify(error: BaseException) -> CallFailed:
@@ -273,7 +325,8 @@ class Runner:
 
     def __init__(self, workspace: Workspace, run_id: str, *, retry: RetryPolicy = RetryPolicy(),
                  use_cache: bool = True, progress: bool = False, checkpoint_name: str = "checkpoint",
-                 limits: dict[str, asyncio.Semaphore] | None = None):
+                 limits: dict[str, asyncio.Semaphore] | None = None,
+                 breakers: dict[str, CircuitBreaker] | None = None):
         self.workspace = workspace
         self.run_id = run_id
         self.retry = retry
@@ -284,6 +337,7 @@ class Runner:
         self.checkpoint = Checkpoint(workspace.run_dir(run_id) / f"{checkpoint_name}.jsonl")
         # Runners of one event loop (the shards of a flow) pass one dict: an endpoint's limit holds for all.
         self._semaphores: dict[str, asyncio.Semaphore] = {} if limits is None else limits
+        self.breakers: dict[str, CircuitBreaker] = {} if breakers is None else breakers
 
     async def run(self, requests: list[ModelRequest]) -> list[EvalResponse]:
         """Answer every request (in input order), reusing the checkpoint and the cache."""
@@ -366,13 +420,23 @@ class Runner:
         spec = request.model
         semaphore = self._semaphores.setdefault(spec.endpoint, asyncio.Semaphore(spec.max_concurrency))
         async with semaphore:
+            breaker = self._breaker(spec.endpoint)
+            probe = breaker.admit()  # checked after the wait for a slot: the circuit may have opened meanwhile
             self.stats.calls += 1
             started = time.perf_counter()
-            async with asyncio.timeout(spec.timeout_s + 5):  # a guard in case the client's own timeout fails
-                response = await litellm.acompletion(
-                    model=spec.model, messages=request.messages, api_base=spec.api_base,
-                    api_key=spec.api_key, timeout=spec.timeout_s, max_retries=0, **request.params,
-                )
+            try:
+                async with asyncio.timeout(spec.timeout_s + 5):  # a guard in case the client's own timeout fails
+                    response = await litellm.acompletion(
+                        model=spec.model, messages=request.messages, api_base=spec.api_base,
+                        api_key=spec.api_key, timeout=spec.timeout_s, max_retries=0, **request.params,
+                    )
+            except Exception as error:
+                breaker.record(classify(error).error_type, probe)
+                raise
+            except BaseException:
+                breaker.release(probe)
+                raise
+            breaker.record(None, probe)
             latency_ms = (time.perf_counter() - started) * 1000
         output = _content_of(response)
         usage = getattr(response, "usage", None)
@@ -381,6 +445,13 @@ class Runner:
         return self._row(request, output=output, latency_ms=latency_ms, prompt_tokens=prompt_tokens,
                          completion_tokens=completion_tokens,
                          cost_usd=call_cost(spec, prompt_tokens, completion_tokens))
+
+    def _breaker(self, endpoint: str) -> CircuitBreaker:
+        breaker = self.breakers.get(endpoint)
+        if breaker is None:
+            breaker = self.breakers[endpoint] = CircuitBreaker(
+                endpoint, self.retry.breaker_threshold, self.retry.breaker_cooldown_s)
+        return breaker
 
     def _row(self, request: ModelRequest, **values: Any) -> EvalResponse:
         base = dict(run_id=self.run_id, item_id=request.item_id, model=request.model.label,
