@@ -11,8 +11,8 @@ from collections import Counter
 from pathlib import Path
 
 STYLE = """
-body{font-family:system-ui,sans-serif;margin:2rem;max-width:1100px;color:#1b1f24}
-table{border-collapse:collapse;margin:1rem 0}td,th{border:1px solid #ccd;padding:4px 8px;text-align:right}
+body{font-family:system-ui,sans-serif;margin:2rem;max-width:1200px;color:#1b1f24}
+table{border-collapse:collapse;margin:1rem 0;font-size:13px}td,th{border:1px solid #ccd;padding:4px 8px;text-align:right}
 th{background:#f0f2f6}td:first-child,th:first-child{text-align:left}
 .verdict{padding:1rem;border-radius:6px;background:#f6f8fa;border-left:6px solid #888}
 .migrate{border-color:#2da44e}.keep{border-color:#cf222e}.inconclusive{border-color:#bf8700}
@@ -57,18 +57,27 @@ def scatter_svg(points: list[dict], width: int = 560, height: int = 320) -> str:
     marks = [f'<line x1="{pad}" y1="{height - pad}" x2="{width - 10}" y2="{height - pad}" stroke="#444"/>',
              f'<line x1="{pad}" y1="10" x2="{pad}" y2="{height - pad}" stroke="#444"/>',
              f'<text x="{width / 2}" y="{height - 12}" text-anchor="middle">cost per 1k items (USD)</text>',
-             f'<text x="14" y="{height / 2}" transform="rotate(-90 14 {height / 2})" text-anchor="middle">score</text>']
+             f'<text x="14" y="{height / 2}" transform="rotate(-90 14 {height / 2})" text-anchor="middle">score</text>',
+             # End ticks: enough to read the scale without a charting library.
+             f'<text x="{pad - 6}" y="{height - pad}" text-anchor="end" font-size="10">0</text>',
+             f'<text x="{pad - 6}" y="24" text-anchor="end" font-size="10">1</text>',
+             f'<text x="{pad}" y="{height - pad + 14}" text-anchor="middle" font-size="10">$0</text>',
+             f'<text x="{width - 20}" y="{height - pad + 14}" text-anchor="middle" font-size="10">{fmt(top, "$")}</text>']
+    placed: list[tuple[float, float]] = []
     for point in points:
         cost = point["cost_per_1k_items"]
         x = pad + (cost / top if cost is not None else 0) * (width - pad - 20)
         y = height - pad - point["score"] * (height - pad - 20)
+        # Arms at the same spot (one model served and batched) get their labels stacked, not overprinted.
+        label_y = y - 8 + 13 * sum(abs(x - px) < 40 and abs(y - py) < 12 for px, py in placed)
+        placed.append((x, y))
         label = f"{point['model']} · {point['prompt_variant']}" + ("" if cost is not None else " (unpriced)")
         short = label if len(label) <= 32 else label[:31] + "…"  # the full label is in the tooltip
         # Labels of points on the right half run leftwards so they stay inside the chart.
         anchor, dx = ("end", -8) if x > width * 0.55 else ("start", 8)
         marks.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="6" fill="#0969da" class="point">'
                      f"<title>{html.escape(label)}: score {point['score']:.3f}, cost {fmt(cost, '$')}</title></circle>")
-        marks.append(f'<text x="{x + dx:.1f}" y="{y - 8:.1f}" font-size="11" text-anchor="{anchor}">'
+        marks.append(f'<text x="{x + dx:.1f}" y="{label_y:.1f}" font-size="11" text-anchor="{anchor}">'
                      f"{html.escape(short)}</text>")
     return (f'<svg id="quality-vs-cost" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
             f'role="img" aria-label="quality versus cost">{"".join(marks)}</svg>')

@@ -354,7 +354,8 @@ def leaderboard(scores: list[dict], rows: list[EvalResponse], task_type: str, la
     for score in scores:
         groups[(score["model"], score["hosting"], score["prompt_variant"], score["split"])].append(score)
     lines = []
-    for (model, hosting, variant, split), group in sorted(groups.items()):
+    # Test lines first: they carry the verdict; dev lines show how the prompt was chosen.
+    for (model, hosting, variant, split), group in sorted(groups.items(), key=lambda kv: (kv[0][3] != "test", kv[0])):
         correct = [g["correct"] for g in group]
         ops = operational_metrics([by_key[(model, variant, g["item_id"])] for g in group], correct)
         line = {"model": model, "hosting": hosting, "prompt_variant": variant, "split": split, "items": len(group),
