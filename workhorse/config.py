@@ -212,11 +212,24 @@ def load_plan(path: str | os.PathLike | None = None, workspace_root: Path | None
     file = find_plan(path, workspace_root)
     if file is None:
         return Plan()
+    return parse_plan(_read_yaml(file), str(file))
+
+
+MAX_PLAN_BYTES = 1 << 20  # a plan is reviewed by people in git; a bigger file is some other file
+
+
+def _read_yaml(file: Path) -> Any:
+    """The YAML in ``file``; every way it can be unreadable is a ConfigError naming the file."""
+    if file.stat().st_size > MAX_PLAN_BYTES:
+        raise ConfigError(f"{file}: {file.stat().st_size} bytes is too big for a migration plan (limit 1 MiB)")
     try:
-        data = yaml.safe_load(file.read_text()) or {}
+        return yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{file}: not UTF-8 text (byte {error.start}); is it a plan?") from None
     except yaml.YAMLError as error:
         raise ConfigError(f"{file} is not valid YAML: {error}") from error
-    return parse_plan(data, str(file))
+    except RecursionError:
+        raise ConfigError(f"{file}: YAML nested too deeply to be a migration plan") from None
 
 
 def parse_plan(data: Any, source: str = "workhorse.yaml") -> Plan:

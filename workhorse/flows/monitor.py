@@ -15,7 +15,8 @@ from pydantic import SecretStr
 import workhorse  # noqa: F401  (offline defaults before anything imports LiteLLM)
 from workhorse.config import load_plan
 from workhorse.tasks.alerts import resolve_webhook_url
-from workhorse.tasks.monitor_run import metrics_table, monitor_window, summary_dict, summary_markdown
+from workhorse.tasks.monitor_run import (metrics_table, monitor_window, read_traffic_file, summary_dict,
+                                         summary_markdown)
 from workhorse.workspace import Workspace
 
 
@@ -25,11 +26,7 @@ def evaluate_window(workspace: Workspace, plan, traffic_path: str | None, now: d
     """Metrics, rules, incidents and actions of one window (Slack retries are in the client)."""
     from prefect.runtime import flow_run
 
-    traffic = None
-    if traffic_path:
-        import pyarrow.parquet as pq
-
-        traffic = pq.read_table(traffic_path)
+    traffic = read_traffic_file(traffic_path) if traffic_path else None
     return monitor_window(workspace, plan, traffic, now=now, window_minutes=window_minutes, use_cases=use_cases,
                           webhook_url=webhook, flow_run_url=flow_run.ui_url)
 

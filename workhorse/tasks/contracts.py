@@ -496,8 +496,11 @@ class CheckedRelation:
             target = declared.get(name)
             cast = target and target != source_type.split("(")[0] and target != "VARCHAR"
             parts.append(f"TRY_CAST({q(name)} AS {target}) AS {q(name)}" if cast else q(name))
-        # An absent optional column with a declared type arrives as typed NULLs: one schema downstream.
-        parts += [f"CAST(NULL AS {t}) AS {q(c)}" for c, t in declared.items() if c not in self.columns]
+        # An absent column (optional, or required and so failing its table check) arrives as typed
+        # NULLs: one schema downstream, and queries over the accepted rows still bind.
+        required = [e.column for e in self.contract.expectations if e.type == "expect_column_to_exist"]
+        absent = [c for c in dict.fromkeys([*declared, *required]) if c not in self.columns]
+        parts += [f"CAST(NULL AS {declared.get(c, 'VARCHAR')}) AS {q(c)}" for c in absent]
         return ", ".join(parts)
 
     def failure_counts(self) -> tuple[int, Counter]:

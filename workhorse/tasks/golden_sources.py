@@ -80,24 +80,60 @@ class ColumnMapping:
 # ---------------------------------------------------------------- reading files
 
 def read_records(path: Path) -> list[dict]:
-    """Rows of a CSV (header row), JSONL, or JSON array file, as dicts."""
+    """Rows of a CSV (header row), JSONL, or JSON array file, as dicts.
+
+    Every way a file can be unreadable (binary, not UTF-8, bad or too deep JSON, rows that are
+    not objects) is a DataError naming the file and line, never a decoder's own exception.
+    """
     path = Path(path)
     if not path.exists():
         raise DataError(f"label file not found: {path}")
-    text = path.read_text(encoding="utf-8-sig")
+    text = _read_text(path)
     if path.suffix.lower() == ".csv":
         return list(csv.DictReader(text.splitlines()))
     if path.suffix.lower() == ".json":
-        return json.loads(text)
-    return [_parse_json_line(line, path, number) for number, line in enumerate(text.splitlines(), 1)
-            if line.strip()]
+        return _objects(_parse_json(text, path, None), path)
+    return [_object(_parse_json(line, path, number), path, number)
+            for number, line in enumerate(text.splitlines(), 1) if line.strip()]
 
 
-def _parse_json_line(line: str, path: Path, number: int) -> dict:
+BOMS = ((b"\xff\xfe", "utf-16"), (b"\xfe\xff", "utf-16"), (b"", "utf-8-sig"))
+
+
+def _read_text(path: Path) -> str:
+    """The file as text: UTF-8 (BOM or not) or UTF-16 with its BOM, as spreadsheets save them."""
+    data = path.read_bytes()
+    encoding = next(name for bom, name in BOMS if data.startswith(bom))
     try:
-        return json.loads(line)
+        text = data.decode(encoding)
+    except UnicodeDecodeError as error:
+        raise DataError(f"{path}: not UTF-8 text (byte {error.start}); binary, compressed, or another "
+                        "encoding: re-save it as UTF-8 CSV/JSONL") from None
+    if "\x00" in text:
+        raise DataError(f"{path}: binary data (NUL bytes), not a CSV/JSONL label file")
+    return text
+
+
+def _parse_json(text: str, path: Path, number: int | None):
+    where = f"{path}:{number}" if number else str(path)
+    try:
+        return json.loads(text)
     except json.JSONDecodeError as error:
-        raise DataError(f"{path}:{number}: not JSON ({error.msg})") from None
+        raise DataError(f"{where}: not JSON ({error.msg} at line {error.lineno} column {error.colno})") from None
+    except RecursionError:
+        raise DataError(f"{where}: JSON nested too deeply to be a label record") from None
+
+
+def _object(value, path: Path, number: int | None) -> dict:
+    if not isinstance(value, dict):
+        raise DataError(f"{path}:{number}: expected a JSON object per record, got {type(value).__name__}")
+    return value
+
+
+def _objects(value, path: Path) -> list[dict]:
+    if not isinstance(value, list):
+        raise DataError(f"{path}: expected a JSON array of objects, got {type(value).__name__}")
+    return [_object(row, path, number) for number, row in enumerate(value, 1)]
 
 
 def _messages_from(value, system: str | None = None) -> list[dict]:
@@ -247,6 +283,8 @@ def _promptfoo_text(variables: dict, options: PromptfooOptions) -> str:
     if options.prompt:
         return _render(options.prompt, variables)
     if options.input_var:
+        if options.input_var not in variables:
+            raise ConfigError(f"promptfoo CSV has no var {options.input_var!r}; vars are {sorted(variables)}")
         return str(variables[options.input_var])
     if len(variables) == 1:
         return str(next(iter(variables.values())))
@@ -276,8 +314,12 @@ def import_promptfoo_csv(path: Path, spec: GoldenSpec, options: PromptfooOptions
     """Items from a promptfoo test CSV (see :func:`promptfoo_row_to_item` for the columns)."""
     path = Path(path)
     options = options or PromptfooOptions()
-    return [promptfoo_row_to_item(row, spec, options, f"promptfoo:{path.name}", number)
-            for number, row in enumerate(read_records(path), 1)]
+    try:
+        return [promptfoo_row_to_item(row, spec, options, f"promptfoo:{path.name}", number)
+                for number, row in enumerate(read_records(path), 1)]
+    except (ConfigError, DataError) as error:
+        message = str(error)
+        raise type(error)(message if str(path) in message else f"{path}: {message}") from None
 
 
 # ---------------------------------------------------------------- logged traffic

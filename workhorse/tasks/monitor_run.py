@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from workhorse.errors import DataError
 from workhorse.tasks import alerts, incidents
 from workhorse.tasks import monitoring as mon
 from workhorse.workspace import Workspace
@@ -42,6 +43,26 @@ class MonitorSummary:
 
 
 # --- traffic sources --------------------------------------------------------------------------
+
+TRAFFIC_COLUMNS = ("ts", "use_case", "model", "status")
+
+
+def read_traffic_file(path: str | Path) -> pa.Table:
+    """A traffic (or canonical usage) parquet named by the caller; a missing, non-parquet or
+    foreign file is a DataError naming it, not an ArrowInvalid from deep inside the window."""
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowException) as error:
+        raise DataError(f"{path}: not a readable Parquet traffic log ({str(error).splitlines()[0]})") from None
+    missing = [name for name in TRAFFIC_COLUMNS if name not in table.column_names]
+    if missing:
+        raise DataError(f"{path}: not a traffic log: column(s) {', '.join(missing)} missing")
+    if not pa.types.is_timestamp(table.schema.field("ts").type):
+        raise DataError(f"{path}: column ts is {table.schema.field('ts').type}, expected a UTC timestamp")
+    return table
+
 
 def load_traffic(workspace: Workspace, start: datetime, end: datetime) -> pa.Table | None:
     """The rollout's traffic log for the window, else the audit's canonical usage log."""

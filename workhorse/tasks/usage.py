@@ -68,6 +68,8 @@ def sniff_container(path: Path) -> str:
         raise DataError(f"{path}: the file is empty, there are no usage rows to audit")
     if head.startswith(b"PAR1"):
         return "parquet"
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise DataError(f"{path}: UTF-16 text; usage logs must be UTF-8 (re-save the file as UTF-8)")
     if b"\x00" in head or _mostly_binary(head):
         raise DataError(f"{path}: this is a binary file, not a usage log (expected CSV, JSONL or Parquet)")
     return "jsonl" if head.lstrip().startswith((b"{", b"[")) else "csv"
@@ -98,7 +100,7 @@ def _first_keys(path: Path, container: str) -> set[str]:
         for line in path.open(encoding="utf-8", errors="replace"):
             try:
                 record = json.loads(line)
-            except ValueError:
+            except (ValueError, RecursionError):  # RecursionError: JSON nested thousands deep
                 continue  # the malformed line is the contract's business, not detection's
             if isinstance(record, dict):
                 return set(record) | {f"response.{k}" for k in (record.get("response") or {}) if isinstance(record.get("response"), dict)}
