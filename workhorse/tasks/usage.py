@@ -41,7 +41,7 @@ VALID_LINE = "_valid_line"  # the same line when it parses, else NULL: JSON func
 FORMATS = ("canonical", "litellm", "openai", "openai_batch")
 UNASSIGNED = "unassigned"
 
-SECRET_KEYS = r"[^\"]*(api[_-]?key|authorization|secret|password|bearer|access[_-]?token)[^\"]*"
+SECRET_KEYS = r'[^"\\]*(api[_-]?key|authorization|secret|password|bearer|access[_-]?token)[^"\\]*'
 SECRET_VALUE = r"sk-[A-Za-z0-9_-]{12,}"
 TAG_PATTERN = r"use_case[:=]([A-Za-z0-9_.-]+)"
 
@@ -175,10 +175,17 @@ def jget(sql: str, path: str) -> str:
     return f"json_extract_string(CASE WHEN json_valid({sql}) THEN {sql} END, {lit(path)})"
 
 
+# A secret key and its value, as plain JSON and as JSON escaped inside a JSON string (a JSONL line
+# whose metadata is a string): redacting both ways keeps the line valid JSON.
+SECRET_PAIR = r'"(' + SECRET_KEYS + r')"\s*:\s*("(\\.|[^"\\])*"|[^,}\]]*)'
+ESCAPED_SECRET_PAIR = r'\\"(' + SECRET_KEYS + r')\\"\s*:\s*(\\"[^"]*?\\"|[^,}\]"\\]*)'
+REDACTED_PAIR, ESCAPED_REDACTED_PAIR = r'"\1": "[redacted]"', r'\\"\1\\": \\"[redacted]\\"'
+
+
 def redact(sql: str) -> str:
     """Secrets out of a JSON text column: keys like api_key/authorization, and sk-... values."""
-    keyed = (f"regexp_replace({sql}, {lit(chr(34) + '(' + SECRET_KEYS + ')' + chr(34))} || '\\s*:\\s*(\"(\\\\.|[^\"\\\\])*\"|[^,}}\\]]*)', "
-             f"'\"\\1\": \"[redacted]\"', 'gi')")
+    escaped = f"regexp_replace({sql}, {lit(ESCAPED_SECRET_PAIR)}, {lit(ESCAPED_REDACTED_PAIR)}, 'gi')"
+    keyed = f"regexp_replace({escaped}, {lit(SECRET_PAIR)}, {lit(REDACTED_PAIR)}, 'gi')"
     return f"regexp_replace({keyed}, {lit(SECRET_VALUE)}, '[redacted]', 'g')"
 
 
