@@ -29,6 +29,7 @@ WEBHOOK_TOKEN = "canary-hook-9b1e4d7a"
 PII = {"email": "jane.canary@example.com", "card": "4111 1111 1111 1111", "iban": "DE89 3704 0044 0532 0130 00",
        "phone": "+44 20 7946 0958"}
 USE_CASE = "ticket-routing"
+SCRIPT = "<script>alert('canary')</script>"  # a prompt that tries to run in every HTML report
 
 
 def seed_logs(folder: Path) -> list[Path]:
@@ -51,7 +52,7 @@ def _seeded(line: str, number: int) -> str:
         return line  # the generator's truncated line stays truncated
     if row["use_case"] == USE_CASE:
         messages = json.loads(row["request"])
-        messages[-1]["content"] += " Contact: " + " / ".join(PII.values())
+        messages[-1]["content"] += " Contact: " + " / ".join(PII.values()) + " " + SCRIPT
         row["request"] = json.dumps(messages)
         row["metadata"] = json.dumps({**json.loads(row["metadata"]), "api_key": LOG_CANARY,
                                       "headers": {"Authorization": f"Bearer {LOG_CANARY}"}})
@@ -176,6 +177,8 @@ def test_no_pii_in_golden_sets_or_reports(pipeline):
         data = path.read_bytes()
         assert not [k for k, v in PII.items() if v.encode() in data], path
     assert b"[EMAIL]" in b"".join(p.read_bytes() for p in golden), "the golden set lost the seeded prompts"
+    for page in [p for p in shared if p.suffix == ".html"]:
+        assert SCRIPT not in page.read_text(), page
 
 
 def test_a_logged_key_inside_string_metadata_is_redacted_and_the_row_kept(tmp_path):
