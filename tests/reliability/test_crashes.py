@@ -3,8 +3,9 @@ the flow is run again. The rerun must complete with no duplicated rows, no lost 
 payment for an answered call and no half-written version or state.
 
 Children are forked from a forkserver that has already imported workhorse and Prefect, so a trial
-costs the flow's own time, not 6-10 s of imports. Trials of one flow run side by side, each in
-its own workspace (and, for eval, with its own fake server), and are killed on their own clock.
+costs the flow's own time, not 6-10 s of imports. An uninterrupted child run first measures the
+flow's run time (and is the reference output); each trial, in its own workspace (for eval with
+its own fake server), is killed at a seeded fraction of that time.
 """
 
 from __future__ import annotations
@@ -28,12 +29,13 @@ from workhorse.flows.rollout import control_step
 from workhorse.tasks import routing
 from workhorse.workspace import Workspace
 
-TRIALS = {"audit": 6, "golden": 6, "eval": 6, "rollout": 4}  # 22 in all; a rollout rerun is the slowest
+TRIALS = {"audit": 5, "golden": 8, "eval": 6, "rollout": 3}  # 22 in all; golden is the cheapest, rollout the dearest
 SEED = 20261128
 EVAL_CONCURRENCY = 16  # ModelSpec's default per endpoint: the most calls in flight at a kill
 PRELOAD = ["workhorse.flows.audit", "workhorse.flows.golden", "workhorse.flows.evaluate", "workhorse.flows.rollout",
            "workhorse.tasks.traffic_sim", "tests.reliability.test_crashes"]
 SURVIVED: Counter = Counter()
+FIGURES: dict[str, list] = {}
 
 
 @dataclass
@@ -87,35 +89,37 @@ class _Server:
 JOBS = {"audit": run_audit, "golden": run_golden, "eval": run_eval, "rollout": run_rollout}
 
 
-def kill_at_random(job: str, trials: list[Trial], args_of, env_of=lambda trial: {}) -> None:
-    """Start every trial's child at once, SIGKILL each after its own delay (if still running)."""
+def run_child(job: str, args: tuple, env: dict | None = None, kill_after_s: float | None = None) -> tuple[bool, float]:
+    """Run one flow in a forked child; SIGKILL it ``kill_after_s`` after it started (None: let it
+    finish, and it must succeed). Returns (killed while at work, seconds it ran)."""
     from prefect.settings import PREFECT_API_URL
 
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(PRELOAD)
-    events = [context.Event() for _ in trials]
-    processes = [context.Process(target=child, args=(e, PREFECT_API_URL.value(), env_of(t), job, args_of(t)))
-                 for e, t in zip(events, trials)]
-    for process in processes:
-        start_child(process)
-    began = []
-    for event in events:
-        assert event.wait(timeout=120), "a child never started"
-        began.append(time.monotonic())
-    schedule = sorted(zip(trials, processes, began), key=lambda entry: entry[2] + entry[0].delay_s)
-    for trial, process, start in schedule:
-        time.sleep(max(0.0, start + trial.delay_s - time.monotonic()))
-        trial.killed = process.is_alive()
-        process.kill()
-    for process in processes:
-        process.join(timeout=30)
+    started = context.Event()
+    process = context.Process(target=child, args=(started, PREFECT_API_URL.value(), env or {}, job, args))
+    start_child(process)
+    assert started.wait(timeout=120), "the child never started"
+    began = time.monotonic()
+    process.join(timeout=kill_after_s if kill_after_s is not None else 300)
+    killed = process.is_alive()
+    process.kill()
+    process.join(timeout=30)
+    assert kill_after_s is not None or process.exitcode == 0, f"{job} failed in its child ({process.exitcode})"
+    return killed, time.monotonic() - began
+
+
+def kill_at_random(job: str, trials: list[Trial], args_of, env_of=lambda trial: {}) -> None:
+    """One child per trial, each SIGKILLed at its own seeded moment (sequential: timing stays true)."""
+    for trial in trials:
+        trial.killed, _ = run_child(job, args_of(trial), env_of(trial), kill_after_s=trial.delay_s)
     SURVIVED[job] += sum(t.killed for t in trials)
 
 
 def start_child(process) -> None:
     try:
         process.start()
-    except EOFError:  # the forkserver died under load (seen once in CI-like runs); it restarts on next use
+    except EOFError:  # the forkserver died under load (seen once); it restarts on the next use
         process.start()
 
 
@@ -124,17 +128,18 @@ def assert_mostly_killed(trials: list[Trial]) -> None:
     assert sum(t.killed for t in trials) >= len(trials) // 2, [(t.delay_s, t.killed) for t in trials]
 
 
-def make_trials(tmp_path: Path, job: str, window_s: tuple[float, float]) -> list[Trial]:
-    """Seeded kill delays spread over the window in which the flow is at work."""
+def make_trials(tmp_path: Path, job: str, duration_s: float) -> list[Trial]:
+    """Seeded kill moments spread over the flow's run time (measured on an uninterrupted child run)."""
     rng = random.Random(f"{SEED}-{job}")
-    return [Trial(tmp_path / f"{job}-{i}", round(rng.uniform(*window_s), 3)) for i in range(TRIALS[job])]
+    return [Trial(tmp_path / f"{job}-{i}", round(rng.uniform(0.05, 0.95) * duration_s, 3))
+            for i in range(TRIALS[job])]
 
 
 def test_audit_survives_kills(prefect_server, tmp_path):
-    logs = [str(p) for p in acme_generator().write_logs(tmp_path / "logs", scale=0.2).values()]
+    logs = [str(p) for p in acme_generator().write_logs(tmp_path / "logs", scale=0.1).values()]
     reference = tmp_path / "reference"
-    run_audit(logs, str(reference))
-    trials = make_trials(tmp_path, "audit", (0.3, 4.0))
+    _, duration = run_child("audit", (logs, str(reference)))
+    trials = make_trials(tmp_path, "audit", duration)
     kill_at_random("audit", trials, lambda t: (logs, str(t.workspace)))
     for trial in trials:
         run_audit(logs, str(trial.workspace))
@@ -170,8 +175,8 @@ def test_golden_refresh_survives_kills(prefect_server, plan, tmp_path):
 
     plan_path = str(write_plan(plan, tmp_path))
     reference = tmp_path / "reference"
-    run_golden(plan_path, str(reference))
-    trials = make_trials(tmp_path, "golden", (0.2, 3.0))
+    _, duration = run_child("golden", (plan_path, str(reference)))
+    trials = make_trials(tmp_path, "golden", duration)
     kill_at_random("golden", trials, lambda t: (plan_path, str(t.workspace)))
     for trial in trials:
         run_golden(plan_path, str(trial.workspace))
@@ -187,14 +192,23 @@ def test_eval_survives_kills_without_paying_twice(prefect_server, fake_openai_se
     from workhorse.tasks.golden_versions import write_version
 
     items = make_items(160)
-    trials = make_trials(tmp_path, "eval", (0.3, 3.0))
     servers = {}
-    for trial in trials:
-        servers[trial.workspace] = fake_openai_server(latency=0.05)
-        write_version(Workspace.resolve(trial.workspace), "routing", items, [{"kind": "test"}])
-        plan_file(trial.workspace, [{"model": "openai/cand", "api_base": servers[trial.workspace].url}])
+
+    def prepare(workspace: Path) -> Trial:
+        servers[workspace] = fake_openai_server(latency=0.05)
+        write_version(Workspace.resolve(workspace), "routing", items, [{"kind": "test"}])
+        plan_file(workspace, [{"model": "openai/cand", "api_base": servers[workspace].url}])
+        return Trial(workspace, 0.0)
+
     env_of = lambda t: {"OPENAI_API_KEY": "sk-test", "OPENAI_API_BASE": servers[t.workspace].url}  # noqa: E731
-    kill_at_random("eval", trials, lambda t: (str(t.workspace / "workhorse.yaml"), str(t.workspace)), env_of)
+    args_of = lambda t: (str(t.workspace / "workhorse.yaml"), str(t.workspace))  # noqa: E731
+    reference = prepare(tmp_path / "reference")
+    _, duration = run_child("eval", args_of(reference), env_of(reference))
+    trials = make_trials(tmp_path, "eval", duration)
+    for trial in trials:
+        prepare(trial.workspace)
+    kill_at_random("eval", trials, args_of, env_of)
+    FIGURES["eval rows checkpointed at the kills"] = [checkpointed(t.workspace) for t in trials]
     for trial in trials:
         for name, value in env_of(trial).items():
             monkeypatch.setenv(name, value)
@@ -208,12 +222,19 @@ def test_eval_survives_kills_without_paying_twice(prefect_server, fake_openai_se
         paid = Counter(r["key"] for r in servers[trial.workspace].records() if r["outcome"] == "ok")
         repaid = sum(n - 1 for n in paid.values())
         assert repaid <= 2 * EVAL_CONCURRENCY, f"{repaid} answered calls were paid again"  # two endpoints
+        FIGURES.setdefault("eval answers paid twice (in flight at the kill)", []).append(repaid)
     assert_mostly_killed(trials)
+
+
+def checkpointed(workspace: Path) -> int:
+    """Rows the killed run had finished (its checkpoints): proof the kill landed mid-work."""
+    return sum(len(p.read_text().splitlines()) for p in (workspace / "runs" / "crash-eval").glob("checkpoint-*.jsonl"))
 
 
 def test_rollout_survives_kills(prefect_server, fake_openai_server, tmp_path):
     incumbent, candidate = fake_openai_server(), fake_openai_server()
-    trials = make_trials(tmp_path, "rollout", (0.5, 6.0))
+    _, duration = run_child("rollout", (str(tmp_path / "reference"), incumbent.url, candidate.url))
+    trials = make_trials(tmp_path, "rollout", duration)
     kill_at_random("rollout", trials, lambda t: (str(t.workspace), incumbent.url, candidate.url))
     for trial in trials:
         ws = Workspace.resolve(trial.workspace)
@@ -237,4 +258,4 @@ def assert_one_chain(history: list[dict], state) -> None:
 @pytest.fixture(scope="module", autouse=True)
 def report_survivals():
     yield
-    print(f"\ncrash trials killed mid-run and recovered: {sum(SURVIVED.values())} ({dict(SURVIVED)})")
+    print(f"\ncrash trials killed mid-run and recovered: {sum(SURVIVED.values())} ({dict(SURVIVED)}); {FIGURES}")
