@@ -10,6 +10,8 @@ import json
 from collections import Counter
 from pathlib import Path
 
+from workhorse.tasks.reports import table_html
+
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:2rem;max-width:1200px;color:#1b1f24}
 table{border-collapse:collapse;margin:1rem 0;font-size:13px}td,th{border:1px solid #ccd;padding:4px 8px;text-align:right}
@@ -28,7 +30,7 @@ def fmt(value, kind: str = "") -> str:
         return f"${value:,.4f}" if abs(value) >= 0.01 else f"${value:.2g}"
     if isinstance(value, float):
         return f"{value:,.1f}"
-    return html.escape(str(value))
+    return str(value)  # escaped where it becomes HTML
 
 
 def verdict_markdown(summary: dict) -> str:
@@ -83,11 +85,11 @@ def scatter_svg(points: list[dict], width: int = 560, height: int = 320) -> str:
             f'role="img" aria-label="quality versus cost">{"".join(marks)}</svg>')
 
 
-def table_html(rows: list[dict], columns: list[tuple[str, str, str]], table_id: str) -> str:
-    head = "".join(f"<th>{html.escape(title)}</th>" for _, title, _ in columns)
-    body = "".join("<tr>" + "".join(f"<td>{fmt(row.get(key), kind)}</td>" for key, _, kind in columns) + "</tr>"
-                   for row in rows)
-    return f'<table id="{table_id}"><tr>{head}</tr>{body}</table>'
+def leaderboard_html(rows: list[dict]) -> str:
+    """The leaderboard through the reports' shared table (which escapes), values formatted here."""
+    formatted = [{key: fmt(row.get(key), kind) for key, _, kind in LEADERBOARD_COLUMNS} for row in rows]
+    numeric = [key for key, _, kind in LEADERBOARD_COLUMNS if kind or key == "items"]
+    return table_html(formatted, [(key, title) for key, title, _ in LEADERBOARD_COLUMNS], numeric, "leaderboard")
 
 
 LEADERBOARD_COLUMNS = [("model", "model", ""), ("hosting", "hosting", ""), ("prompt_variant", "prompt", ""),
@@ -139,7 +141,7 @@ def write_eval_report(path: Path, summary: dict, scores: list[dict], labels: lis
 <h1>Evaluation of <code>{html.escape(summary['use_case'])}</code></h1>
 <div class="verdict {html.escape(verdict['decision'])}"><strong>{html.escape(verdict['decision'])}</strong>: {html.escape(verdict['reason'] or '')}</div>
 <h2>Quality against cost (test split)</h2>{scatter_svg(tested)}
-<h2>Leaderboard</h2>{table_html(summary['leaderboard'], LEADERBOARD_COLUMNS, 'leaderboard')}
+<h2>Leaderboard</h2>{leaderboard_html(summary['leaderboard'])}
 <h2>Detail</h2>{detail}
 <h2>Run</h2><p>Run <code>{html.escape(summary['run_id'])}</code>; generated tokens/s: {html.escape(json.dumps({k: round(v, 1) for k, v in summary['tokens_per_s'].items()}))}</p>
 <ul>{skipped}</ul></body></html>"""

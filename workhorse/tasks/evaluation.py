@@ -9,7 +9,7 @@ Work is split into shards per (model, variant): a Prefect task costs millisecond
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 from workhorse.tasks.golden_item import GoldenItem
@@ -149,7 +149,3 @@ def best_variant(scores: Iterable[dict], model: str, hosting: str) -> tuple[str,
     if not summary:
         raise ValueError(f"no dev scores for {model} ({hosting})")
     return max(summary, key=lambda v: summary[v]), summary
-
-
-def rows_as_dicts(rows: Iterable[EvalResponse]) -> list[dict]:
-    return [asdict(row) for row in rows]

@@ -45,13 +45,15 @@ def paragraph(text: str, css: str = "") -> str:
     return f"<p class='{css}'>{esc(text)}</p>"
 
 
-def table_html(rows: Sequence[dict], columns: Sequence[tuple[str, str]], numeric: Iterable[str] = ()) -> str:
+def table_html(rows: Sequence[dict], columns: Sequence[tuple[str, str]], numeric: Iterable[str] = (),
+               table_id: str | None = None) -> str:
     """An HTML table of ``rows`` with (key, header) columns; values are pre-formatted strings."""
     numeric = set(numeric)
     head = "".join(f"<th>{esc(h)}</th>" for _, h in columns)
     body = "".join("<tr>" + "".join(f"<td class='{'n' if k in numeric else ''}'>{esc(r.get(k))}</td>" for k, _ in columns)
                    + "</tr>" for r in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    opening = f"<table id='{esc(table_id)}'>" if table_id else "<table>"
+    return f"{opening}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def bar_chart_svg(labels: Sequence[str], series: dict[str, Sequence[float]], *, title: str = "",
