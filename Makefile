@@ -33,7 +33,12 @@ demo: install
 browser:
 	command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver)
 
-test: install browser
+# Tests of the shared-state backend run a real PostgreSQL server (Debian's package) in a temp dir.
+.PHONY: postgres
+postgres:
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql)
+
+test: install browser postgres
 	$(PY) -m pytest
 
 benchmarks: install

@@ -59,6 +59,28 @@ def fake_openai_server():
 
 
 @pytest.fixture(scope="session")
+def postgres_server():
+    """One real PostgreSQL server for the session (Debian's package, started in a temp dir)."""
+    from workhorse.testing.postgres import PostgresServer
+
+    with PostgresServer() as server:
+        yield server
+
+
+@pytest.fixture
+def postgres_url(postgres_server, request) -> str:
+    """A fresh, empty database on the session's server for this test: tests never share rows."""
+    import uuid
+
+    import psycopg
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_server.url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    yield postgres_server.url.rsplit("/", 1)[0] + "/" + name
+
+
+@pytest.fixture(scope="session")
 def shared_datasets() -> Path:
     if not SHARED_DATASETS.exists():
         pytest.fail(f"the shared datasets are missing at {SHARED_DATASETS}")
