@@ -80,6 +80,15 @@ def postgres_url(postgres_server, request) -> str:
     yield postgres_server.url.rsplit("/", 1)[0] + "/" + name
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def state_backend(request, monkeypatch) -> str:
+    """Run the test once on each state store: the workspace's SQLite file and a real PostgreSQL.
+    Child processes inherit WORKHORSE_STATE_URL, so they share the test's database."""
+    if request.param == "postgresql":
+        monkeypatch.setenv("WORKHORSE_STATE_URL", request.getfixturevalue("postgres_url"))
+    return request.param
+
+
 @pytest.fixture(scope="session")
 def shared_datasets() -> Path:
     if not SHARED_DATASETS.exists():

@@ -10,8 +10,10 @@ import sys
 import threading
 from types import SimpleNamespace
 
+import psycopg
 import pytest
 
+from workhorse import store
 from workhorse.errors import RolloutError
 from workhorse.tasks import routing
 from workhorse.tasks.routing import (abort, advance, current_state, current_weights, history, pause, promote,
@@ -19,6 +21,8 @@ from workhorse.tasks.routing import (abort, advance, current_state, current_weig
 
 POLICY = {"steps": ["shadow", 5, 10, 25, 50, 100], "bake_time": 0, "min_requests": 1,
           "failure_limit": 1, "consecutive_error_limit": 1, "inconclusive_limit": 1}
+pytestmark = pytest.mark.usefixtures("state_backend")
+
 UC = "ticket-routing"
 
 
@@ -236,10 +240,10 @@ def test_concurrent_advances_from_processes_never_skip_or_double_a_step(isolated
 def test_the_database_refuses_weights_that_are_not_one_known_split(isolated_workspace):
     ws = isolated_workspace
     started(ws)
-    connection = sqlite3.connect(ws.state_db)
-    for update in ("UPDATE rollout_state SET candidate_weight = 150",
-                   "UPDATE rollout_state SET stage = 'reverted', candidate_weight = 30",
-                   "UPDATE rollout_state SET stage = 'promoted', candidate_weight = 50"):
-        with pytest.raises(sqlite3.IntegrityError):
-            connection.execute(update)
-    connection.close()
+    with store.connect(ws) as connection:
+        for update in ("UPDATE rollout_state SET candidate_weight = 150",
+                       "UPDATE rollout_state SET stage = 'reverted', candidate_weight = 30",
+                       "UPDATE rollout_state SET stage = 'promoted', candidate_weight = 50"):
+            with pytest.raises((sqlite3.IntegrityError, psycopg.IntegrityError)):
+                connection.execute(update)
+    assert current_state(ws, UC).stage == "shadow"

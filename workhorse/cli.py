@@ -203,11 +203,10 @@ def rollout_start(use_case: str, candidate: Optional[str] = typer.Option(None, h
                   plan: Optional[Path] = typer.Option(None, help="The migration plan (its rollout policy)."),
                   workspace: Optional[Path] = WorkspaceOption) -> None:
     """Start a rollout at the policy's first step (shadow by default)."""
-    from workhorse.config import load_plan
+    from workhorse.config import plan_workspace
     from workhorse.tasks.routing import current_state, start_rollout
-    from workhorse.workspace import Workspace
 
-    chosen = load_plan(plan, Workspace.resolve(workspace).root)
+    _, chosen = plan_workspace(workspace, plan)  # binds the workspace to the plan's state store
     case = chosen.use_cases.get(use_case)
     incumbent = incumbent or (case.incumbent if case and case.incumbent else chosen.incumbent)
     candidates = chosen.candidates_for(use_case)
@@ -281,6 +280,7 @@ def _rollout(call):
 
 
 def _print_rollout(state, workspace: Optional[Path]) -> None:
+    from workhorse.store import describe
     from workhorse.workspace import Workspace
 
     weights = state.weights
@@ -288,28 +288,40 @@ def _print_rollout(state, workspace: Optional[Path]) -> None:
                   f"{weights['incumbent']} %, candidate {state.candidate or '—'} {weights['candidate']} %"
                   + (" + shadow" if state.shadow else "")
                   + f"; failures {state.failures}, in a row {state.consecutive_errors}, "
-                  f"inconclusive {state.inconclusive}; state v{state.version} in {Workspace.resolve(workspace).state_db}")
+                  f"inconclusive {state.inconclusive}; state v{state.version} in {describe(Workspace.resolve(workspace).state_url)}")
     if state.reason:
         console.print(f"why: {state.reason}")
 
 
 @app.command()
-def audit(logs: list[Path] = typer.Argument(..., help="Log files or folders (CSV, JSONL, Parquet)."),
+def audit(logs: Optional[list[Path]] = typer.Argument(None, help="Log files or folders (CSV, JSONL, Parquet)."),
           plan: Optional[Path] = typer.Option(None, help="The migration plan (default: the workspace's workhorse.yaml)."),
           log_format: Optional[str] = typer.Option(None, "--format", "-f",
                                                    help="canonical | litellm | openai | openai_batch (default: detected)."),
           max_bad_row_ratio: Optional[float] = typer.Option(None, help="Fail past this share of bad rows (default: the plan's)."),
+          from_db: Optional[str] = typer.Option(None, "--from-db", help="Read LiteLLM_SpendLogs from the proxy's PostgreSQL "
+                                                "database: postgresql://user@host/db ('${VAR}' for the password, or PGPASSWORD)."),
+          since: Optional[str] = typer.Option(None, help="--from-db: rows with startTime >= this (ISO date/time, UTC)."),
+          until: Optional[str] = typer.Option(None, help="--from-db: rows with startTime < this (ISO date/time, UTC)."),
           workspace: Optional[Path] = WorkspaceOption) -> None:
     """Step 1: monthly cost per use case and model, workhorse vs frontier, savings per candidate."""
+    from pydantic import ValidationError
     from rich.table import Table
 
+    from workhorse.config import SpendLogsDb
     from workhorse.errors import WorkhorseError
     from workhorse.flows.audit import usage_audit
 
     try:
-        summary = usage_audit(logs=[str(p) for p in logs], plan=str(plan) if plan else None,
+        # A SpendLogsDb (SecretStr url), not a dict: Prefect then stores the parameter masked.
+        source = SpendLogsDb(url=from_db, since=since, until=until) if from_db else None
+        summary = usage_audit(logs=[str(p) for p in logs or []], plan=str(plan) if plan else None,
                               workspace=str(workspace) if workspace else None, format=log_format,
-                              max_bad_row_ratio=max_bad_row_ratio)
+                              max_bad_row_ratio=max_bad_row_ratio, spend_logs_db=source)
+    except ValidationError as error:
+        problems = "; ".join(f"{e['loc'][0]}: {e['msg']}" for e in error.errors())
+        console.print(f"[red]audit failed:[/red] {problems}")
+        raise typer.Exit(1)
     except WorkhorseError as error:
         console.print(f"[red]audit failed:[/red] {error}")
         raise typer.Exit(1)

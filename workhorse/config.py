@@ -12,13 +12,17 @@ plan) > Prefect Block > environment variable > default.
 from __future__ import annotations
 
 import os
+from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Literal, Optional
+from typing import TYPE_CHECKING, Any, Callable, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from workhorse.errors import ConfigError
+
+if TYPE_CHECKING:
+    from workhorse.workspace import Workspace
 
 PLAN_FILE = "workhorse.yaml"
 TaskType = Literal["classification", "extraction", "summarization", "qa", "generation"]
@@ -102,6 +106,15 @@ class UseCaseRule(_Section):
     tag: Optional[str] = Field(None, description="Regex on the logged metadata (tags, user, key alias).")
 
 
+class SpendLogsDb(_Section):
+    """The LiteLLM proxy's PostgreSQL database, whose ``LiteLLM_SpendLogs`` table the audit reads directly."""
+
+    url: SecretStr = Field(description="postgresql://user@host:5432/litellm (the proxy's DATABASE_URL); write the "
+                                       "password as ${VAR}, expanded at connect time, or leave it to PGPASSWORD.")
+    since: Optional[datetime] = Field(None, description='Read rows with "startTime" >= since (UTC unless it has an offset).')
+    until: Optional[datetime] = Field(None, description='Read rows with "startTime" < until (UTC unless it has an offset).')
+
+
 class AuditPlan(_Section):
     max_bad_row_ratio: float = Field(0.05, ge=0, le=1, description="Fail the audit past this share of bad rows.")
     use_case_rules: list[UseCaseRule] = Field(default_factory=list,
@@ -109,6 +122,18 @@ class AuditPlan(_Section):
     check_duplicate_ids: bool = Field(True, description="Quarantine duplicated request ids; off saves a hash "
                                       "of every id (the costliest check at 10M rows) when ids are known unique.")
     log_sample_rate: float = Field(1.0, gt=0, le=1, description="Share of all calls the logs hold (costs scale by 1/x).")
+    spend_logs_db: Optional[SpendLogsDb] = Field(None, description="Also read LiteLLM_SpendLogs from the proxy's database.")
+
+    @field_validator("spend_logs_db")
+    @classmethod
+    def _no_password_in_plan(cls, source: Optional[SpendLogsDb]) -> Optional[SpendLogsDb]:
+        # The plan lives in git: a literal password there would leak (a ${VAR} reference is fine).
+        from urllib.parse import urlsplit
+
+        password = urlsplit(source.url.get_secret_value()).password if source else None
+        if password and not password.startswith("${"):
+            raise ValueError("the url must not hold a password: write ${VAR} (expanded at connect time) or use PGPASSWORD")
+        return source
 
 
 class QualityPolicy(_Section):
@@ -164,6 +189,17 @@ class RolloutPolicy(_Section):
         return value
 
 
+class EvalPlan(_Section):
+    """Where an evaluation's shards run; the flow's parameters and the CLI's options override it."""
+
+    task_runner: Optional[Literal["threads", "dask"]] = Field(
+        None, description="threads (default): every shard in the flow's event loop; dask: shards on a Dask cluster.")
+    dask_address: Optional[str] = Field(None, description="Scheduler of a running Dask cluster (tcp://host:8786); "
+                                                          "else a LocalCluster is started for the run.")
+    dask_workers: Optional[int] = Field(None, ge=1, description="Worker processes of that LocalCluster, one thread "
+                                                                "each (default 2).")
+
+
 class Plan(_Section):
     """The whole ``workhorse.yaml``."""
 
@@ -176,9 +212,26 @@ class Plan(_Section):
     pricing: PricingPlan = Field(default_factory=PricingPlan)
     audit: AuditPlan = Field(default_factory=AuditPlan)
     quality_policy: QualityPolicy = Field(default_factory=QualityPolicy)
+    eval: EvalPlan = Field(default_factory=EvalPlan)
     rollout: RolloutPolicy = Field(default_factory=RolloutPolicy)
     monitoring: _Section = Field(default_factory=_Section)
     alerts: _Section = Field(default_factory=_Section)
+    state_url: Optional[str] = Field(
+        None, description="Shared state store (rollout, cache, incidents, traffic): postgresql://user@host/db; "
+                          "${VAR} is expanded at connect time, so keep the password in the environment. "
+                          "Default: the workspace's state.db (SQLite).")
+
+    @field_validator("state_url")
+    @classmethod
+    def _no_password_in_plan(cls, url: Optional[str]) -> Optional[str]:
+        # A plan lives in git and its URL is pinned in the workspace: a password there would leak.
+        from urllib.parse import urlsplit
+
+        password = urlsplit(url).password if url else None
+        if password and not password.startswith("${"):
+            raise ValueError("state_url must not hold a password: use ${PGPASSWORD}-style references, "
+                             "PGPASSWORD or ~/.pgpass")
+        return url
 
     def owner_of(self, use_case: str) -> Optional[str]:
         case = self.use_cases.get(use_case)
@@ -213,6 +266,18 @@ def load_plan(path: str | os.PathLike | None = None, workspace_root: Path | None
     if file is None:
         return Plan()
     return parse_plan(_read_yaml(file), str(file))
+
+
+def plan_workspace(workspace: str | os.PathLike | None = None,
+                   plan_path: str | os.PathLike | None = None) -> tuple["Workspace", Plan]:
+    """The workspace, bound to the state store its plan names, and the plan."""
+    from workhorse.workspace import Workspace
+
+    ws = Workspace.resolve(workspace)
+    plan = load_plan(plan_path, ws.root)
+    if plan.state_url:  # a plan without one leaves an existing binding alone
+        ws.pin_state_url(plan.state_url)
+    return ws, plan
 
 
 MAX_PLAN_BYTES = 1 << 20  # a plan is reviewed by people in git; a bigger file is some other file

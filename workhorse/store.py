@@ -1,14 +1,34 @@
-"""The workspace's state database (SQLite, WAL): response cache, rollout state, incidents.
+"""The workspace's state database: response cache, rollout state, incidents, traffic log.
 
-WAL with synchronous=NORMAL makes every commit survive a killed process (only a power cut
-can lose the last ones) at a cost of tens of microseconds, so rows are committed one by one
-and a crashed run never pays twice for an answer it already received.
+Two backends behind one small connection type, chosen by the state URL:
+
+- SQLite (the default, ``<workspace>/state.db``): WAL with synchronous=NORMAL makes every commit
+  survive a killed process (only a power cut can lose the last ones) at tens of microseconds,
+  so rows are committed one by one and a crashed run never pays twice for an answer.
+- PostgreSQL (``state_url: postgresql://…`` in workhorse.yaml, or ``WORKHORSE_STATE_URL``):
+  the state shared by many app replicas and workers on several machines.
+
+Callers write one SQL dialect: ``?`` placeholders, ``INTEGER``/``REAL`` columns,
+``INSERT … ON CONFLICT … DO UPDATE`` and ``RETURNING`` (SQLite ≥ 3.35 and PostgreSQL both have
+them). ``transaction(lock=…)`` serialises writers the way each backend can: ``BEGIN IMMEDIATE``
+on SQLite (one writer per file), a transaction-scoped advisory lock on PostgreSQL (one writer
+per lock name, so two use cases never wait on each other).
+
+The URL may carry ``${VAR}`` references (a password kept in the environment); it is expanded
+only when connecting, and ``describe`` is the only form that is ever logged.
 """
 
 from __future__ import annotations
 
+import os
+import re
 import sqlite3
+import threading
+import zlib
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, Iterator, Sequence
+from urllib.parse import urlsplit
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS response_cache (
@@ -19,15 +39,166 @@ CREATE TABLE IF NOT EXISTS response_cache (
     completion_tokens INTEGER,
     cost_usd REAL,
     latency_ms REAL,
-    created_at TEXT DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+    created_at TEXT
 );
 """
+POSTGRES_SCHEMES = ("postgresql", "postgres", "postgresql+psycopg")
 
 
-def connect(path: Path) -> sqlite3.Connection:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    connection = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
-    connection.execute("PRAGMA journal_mode=WAL")
-    connection.execute("PRAGMA synchronous=NORMAL")
-    connection.executescript(SCHEMA)
+def is_postgres(url: str) -> bool:
+    return urlsplit(url).scheme in POSTGRES_SCHEMES
+
+
+def describe(url: str | os.PathLike) -> str:
+    """The state URL as it may be shown: no password, no query string (it can hold one too)."""
+    text = str(url)
+    if not is_postgres(text):
+        return text
+    parts = urlsplit(text)
+    host = parts.hostname or ""
+    host += f":{parts.port}" if parts.port else ""
+    user = f"{parts.username}@" if parts.username else ""
+    return f"{parts.scheme}://{user}{host}{parts.path}"
+
+
+def connect(target: Any) -> "StateConnection":
+    """A connection to a workspace's state (a Workspace, a postgresql:// URL or an SQLite path)."""
+    url = target.state_url if hasattr(target, "state_url") else str(target)
+    connection = PostgresConnection(url) if is_postgres(url) else SQLiteConnection(Path(url))
+    connection.ensure(SCHEMA)
     return connection
+
+
+class StateConnection:
+    """What the state modules use: execute, executemany, ensure (schema), transaction, close."""
+
+    dialect = ""
+
+    def execute(self, sql: str, params: Sequence = ()) -> Any:
+        raise NotImplementedError
+
+    def executemany(self, sql: str, rows: Sequence[Sequence]) -> None:
+        raise NotImplementedError
+
+    def ensure(self, schema: str) -> None:
+        """Create the tables of ``schema`` if missing (once per process and database)."""
+        raise NotImplementedError
+
+    @contextmanager
+    def transaction(self, lock: str | None = None) -> Iterator["StateConnection"]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self._raw.close()
+
+    def __enter__(self) -> "StateConnection":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class SQLiteConnection(StateConnection):
+    dialect = "sqlite"
+
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._raw = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+        self._raw.execute("PRAGMA journal_mode=WAL")
+        self._raw.execute("PRAGMA synchronous=NORMAL")
+
+    def execute(self, sql: str, params: Sequence = ()) -> sqlite3.Cursor:
+        return self._raw.execute(sql, params)
+
+    def executemany(self, sql: str, rows: Sequence[Sequence]) -> None:
+        self._raw.executemany(sql, rows)
+
+    def ensure(self, schema: str) -> None:
+        self._raw.executescript(schema)
+
+    @contextmanager
+    def transaction(self, lock: str | None = None) -> Iterator["SQLiteConnection"]:
+        self._raw.execute("BEGIN IMMEDIATE")  # the one writer of the file until COMMIT
+        try:
+            yield self
+        except BaseException:
+            if self._raw.in_transaction:
+                self._raw.execute("ROLLBACK")
+            raise
+        self._raw.execute("COMMIT")
+
+
+# PostgreSQL spellings of the few SQLite-isms the schemas use. Microsecond timestamps do not fit
+# PostgreSQL's 4-byte INTEGER, so every integer column is BIGINT.
+_POSTGRES_TYPES = ((re.compile(r"\bINTEGER PRIMARY KEY AUTOINCREMENT\b"), "BIGSERIAL PRIMARY KEY"),
+                   (re.compile(r"\bINTEGER\b"), "BIGINT"),
+                   (re.compile(r"\bREAL\b"), "DOUBLE PRECISION"))
+_ensured: set[tuple[str, int]] = set()  # (database, schema hash): DDL once per process
+_ensured_lock = threading.Lock()
+
+
+def postgres_ddl(schema: str) -> list[str]:
+    """The statements of an SQLite-dialect schema, in PostgreSQL's spelling."""
+    for pattern, replacement in _POSTGRES_TYPES:
+        schema = pattern.sub(replacement, schema)
+    return [statement.strip() for statement in schema.split(";") if statement.strip()]
+
+
+def _lock_id(name: str) -> int:
+    """A stable 64-bit advisory-lock id for a name (crc32 of two halves; same in every process)."""
+    return (zlib.crc32(name.encode()) << 31) ^ zlib.crc32(name[::-1].encode())
+
+
+class PostgresConnection(StateConnection):
+    dialect = "postgresql"
+
+    def __init__(self, url: str):
+        import psycopg
+
+        self.database = describe(url)
+        # autocommit: every statement is its own transaction unless transaction() opens one,
+        # which is the same contract as the SQLite connection in isolation_level=None.
+        try:
+            self._raw = psycopg.connect(os.path.expandvars(url), autocommit=True, connect_timeout=10)
+        except psycopg.OperationalError as error:
+            # libpq's message names host and port, never the password; the URL is not repeated.
+            raise ConnectionError(f"cannot reach the state database {self.database}: "
+                                  f"{str(error).strip().splitlines()[0]}") from None
+
+    def execute(self, sql: str, params: Sequence = ()) -> Any:
+        return self._raw.execute(_placeholders(sql), tuple(params))
+
+    def executemany(self, sql: str, rows: Sequence[Sequence]) -> None:
+        with self._raw.cursor() as cursor:
+            cursor.executemany(_placeholders(sql), rows)
+
+    def ensure(self, schema: str) -> None:
+        key = (self.database, zlib.crc32(schema.encode()))
+        with _ensured_lock:
+            if key in _ensured:
+                return
+        # Concurrent CREATE TABLE IF NOT EXISTS can still collide in PostgreSQL's catalog:
+        # the first process creates, the others wait on the lock and find the tables there.
+        with self.transaction(lock="workhorse.schema"):
+            for statement in postgres_ddl(schema):
+                self._raw.execute(statement)
+        with _ensured_lock:
+            _ensured.add(key)
+
+    @contextmanager
+    def transaction(self, lock: str | None = None) -> Iterator["PostgresConnection"]:
+        with self._raw.transaction():
+            if lock is not None:
+                self._raw.execute("SELECT pg_advisory_xact_lock(%s)", (_lock_id(lock),))
+            yield self
+
+
+def _placeholders(sql: str) -> str:
+    """``?`` → ``%s`` (psycopg's marker); a literal ``%`` must then be doubled."""
+    return sql.replace("%", "%%").replace("?", "%s")
+
+
+def rows_as_dicts(cursor: Any) -> list[dict]:
+    """Every row of a cursor as ``{column: value}`` (both drivers' descriptions start with the name)."""
+    names = [column[0] for column in cursor.description]
+    return [dict(zip(names, row)) for row in cursor.fetchall()]

@@ -1,45 +1,52 @@
 """Step 3 — parallel evaluation: incumbent and candidates on the same golden items.
 
 Phase 1 runs every candidate's prompt variants on dev and keeps the best; phase 2 runs the
-incumbent and each candidate's best variant on test, where the verdict is taken.
+incumbent and each candidate's best variant on test, where the verdict is taken. Shards run in
+the flow's event loop, or on a Dask cluster when the client's CPU is the bottleneck.
 """
 
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from typing import Literal
 
 from prefect import flow, get_run_logger
 
-from workhorse.config import load_plan
+from workhorse.config import plan_workspace
 from workhorse.tasks.evaluation import (
     AS_LOGGED, best_variant, build_requests, few_shot_examples, tuning_contenders,
 )
 from workhorse.tasks.eval_run import (
-    EvalContext, contenders_from_plan, decide, generate, publish_results, replay_for, score_responses,
+    EvalContext, contenders_from_plan, decide, execution_from, generate, key_blocks_for, publish_results, replay_for,
+    score_responses,
 )
 from workhorse.tasks.golden_versions import load_golden
-from workhorse.workspace import Workspace
 
 
 @flow(name="parallel-eval", log_prints=True)
 async def parallel_eval(use_case: str, workspace: str | None = None, plan_path: str | None = None,
                   models: list[str] | None = None, hostings: list[str] | None = None,
                   variants: list[str] | None = None, shard_size: int = 200, replay: bool = True,
-                  run_id: str | None = None, engine_api_base: str | None = None) -> dict:
+                  run_id: str | None = None, engine_api_base: str | None = None,
+                  task_runner: Literal["threads", "dask"] | None = None, dask_address: str | None = None,
+                  dask_workers: int | None = None) -> dict:
     """Evaluate the plan's incumbent and candidates for one use case and give a verdict.
 
     ``engine_api_base``: an embedded-model vLLM server already running (the playbook shares
-    one across use cases); without it the flow starts one if a candidate needs it."""
+    one across use cases); without it the flow starts one if a candidate needs it.
+    ``task_runner``: ``threads`` (default) or ``dask`` — shards on the Dask scheduler at
+    ``dask_address``, else on a LocalCluster of ``dask_workers`` processes; the plan's ``eval``
+    section sets them too. Same responses and scores either way."""
     logger = get_run_logger()
-    ws = Workspace.resolve(workspace)
-    plan = load_plan(plan_path, ws.root)
+    ws, plan = plan_workspace(workspace, plan_path)
     items = load_golden(ws, use_case)
     dev, test = [i for i in items if i.split == "dev"], [i for i in items if i.split == "test"]
     run_id = run_id or f"eval-{use_case}-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}"
     incumbent, candidates, skipped = contenders_from_plan(plan, use_case, models, hostings, variants)
     for reason in skipped:
         logger.warning(reason)
-    with EvalContext(ws, run_id, shard_size, engine_api_base) as context:
+    execution = execution_from(plan, task_runner, dask_address, dask_workers)
+    with EvalContext(ws, run_id, shard_size, engine_api_base, execution, key_blocks_for(plan, use_case)) as context:
         examples = few_shot_examples(dev)
         tuned = tuning_contenders(candidates)
         tuning = [r for c in tuned for v in c.variants for r in build_requests(c, v, dev, examples)]

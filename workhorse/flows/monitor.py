@@ -13,7 +13,7 @@ from prefect import flow, get_run_logger, task
 from pydantic import SecretStr
 
 import workhorse  # noqa: F401  (offline defaults before anything imports LiteLLM)
-from workhorse.config import load_plan
+from workhorse.config import plan_workspace
 from workhorse.tasks.alerts import resolve_webhook_url
 from workhorse.tasks.monitor_run import (metrics_table, monitor_window, read_traffic_file, summary_dict,
                                          summary_markdown)
@@ -46,8 +46,7 @@ def monitoring(workspace: str | None = None, plan_path: str | None = None, windo
                slack_webhook_url: SecretStr | None = None, traffic_path: str | None = None) -> dict:
     """Evaluate the window ending ``now`` (default: the current time) and alert on breaches."""
     logger = get_run_logger()
-    ws = Workspace.resolve(workspace)
-    plan = load_plan(plan_path, ws.root)
+    ws, plan = plan_workspace(workspace, plan_path)
     webhook = resolve_webhook_url(slack_webhook_url, plan)
     if webhook is None:
         logger.warning("no Slack webhook configured: alerts are queued in state.db until one is")

@@ -13,7 +13,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from workhorse.config import load_plan
+from workhorse.config import plan_workspace
 from workhorse.errors import ContractError
 from workhorse.flows.audit import usage_audit
 from workhorse.flows.evaluate import parallel_eval
@@ -54,7 +54,7 @@ async def migration_playbook(example_dir: str = "examples/acme", workspace: str 
     ws = Workspace.resolve(workspace)
     example = Path(example_dir)
     plan_file = plan_path or str(example / "workhorse.yaml")
-    plan = load_plan(plan_file, ws.root)
+    ws, plan = plan_workspace(ws.root, plan_file)
     logs = generate_example_logs(example, ws.subdir("logs"))
     audit = usage_audit(logs=logs, plan=plan_file, workspace=str(ws.root))
     try:

@@ -12,10 +12,9 @@ from prefect import flow, get_run_logger
 from pydantic import SecretStr
 
 import workhorse  # noqa: F401  (offline defaults before anything imports LiteLLM)
-from workhorse.config import load_plan
+from workhorse.config import plan_workspace
 from workhorse.tasks.alerts import resolve_webhook_url
 from workhorse.tasks.monitor_run import alert_results, migrated_use_cases, reevaluation_result, summary_dict
-from workhorse.workspace import Workspace
 
 
 @flow(name="weekly-reevaluation", log_prints=True)
@@ -28,8 +27,7 @@ async def weekly_reevaluation(workspace: str | None = None, plan_path: str | Non
     from workhorse.flows.golden import golden_dataset_refresh
 
     logger = get_run_logger()
-    ws = Workspace.resolve(workspace)
-    plan = load_plan(plan_path, ws.root)
+    ws, plan = plan_workspace(workspace, plan_path)
     migrated = {k: v for k, v in migrated_use_cases(ws, plan).items() if not use_cases or k in use_cases}
     results, verdicts = [], {}
     for use_case, model in migrated.items():

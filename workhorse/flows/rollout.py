@@ -11,7 +11,7 @@ from __future__ import annotations
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from workhorse.config import load_plan
+from workhorse.config import plan_workspace
 from workhorse.tasks.guardrails import Analysis, analyze_rollout, validator_for
 from workhorse.tasks.routing import Transition, advance, current_state
 from workhorse.tasks.rollout_report import rollout_markdown
@@ -21,7 +21,7 @@ from workhorse.workspace import Workspace
 @task(cache_policy=NO_CACHE)
 def analyze_step(workspace: str, use_case: str, plan_path: str | None) -> Analysis | None:
     """The guardrails' verdict on the current step (None when nothing is rolling out)."""
-    plan = load_plan(plan_path, Workspace.resolve(workspace).root)
+    _, plan = plan_workspace(workspace, plan_path)
     return analyze_rollout(workspace, use_case, validator=validator_for(plan.use_cases.get(use_case)))
 
 

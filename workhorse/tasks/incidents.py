@@ -1,4 +1,4 @@
-"""Incidents and their pending Slack deliveries, in state.db: dedup, cooldown, escalation, resolution.
+"""Incidents and their pending Slack deliveries, in the state store: dedup, cooldown, escalation, resolution.
 
 An incident is keyed by (use case, model, rule). While it is open, a breach alerts once, again
 only after the cooldown or when the severity rises, and a healthy window resolves it with one
@@ -14,6 +14,8 @@ import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Iterable
+
+from workhorse.store import rows_as_dicts
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS incidents (
@@ -49,7 +51,7 @@ class Change:
 
 
 def ensure_schema(connection) -> None:
-    connection.executescript(SCHEMA)
+    connection.ensure(SCHEMA)
 
 
 def open_incidents(connection) -> list[dict]:
@@ -68,17 +70,13 @@ def apply_results(connection, results: Iterable, now: datetime, cooldown: timede
     ``now`` is the window's end; a new incident is open ``since`` the window's start."""
     ensure_schema(connection)
     changes = []
-    connection.execute("BEGIN IMMEDIATE")  # two monitor runs at once must not open the same key twice
-    try:
+    # Two monitor runs at once must not open the same key twice: one writer of incidents at a time.
+    with connection.transaction(lock="incidents"):
         current = {i["key"]: i for i in _dicts(connection, "SELECT * FROM incidents WHERE status = 'open'")}
         for result in results:
             change = _apply(connection, result, current.get(result.key), now, cooldown, since or now)
             if change:
                 changes.append(change)
-        connection.execute("COMMIT")
-    except BaseException:
-        connection.execute("ROLLBACK")
-        raise
     return changes
 
 
@@ -98,10 +96,11 @@ def _breach(connection, result, incident, now, cooldown, since) -> Change:
     if incident is None:
         cursor = connection.execute(
             "INSERT INTO incidents (key, use_case, model, rule, status, severity, value, threshold, baseline, "
-            "detail, report_only, opened_at, last_seen_at) VALUES (?, ?, ?, ?, 'open', ?, ?, ?, ?, ?, ?, ?, ?)",
+            "detail, report_only, opened_at, last_seen_at) VALUES (?, ?, ?, ?, 'open', ?, ?, ?, ?, ?, ?, ?, ?) "
+            "RETURNING id",
             (result.key, result.use_case, result.model, result.rule, result.severity, result.value,
              result.threshold, result.baseline, result.detail, int(result.report_only), since.isoformat(), now.isoformat()))
-        return Change(_get(connection, cursor.lastrowid), None if result.report_only else "opened")
+        return Change(_get(connection, cursor.fetchone()[0]), None if result.report_only else "opened")
     connection.execute("UPDATE incidents SET severity = ?, value = ?, threshold = ?, baseline = ?, detail = ?, "
                        "last_seen_at = ? WHERE id = ?", (result.severity, result.value, result.threshold,
                                                          result.baseline, result.detail, now.isoformat(), incident["id"]))
@@ -124,14 +123,14 @@ def set_action(connection, incident_id: int, action: str) -> None:
 
 def queue_delivery(connection, incident: dict, kind: str, payload: dict, now: datetime) -> int:
     """Queue a message and mark the incident as alerted at this severity (the alert is owed now)."""
-    connection.execute("BEGIN IMMEDIATE")
-    cursor = connection.execute("INSERT INTO alert_deliveries (incident_id, kind, payload, created_at) "
-                                "VALUES (?, ?, ?, ?)", (incident["id"], kind, json.dumps(payload), now.isoformat()))
-    if kind != "resolved":
-        connection.execute("UPDATE incidents SET last_alert_at = ?, last_alert_severity = ? WHERE id = ?",
-                           (now.isoformat(), incident["severity"], incident["id"]))
-    connection.execute("COMMIT")
-    return cursor.lastrowid
+    with connection.transaction(lock="incidents"):
+        delivery_id = connection.execute(
+            "INSERT INTO alert_deliveries (incident_id, kind, payload, created_at) VALUES (?, ?, ?, ?) RETURNING id",
+            (incident["id"], kind, json.dumps(payload), now.isoformat())).fetchone()[0]
+        if kind != "resolved":
+            connection.execute("UPDATE incidents SET last_alert_at = ?, last_alert_severity = ? WHERE id = ?",
+                               (now.isoformat(), incident["severity"], incident["id"]))
+    return delivery_id
 
 
 def pending_deliveries(connection) -> list[dict]:
@@ -153,6 +152,4 @@ def _get(connection, incident_id: int) -> dict:
 
 
 def _dicts(connection, sql: str, params: tuple = ()) -> list[dict]:
-    cursor = connection.execute(sql, params)
-    names = [c[0] for c in cursor.description]
-    return [dict(zip(names, row)) for row in cursor.fetchall()]
+    return rows_as_dicts(connection.execute(sql, params))

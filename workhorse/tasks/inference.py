@@ -24,6 +24,7 @@ import random
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -280,10 +281,10 @@ class Checkpoint:
 
 
 class ResponseCache:
-    """Successful answers in ``state.db``, shared by every run of the workspace."""
+    """Successful answers in the state store, shared by every run of the workspace."""
 
-    def __init__(self, path: Path):
-        self.connection = store.connect(path)
+    def __init__(self, workspace: Workspace):
+        self.connection = store.connect(workspace)
 
     def lookup(self, keys: Iterable[str]) -> dict[str, tuple]:
         keys = list(dict.fromkeys(keys))
@@ -299,9 +300,13 @@ class ResponseCache:
 
     def put(self, key: str, row: EvalResponse) -> None:
         self.connection.execute(
-            "INSERT OR REPLACE INTO response_cache "
-            "(key, model, output, prompt_tokens, completion_tokens, cost_usd, latency_ms) VALUES (?,?,?,?,?,?,?)",
-            (key, row.model, row.output, row.prompt_tokens, row.completion_tokens, row.cost_usd, row.latency_ms),
+            "INSERT INTO response_cache (key, model, output, prompt_tokens, completion_tokens, cost_usd, latency_ms, "
+            "created_at) VALUES (?,?,?,?,?,?,?,?) ON CONFLICT (key) DO UPDATE SET model = excluded.model, "
+            "output = excluded.output, prompt_tokens = excluded.prompt_tokens, "
+            "completion_tokens = excluded.completion_tokens, cost_usd = excluded.cost_usd, "
+            "latency_ms = excluded.latency_ms, created_at = excluded.created_at",
+            (key, row.model, row.output, row.prompt_tokens, row.completion_tokens, row.cost_usd, row.latency_ms,
+             datetime.now(timezone.utc).isoformat()),
         )
 
     def close(self) -> None:
@@ -346,7 +351,7 @@ class Runner:
         done = {k: row for k, row in self.checkpoint.load().items() if row.error_type is None}
         self.stats.resumed = sum(r.identity in done for r in requests)
         pending = [r for r in requests if r.identity not in done]
-        cache = ResponseCache(self.workspace.state_db) if self.use_cache else None
+        cache = ResponseCache(self.workspace) if self.use_cache else None
         try:
             done.update(self._from_cache(cache, pending))
             to_call = [r for r in pending if r.identity not in done]

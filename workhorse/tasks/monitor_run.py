@@ -280,11 +280,10 @@ def run_demo_monitoring(workspace, plan_path=None, traffic: pa.Table | None = No
     healthy window then a candidate error burst), posted to ``webhook_url`` or to a local Slack
     receiver started here; prints every message. Returns the last window's summary dict plus
     ``messages`` (the Slack payloads received locally, or sent)."""
-    from workhorse.config import load_plan
+    from workhorse.config import plan_workspace
     from workhorse.testing.slack_receiver import SlackReceiver
 
-    ws = Workspace.resolve(workspace)
-    plan = load_plan(plan_path, ws.root)
+    ws, plan = plan_workspace(workspace, plan_path)
     settings = mon.monitor_settings(plan.monitoring.model_dump())
     traffic = demo_traffic(plan) if traffic is None else traffic
     with SlackReceiver() as receiver:

@@ -420,7 +420,7 @@ def eval_baselines(workspace, use_cases) -> dict[tuple[str, str], dict]:
 
 def window_history(connection, settings: MonitorSettings, before: datetime) -> dict:
     """Earlier healthy windows' p95 latency and cost per request per (use case, model)."""
-    connection.executescript(WINDOWS_SCHEMA)
+    connection.ensure(WINDOWS_SCHEMA)
     rows = connection.execute(
         "SELECT use_case, model, latency_p95_ms, cost_per_request FROM monitor_windows "
         "WHERE window_end < ? AND breached = 0 AND requests > 0 ORDER BY window_end DESC",
@@ -437,12 +437,15 @@ def window_history(connection, settings: MonitorSettings, before: datetime) -> d
 
 def record_windows(connection, metrics: list[dict], end: datetime, breached: set[tuple[str, str]]) -> None:
     """Remember this window as a future baseline; a re-run of the same window replaces it."""
-    connection.executescript(WINDOWS_SCHEMA)
+    connection.ensure(WINDOWS_SCHEMA)
     for row in metrics:
         if row["model"] == ALL_MODELS:
             continue
         connection.execute(
-            "INSERT OR REPLACE INTO monitor_windows VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO monitor_windows VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (use_case, model, window_end) "
+            "DO UPDATE SET requests = excluded.requests, error_rate = excluded.error_rate, "
+            "latency_p95_ms = excluded.latency_p95_ms, cost_per_request = excluded.cost_per_request, "
+            "breached = excluded.breached",
             (row["use_case"], row["model"], end.isoformat(), row["requests"], row.get("error_rate"),
              row.get("latency_p95_ms"), row.get("cost_per_request"),
              int((row["use_case"], row["model"]) in breached)))
@@ -550,7 +553,7 @@ def window_bounds(now: datetime | None, minutes: int) -> tuple[datetime, datetim
 
 
 def open_state_db(workspace):
-    """The workspace's state.db with the monitoring tables."""
-    connection = connect(workspace.state_db)
-    connection.executescript(WINDOWS_SCHEMA)
+    """The workspace's state store with the monitoring tables."""
+    connection = connect(workspace)
+    connection.ensure(WINDOWS_SCHEMA)
     return connection

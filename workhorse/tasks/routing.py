@@ -4,9 +4,10 @@
     any active step → paused (weights kept, never promotes by itself) → resume
     any step, paused or promoted → reverted (incumbent 100 %)
 
-State and weights are ONE row of ``rollout_state`` in ``state.db``; every transition updates
-that row (compare-and-set on its ``version``) and appends to ``rollout_history`` in the same
-``BEGIN IMMEDIATE`` transaction. A process killed at any point therefore leaves either the old
+State and weights are ONE row of ``rollout_state`` in the state store (``state.db`` or
+PostgreSQL, see ``workhorse.store``); every transition updates that row (compare-and-set on its
+``version``) and appends to ``rollout_history`` in the same transaction, which holds the use
+case's write lock (``BEGIN IMMEDIATE`` on SQLite, an advisory lock on PostgreSQL). A process killed at any point therefore leaves either the old
 row or the new one, each with its weights: the traffic arm is always known, and a CHECK keeps
 the candidate between 0 and 100 % (the incumbent gets the rest, so never both at 100).
 
@@ -125,8 +126,8 @@ class Transition:
 # --- reading -------------------------------------------------------------------------------
 
 def _connect(workspace: Workspace):
-    connection = store.connect(workspace.state_db)
-    connection.executescript(SCHEMA)
+    connection = store.connect(workspace)
+    connection.ensure(SCHEMA)
     return connection
 
 
@@ -143,11 +144,8 @@ def _read(connection, use_case: str) -> RolloutState:
 
 def current_state(workspace: Workspace | str | None, use_case: str) -> RolloutState:
     """The stored state (``idle`` with the incumbent at 100 % when no rollout ever started)."""
-    connection = _connect(_ws(workspace))
-    try:
+    with _connect(_ws(workspace)) as connection:
         return _read(connection, use_case)
-    finally:
-        connection.close()
 
 
 def current_weights(workspace: Workspace | str | None, use_case: str) -> dict:
@@ -157,14 +155,9 @@ def current_weights(workspace: Workspace | str | None, use_case: str) -> dict:
 
 def history(workspace: Workspace | str | None, use_case: str) -> list[dict]:
     """Every recorded transition of a use case, oldest first."""
-    connection = _connect(_ws(workspace))
-    try:
+    with _connect(_ws(workspace)) as connection:
         cursor = connection.execute("SELECT * FROM rollout_history WHERE use_case = ? ORDER BY version", (use_case,))
-        names = [d[0] for d in cursor.description]
-        return [dict(zip(names, row)) | {"evidence": json.loads(row[names.index("evidence")] or "{}")}
-                for row in cursor.fetchall()]
-    finally:
-        connection.close()
+        return [row | {"evidence": json.loads(row["evidence"] or "{}")} for row in store.rows_as_dicts(cursor)]
 
 
 def _ws(workspace: Workspace | str | None) -> Workspace:
@@ -182,26 +175,16 @@ def _crash_point(name: str) -> None:
 def _transact(workspace: Workspace, use_case: str, action: str,
               decide: Callable[[RolloutState], RolloutState | None]) -> Transition:
     """Read, decide and write state + history in ONE immediate transaction (compare-and-set)."""
-    connection = _connect(workspace)
-    try:
-        connection.execute("BEGIN IMMEDIATE")
+    with _connect(workspace) as connection, connection.transaction(lock=f"rollout:{use_case}"):
         old = _read(connection, use_case)
         new = decide(old)
-        if new is None:
-            connection.execute("ROLLBACK")
+        if new is None:  # nothing written: the transaction ends empty
             return _transition(old, old, action, changed=False)
         new = replace(new, version=old.version + 1, updated_at=now_micros())
         _write(connection, old, new)
         _crash_point("after_state_write")
         _append_history(connection, old, new, action)
-        connection.execute("COMMIT")
         return _transition(old, new, action)
-    except BaseException:
-        if connection.in_transaction:
-            connection.execute("ROLLBACK")
-        raise
-    finally:
-        connection.close()
 
 
 def _write(connection, old: RolloutState, new: RolloutState) -> None:
@@ -216,7 +199,7 @@ def _write(connection, old: RolloutState, new: RolloutState) -> None:
     assignments = ",".join(f"{n} = ?" for n in names if n != "use_case")
     cursor = connection.execute(f"UPDATE rollout_state SET {assignments} WHERE use_case = ? AND version = ?",
                                 [values[n] for n in names if n != "use_case"] + [new.use_case, old.version])
-    if cursor.rowcount != 1:  # cannot happen under BEGIN IMMEDIATE; kept as the invariant's guard
+    if cursor.rowcount != 1:  # cannot happen under the use case's write lock; the invariant's guard
         raise RolloutError(f"{new.use_case}: rollout state changed under this transition")
 
 
@@ -432,25 +415,19 @@ def _announce_if_reverted(workspace: Workspace, transition: Transition,
 
 def _claim_stale_alert(workspace: Workspace, use_case: str) -> bool:
     """Take over an alert a killed process left pending (compare-and-set on its claim time)."""
-    connection = _connect(workspace)
-    try:
+    with _connect(workspace) as connection:
         now = now_micros()
         cursor = connection.execute(
             "UPDATE rollout_state SET alert_claimed_at = ? WHERE use_case = ? AND stage = 'reverted' "
             "AND alert_pending = 1 AND (alert_claimed_at IS NULL OR alert_claimed_at <= ?)",
             (now, use_case, now - int(ALERT_LEASE_S * 1_000_000)))
         return cursor.rowcount == 1
-    finally:
-        connection.close()
 
 
 def _mark_alert_sent(workspace: Workspace, state: RolloutState) -> None:
-    connection = _connect(workspace)
-    try:
+    with _connect(workspace) as connection:
         connection.execute("UPDATE rollout_state SET alert_pending = 0 WHERE use_case = ? AND version = ?",
                            (state.use_case, state.version))
-    finally:
-        connection.close()
 
 
 def revert_payload(state: RolloutState) -> dict:

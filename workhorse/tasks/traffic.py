@@ -1,7 +1,7 @@
-"""The traffic log: every routed call of a rollout, one row each, in the workspace's ``state.db``.
+"""The traffic log: every routed call of a rollout, one row each, in the workspace's state store.
 
 ``traffic_log`` is the usage_log schema plus ``rollout_stage`` and ``arm``
-(incumbent | candidate | shadow). It is append-only. Callers never wait on SQLite: ``log`` puts
+(incumbent | candidate | shadow). It is append-only. Callers never wait on the database: ``log`` puts
 the row on a queue and a writer thread inserts batches with ``executemany`` in one transaction,
 so hundreds of concurrent callers cost one commit per batch and no row is lost. ``read_traffic``
 is the one reader (guardrails, monitoring) and returns Arrow.
@@ -52,9 +52,9 @@ _SECRET_HINTS = ("api_key", "apikey", "authorization", "secret", "password", "to
 
 
 def connect(workspace: Workspace):
-    """A connection to ``state.db`` with the traffic table in place."""
-    connection = store.connect(workspace.state_db)
-    connection.executescript(SCHEMA)
+    """A connection to the state store with the traffic table in place."""
+    connection = store.connect(workspace)
+    connection.ensure(SCHEMA)
     return connection
 
 
@@ -165,8 +165,7 @@ class TrafficLogger:
             return
         marks = ",".join("?" * len(COLUMNS))
         try:
-            with connection:  # one transaction per batch
-                connection.execute("BEGIN")
+            with connection.transaction():  # one commit per batch
                 connection.executemany(f"INSERT INTO traffic_log ({','.join(COLUMNS)}) VALUES ({marks})", records)
         except Exception as error:  # kept and raised to the next caller: a lost row must be loud
             self._error = error
@@ -184,11 +183,8 @@ def read_traffic(workspace: Workspace | str | None, use_case: str | None = None,
             clauses.append(clause)
             values.append(value)
     where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
-    connection = connect(workspace)
-    try:
+    with connect(workspace) as connection:
         rows = connection.execute(f"SELECT {','.join(COLUMNS)} FROM traffic_log{where} ORDER BY ts", values).fetchall()
-    finally:
-        connection.close()
     columns = {name: [r[i] for r in rows] for i, name in enumerate(COLUMNS)}
     columns["ts"] = pa.array(columns["ts"], pa.int64()).cast(pa.timestamp("us", tz="UTC"))
     return pa.table(columns, schema=TRAFFIC_LOG_SCHEMA)
