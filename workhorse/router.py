@@ -6,6 +6,12 @@ the candidate's percentage go to the candidate. Raising the percentage only adds
 user who met the candidate keeps it. In shadow the candidate answers the same request in the
 background and the caller gets the incumbent's answer. A failing candidate falls back to the
 incumbent. Every call is one traffic_log row per arm; API keys never leave the ModelSpec.
+
+Each arm has a circuit breaker (the eval runner's ``CircuitBreaker``): after a run of timeouts,
+5xx or connection errors the arm gets one probe per cool-down instead of every routed call, so
+a candidate that is down is not hammered. A refused call costs no request but still logs the
+arm's row as an error (``circuit_open``): the guardrails and the monitor keep seeing the
+candidate fail, and revert it, while its users get the incumbent's answer.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from typing import Any
 
 import workhorse  # noqa: F401  (offline LiteLLM price map before litellm is imported)
 from workhorse.errors import ProviderError
-from workhorse.tasks.inference import ModelSpec, call_cost, classify
+from workhorse.tasks.inference import CallFailed, CircuitBreaker, ModelSpec, RetryPolicy, call_cost, classify
 from workhorse.tasks.routing import current_weights
 from workhorse.tasks.traffic import TrafficLogger, make_row
 from workhorse.workspace import Workspace
@@ -40,6 +46,10 @@ class Routed:
     error_type: str | None = None
 
 
+# Shadow calls go to the candidate's endpoint, so they share its breaker.
+BREAKER_OF_ARM = {"incumbent": "incumbent", "candidate": "candidate", "shadow": "candidate"}
+
+
 def bucket(use_case: str, key: str) -> int:
     """Stable bucket 0..99 of a user/session key (per use case, so use cases are independent)."""
     digest = hashlib.sha256(f"{use_case}\x00{key}".encode()).digest()
@@ -51,7 +61,8 @@ class Router:
 
     def __init__(self, workspace: Workspace | str | None, use_case: str, incumbent: ModelSpec,
                  candidate: ModelSpec, *, refresh_s: float = 5.0, logger: TrafficLogger | None = None,
-                 log_payloads: bool = True):
+                 log_payloads: bool = True, breaker_threshold: int = RetryPolicy.breaker_threshold,
+                 breaker_cooldown_s: float = RetryPolicy.breaker_cooldown_s):
         self.workspace = workspace if isinstance(workspace, Workspace) else Workspace.resolve(workspace)
         self.use_case, self.incumbent, self.candidate = use_case, incumbent, candidate
         self.refresh_s = refresh_s
@@ -61,6 +72,10 @@ class Router:
         self._weights: dict | None = None
         self._read_at = float("-inf")
         self._background: set[asyncio.Task] = set()
+        # One breaker per arm, not per endpoint: a candidate that is down must never shut out an
+        # incumbent served by the same provider.
+        self.breakers = {role: CircuitBreaker(f"{spec.label} at {spec.endpoint}", breaker_threshold, breaker_cooldown_s)
+                         for role, spec in (("incumbent", incumbent), ("candidate", candidate))}
 
     def weights(self) -> dict:
         """The current weights, read from state.db at most every ``refresh_s`` seconds."""
@@ -105,26 +120,45 @@ class Router:
             await asyncio.gather(*list(self._background), return_exceptions=True)
 
     async def _call(self, arm: str, spec: ModelSpec, messages, params, weights, meta) -> Routed:
-        import litellm
-
         row = make_row(use_case=self.use_case, model=spec.model, provider=spec.model.split("/", 1)[0],
                        rollout_stage=weights["stage"], arm=arm, metadata=meta,
                        request=json.dumps(messages) if self.log_payloads else None)
         started = time.perf_counter()
+        breaker = self.breakers[BREAKER_OF_ARM[arm]]
         try:
-            response = await litellm.acompletion(model=spec.model, messages=messages, api_base=spec.api_base,
-                                                 api_key=spec.api_key, timeout=spec.timeout_s, max_retries=0, **params)
-            text = response.choices[0].message.content
-            if text is None:
-                raise ValueError("response message has no content")
+            probe = breaker.admit()
+        except CallFailed as refused:  # circuit open: no request leaves, but the arm's failure is logged
+            return self._failed(row, spec, refused.error_type, started)
+        try:
+            response, text = await self._request(spec, messages, params)
         except Exception as error:  # every failure is classified and logged; the caller decides
-            row.update(status="error", error_type=classify(error).error_type,
-                       latency_ms=(time.perf_counter() - started) * 1000)
-            self.logger.log(row)
-            return Routed(None, arm, spec.model, weights["stage"], row["latency_ms"], request_id=row["request_id"],
-                          error_type=row["error_type"])
+            error_type = classify(error).error_type
+            breaker.record(error_type, probe)
+            return self._failed(row, spec, error_type, started)
+        except BaseException:  # cancelled: says nothing about the endpoint, and frees the probe slot
+            breaker.release(probe)
+            raise
+        breaker.record(None, probe)
         self.logger.log(self._answered(row, spec, response, text, started))
         return Routed(text, arm, spec.model, weights["stage"], row["latency_ms"], request_id=row["request_id"])
+
+    @staticmethod
+    async def _request(spec: ModelSpec, messages, params) -> tuple[Any, str]:
+        import litellm
+
+        litellm.suppress_debug_info = True  # else it prints a banner per failed call: noise and CPU in an outage
+        response = await litellm.acompletion(model=spec.model, messages=messages, api_base=spec.api_base,
+                                             api_key=spec.api_key, timeout=spec.timeout_s, max_retries=0, **params)
+        text = response.choices[0].message.content
+        if text is None:
+            raise ValueError("response message has no content")
+        return response, text
+
+    def _failed(self, row: dict, spec: ModelSpec, error_type: str, started: float) -> Routed:
+        row.update(status="error", error_type=error_type, latency_ms=(time.perf_counter() - started) * 1000)
+        self.logger.log(row)
+        return Routed(None, row["arm"], spec.model, row["rollout_stage"], row["latency_ms"],
+                      request_id=row["request_id"], error_type=error_type)
 
     def _answered(self, row: dict, spec: ModelSpec, response, text: str, started: float) -> dict:
         usage = getattr(response, "usage", None)
