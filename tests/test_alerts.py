@@ -105,6 +105,7 @@ LIFECYCLES = [
 
 
 @pytest.mark.parametrize("windows, expected", LIFECYCLES)
+@pytest.mark.usefixtures("state_backend")  # the SQLite file and a real PostgreSQL
 def test_incident_lifecycle_dedups_escalates_and_resolves(isolated_workspace, windows, expected):
     connection = open_state_db(isolated_workspace)
     kinds = []

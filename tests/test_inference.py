@@ -82,6 +82,7 @@ def test_retries_wait_at_least_retry_after(fake_openai_server, isolated_workspac
     assert min(gaps) >= 0.4 - 0.01  # never sooner than the server asked (backoff alone is ≤ 0.05 s)
 
 
+@pytest.mark.usefixtures("state_backend")  # the SQLite file and a real PostgreSQL
 def test_identical_rerun_makes_zero_calls(fake_openai_server, isolated_workspace):
     server = fake_openai_server()
     requests = requests_for(server, 200)
@@ -124,6 +125,7 @@ print(sum(r.error_type is None for r in rows))
 """
 
 
+@pytest.mark.usefixtures("state_backend")  # the SQLite file and a real PostgreSQL
 def test_killed_run_resumes_without_paying_twice(fake_openai_server, isolated_workspace, tmp_path):
     # The server holds every request after 150 successes, so the kill lands at a quiet point
     # where each success the server sent has been received (requests in flight at a real kill

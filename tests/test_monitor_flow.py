@@ -117,6 +117,7 @@ def expected_numbers(fault: str, healthy: list[dict], faulty: list[dict]) -> tup
 
 
 @pytest.mark.parametrize("fault", ["latency", "errors", "validity", "drift"])
+@pytest.mark.usefixtures("state_backend")  # the SQLite file and a real PostgreSQL
 def test_a_fault_alerts_once_stays_quiet_in_cooldown_and_resolves_once(workspace, plan, fault):
     healthy, faulty = window(T0), window(T0 + timedelta(minutes=15), fault, seed=1)
     with SlackReceiver() as slack:
@@ -171,6 +172,7 @@ def test_no_traffic_is_its_own_state_and_never_resolves_an_incident(workspace, p
     assert len(incidents.open_incidents(open_state_db(workspace))) == 1
 
 
+@pytest.mark.usefixtures("state_backend")  # the SQLite file and a real PostgreSQL
 def test_a_slack_outage_is_retried_and_the_alert_survives_to_the_next_run(workspace, plan):
     with SlackReceiver() as slack:
         run(workspace, plan, window(T0), 15, slack)
