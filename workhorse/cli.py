@@ -46,6 +46,13 @@ def evaluate(use_case: str = typer.Argument(..., help="The use case to evaluate 
              hosting: list[str] = typer.Option([], help="Only these hostings: api, batch, self_hosted."),
              variant: list[str] = typer.Option([], help="Only these prompt variants."),
              no_replay: bool = typer.Option(False, "--no-replay", help="Call the incumbent even where logged."),
+             task_runner: Optional[str] = typer.Option(
+                 None, help="threads (default) or dask: shards on a Dask cluster (default: the plan's eval section)."),
+             dask_address: Optional[str] = typer.Option(None, help="Scheduler of a running Dask cluster; "
+                                                                   "else a LocalCluster is started."),
+             dask_workers: Optional[int] = typer.Option(None, min=1, help="Worker processes of that LocalCluster "
+                                                                          "(default 2). Endpoint limits are split "
+                                                                          "among them."),
              workspace: Optional[Path] = WorkspaceOption) -> None:
     """Evaluate incumbent and candidates on a golden set: leaderboard, verdict, HTML report."""
     import asyncio
@@ -55,10 +62,13 @@ def evaluate(use_case: str = typer.Argument(..., help="The use case to evaluate 
     from workhorse.demo import verdict_table
     from workhorse.flows.evaluate import parallel_eval
 
+    if task_runner not in (None, "threads", "dask"):  # before Prefect's own check, which prints a traceback
+        raise typer.BadParameter(f"{task_runner!r} is not one of: threads, dask", param_hint="--task-runner")
     with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
         summary = asyncio.run(parallel_eval(
             use_case=use_case, workspace=str(workspace) if workspace else None, plan_path=str(plan) if plan else None,
-            models=model or None, hostings=hosting or None, variants=variant or None, replay=not no_replay))
+            models=model or None, hostings=hosting or None, variants=variant or None, replay=not no_replay,
+            task_runner=task_runner, dask_address=dask_address, dask_workers=dask_workers))
     console.print(verdict_table({use_case: summary}))
     console.print(f"verdict [bold]{summary['verdict']['decision']}[/] — {summary['verdict']['reason']}")
     for reason in summary["skipped"]:

@@ -1,20 +1,34 @@
 """The moving parts of an evaluation run: contenders from the plan, shards as Prefect tasks,
-the embedded engine (server or offline batch), scores, verdict and published results."""
+the embedded engine (server or offline batch), scores, verdict and published results.
+
+Shards run in one of two places (``Execution``):
+
+- ``threads`` (default): every shard is an async task in the flow's event loop, so an endpoint's
+  concurrency limit and circuit breaker are shared by all its shards;
+- ``dask``: every shard is a task on a Dask cluster (prefect-dask), for when the client's CPU is
+  the bottleneck. Each worker thread runs one shard at a time in its own event loop, so limits and
+  breakers cannot be shared: an endpoint's limit is split evenly over the cluster's worker threads
+  (counted at submission; an adaptive cluster that grows later can exceed it), and a breaker only
+  sees the failures of its own shard. Shard tasks carry no API key: a key from a ModelEndpoint
+  block is fetched again on the worker, one from the environment is read from the worker's own
+  environment (a LocalCluster inherits the flow's; a remote cluster needs its own).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
 import json
+import math
 import time
 from collections import defaultdict
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from workhorse.config import Plan
+from workhorse.config import Plan, resolve
 from workhorse.errors import ConfigError
 from workhorse.tasks.engines import (
     EMBEDDED_MODEL, BatchParams, VLLMServer, prepare_embedded_model, run_offline_batch,
@@ -104,13 +118,50 @@ def _candidate_spec(plan: Plan, model: str, hosting: str, api_base: str | None) 
     return ModelSpec(model=model, api_base=api_base, hosting=hosting)
 
 
-class EvalContext:
-    """Engines and bookkeeping for one run: starts the embedded vLLM server only if needed."""
+@dataclass(frozen=True)
+class Execution:
+    """Where the shards run: ``threads`` (the flow's event loop) or ``dask`` (a Dask cluster at
+    ``dask_address``, else a LocalCluster of ``dask_workers`` processes with one thread each)."""
 
-    def __init__(self, workspace: Workspace, run_id: str, shard_size: int, engine_api_base: str | None = None):
+    task_runner: str = "threads"
+    dask_address: str | None = None
+    dask_workers: int = 2
+
+    @property
+    def on_dask(self) -> bool:
+        return self.task_runner == "dask"
+
+
+def execution_from(plan: Plan, task_runner: str | None = None, dask_address: str | None = None,
+                   dask_workers: int | None = None) -> Execution:
+    """Flow parameter > the plan's ``eval`` section > default (threads)."""
+    execution = Execution(
+        task_runner=resolve("task_runner", parameter=task_runner, plan_value=plan.eval.task_runner, default="threads"),
+        dask_address=resolve("dask_address", parameter=dask_address, plan_value=plan.eval.dask_address),
+        dask_workers=resolve("dask_workers", parameter=dask_workers, plan_value=plan.eval.dask_workers, default=2))
+    if execution.task_runner not in ("threads", "dask"):
+        raise ConfigError(f"task_runner {execution.task_runner!r} is not one of: threads, dask")
+    if execution.dask_workers < 1:
+        raise ConfigError(f"dask_workers must be at least 1, not {execution.dask_workers}")
+    return execution
+
+
+def key_blocks_for(plan: Plan, use_case: str) -> dict[str, str]:
+    """model -> name of the ModelEndpoint block holding its key: what a Dask worker loads the key from."""
+    return {c.model: c.endpoint for c in plan.candidates_for(use_case) if c.endpoint}
+
+
+class EvalContext:
+    """Engines and bookkeeping for one run: starts the embedded vLLM server only if needed, and
+    the Dask task runner (a LocalCluster, or a client of a running one) when shards go there."""
+
+    def __init__(self, workspace: Workspace, run_id: str, shard_size: int, engine_api_base: str | None = None,
+                 execution: Execution = Execution(), key_blocks: dict[str, str] | None = None):
         self.workspace, self.run_id, self.shard_size = workspace, run_id, shard_size
         self.engine_api_base = engine_api_base
+        self.execution, self.key_blocks = execution, dict(key_blocks or {})
         self.server: VLLMServer | None = None
+        self.dask = None  # a started prefect_dask.DaskTaskRunner, once the first shard goes there
         self.limits: dict[str, asyncio.Semaphore] = {}  # per endpoint, shared by every shard
         self.breakers: dict[str, CircuitBreaker] = {}  # per endpoint too: one outage opens one circuit
         self.generated: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])  # model -> [tokens, seconds]
@@ -119,8 +170,24 @@ class EvalContext:
         return self
 
     def __exit__(self, *exc) -> None:
+        if self.dask is not None:
+            self.dask.__exit__(*exc)  # closes the client, and the LocalCluster if this run started one
         if self.server is not None:
             self.server.stop()
+
+    def dask_runner(self):
+        """The run's DaskTaskRunner, started on first use (blocking: call it off the event loop)."""
+        if self.dask is None:
+            from prefect_dask import DaskTaskRunner
+
+            if self.execution.dask_address:
+                runner = DaskTaskRunner(address=self.execution.dask_address)
+            else:  # processes, one thread each: the client's CPU work is what is spread out
+                runner = DaskTaskRunner(cluster_kwargs={"n_workers": self.execution.dask_workers,
+                                                        "threads_per_worker": 1, "processes": True,
+                                                        "dashboard_address": None})
+            self.dask = runner.__enter__()
+        return self.dask
 
     def server_base(self) -> str:
         if self.engine_api_base:
@@ -155,14 +222,24 @@ async def generate(context: EvalContext, requests: list[ModelRequest], phase: st
             groups[(request.model.label, request.prompt_variant)].append(request)
     if any(is_embedded(group[0].model) for group in groups.values()):
         await asyncio.to_thread(context.server_base)
-    jobs = [run_shard(context, [_served(context, r) for r in part])
-            for group in groups.values() for part in shards(group, context.shard_size)]
+    parts = [[_served(context, r) for r in part] for group in groups.values() for part in shards(group, context.shard_size)]
+    jobs = [answer_shards(context, parts)]
     if offline:
         jobs.append(_offline_batch(context, offline))
     provider_batch = [r for group in groups.values() for r in group if r.model.hosting == "batch"]
     if provider_batch:
         write_openai_batch_files(context.workspace.run_dir(context.run_id) / "batch", provider_batch, phase)
-    return [row for rows in await asyncio.gather(*jobs) for row in rows]
+    done = await asyncio.gather(*jobs)
+    return [row for rows in done[0] for row in rows] + [row for rows in done[1:] for row in rows]
+
+
+async def answer_shards(context: EvalContext, parts: list[list[ModelRequest]]) -> list[list[EvalResponse]]:
+    """Every shard's rows, in the order of ``parts``, wherever the shards run."""
+    if not parts:
+        return []
+    if context.execution.on_dask:
+        return await run_shards_on_dask(context, parts)
+    return list(await asyncio.gather(*(run_shard(context, part) for part in parts)))
 
 
 def write_openai_batch_files(folder: Path, requests: list[ModelRequest], phase: str) -> list[Path]:
@@ -190,16 +267,93 @@ def _served(context: EvalContext, request: ModelRequest) -> ModelRequest:
         if is_embedded(request.model) else request
 
 
+def shard_runner(workspace: Workspace, run_id: str, requests: list[ModelRequest], **shared) -> Runner:
+    """A runner whose checkpoint file is the shard's own (named by its requests), so shards running
+    side by side, in one process or several, never append to the same file."""
+    shard_key = hashlib.sha256("|".join(map(str, (r.identity for r in requests))).encode()).hexdigest()[:12]
+    return Runner(workspace, run_id, checkpoint_name=f"checkpoint-{shard_key}", **shared)
+
+
 @task(name="run-shard", cache_policy=NO_CACHE)
 async def run_shard(context: EvalContext, requests: list[ModelRequest]) -> list[EvalResponse]:
     """One (model, variant) shard through the runner; its wall time feeds measured throughput."""
-    shard_key = hashlib.sha256("|".join(map(str, (r.identity for r in requests))).encode()).hexdigest()[:12]
-    runner = Runner(context.workspace, context.run_id, checkpoint_name=f"checkpoint-{shard_key}",
-                    limits=context.limits, breakers=context.breakers)
+    runner = shard_runner(context.workspace, context.run_id, requests, limits=context.limits,
+                          breakers=context.breakers)
     started = time.perf_counter()
     rows = await runner.run(requests)
     context.account(rows[0].model, rows, time.perf_counter() - started)
     return rows
+
+
+# --------------------------------------------------------------------------- shards on Dask
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    """All a Dask worker needs for one shard: picklable, and without any API key in it."""
+
+    workspace: Workspace
+    run_id: str
+    requests: list[ModelRequest]
+    key_blocks: dict[str, str]
+
+
+async def run_shards_on_dask(context: EvalContext, parts: list[list[ModelRequest]]) -> list[list[EvalResponse]]:
+    """Submit one task per shard to the Dask cluster and wait for all (off the event loop: the
+    Dask client is synchronous). The flow keeps the throughput books, as for threads."""
+    await Runner(context.workspace, context.run_id).run([])  # creates the state store before workers race to
+    results = await asyncio.to_thread(_submit_and_wait, context, parts)
+    for rows, seconds in results:
+        if rows:
+            context.account(rows[0].model, rows, seconds)
+    return [rows for rows, _ in results]
+
+
+def _submit_and_wait(context: EvalContext, parts: list[list[ModelRequest]]) -> list[tuple[list[EvalResponse], float]]:
+    runner = context.dask_runner()
+    slots = sum(runner.client.nthreads().values()) or 1
+    futures = [runner.submit(run_shard_on_worker, {"job": ShardJob(
+        context.workspace, context.run_id, sealed(split_limits(part, slots), context.key_blocks), context.key_blocks)})
+        for part in parts]
+    return [future.result() for future in futures]
+
+
+def split_limits(requests: list[ModelRequest], slots: int) -> list[ModelRequest]:
+    """Each endpoint's concurrency limit divided among ``slots`` shards running at once (rounded
+    up), so the cluster as a whole stays near the limit the endpoint was given."""
+    specs = {r.model: replace(r.model, max_concurrency=math.ceil(r.model.max_concurrency / slots))
+             for r in requests}
+    return [replace(r, model=specs[r.model]) for r in requests]
+
+
+def sealed(requests: list[ModelRequest], key_blocks: dict[str, str]) -> list[ModelRequest]:
+    """The requests without API keys: task parameters are pickled in clear text to the scheduler
+    and the workers. A key must come from a block (fetched again there) or the worker's environment."""
+    unsealable = sorted({r.model.label for r in requests if r.model.api_key and r.model.model not in key_blocks})
+    if unsealable:
+        raise ConfigError(f"{', '.join(unsealable)}: the API key comes from neither a ModelEndpoint block nor the "
+                          "environment, so Dask workers cannot fetch it (it is never shipped in task parameters)")
+    specs = {r.model: replace(r.model, api_key=None) for r in requests}
+    return [replace(r, model=specs[r.model]) for r in requests]
+
+
+def unsealed(requests: list[ModelRequest], key_blocks: dict[str, str]) -> list[ModelRequest]:
+    """On the worker: each block-keyed model gets its key back from its ModelEndpoint block."""
+    keys: dict[str, str | None] = {}
+    for model in {r.model.model for r in requests} & set(key_blocks):
+        block = endpoint_block(key_blocks[model])
+        keys[model] = block.api_key.get_secret_value() if block and block.api_key else None
+    specs = {r.model: replace(r.model, api_key=keys.get(r.model.model, r.model.api_key)) for r in requests}
+    return [replace(r, model=specs[r.model]) for r in requests]
+
+
+@task(name="run-shard-on-worker", cache_policy=NO_CACHE)
+async def run_shard_on_worker(job: ShardJob) -> tuple[list[EvalResponse], float]:
+    """One shard on a Dask worker, with limits and breakers of its own (see the module docstring)."""
+    requests = unsealed(job.requests, job.key_blocks)
+    started = time.perf_counter()
+    rows = await shard_runner(job.workspace, job.run_id, requests).run(requests)
+    return rows, time.perf_counter() - started
 
 
 async def _offline_batch(context: EvalContext, requests: list[ModelRequest]) -> list[EvalResponse]:
