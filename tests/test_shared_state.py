@@ -19,9 +19,10 @@ from workhorse.workspace import Workspace
 UC = "ticket-routing"
 STEPS = ["shadow", 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100]
 REFRESH_S = 0.25
-# A router stamps its weights when their read returns; a read that began just before the revert's
-# commit and returned after it is as old as the read took. Generous for a loaded 2-core machine.
-READ_MARGIN_S = 0.15
+# A router stamps its weights when their read starts, so a revert is seen within REFRESH_S of its
+# commit; the margin is the gap between reading the weights and stamping the call's row, and the
+# hook's own delay after the commit (milliseconds; generous for a loaded 2-core machine).
+READ_MARGIN_S = 0.1
 
 REPLICA = """
 import asyncio, json, os, sys, time

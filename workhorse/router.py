@@ -1,6 +1,6 @@
 """In-process router for Python apps during a rollout: ``await router.complete(messages, key=user)``.
 
-It reads the use case's current weights from ``state.db`` (refreshed every ``refresh_s``) and
+It reads the use case's current weights from the state store (refreshed every ``refresh_s``) and
 picks the arm with sticky assignment: hash(use case, key) → bucket 0..99, and buckets below
 the candidate's percentage go to the candidate. Raising the percentage only adds buckets, so a
 user who met the candidate keeps it. In shadow the candidate answers the same request in the
@@ -78,10 +78,14 @@ class Router:
                          for role, spec in (("incumbent", incumbent), ("candidate", candidate))}
 
     def weights(self) -> dict:
-        """The current weights, read from state.db at most every ``refresh_s`` seconds."""
+        """The current weights, read from the state store at most every ``refresh_s`` seconds.
+
+        Stamped when the read starts: weights are only as fresh as that, so a revert committed
+        during a slow read is still seen within ``refresh_s`` of its commit."""
         if self._weights is None or time.monotonic() - self._read_at >= self.refresh_s:
+            started = time.monotonic()
             self._weights = current_weights(self.workspace, self.use_case)
-            self._read_at = time.monotonic()
+            self._read_at = started
         return self._weights
 
     def arm_for(self, key: str, weights: dict | None = None) -> str:
