@@ -13,9 +13,10 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 
 import workhorse  # noqa: F401  (offline defaults before anything imports LiteLLM)
-from workhorse.config import Plan, find_plan, load_plan, parse_plan
+from workhorse.config import Plan, SpendLogsDb, find_plan, load_plan, parse_plan
 from workhorse.tasks.audit import AuditSummary, audit_usage_logs, store_audit_tables, summarize
 from workhorse.tasks.reports import audit_markdown, use_case_rows, write_report
+from workhorse.tasks.spendlogs_db import staged_spend_logs
 from workhorse.workspace import Workspace
 
 
@@ -37,13 +38,20 @@ def publish(result, plan: Plan, report: str) -> None:
 
 
 @flow(name="usage-audit", log_prints=True)
-def usage_audit(logs: list[str], plan: str | dict | None = None, workspace: str | None = None,
-                format: str | None = None, max_bad_row_ratio: float | None = None) -> AuditSummary:
-    """Audit LLM usage logs: monthly cost per use case and model, and savings per candidate."""
+def usage_audit(logs: list[str] | None = None, plan: str | dict | None = None, workspace: str | None = None,
+                format: str | None = None, max_bad_row_ratio: float | None = None,
+                spend_logs_db: SpendLogsDb | None = None) -> AuditSummary:
+    """Audit LLM usage logs: monthly cost per use case and model, and savings per candidate.
+
+    ``spend_logs_db`` (else the plan's ``audit.spend_logs_db``) adds the LiteLLM proxy's
+    ``LiteLLM_SpendLogs`` rows, read from its PostgreSQL database; pass it as a ``SpendLogsDb``
+    so Prefect stores its URL masked.
+    """
     logger = get_run_logger()
     ws = Workspace.resolve(workspace)
     chosen = read_plan(plan, ws.root)
-    result = audit_usage_logs(logs, chosen, str(ws.root), format, max_bad_row_ratio)
+    with staged_spend_logs(spend_logs_db or chosen.audit.spend_logs_db, ws.root, format) as staged:
+        result = audit_usage_logs(list(logs or []) + staged, chosen, str(ws.root), format, max_bad_row_ratio)
     folder = ws.subdir("audit")
     tables = store_audit_tables(result, str(folder))
     report = write_report(result, chosen, str(folder / "report.html"))

@@ -232,6 +232,8 @@ def _litellm(f: Fields) -> dict[str, str]:
         "request": f.text("messages"),
         "response": _response_text(f.text("response")),
         "metadata": f.text("metadata"),
+        # Newer proxies keep the request's tags in their own column, not always in the metadata.
+        "use_case": f"regexp_extract(coalesce({f.text('request_tags')}, ''), {lit(TAG_PATTERN)}, 1)",
     }
 
 
