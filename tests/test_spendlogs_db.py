@@ -191,6 +191,12 @@ def test_a_wrong_database_is_a_clear_error_without_the_password(postgres_url, tm
     assert error.__cause__ is None and (error.__context__ is None or error.__suppress_context__)
 
 
+def test_a_malformed_url_is_refused_without_quoting_it(tmp_path):
+    with pytest.raises(ConfigError, match="neither a postgresql:// URL nor a libpq connection string") as caught:
+        stage_spend_logs(SpendLogsDb(url=f"host=db password={PASSWORD} port"), tmp_path)
+    assert PASSWORD not in str(caught.value)
+
+
 def test_password_references_are_expanded_only_to_connect(postgres_url, tmp_path, monkeypatch):
     fill(postgres_url, 100)
     url = postgres_url.replace("postgres@", "postgres:${WH_TEST_PGPASSWORD}@")

@@ -78,14 +78,20 @@ def split_schema(url: str) -> tuple[str, str | None]:
     return urlunsplit(parts._replace(query=rest)), schema
 
 
-def describe_url(url: str) -> str:
-    """The database as it may be shown: user, host, port and name; never a password or options."""
+def parse_url(url: str) -> dict:
+    """libpq's reading of the URL; a malformed one is a ConfigError that does not quote it."""
     from psycopg.conninfo import conninfo_to_dict
 
     try:
-        info = conninfo_to_dict(split_schema(url)[0])
-    except Exception:  # libpq's message quotes the string, password included: not repeated
-        return "(an unparseable PostgreSQL URL)"
+        return conninfo_to_dict(split_schema(url)[0])
+    except Exception:  # libpq's message quotes the string, password included: never repeated
+        raise ConfigError("the spend-logs database URL is neither a postgresql:// URL nor a libpq "
+                          "connection string") from None
+
+
+def describe_url(url: str) -> str:
+    """The database as it may be shown: user, host, port and name; never a password or options."""
+    info = parse_url(url)
     user = f"{info['user']}@" if info.get("user") else ""
     port = f":{info['port']}" if info.get("port") else ""
     return f"postgresql://{user}{info.get('host', '')}{port}/{info.get('dbname', '')}"
@@ -100,12 +106,7 @@ def _scrub(message: str, url: str) -> str:
 
 
 def _passwords(url: str) -> list[str]:
-    from psycopg.conninfo import conninfo_to_dict
-
-    try:
-        password = conninfo_to_dict(split_schema(url)[0]).get("password")
-    except Exception:
-        return []
+    password = parse_url(url).get("password")
     return [password] if password else []
 
 
