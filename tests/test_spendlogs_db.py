@@ -20,7 +20,8 @@ from typer.testing import CliRunner
 from workhorse.config import Plan, SpendLogsDb, parse_plan
 from workhorse.errors import ConfigError, DataError
 from workhorse.tasks.audit import audit_logs
-from workhorse.tasks.spendlogs_db import STAGING_SCHEMA, describe_url, stage_spend_logs
+from workhorse.dburl import describe as describe_url
+from workhorse.tasks.spendlogs_db import STAGING_SCHEMA, stage_spend_logs
 from workhorse.testing import spendlogs
 
 ROWS = 1_000_000

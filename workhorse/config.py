@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
+from workhorse.dburl import refuse_literal_password
 from workhorse.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -127,12 +128,8 @@ class AuditPlan(_Section):
     @field_validator("spend_logs_db")
     @classmethod
     def _no_password_in_plan(cls, source: Optional[SpendLogsDb]) -> Optional[SpendLogsDb]:
-        # The plan lives in git: a literal password there would leak (a ${VAR} reference is fine).
-        from urllib.parse import urlsplit
-
-        password = urlsplit(source.url.get_secret_value()).password if source else None
-        if password and not password.startswith("${"):
-            raise ValueError("the url must not hold a password: write ${VAR} (expanded at connect time) or use PGPASSWORD")
+        if source:
+            refuse_literal_password(source.url.get_secret_value())
         return source
 
 
@@ -224,14 +221,8 @@ class Plan(_Section):
     @field_validator("state_url")
     @classmethod
     def _no_password_in_plan(cls, url: Optional[str]) -> Optional[str]:
-        # A plan lives in git and its URL is pinned in the workspace: a password there would leak.
-        from urllib.parse import urlsplit
-
-        password = urlsplit(url).password if url else None
-        if password and not password.startswith("${"):
-            raise ValueError("state_url must not hold a password: use ${PGPASSWORD}-style references, "
-                             "PGPASSWORD or ~/.pgpass")
-        return url
+        # The plan lives in git and its state URL is pinned in the workspace: no password there.
+        return refuse_literal_password(url)
 
     def owner_of(self, use_case: str) -> Optional[str]:
         case = self.use_cases.get(use_case)

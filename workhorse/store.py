@@ -30,6 +30,8 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 from urllib.parse import urlsplit
 
+from workhorse import dburl
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS response_cache (
     key TEXT PRIMARY KEY,
@@ -51,14 +53,7 @@ def is_postgres(url: str) -> bool:
 
 def describe(url: str | os.PathLike) -> str:
     """The state URL as it may be shown: no password, no query string (it can hold one too)."""
-    text = str(url)
-    if not is_postgres(text):
-        return text
-    parts = urlsplit(text)
-    host = parts.hostname or ""
-    host += f":{parts.port}" if parts.port else ""
-    user = f"{parts.username}@" if parts.username else ""
-    return f"{parts.scheme}://{user}{host}{parts.path}"
+    return dburl.describe(str(url)) if is_postgres(str(url)) else str(url)
 
 
 def connect(target: Any) -> "StateConnection":
@@ -156,14 +151,14 @@ class PostgresConnection(StateConnection):
         import psycopg
 
         self.database = describe(url)
+        expanded = dburl.expand(url)
         # autocommit: every statement is its own transaction unless transaction() opens one,
         # which is the same contract as the SQLite connection in isolation_level=None.
         try:
-            self._raw = psycopg.connect(os.path.expandvars(url), autocommit=True, connect_timeout=10)
+            self._raw = psycopg.connect(expanded, autocommit=True, connect_timeout=10)
         except psycopg.OperationalError as error:
-            # libpq's message names host and port, never the password; the URL is not repeated.
             raise ConnectionError(f"cannot reach the state database {self.database}: "
-                                  f"{str(error).strip().splitlines()[0]}") from None
+                                  f"{dburl.scrub(str(error), expanded)}") from None
 
     def execute(self, sql: str, params: Sequence = ()) -> Any:
         return self._raw.execute(_placeholders(sql), tuple(params))

@@ -10,13 +10,11 @@ Secrets stay in the database: only the columns the adapter reads are selected (n
 ``proxy_server_request`` or the requester's IP), and secret-looking keys in ``metadata`` (the
 hashed ``user_api_key``, forwarded headers) are redacted before the first byte is written. The URL
 may hold ``${VAR}`` references, expanded only to connect (libpq's ``PGPASSWORD`` and ``~/.pgpass``
-work too); it is only ever shown as ``describe_url`` writes it, without password or query string.
+work too); it is only ever shown as ``dburl.describe`` writes it, without password or query string.
 """
 
 from __future__ import annotations
 
-import os
-import re
 import shutil
 import time
 import uuid
@@ -25,11 +23,11 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator, Sequence
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from workhorse import dburl
 from workhorse.config import SpendLogsDb
 from workhorse.errors import ConfigError, DataError
 from workhorse.tasks import usage
@@ -50,64 +48,6 @@ STAGING_SCHEMA = pa.schema([
 ])
 REQUIRED = ("request_id", "startTime", "endTime", "model", "prompt_tokens", "completion_tokens", "spend")
 SQL_TYPES = {pa.string(): "text", pa.int64(): "bigint", pa.float64(): "double precision"}
-ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-
-
-# --------------------------------------------------------------------------- the URL
-
-
-def expand_url(url: str) -> str:
-    """``${VAR}`` references replaced from the environment; an unset one is named, never guessed."""
-    def value(match: re.Match) -> str:
-        name = match.group(1)
-        if name not in os.environ:
-            raise ConfigError(f"the spend-logs database URL refers to ${{{name}}}, which is not set")
-        return os.environ[name]
-
-    return ENV_REFERENCE.sub(value, url)
-
-
-def split_schema(url: str) -> tuple[str, str | None]:
-    """Prisma's ``?schema=`` out of the URL (libpq refuses it), and that schema."""
-    if "://" not in url:
-        return url, None
-    parts = urlsplit(url)
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    schema = next((v for k, v in query if k == "schema"), None)
-    rest = urlencode([(k, v) for k, v in query if k != "schema"])
-    return urlunsplit(parts._replace(query=rest)), schema
-
-
-def parse_url(url: str) -> dict:
-    """libpq's reading of the URL; a malformed one is a ConfigError that does not quote it."""
-    from psycopg.conninfo import conninfo_to_dict
-
-    try:
-        return conninfo_to_dict(split_schema(url)[0])
-    except Exception:  # libpq's message quotes the string, password included: never repeated
-        raise ConfigError("the spend-logs database URL is neither a postgresql:// URL nor a libpq "
-                          "connection string") from None
-
-
-def describe_url(url: str) -> str:
-    """The database as it may be shown: user, host, port and name; never a password or options."""
-    info = parse_url(url)
-    user = f"{info['user']}@" if info.get("user") else ""
-    port = f":{info['port']}" if info.get("port") else ""
-    return f"postgresql://{user}{info.get('host', '')}{port}/{info.get('dbname', '')}"
-
-
-def _scrub(message: str, url: str) -> str:
-    """libpq names host and port, not passwords; still, never let one through (first line only)."""
-    first = message.strip().splitlines()[0] if message.strip() else "unknown error"
-    for secret in _passwords(url):
-        first = first.replace(secret, "***")
-    return first
-
-
-def _passwords(url: str) -> list[str]:
-    password = parse_url(url).get("password")
-    return [password] if password else []
 
 
 # --------------------------------------------------------------------------- the query
@@ -202,8 +142,8 @@ def stage_spend_logs(source: SpendLogsDb, folder: Path, chunk_rows: int = CHUNK_
     import psycopg
 
     started = time.perf_counter()
-    url, schema = split_schema(expand_url(source.url.get_secret_value()))
-    shown = describe_url(url)
+    url, schema = dburl.split_schema(dburl.expand(source.url.get_secret_value()))
+    shown = dburl.describe(url)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / STAGING_FILE
     try:
@@ -214,9 +154,9 @@ def stage_spend_logs(source: SpendLogsDb, folder: Path, chunk_rows: int = CHUNK_
                 cursor.execute(query, params)
                 rows = stream_to_parquet(cursor, path, chunk_rows)
     except psycopg.OperationalError as error:
-        raise DataError(f"cannot read the LiteLLM database {shown}: {_scrub(str(error), url)}") from None
+        raise DataError(f"cannot read the LiteLLM database {shown}: {dburl.scrub(str(error), url)}") from None
     except psycopg.Error as error:
-        raise DataError(f'reading "{TABLE}" from {shown} failed: {_scrub(str(error), url)}') from None
+        raise DataError(f'reading "{TABLE}" from {shown} failed: {dburl.scrub(str(error), url)}') from None
     if rows == 0:
         raise DataError(f'no rows in "{TABLE}" of {shown} with startTime in {window_text(source)}')
     return StagedSpendLogs(path, rows, shown, time.perf_counter() - started)
