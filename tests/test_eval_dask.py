@@ -71,11 +71,12 @@ def servers(prefect_server, fake_openai_server, monkeypatch):
     return start
 
 
-def evaluate(workspace: Workspace, **execution) -> dict:
+def evaluate(workspace: Workspace, shard_size: int = 10, **execution) -> dict:
+    """Small shards, so that each arm is split and both workers get some."""
     from workhorse.flows.evaluate import parallel_eval
 
     return asyncio.run(parallel_eval(use_case="banking", workspace=str(workspace.root),
-                                     variants=["zero-shot", "constrained"], shard_size=7, replay=False,
+                                     variants=["zero-shot", "constrained"], shard_size=shard_size, replay=False,
                                      run_id="eval-dask-test", **execution))
 
 
@@ -112,10 +113,11 @@ def test_dask_gives_the_thread_runners_responses_scores_and_verdict(servers, sha
 
 
 def test_every_item_is_accounted_for_under_faults_on_dask(servers, shared_datasets, tmp_path):
-    faults = Faults(server_error=0.15, rate_limit=0.1, malformed=0.05, reset=0.05, retry_after_s=0.05)
+    faults = Faults(server_error=0.08, rate_limit=0.06, malformed=0.03, reset=0.03, retry_after_s=0.05)
     env_server, block_server = servers(faults)
     workspace = golden_workspace(tmp_path / "faults", shared_datasets, plan_for(env_server, block_server))
-    summary = evaluate(workspace, task_runner="dask", dask_workers=2)
+    # One shard per arm: a shard waits for its slowest retry chain, and a worker runs its shards in turn.
+    summary = evaluate(workspace, shard_size=20, task_runner="dask", dask_workers=2)
 
     responses = pq.read_table(summary["responses"]).to_pylist()
     dev, test = splits(workspace)
@@ -143,3 +145,27 @@ def test_shard_jobs_carry_no_api_key(tmp_path):
     assert [r.cache_key for r in job.requests] == [r.cache_key for r in requests]
     with pytest.raises(ConfigError, match="candidate-block"):
         sealed(requests, {})
+
+
+@pytest.mark.parametrize("plan_eval, parameters, expected", [
+    ({}, {}, ("threads", None, 2)),
+    ({"task_runner": "dask", "dask_workers": 3}, {}, ("dask", None, 3)),
+    ({"task_runner": "dask", "dask_address": "tcp://plan:8786"}, {"task_runner": "threads"},
+     ("threads", "tcp://plan:8786", 2)),
+    ({"task_runner": "threads"}, {"task_runner": "dask", "dask_workers": 4}, ("dask", None, 4)),
+])
+def test_task_runner_comes_from_the_flow_parameter_then_the_plan(plan_eval, parameters, expected):
+    from workhorse.config import parse_plan
+    from workhorse.tasks.eval_run import execution_from
+
+    execution = execution_from(parse_plan({"eval": plan_eval}), **parameters)
+    assert (execution.task_runner, execution.dask_address, execution.dask_workers) == expected
+
+
+@pytest.mark.parametrize("plan_eval", [{"task_runner": "ray"}, {"dask_workers": 0}])
+def test_a_wrong_eval_section_names_the_key(plan_eval):
+    from workhorse.config import parse_plan
+    from workhorse.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=f"eval.{next(iter(plan_eval))}"):
+        parse_plan({"eval": plan_eval})

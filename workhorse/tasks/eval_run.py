@@ -11,12 +11,14 @@ Shards run in one of two places (``Execution``):
   (counted at submission; an adaptive cluster that grows later can exceed it), and a breaker only
   sees the failures of its own shard. Shard tasks carry no API key: a key from a ModelEndpoint
   block is fetched again on the worker, one from the environment is read from the worker's own
-  environment (a LocalCluster inherits the flow's; a remote cluster needs its own).
+  environment (a LocalCluster inherits the flow's; a remote cluster needs its own). An embedded
+  vLLM server the flow starts listens on 127.0.0.1: a remote cluster needs ``engine_api_base``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import json
 import math
@@ -118,6 +120,11 @@ def _candidate_spec(plan: Plan, model: str, hosting: str, api_base: str | None) 
     return ModelSpec(model=model, api_base=api_base, hosting=hosting)
 
 
+# Processes with one thread each: the client's CPU work is what is spread out. The scheduler's
+# HTTP server (dashboard) takes any free port: two runs on one machine must not fight over 8787.
+LOCAL_CLUSTER = {"threads_per_worker": 1, "processes": True, "dashboard_address": "127.0.0.1:0"}
+
+
 @dataclass(frozen=True)
 class Execution:
     """Where the shards run: ``threads`` (the flow's event loop) or ``dask`` (a Dask cluster at
@@ -171,9 +178,19 @@ class EvalContext:
 
     def __exit__(self, *exc) -> None:
         if self.dask is not None:
+            if not self.execution.dask_address:
+                self._freeze_workers()
             self.dask.__exit__(*exc)  # closes the client, and the LocalCluster if this run started one
         if self.server is not None:
             self.server.stop()
+
+    def _freeze_workers(self) -> None:
+        """A process that imported LiteLLM spends 2-4 s collecting garbage on exit, past the
+        nanny's patience (it kills it, with a warning); frozen objects are skipped: 0.25 s."""
+        try:
+            self.dask.client.run(gc.freeze)
+        except Exception:  # a worker already gone must not hide why the run ended
+            pass
 
     def dask_runner(self):
         """The run's DaskTaskRunner, started on first use (blocking: call it off the event loop)."""
@@ -182,10 +199,8 @@ class EvalContext:
 
             if self.execution.dask_address:
                 runner = DaskTaskRunner(address=self.execution.dask_address)
-            else:  # processes, one thread each: the client's CPU work is what is spread out
-                runner = DaskTaskRunner(cluster_kwargs={"n_workers": self.execution.dask_workers,
-                                                        "threads_per_worker": 1, "processes": True,
-                                                        "dashboard_address": None})
+            else:
+                runner = DaskTaskRunner(cluster_kwargs=LOCAL_CLUSTER | {"n_workers": self.execution.dask_workers})
             self.dask = runner.__enter__()
         return self.dask
 
@@ -301,7 +316,8 @@ class ShardJob:
 async def run_shards_on_dask(context: EvalContext, parts: list[list[ModelRequest]]) -> list[list[EvalResponse]]:
     """Submit one task per shard to the Dask cluster and wait for all (off the event loop: the
     Dask client is synchronous). The flow keeps the throughput books, as for threads."""
-    await Runner(context.workspace, context.run_id).run([])  # creates the state store before workers race to
+    # Opens the state store once here: its schema (and SQLite's WAL mode) exist before workers race to create them.
+    await Runner(context.workspace, context.run_id).run([])
     results = await asyncio.to_thread(_submit_and_wait, context, parts)
     for rows, seconds in results:
         if rows:
@@ -310,12 +326,29 @@ async def run_shards_on_dask(context: EvalContext, parts: list[list[ModelRequest
 
 
 def _submit_and_wait(context: EvalContext, parts: list[list[ModelRequest]]) -> list[tuple[list[EvalResponse], float]]:
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
     runner = context.dask_runner()
     slots = sum(runner.client.nthreads().values()) or 1
-    futures = [runner.submit(run_shard_on_worker, {"job": ShardJob(
-        context.workspace, context.run_id, sealed(split_limits(part, slots), context.key_blocks), context.key_blocks)})
-        for part in parts]
+    # Tasks carry the flow's settings to the workers: make sure those name the flow's API.
+    with temporary_settings({PREFECT_API_URL: flow_api_url()}):
+        futures = [runner.submit(run_shard_on_worker, {"job": ShardJob(
+            context.workspace, context.run_id, sealed(split_limits(part, slots), context.key_blocks),
+            context.key_blocks)}) for part in parts]
     return [future.result() for future in futures]
+
+
+def flow_api_url() -> str:
+    """The Prefect API this flow reports to. Without PREFECT_API_URL it is this process's
+    temporary server: told nothing, each worker would start one of its own (seconds each), and
+    record its task runs there, where none of the flow's blocks are."""
+    from prefect.settings import PREFECT_API_URL
+
+    if PREFECT_API_URL.value():
+        return PREFECT_API_URL.value()
+    from prefect.server.api.server import SubprocessASGIServer
+
+    return SubprocessASGIServer().api_url  # the one instance the flow's client started
 
 
 def split_limits(requests: list[ModelRequest], slots: int) -> list[ModelRequest]:
