@@ -11,6 +11,9 @@ from datetime import datetime, timezone
 from typing import Literal
 
 from prefect import flow, get_run_logger
+# quote(): Prefect otherwise walks every element of a task's arguments looking for futures, about
+# a second per task for thousands of rows; these lists never hold any.
+from prefect.utilities.annotations import quote
 
 from workhorse.config import plan_workspace
 from workhorse.tasks.evaluation import (
@@ -51,7 +54,7 @@ async def parallel_eval(use_case: str, workspace: str | None = None, plan_path: 
         tuned = tuning_contenders(candidates)
         tuning = [r for c in tuned for v in c.variants for r in build_requests(c, v, dev, examples)]
         dev_rows = await generate(context, tuning, phase="dev")
-        dev_scores = score_responses(items, dev_rows)
+        dev_scores = score_responses(quote(items), quote(dev_rows))
         by_model = {c.spec.model: best_variant(dev_scores, c.spec.label, c.spec.hosting) for c in tuned}
         chosen = {(c.spec.label, c.spec.hosting): by_model[c.spec.model] for c in candidates}
         replayed, to_call = replay_for(incumbent, test, run_id, ws) if replay else ([], test)
@@ -60,8 +63,8 @@ async def parallel_eval(use_case: str, workspace: str | None = None, plan_path: 
             confirm += build_requests(c, chosen[(c.spec.label, c.spec.hosting)][0], test, examples)
         test_rows = replayed + await generate(context, confirm, phase="test")
         throughput = context.throughput()
-    test_scores = score_responses(items, test_rows)
-    verdict = decide(plan, use_case, incumbent, candidates, chosen, test_scores, test_rows, ws)
+    test_scores = score_responses(quote(items), quote(test_rows))
+    verdict = decide(plan, use_case, incumbent, candidates, chosen, quote(test_scores), quote(test_rows), ws)
     task_type, labels = items[0].task_type, list(items[0].labels or [])
-    return publish_results(ws, run_id, use_case, task_type, labels, dev_rows + test_rows,
-                           dev_scores + test_scores, chosen, verdict, skipped, throughput)
+    return publish_results(ws, run_id, use_case, task_type, labels, quote(dev_rows + test_rows),
+                           quote(dev_scores + test_scores), chosen, verdict, skipped, throughput)
