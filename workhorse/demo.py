@@ -37,7 +37,7 @@ def print_summary(console: Console, summary: dict, wall_s: float) -> None:
                   f"{audit.quarantined} quarantined; spend ${audit.monthly_cost_usd:,.2f}/month now, "
                   f"${audit.projected_monthly_usd:,.2f}/month with the cheapest fitting options "
                   f"(saving ${audit.monthly_saving_usd:,.2f})")
-    console.print(f"[bold]2 · golden sets[/]  " + ", ".join(
+    console.print("[bold]2 · golden sets[/]  " + ", ".join(
         f"{row['use_case']} v{row['version']} ({row['items']} items, {row['pii_scrubbed']} PII scrubbed)"
         for row in summary["golden"]))
     console.print(variant_table(summary["evaluations"]))

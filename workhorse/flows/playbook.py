@@ -20,7 +20,6 @@ from workhorse.flows.evaluate import parallel_eval
 from workhorse.flows.golden import golden_dataset_refresh
 from workhorse.tasks.demo_traffic import Scenario, run_scenario
 from workhorse.tasks.engines import VLLMServer, prepare_embedded_model
-from workhorse.tasks.eval_run import is_embedded
 from workhorse.workspace import Workspace
 
 

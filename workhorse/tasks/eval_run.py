@@ -490,7 +490,7 @@ def projected_saving(workspace: Workspace, use_case: str, model: str, hosting: s
 def decide(plan: Plan, use_case: str, incumbent: Contender, candidates: list[Contender], chosen: dict,
            test_scores: list[dict], test_rows: list[EvalResponse], workspace: Workspace):
     """Pair every candidate's chosen variant with the incumbent on the test items all answered."""
-    from workhorse.tasks.decision import CandidateResult, QualityPolicy, verdict
+    from workhorse.tasks.decision import QualityPolicy, verdict
 
     policy = QualityPolicy.from_dict(plan.quality_policy)
     task_type = plan.use_cases[use_case].task_type if use_case in plan.use_cases else "classification"
