@@ -32,18 +32,6 @@ from urllib.parse import urlsplit
 
 from workhorse import dburl
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS response_cache (
-    key TEXT PRIMARY KEY,
-    model TEXT NOT NULL,
-    output TEXT,
-    prompt_tokens INTEGER,
-    completion_tokens INTEGER,
-    cost_usd REAL,
-    latency_ms REAL,
-    created_at TEXT
-);
-"""
 POSTGRES_SCHEMES = ("postgresql", "postgres", "postgresql+psycopg")
 
 
@@ -57,11 +45,10 @@ def describe(url: str | os.PathLike) -> str:
 
 
 def connect(target: Any) -> "StateConnection":
-    """A connection to a workspace's state (a Workspace, a postgresql:// URL or an SQLite path)."""
+    """A connection to a workspace's state (a Workspace, a postgresql:// URL or an SQLite path).
+    Each module ``ensure``s its own tables, so a connection creates only what its user reads."""
     url = target.state_url if hasattr(target, "state_url") else str(target)
-    connection = PostgresConnection(url) if is_postgres(url) else SQLiteConnection(Path(url))
-    connection.ensure(SCHEMA)
-    return connection
+    return PostgresConnection(url) if is_postgres(url) else SQLiteConnection(Path(url))
 
 
 class StateConnection:

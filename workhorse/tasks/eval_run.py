@@ -38,7 +38,9 @@ from workhorse.tasks.engines import (
 from workhorse.tasks.evaluation import (
     AS_LOGGED, CANDIDATE_VARIANTS, Contender, replay_incumbent, score_rows, shards,
 )
-from workhorse.tasks.inference import CircuitBreaker, EvalResponse, ModelRequest, ModelSpec, Runner, call_cost
+from workhorse.tasks.inference import (
+    CircuitBreaker, EvalResponse, ModelRequest, ModelSpec, ResponseCache, Runner, call_cost,
+)
 from workhorse.tasks.pricing import PriceCatalog, SelfHosting, record_throughput
 from workhorse.workspace import Workspace
 
@@ -316,8 +318,8 @@ class ShardJob:
 async def run_shards_on_dask(context: EvalContext, parts: list[list[ModelRequest]]) -> list[list[EvalResponse]]:
     """Submit one task per shard to the Dask cluster and wait for all (off the event loop: the
     Dask client is synchronous). The flow keeps the throughput books, as for threads."""
-    # Opens the state store once here: its schema (and SQLite's WAL mode) exist before workers race to create them.
-    await Runner(context.workspace, context.run_id).run([])
+    # The cache table (and SQLite's WAL mode) exist before workers race to create them.
+    ResponseCache(context.workspace).close()
     results = await asyncio.to_thread(_submit_and_wait, context, parts)
     for rows, seconds in results:
         if rows:

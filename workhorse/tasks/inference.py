@@ -280,11 +280,26 @@ class Checkpoint:
             self._file = None
 
 
+CACHE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS response_cache (
+    key TEXT PRIMARY KEY,
+    model TEXT NOT NULL,
+    output TEXT,
+    prompt_tokens INTEGER,
+    completion_tokens INTEGER,
+    cost_usd REAL,
+    latency_ms REAL,
+    created_at TEXT
+);
+"""
+
+
 class ResponseCache:
     """Successful answers in the state store, shared by every run of the workspace."""
 
     def __init__(self, workspace: Workspace):
         self.connection = store.connect(workspace)
+        self.connection.ensure(CACHE_SCHEMA)
 
     def lookup(self, keys: Iterable[str]) -> dict[str, tuple]:
         keys = list(dict.fromkeys(keys))
