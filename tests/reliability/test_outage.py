@@ -68,6 +68,15 @@ class Traffic:
         await self.until(lambda: self._sent >= target)
 
 
+def routed(ws, fake_openai_server, percent: int) -> tuple[Router, object]:
+    """A router at ``percent`` (0: shadow) between two fake servers, and the candidate's server.
+    Weights are read once: the outage, not a rollout step, is what changes during a test."""
+    inc_server = fake_openai_server(latency=SERVER_LATENCY_S)
+    cand_server = fake_openai_server(latency=SERVER_LATENCY_S)
+    at_weight(ws, percent)
+    return Router(ws, UC, *specs(inc_server, cand_server), refresh_s=60), cand_server
+
+
 def circuit_closed(router: Router) -> bool:
     return router.breakers["candidate"].failures < THRESHOLD
 
@@ -98,10 +107,7 @@ async def outage_under_load(router: Router, candidate_server) -> tuple[Traffic, 
 
 def test_a_down_candidate_is_not_hammered_and_the_rollout_reverts(isolated_workspace, fake_openai_server):
     ws = isolated_workspace
-    inc_server = fake_openai_server(latency=SERVER_LATENCY_S)
-    cand_server = fake_openai_server(latency=SERVER_LATENCY_S)
-    at_weight(ws, 25)
-    router = Router(ws, UC, *specs(inc_server, cand_server), refresh_s=60)
+    router, cand_server = routed(ws, fake_openai_server, 25)
 
     traffic, down_at, up_at = asyncio.run(outage_under_load(router, cand_server))
 
@@ -172,10 +178,8 @@ async def shadow_outage(traffic: Traffic, candidate_server) -> tuple[float, floa
 
 def test_in_shadow_an_open_circuit_skips_the_shadow_call_and_logs_it(isolated_workspace, fake_openai_server):
     ws = isolated_workspace
-    inc_server = fake_openai_server(latency=SERVER_LATENCY_S)
-    cand_server = fake_openai_server(latency=SERVER_LATENCY_S)
-    at_weight(ws, 0)
-    traffic = Traffic(Router(ws, UC, *specs(inc_server, cand_server), refresh_s=60))
+    router, cand_server = routed(ws, fake_openai_server, 0)
+    traffic = Traffic(router)
     down_at, end_at = asyncio.run(shadow_outage(traffic, cand_server))
 
     assert not traffic.failures and {a.arm for a in traffic.answers} == {"incumbent"}
@@ -228,10 +232,7 @@ def into_windows(table: pa.Table, boundaries: list[float]) -> pa.Table:
 
 def test_the_monitor_opens_one_error_rate_incident_and_resolves_it(isolated_workspace, fake_openai_server):
     ws = isolated_workspace
-    inc_server = fake_openai_server(latency=SERVER_LATENCY_S)
-    cand_server = fake_openai_server(latency=SERVER_LATENCY_S)
-    at_weight(ws, 25)
-    router = Router(ws, UC, *specs(inc_server, cand_server), refresh_s=60)
+    router, cand_server = routed(ws, fake_openai_server, 25)
     traffic, boundaries = asyncio.run(outage_in_phases(router, cand_server))
     assert not traffic.failures, traffic.failures[:3]
 
