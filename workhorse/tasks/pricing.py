@@ -13,6 +13,7 @@ against the variable savings and gives the break-even month, as the playbook's F
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -192,17 +193,29 @@ def shortlist_candidates(prompt_tokens: float, completion_tokens: float, *, limi
     For a workhorse use case whose plan names no candidates: a proposal for the team to
     confirm on the golden set, not a verdict (the playbook's "shortlist replacements").
     """
-    cost_map = cost_map if cost_map is not None else model_cost_map()
+    prices = _open_weight_prices(cost_map) if cost_map is not None else _bundled_open_weight_prices()
     best: dict[str, Price] = {}
-    for key, entry in cost_map.items():
-        price = _shortlist_price(key, entry)
-        if price is None:
-            continue
-        family = OPEN_WEIGHT.search(key).group(0).lower().replace("-", "")
+    for family, price in prices:
         if family not in best or price.cost(prompt_tokens, completion_tokens) < best[family].cost(prompt_tokens, completion_tokens):
             best[family] = price
     ranked = sorted(best.values(), key=lambda p: (p.cost(prompt_tokens, completion_tokens), p.model))
     return ranked[:limit]
+
+
+@functools.cache
+def _bundled_open_weight_prices() -> list[tuple[str, Price]]:
+    # LiteLLM's map is fixed for the process: filter its ~2,500 entries once, not per use case.
+    return _open_weight_prices(model_cost_map())
+
+
+def _open_weight_prices(cost_map: dict[str, dict]) -> list[tuple[str, Price]]:
+    """(family, price) of every open-weight chat model in the map."""
+    prices = []
+    for key, entry in cost_map.items():
+        price = _shortlist_price(key, entry)
+        if price is not None:
+            prices.append((OPEN_WEIGHT.search(key).group(0).lower().replace("-", ""), price))
+    return prices
 
 
 def _shortlist_price(key: str, entry: dict) -> Price | None:

@@ -367,17 +367,27 @@ def checked_cost_by_month(checked) -> tuple[pa.Table, int, dict[str, int]]:
     the failures per expectation.
     """
     # Group by the truncated timestamp and format the few groups afterwards: formatting 10M
-    # timestamps would cost more than the whole contract.
-    grouped = f"""
-        SELECT {MONTH_SQL} AS month, use_case, model,
-               {HOSTING_SQL} AS hosting, _ok, count(*) AS requests,
-               count(*) FILTER (WHERE status = 'error') AS errors,
-               sum(prompt_tokens)::BIGINT AS prompt_tokens, sum(completion_tokens)::BIGINT AS completion_tokens,
+    # timestamps would cost more than the whole contract. Group by status too, then merge the
+    # statuses in a second GROUP BY over a few hundred rows: an aggregate with a FILTER costs
+    # ~20 ms per 10M rows, and the split turns most of them into plain counts and sums
+    # (0.84 s -> 0.64 s for the query on the 10M-row benchmark file).
+    by_status = f"""
+        SELECT {MONTH_SQL} AS month, use_case, model, {HOSTING_SQL} AS hosting, _ok, status,
+               count(*) AS requests, sum(prompt_tokens) AS prompt_tokens, sum(completion_tokens) AS completion_tokens,
                sum(cost_usd) AS logged_cost_usd,
-               coalesce(sum(prompt_tokens) FILTER (WHERE cost_usd IS NULL), 0)::BIGINT AS unlogged_prompt_tokens,
-               coalesce(sum(completion_tokens) FILTER (WHERE cost_usd IS NULL), 0)::BIGINT AS unlogged_completion_tokens,
-               min(ts) AS first_ts, max(ts) AS last_ts,{EVIDENCE_AGGREGATES}
-        FROM {checked.conformed_flagged_sql} GROUP BY ALL"""
+               sum(prompt_tokens) FILTER (WHERE cost_usd IS NULL) AS unlogged_prompt_tokens,
+               sum(completion_tokens) FILTER (WHERE cost_usd IS NULL) AS unlogged_completion_tokens,
+               min(ts) AS first_ts, max(ts) AS last_ts,{EVIDENCE_BY_STATUS}
+        FROM {checked.conformed_ok_sql} GROUP BY ALL"""
+    grouped = f"""
+        SELECT month, use_case, model, hosting, _ok, sum(requests)::BIGINT AS requests,
+               {_for_status("requests", "error")} AS errors,
+               sum(prompt_tokens)::BIGINT AS prompt_tokens, sum(completion_tokens)::BIGINT AS completion_tokens,
+               sum(logged_cost_usd) AS logged_cost_usd,
+               coalesce(sum(unlogged_prompt_tokens), 0)::BIGINT AS unlogged_prompt_tokens,
+               coalesce(sum(unlogged_completion_tokens), 0)::BIGINT AS unlogged_completion_tokens,
+               min(first_ts) AS first_ts, max(last_ts) AS last_ts,{EVIDENCE_MERGED}
+        FROM ({by_status}) GROUP BY ALL"""
     table = checked.con.sql(f"SELECT * REPLACE (strftime(month, '%Y-%m') AS month) FROM ({grouped})").to_arrow_table()
     read = sum(table.column("requests").to_pylist())
     accepted = table.filter(table.column("_ok")).drop_columns(["_ok"])
@@ -387,19 +397,30 @@ def checked_cost_by_month(checked) -> tuple[pa.Table, int, dict[str, int]]:
 
 
 # Evidence about the work, as sums that merge across groups, so it rides along the cost scan
-# instead of costing a second one. Only successful calls count.
-EVIDENCE_AGGREGATES = """
-               count(*) FILTER (WHERE status = 'ok' AND response IS NOT NULL) AS ev_answers,
-               count(*) FILTER (WHERE status = 'ok' AND left(ltrim(response), 1) IN ('{', '[')) AS ev_json,
-               approx_count_distinct(lower(trim(response))) FILTER (WHERE status = 'ok') AS ev_distinct,
-               coalesce(sum(length(response)) FILTER (WHERE status = 'ok'), 0) AS ev_chars,
-               coalesce(sum(completion_tokens) FILTER (WHERE status = 'ok'), 0) AS ev_completion,
-               count(*) FILTER (WHERE status = 'ok') AS ev_ok,
-               coalesce(sum(json_array_length(CASE WHEN left(request, 1) = '[' AND json_valid(request) THEN request END)), 0) AS ev_messages,
-               count(*) FILTER (WHERE left(request, 1) = '[') AS ev_requests,
+# instead of costing a second one. Per status first (see checked_cost_by_month), then merged:
+# the answers count for successful calls only, the requests for every call.
+EVIDENCE_BY_STATUS = """
+               count(response) AS answers,
+               count(*) FILTER (WHERE left(ltrim(response), 1) IN ('{', '[')) AS json_answers,
+               approx_count_distinct(lower(trim(response))) AS distinct_answers,
+               sum(length(response)) AS answer_chars,
+               sum(json_array_length(CASE WHEN left(request, 1) = '[' AND json_valid(request) THEN request END)) AS messages,
+               count(*) FILTER (WHERE left(request, 1) = '[') AS message_requests,
                count(*) FILTER (WHERE contains(request, '"tool_calls"') OR contains(request, '"role": "tool"')
-                                OR contains(request, '"role":"tool"')) AS ev_tools,
-               bit_or(1::UBIGINT << (epoch_us(ts) // 3600000000 % 24)::UBIGINT) AS ev_hours"""  # UTC hour, no zone lookup
+                                OR contains(request, '"role":"tool"')) AS tool_requests,
+               bit_or(1::UBIGINT << (epoch_us(ts) // 3600000000 % 24)::UBIGINT) AS hours"""  # UTC hour, no zone lookup
+
+
+def _for_status(column: str, status: str) -> str:
+    return f"coalesce(sum({column}) FILTER (WHERE status = '{status}'), 0)::BIGINT"
+
+
+EVIDENCE_MERGED = f"""
+               {_for_status("answers", "ok")} AS ev_answers, {_for_status("json_answers", "ok")} AS ev_json,
+               {_for_status("distinct_answers", "ok")} AS ev_distinct, {_for_status("answer_chars", "ok")} AS ev_chars,
+               {_for_status("completion_tokens", "ok")} AS ev_completion, {_for_status("requests", "ok")} AS ev_ok,
+               coalesce(sum(messages), 0)::BIGINT AS ev_messages, sum(message_requests)::BIGINT AS ev_requests,
+               sum(tool_requests)::BIGINT AS ev_tools, bit_or(hours) AS ev_hours"""
 
 
 def evidence_from_groups(groups: pa.Table) -> dict[str, dict]:
