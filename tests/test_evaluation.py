@@ -230,3 +230,15 @@ def test_replayed_rows_carry_the_logged_tokens_latency_and_cost(isolated_workspa
     prices = litellm.model_cost["gpt-4o-mini"]  # no logged spend: priced from the logged tokens
     assert second.cost_usd == pytest.approx(55 * prices["input_cost_per_token"] + 3 * prices["output_cost_per_token"])
     assert third.cost_usd is None and third.prompt_tokens is None  # not in the log: unknown, not zero
+
+
+@pytest.mark.parametrize("count, size", [(0, 200), (1, 200), (200, 200), (201, 200), (804, 200), (10, 3), (5, 0)])
+def test_shards_keep_every_request_in_order_and_are_as_equal_as_they_can_be(count, size):
+    from workhorse.tasks.evaluation import shards
+
+    parts = shards(list(range(count)), size)
+    assert [r for part in parts for r in part] == list(range(count))
+    lengths = [len(part) for part in parts]
+    assert all(0 < n <= max(size, 1) for n in lengths)
+    assert len(parts) == -(-count // max(size, 1))  # no more shards than the size asks for
+    assert not lengths or max(lengths) - min(lengths) <= 1

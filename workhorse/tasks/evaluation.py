@@ -9,6 +9,7 @@ Work is split into shards per (model, variant): a Prefect task costs millisecond
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
@@ -83,7 +84,12 @@ def build_requests(contender: Contender, variant: str, items: Iterable[GoldenIte
 
 
 def shards(requests: list, size: int) -> list[list]:
-    return [requests[start : start + size] for start in range(0, len(requests), max(1, size))]
+    """Consecutive slices of at most ``size``, as equal as they can be: 804 requests make five
+    shards of ~161, not four of 200 and one of 4 that costs a task's overhead for nothing and
+    leaves a worker idle at the end of a phase."""
+    count = math.ceil(len(requests) / max(1, size))
+    bounds = [len(requests) * i // count for i in range(count + 1)] if count else [0]
+    return [requests[start:end] for start, end in zip(bounds, bounds[1:])]
 
 
 def replay_incumbent(contender: Contender, items: Iterable[GoldenItem], run_id: str) -> tuple[list[EvalResponse], list[GoldenItem]]:
