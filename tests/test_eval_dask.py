@@ -169,3 +169,64 @@ def test_a_wrong_eval_section_names_the_key(plan_eval):
 
     with pytest.raises(ConfigError, match=f"eval.{next(iter(plan_eval))}"):
         parse_plan({"eval": plan_eval})
+
+
+def test_a_worker_killed_mid_shard_costs_no_item_and_no_second_payment(prefect_server, fake_openai_server,
+                                                                       shared_datasets, tmp_path, monkeypatch):
+    """Dask reruns the lost shard elsewhere; the shard resumes from its checkpoint, so the answers
+    its first attempt got are not paid for again, and every item still gets exactly one row."""
+    import os
+    import signal
+    import threading
+    import time
+
+    from distributed import Client, LocalCluster
+
+    server = fake_openai_server(latency=0.01, pause_after_successes=12)
+    monkeypatch.setenv("OPENAI_API_KEY", ENV_KEY)
+    monkeypatch.setenv("OPENAI_API_BASE", server.url)
+    plan = {"incumbent": "openai/incumbent", "quality_policy": {"min_items": 5},
+            "use_cases": {"banking": {"task_type": "classification", "labels": INTENTS}},
+            "candidates": [{"model": "hosted_vllm/candidate-local", "api_base": server.url, "hosting": ["self_hosted"]}]}
+    workspace = golden_workspace(tmp_path / "killed", shared_datasets, plan)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0") as cluster, \
+            Client(cluster) as client:
+        outcome: dict = {}
+        flow = threading.Thread(target=lambda: outcome.update(summary=evaluate(
+            workspace, task_runner="dask", dask_address=cluster.scheduler_address)))
+        flow.start()
+        victim = _worker_holding_a_shard(client, server)
+        os.kill(client.run(os.getpid, workers=[victim])[victim], signal.SIGKILL)
+        time.sleep(1.0)  # the scheduler notices the loss and hands the shard to a worker
+        server.release()
+        flow.join(timeout=240)
+    assert "summary" in outcome, "the flow did not finish after losing a worker"
+
+    records = server.records()
+    assert any(r["outcome"] == "client_gone" for r in records), "no answer was lost with the worker: not mid-shard"
+    paid = [r for r in records if r["outcome"] == "ok"]
+    responses = pq.read_table(outcome["summary"]["responses"]).to_pylist()
+    dev, test = splits(workspace)
+    assert len(responses) == len({(r["model"], r["prompt_variant"], r["item_id"]) for r in responses})
+    assert len(responses) == len(dev) * 2 + len(test) * 2  # dev: 1 candidate x 2 variants; test: 2 arms
+    assert all(r["error_type"] is None for r in responses)
+    # Each row is a distinct request (the server's key is model + messages, which the two prompt
+    # variants share, so it cannot tell them apart): one paid answer per row, none paid twice.
+    assert len(paid) == len(responses), "an answer the first attempt got was paid for again"
+
+
+def _worker_holding_a_shard(client, server, timeout_s: float = 60.0) -> str:
+    """The address of a worker running a shard once the fake server holds its requests."""
+    import json
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        successes = json.loads(urllib.request.urlopen(f"{server.base}/_records", timeout=10).read())["successes"]
+        busy = [address for address, keys in client.processing().items() if keys]
+        if successes >= 12 and busy:
+            time.sleep(0.5)  # the rest of the shard's requests arrive and are held
+            return busy[0]
+        time.sleep(0.05)
+    raise AssertionError("the fake server never paused with a shard in flight")
