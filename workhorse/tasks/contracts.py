@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 
 from workhorse.errors import ConfigError, ContractError
@@ -457,8 +458,10 @@ def duplicated_values(con: duckdb.DuckDBPyConnection, c: Column) -> pa.Table:
     """
     from workhorse.tasks.repeats import repeated_hashes  # numba: only for logs with a unique column
 
-    hashes = con.sql(f"SELECT hash({c.sql}) AS h FROM {c.source} WHERE {c.sql} IS NOT NULL")
-    colliding = repeated_hashes([chunk.to_numpy() for chunk in hashes.to_arrow_table().column("h").chunks])
+    # Straight into one numpy array: an Arrow table of 10M hashes first is ~0.2 s more in a fresh
+    # process (its buffers are new memory; numpy's large arrays get huge pages).
+    hashes = con.sql(f"SELECT hash({c.sql}) AS h FROM {c.source} WHERE {c.sql} IS NOT NULL").fetchnumpy()["h"]
+    colliding = repeated_hashes([np.asarray(hashes)])
     if not len(colliding):
         return pa.table({"value": pa.array([], pa.string())})
     con.register("_wh_colliding", pa.table({"h": colliding}))

@@ -26,8 +26,7 @@ PARTITION_SIZE = 1 << 14
 def repeated_hashes(chunks: Sequence[np.ndarray]) -> np.ndarray:
     """The distinct values present more than once across ``chunks`` (uint64 arrays), sorted; exact.
 
-    Chunks, not one array: Arrow hands the hashes over in batches, and joining them would copy
-    80 MB into memory the kernel has not touched yet, which is slow on this VM.
+    Chunks, not one array, so that batches (of an Arrow reader, say) need not be joined first.
     """
     chunks = [_read_only(chunk) for chunk in chunks]
     total = sum(len(chunk) for chunk in chunks)
