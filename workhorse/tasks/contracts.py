@@ -496,7 +496,8 @@ class CheckedRelation:
 
     ``flagged_sql`` has the source columns plus a flag per check and ``_ok``; ``accepted_sql``
     the passing rows cast to the contract's declared types; ``quarantined_sql`` the failing rows
-    as they came, plus ``_reason``. Large inputs (the audit's 10M rows) stay inside DuckDB from scan to aggregate.
+    as they came, plus ``_reason``. Large inputs (the audit's 10M rows) stay inside DuckDB from
+    scan to aggregate.
     """
 
     con: duckdb.DuckDBPyConnection
