@@ -101,7 +101,7 @@ def warm_duplicate_check() -> None:
 
     from workhorse.tasks.repeats import repeated_hashes
 
-    repeated_hashes([np.zeros(2, np.uint64)])
+    repeated_hashes(np.zeros(2, np.uint64))
 
 
 def child(kind: str, path: str) -> None:

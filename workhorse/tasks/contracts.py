@@ -458,10 +458,10 @@ def duplicated_values(con: duckdb.DuckDBPyConnection, c: Column) -> pa.Table:
     """
     from workhorse.tasks.repeats import repeated_hashes  # numba: only for logs with a unique column
 
-    # Straight into one numpy array: an Arrow table of 10M hashes first is ~0.2 s more in a fresh
-    # process (its buffers are new memory; numpy's large arrays get huge pages).
+    # Straight into one numpy array, ours to overwrite: an Arrow table of 10M hashes first is
+    # ~0.2 s more in a fresh process, and so is a second array for the partitions (new memory).
     hashes = con.sql(f"SELECT hash({c.sql}) AS h FROM {c.source} WHERE {c.sql} IS NOT NULL").fetchnumpy()["h"]
-    colliding = repeated_hashes([np.asarray(hashes)])
+    colliding = repeated_hashes(np.require(hashes, np.uint64, ["C", "W"]))
     if not len(colliding):
         return pa.table({"value": pa.array([], pa.string())})
     con.register("_wh_colliding", pa.table({"h": colliding}))
