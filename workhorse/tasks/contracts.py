@@ -26,7 +26,7 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 import duckdb
 import numpy as np
@@ -392,7 +392,7 @@ def _safe(predicate: Callable[..., bool], values: tuple, nulls_pass: bool) -> bo
 
 
 def compile_checks(con: duckdb.DuckDBPyConnection, columns: dict[str, str], contract: Contract,
-                   source: str | None = None) -> list[Check]:
+                   source: str | None = None, duplicates: Mapping[str, pa.Table] | None = None) -> list[Check]:
     """Row-level checks for a source with these columns.
 
     A column the contract requires (``expect_column_to_exist``) but the source lacks fails every
@@ -408,7 +408,7 @@ def compile_checks(con: duckdb.DuckDBPyConnection, columns: dict[str, str], cont
         elif e.type in TABLE_LEVEL or (e.column in required and e.column not in columns):
             continue
         else:
-            checks.append(Check(e.label, _compile_one(con, index, e, _column(e.column, columns, source))))
+            checks.append(Check(e.label, _compile_one(con, index, e, _column(e.column, columns, source), duplicates)))
     for offset, rc in enumerate(contract.row_checks, start=len(contract.expectations)):
         cols = [_column(c, columns) for c in rc.columns]
         checks.append(Check(rc.label, _python_check(con, offset, cols, rc.predicate, nulls_pass=False)))
@@ -421,9 +421,11 @@ def _column(name: str | None, columns: dict[str, str], source: str | None = None
     return Column(name or "", "VARCHAR", expression="CAST(NULL AS VARCHAR)")
 
 
-def _compile_one(con: duckdb.DuckDBPyConnection, index: int, e: Expectation, column: Column) -> str:
+def _compile_one(con: duckdb.DuckDBPyConnection, index: int, e: Expectation, column: Column,
+                 duplicates: Mapping[str, pa.Table] | None) -> str:
     if e.type == UNIQUE and column.source is not None and not column.expression:
-        return _unique_in_source(con, column)
+        known = duplicates.get(column.name) if duplicates is not None else None
+        return _unique_in_source(con, column, known)
     if e.type in SQL_EXPECTATIONS:
         return SQL_EXPECTATIONS[e.type](e, column)
     return _python_check(con, index, [column], PYTHON_EXPECTATIONS[e.type](e), nulls_pass=True)
@@ -435,19 +437,28 @@ UNIQUE = "expect_column_values_to_be_unique"
 _duplicate_tables = itertools.count()
 
 
-def _unique_in_source(con: duckdb.DuckDBPyConnection, c: Column) -> str:
-    """The uniqueness check against the column's duplicated values, found once at compile time.
+def _unique_in_source(con: duckdb.DuckDBPyConnection, c: Column, duplicates: pa.Table | None = None) -> str:
+    """The uniqueness check against the column's duplicated values, found once at compile time
+    (or before it, by ``find_duplicates``).
 
     Every later query on the relation (aggregate, failure counts, quarantine, canonical copy)
     then probes a small table instead of re-grouping 10M strings, and a log without duplicates
     (the usual case) pays one narrow scan and no per-row check at all.
     """
-    duplicates = duplicated_values(con, c)
+    duplicates = duplicated_values(con, c) if duplicates is None else duplicates
     if not duplicates.num_rows:
         return "TRUE"
     name = f"_wh_duplicates_{next(_duplicate_tables)}"
     con.register(name, duplicates)
     return _nullable(c, f"{c.sql} NOT IN (SELECT value FROM {name})")
+
+
+def find_duplicates(con: duckdb.DuckDBPyConnection, source: str, contract: Contract) -> dict[str, pa.Table]:
+    """The duplicated values of each column ``contract`` wants unique, as ``check_relation`` finds
+    them: for a caller that runs this scan beside other work, on a connection of its own."""
+    columns = source_columns(con, source)
+    return {e.column: duplicated_values(con, Column(e.column, columns[e.column], source=source))
+            for e in contract.expectations if e.type == UNIQUE and e.column in columns}
 
 
 def duplicated_values(con: duckdb.DuckDBPyConnection, c: Column) -> pa.Table:
@@ -567,20 +578,24 @@ class CheckedRelation:
         return _copy(self.con, self.quarantined_sql, Path(path))
 
 
-def connect() -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection that reads and prints timestamps in UTC, whatever the machine's zone."""
-    con = duckdb.connect()
+def connect(con: duckdb.DuckDBPyConnection | None = None) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection (new, or ``con`` set up alike: a cursor for another thread, say) that
+    reads and prints timestamps in UTC, whatever the machine's zone."""
+    con = con or duckdb.connect()
     con.execute("SET TimeZone='UTC'")
     # Streams (COPY of 10M rows) need not keep input order: every ordered output says ORDER BY.
     con.execute("SET preserve_insertion_order=false")
     return con
 
 
-def check_relation(con: duckdb.DuckDBPyConnection, source: str, contract: Contract) -> CheckedRelation:
+def check_relation(con: duckdb.DuckDBPyConnection, source: str, contract: Contract,
+                   duplicates: Mapping[str, pa.Table] | None = None) -> CheckedRelation:
     """Compile ``contract`` onto ``source`` (a view name or ``(SELECT ...)``) without running it;
-    only a uniqueness expectation scans ``source`` now, once, to find the duplicated values."""
+    only a uniqueness expectation scans ``source`` now, once, to find the duplicated values,
+    unless ``duplicates`` (from ``find_duplicates``) gives them."""
     columns = source_columns(con, source)
-    return CheckedRelation(con, source, contract, columns, compile_checks(con, columns, contract, source))
+    checks = compile_checks(con, columns, contract, source, duplicates)
+    return CheckedRelation(con, source, contract, columns, checks)
 
 
 @dataclass
