@@ -365,6 +365,9 @@ def source_columns(con: duckdb.DuckDBPyConnection, source: str) -> dict[str, str
     return {row[0]: row[1] for row in con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()}
 
 
+_udf_names = itertools.count()
+
+
 def _python_check(con, index: int, columns: list[Column], predicate: Callable[..., bool], nulls_pass: bool) -> str:
     """Register ``predicate`` as a vectorised DuckDB UDF and return the SQL that calls it."""
     # DuckDB wants a fixed arity; one STRUCT argument carries any number of columns.
@@ -374,7 +377,9 @@ def _python_check(con, index: int, columns: list[Column], predicate: Callable[..
         rows = zip(*(packed.field(i).to_pylist() for i in range(len(columns))))
         return pa.array([_safe(predicate, values, nulls_pass) for values in rows], pa.bool_())
 
-    name = f"_wh_check_{index}"
+    # Unique per compilation: a connection may compile a contract twice (the audit compiles it
+    # without, then with, its uniqueness check), and DuckDB refuses a second function of a name.
+    name = f"_wh_check_{index}_{next(_udf_names)}"
     struct_type = "STRUCT(" + ", ".join(f"f{i} {c.type}" for i, c in enumerate(columns)) + ")"
     con.create_function(name, udf, [struct_type], "BOOLEAN", type="arrow", null_handling="special",
                         side_effects=False)
