@@ -575,7 +575,9 @@ class CheckedRelation:
     def failure_counts(self) -> tuple[int, Counter]:
         """(rows read, failures per expectation label) in one scan."""
         per_check = "".join(f", count(*) FILTER (WHERE NOT _c{i})" for i in range(len(self.checks)))
-        row = self.con.execute(f"SELECT count(*){per_check} FROM {self.flagged_sql}").fetchone()
+        # fetchall, not fetchone: DuckDB keeps a result open until a fetch comes back empty, and
+        # refuses other work on the connection (registering a table, say) until then.
+        [row] = self.con.execute(f"SELECT count(*){per_check} FROM {self.flagged_sql}").fetchall()
         return row[0], Counter({c.label: n for c, n in zip(self.checks, row[1:]) if n})
 
     def write_quarantine(self, path: str | Path) -> Path:
