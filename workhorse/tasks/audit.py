@@ -258,11 +258,13 @@ def checked_costs(con, source: str, contract: contracts.Contract) -> tuple[contr
     # interleaved A/B runs of 5; `import concurrent.futures` alone did not). Cause not found.
     from concurrent.futures import ThreadPoolExecutor
 
+    columns = contracts.source_columns(con, source)  # described once for the three uses below
     with ThreadPoolExecutor(1) as pool:
-        scan = pool.submit(contracts.find_duplicates, contracts.connect(con.cursor()), source, contract)
-        hopeful = usage.checked_cost_by_month(contracts.check_relation(con, source, contract.without(contracts.UNIQUE)))
+        scan = pool.submit(contracts.find_duplicates, contracts.connect(con.cursor()), source, contract, columns)
+        hopeful = usage.checked_cost_by_month(
+            contracts.check_relation(con, source, contract.without(contracts.UNIQUE), columns=columns))
         duplicates = scan.result()
-    checked = contracts.check_relation(con, source, contract, duplicates)
+    checked = contracts.check_relation(con, source, contract, duplicates, columns)
     if any(found.num_rows for found in duplicates.values()):
         return checked, usage.checked_cost_by_month(checked)
     return checked, hopeful

@@ -458,10 +458,11 @@ def _unique_in_source(con: duckdb.DuckDBPyConnection, c: Column, duplicates: pa.
     return _nullable(c, f"{c.sql} NOT IN (SELECT value FROM {name})")
 
 
-def find_duplicates(con: duckdb.DuckDBPyConnection, source: str, contract: Contract) -> dict[str, pa.Table]:
+def find_duplicates(con: duckdb.DuckDBPyConnection, source: str, contract: Contract,
+                    columns: dict[str, str]) -> dict[str, pa.Table]:
     """The duplicated values of each column ``contract`` wants unique, as ``check_relation`` finds
-    them: for a caller that runs this scan beside other work, on a connection of its own."""
-    columns = source_columns(con, source)
+    them: for a caller that runs this scan beside other work, on a connection of its own.
+    ``columns`` is ``source_columns(source)``, which the caller has already."""
     return {e.column: duplicated_values(con, Column(e.column, columns[e.column], source=source))
             for e in contract.expectations if e.type == UNIQUE and e.column in columns}
 
@@ -596,11 +597,14 @@ def connect(con: duckdb.DuckDBPyConnection | None = None) -> duckdb.DuckDBPyConn
 
 
 def check_relation(con: duckdb.DuckDBPyConnection, source: str, contract: Contract,
-                   duplicates: Mapping[str, pa.Table] | None = None) -> CheckedRelation:
+                   duplicates: Mapping[str, pa.Table] | None = None,
+                   columns: dict[str, str] | None = None) -> CheckedRelation:
     """Compile ``contract`` onto ``source`` (a view name or ``(SELECT ...)``) without running it;
     only a uniqueness expectation scans ``source`` now, once, to find the duplicated values,
-    unless ``duplicates`` (from ``find_duplicates``) gives them."""
-    columns = source_columns(con, source)
+    unless ``duplicates`` (from ``find_duplicates``) gives them. ``columns`` saves describing
+    ``source`` again (a CSV source is sniffed each time: ~60 ms)."""
+    if columns is None:
+        columns = source_columns(con, source)
     checks = compile_checks(con, columns, contract, source, duplicates)
     return CheckedRelation(con, source, contract, columns, checks)
 
