@@ -2,11 +2,10 @@
 
 ``simulate`` sends one request per user key (cycling through the given message lists) at a fixed
 concurrency and counts what happened per arm; ``keys_for_step`` draws random keys until the
-step's smaller arm has enough of them. ``run_rollout_demo``
-drives a whole rollout: start → (simulate one step's traffic, run the control loop once) until
-promoted or reverted, optionally injecting a fault (a callable, e.g. ``lambda:
-server.control(down=True)``) when a given stage begins, and reports the loop runs from the
-fault to the revert and the requests per step.
+step's smaller arm has enough of them. ``run_rollout_demo`` drives a whole rollout: start →
+(simulate one step's traffic, run the control loop once) until promoted or reverted, optionally
+injecting a fault (a callable, e.g. ``lambda: server.control(down=True)``) when a given stage
+begins, and reports the loop runs from the fault to the revert and the requests per step.
 """
 
 from __future__ import annotations
