@@ -352,7 +352,10 @@ def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
 
 # --------------------------------------------------------------------------- aggregations
 
-HOSTING_SQL = f"coalesce(CASE WHEN metadata LIKE '%hosting%' THEN {jget('metadata', '$.hosting')} END, 'api')"
+# A batch call's hosting travels in its metadata. The other rows stay NULL here and become 'api'
+# in the second GROUP BY, over a few hundred rows: a 10M-row column of 'api' strings, hashed as
+# a key, cost ~0.2 CPU-s (duplicate-free audit of the benchmark file, 6 A/B runs: 0.93 -> 0.77 s).
+HOSTING_SQL = f"CASE WHEN metadata LIKE '%hosting%' THEN {jget('metadata', '$.hosting')} END"
 # The UTC month of a TIMESTAMPTZ by arithmetic on its microseconds: date_trunc on a zoned time
 # asks ICU's calendar per row (~1 CPU-second per 10M rows, two thirds of a bare GROUP BY).
 # Infinite times (no microsecond value) fall back to date_trunc, so every value keeps its month.
@@ -380,7 +383,7 @@ def checked_cost_by_month(checked) -> tuple[pa.Table, int, dict[str, int]]:
                min(ts) AS first_ts, max(ts) AS last_ts,{EVIDENCE_BY_STATUS}
         FROM {checked.conformed_ok_sql} GROUP BY ALL"""
     grouped = f"""
-        SELECT month, use_case, model, hosting, _ok, sum(requests)::BIGINT AS requests,
+        SELECT month, use_case, model, coalesce(hosting, 'api') AS hosting, _ok, sum(requests)::BIGINT AS requests,
                {_for_status("requests", "error")} AS errors,
                sum(prompt_tokens)::BIGINT AS prompt_tokens, sum(completion_tokens)::BIGINT AS completion_tokens,
                sum(logged_cost_usd) AS logged_cost_usd,
