@@ -17,8 +17,10 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-# Hashes per partition, on average: its hash set (twice as many slots, 9 bytes each) stays in L2.
-PARTITION_SIZE = 1 << 14
+# Hashes per partition, on average. Its hash set (twice as many slots, 9 bytes each) is about
+# one core's L2 here (1 MB); fewer, larger partitions also spread the partitioning pass's writes
+# over fewer pages. 10M random hashes, min of 5: 2^14 0.12 s, 2^16 0.10 s, 2^18 0.12 s.
+PARTITION_SIZE = 1 << 16
 
 
 def repeated_hashes(hashes: np.ndarray) -> np.ndarray:
