@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+from dataclasses import replace
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
@@ -14,7 +16,7 @@ import yaml
 from workhorse.tasks.evaluation import AS_LOGGED, build_requests, few_shot_examples, replay_incumbent, Contender
 from workhorse.tasks.golden_sources import GoldenSpec
 from workhorse.tasks.golden_versions import write_version
-from workhorse.tasks.inference import ModelSpec
+from workhorse.tasks.inference import EvalResponse, ModelSpec
 
 LABELS = ["alpha", "beta", "gamma"]
 CANARY = "sk-canary-eval-4c1d9e"
@@ -242,3 +244,122 @@ def test_shards_keep_every_request_in_order_and_are_as_equal_as_they_can_be(coun
     assert all(0 < n <= max(size, 1) for n in lengths)
     assert len(parts) == -(-count // max(size, 1))  # no more shards than the size asks for
     assert not lengths or max(lengths) - min(lengths) <= 1
+
+
+# ---------------------------------------------------------------- scoring rows of extraction answers
+
+ENTITIES_SCHEMA = {"type": "array", "items": {"type": "string"}}
+
+
+def extraction_items(references, schema=ENTITIES_SCHEMA):
+    spec = GoldenSpec("extract", "extraction", json_schema=schema)
+    return [spec.item([{"role": "user", "content": f"note {i}"}], reference, source="test", label_origin="human")
+            for i, reference in enumerate(references)]
+
+
+def answered(items, outputs, error_type=None):
+    return [EvalResponse(run_id="r", item_id=item.item_id, model="m", hosting="api", prompt_variant="v",
+                         output=output, latency_ms=1.0, prompt_tokens=1, completion_tokens=1, cost_usd=0.0,
+                         error_type=error_type, cached=False) for item, output in zip(items, outputs)]
+
+
+def test_score_rows_take_list_references_as_text_or_as_values():
+    from workhorse.tasks.evaluation import score_rows
+
+    stored = extraction_items([["Acme", "Globex", "Acme"]])[0]  # stored as JSON text, as the golden set does
+    built = replace(stored, item_id="built-in-code", reference=["Acme", "Globex", "Acme"])  # already a value
+    for item in (stored, built):
+        [row] = score_rows([item], answered([item], ['["globex", "Acme"]']))
+        # matched Acme + Globex = 2 of 2 predicted, of 3 expected: P 1, R 2/3, F1 4/5
+        assert (row["correct"], row["value"]) == (False, pytest.approx(4 / 5))
+        assert json.loads(row["reference"]) == ["Acme", "Globex", "Acme"] and row["error_type"] is None
+        assert row["prediction"] == '["globex", "Acme"]'
+
+
+def test_a_scoring_error_is_that_items_error_class_and_the_rest_are_scored(tmp_path):
+    from workhorse.tasks.evaluation import score_rows
+
+    good, broken, failed = extraction_items([["Acme"], ["Acme"], ["Acme"]])
+    broken = replace(broken, json_schema={"type": "array", "items": {"type": "strnig"}})  # jsonschema chokes
+    rows = answered([good, broken], ['["Acme"]', '["Acme"]']) + answered([failed], [None], error_type="timeout")
+
+    scores = score_rows([good, broken, failed], rows)
+
+    by_id = {row["item_id"]: row for row in scores}
+    assert (by_id[good.item_id]["correct"], by_id[good.item_id]["error_type"]) == (True, None)
+    row = by_id[broken.item_id]
+    assert (row["correct"], row["value"], row["error_type"], row["prediction"]) == (False, 0.0, "scoring_error", None)
+    assert json.loads(row["details"])["scoring_error"].startswith("UnknownType: Unknown type 'strnig'")
+    assert by_id[failed.item_id]["error_type"] == "timeout"  # the call's own error is kept
+    pq.write_table(pa.Table.from_pylist(scores), tmp_path / "scores.parquet")
+    assert pq.read_table(tmp_path / "scores.parquet").column("error_type").to_pylist() == [
+        None, "scoring_error", "timeout"]
+
+
+@pytest.mark.parametrize("options, value", [
+    (None, 1.0),                              # multiset: the same three names
+    ({"list_order": "multiset"}, 1.0),
+    ({"list_order": "ordered"}, 2 / 3),       # longest common subsequence 2 of 3 both ways
+])
+def test_score_rows_pass_the_use_cases_list_order_to_the_scorer(options, value):
+    from workhorse.tasks.evaluation import score_rows
+
+    items = extraction_items([["a", "b", "c"]])
+    [row] = score_rows(items, answered(items, ['["b", "a", "c"]']), options)
+    assert row["value"] == pytest.approx(value)
+
+
+def test_an_unknown_list_order_fails_before_any_item_is_scored():
+    from workhorse.tasks.evaluation import score_rows
+
+    items = extraction_items([["a"]])
+    with pytest.raises(ValueError, match="list_order 'alphabetical'"):
+        score_rows(items, answered(items, ['["a"]']), {"list_order": "alphabetical"})
+
+
+def test_an_array_schema_extraction_runs_to_a_verdict_and_a_report(prefect_server, isolated_workspace,
+                                                                     fake_openai_server, tmp_path, monkeypatch):
+    lines_schema = {"type": "array", "items": {"type": "object", "required": ["sku", "qty"],
+                                               "properties": {"sku": {"type": "string"}, "qty": {"type": "integer"}}}}
+    rng = random.Random(3)
+    references = [[{"sku": f"SKU-{rng.randint(100, 999)}", "qty": rng.randint(1, 5)} for _ in range(rng.randint(1, 3))]
+                  for _ in range(80)]
+    items = extraction_items(references, lines_schema)
+    items = [replace_input(item, f"order {i}: " + "; ".join(f"{line['qty']} of {line['sku']}" for line in reference))
+             for i, (item, reference) in enumerate(zip(items, references))]
+    write_version(isolated_workspace, "extract", items, [{"kind": "test"}])
+    text = {item.item_id: item.input[-1]["content"] for item in items}
+    incumbent = fake_openai_server(answers={text[i.item_id]: i.reference for i in items})
+    # The candidate drops the last line of every third order.
+    candidate = fake_openai_server(answers={text[i.item_id]: json.dumps(json.loads(i.reference)[:-1] if n % 3 == 0
+                                                                        else json.loads(i.reference))
+                                            for n, i in enumerate(items)})
+    monkeypatch.setenv("OPENAI_API_KEY", CANARY)
+    monkeypatch.setenv("OPENAI_API_BASE", incumbent.url)
+    plan = {"incumbent": "openai/incumbent-model",
+            "use_cases": {"extract": {"task_type": "extraction", "json_schema": lines_schema}},
+            "candidates": [{"model": "openai/cand", "api_base": candidate.url}],
+            "quality_policy": {"min_items": 20, "non_inferiority_margin": 0.05}}
+    (tmp_path / "workhorse.yaml").write_text(yaml.safe_dump(plan))
+
+    from workhorse.flows.evaluate import parallel_eval
+
+    summary = asyncio.run(parallel_eval(use_case="extract", workspace=str(isolated_workspace.root),
+                                        plan_path=str(tmp_path / "workhorse.yaml"), variants=["zero-shot"]))
+
+    assert summary["verdict"]["decision"] == "keep", summary["verdict"]["reason"]  # a third of orders wrong
+    scores = pq.read_table(summary["scores"]).to_pylist()
+    assert len(pq.read_table(summary["responses"])) == len(scores) > 0
+    incumbent_scores = [s for s in scores if s["model"] == "openai/incumbent-model"]
+    assert incumbent_scores and all(s["correct"] and s["value"] == 1.0 for s in incumbent_scores)
+    assert {s["error_type"] for s in scores} == {None}
+    assert isolated_workspace.run_dir(summary["run_id"]).joinpath("report.html").exists()
+
+
+def replace_input(item, text):
+    """The item with another user text (and the id and split that follow from it)."""
+    from workhorse.tasks.golden_item import make_item_id, split_for
+
+    messages = [{"role": "user", "content": text}]
+    item_id = make_item_id(item.use_case, messages)
+    return replace(item, input=messages, item_id=item_id, split=split_for(item_id))

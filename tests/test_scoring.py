@@ -13,6 +13,7 @@ from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precisio
 from workhorse.tasks.inference import EvalResponse
 from workhorse.tasks.scoring import (
     INVALID_LABEL,
+    SCORERS,
     ItemScore,
     classification_metrics,
     extraction_metrics,
@@ -23,6 +24,7 @@ from workhorse.tasks.scoring import (
     parse_label,
     qa_metrics,
     score_item,
+    score_or_error,
     summarization_metrics,
 )
 
@@ -153,23 +155,28 @@ SCHEMA = {"type": "object", "required": ["vendor", "total"],
 INVOICE = {"vendor": "Acme", "total": 12.5}
 
 
-@pytest.mark.parametrize("output, json_valid, schema_valid, fields, correct", [
-    ('{"vendor": "Acme", "total": 12.5}', True, True, {"vendor": True, "total": True}, True),
-    ('```json\n{"vendor": "acme ", "total": 12.50}\n```', True, True, {"vendor": True, "total": True}, True),
+@pytest.mark.parametrize("output, json_valid, schema_valid, fields, correct, prf", [
+    ('{"vendor": "Acme", "total": 12.5}', True, True, {"vendor": True, "total": True}, True, (1, 1, 1)),
+    ('```json\n{"vendor": "acme ", "total": 12.50}\n```', True, True, {"vendor": True, "total": True}, True,
+     (1, 1, 1)),
     # The value matches as a number but the schema wants a number, not a string.
-    ('{"vendor": "Acme", "total": "12.50"}', True, False, {"vendor": True, "total": True}, True),
-    ('{"vendor": "Acme", "total": 13}', True, True, {"vendor": True, "total": False}, False),
-    ('{"vendor": "Acme"}', True, False, {"vendor": True, "total": False}, False),
-    ('{"vendor": "Acme", "total": 12.5', False, False, {"vendor": False, "total": False}, False),
-    ('["Acme", 12.5]', False, False, {"vendor": False, "total": False}, False),  # JSON, not an object
-    ("", False, False, {"vendor": False, "total": False}, False),
-    (None, False, False, {"vendor": False, "total": False}, False),
+    ('{"vendor": "Acme", "total": "12.50"}', True, False, {"vendor": True, "total": True}, True, (1, 1, 1)),
+    ('{"vendor": "Acme", "total": 13}', True, True, {"vendor": True, "total": False}, False, (1 / 2, 1 / 2, 1 / 2)),
+    # 1 of 1 predicted right, 1 of 2 expected found: F1 2*(1*1/2)/(3/2) = 2/3
+    ('{"vendor": "Acme"}', True, False, {"vendor": True, "total": False}, False, (1, 1 / 2, 2 / 3)),
+    ('{"vendor": "Acme", "total": 12.5', False, False, {"vendor": False, "total": False}, False, (0, 0, 0)),
+    # JSON, but an array where the schema wants an object: valid JSON, invalid schema, nothing matches.
+    ('["Acme", 12.5]', True, False, {"vendor": False, "total": False}, False, (0, 0, 0)),
+    ("", False, False, {"vendor": False, "total": False}, False, (0, 0, 0)),
+    (None, False, False, {"vendor": False, "total": False}, False, (0, 0, 0)),
 ])
-def test_extraction_scorer(output, json_valid, schema_valid, fields, correct):
+def test_extraction_scorer(output, json_valid, schema_valid, fields, correct, prf):
     score = score_item("extraction", output, json.dumps(INVOICE), {"json_schema": SCHEMA})
-    assert score.details == {"json_valid": json_valid, "schema_valid": schema_valid, "fields": fields}
+    details = {key: score.details[key] for key in ("json_valid", "schema_valid", "fields")}
+    assert details == {"json_valid": json_valid, "schema_valid": schema_valid, "fields": fields}
     assert score.correct is correct
-    assert score.value == sum(fields.values()) / len(fields)
+    assert (score.details["precision"], score.details["recall"], score.details["f1"]) == pytest.approx(prf)
+    assert score.value == pytest.approx(prf[2])  # value is the item's F1
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -178,10 +185,154 @@ def test_extraction_scorer(output, json_valid, schema_valid, fields, correct):
     ('```\n{"a": 1}\n```', {"a": 1}),
     ("{'a': 1}", None),  # Python, not JSON
     ("null", None),
+    ('["a"]', None),  # an array is JSON but not an object: parse_json_object stays object-only
     (None, None),
 ])
 def test_parse_json_object(text, expected):
     assert parse_json_object(text) == expected
+
+
+# Hand-computed element-level scores for every JSON shape. Units are counted once per shape:
+# a scalar is one unit (null none); an object counts its fields' units (nested objects down to
+# their leaves); a list counts its non-null elements, matched as a multiset (or, ordered, along
+# the longest common subsequence); an element that is an object is one unit, matched whole.
+# P = matched / predicted units, R = matched / expected units, F1 = 2PR / (P + R); two empty
+# answers agree (1, 1, 1); a ratio over 0 is 0; output that is not JSON scores 0, 0, 0.
+ENTITIES = {"type": "array", "items": {"type": "string"}}
+LINES = {"type": "array", "items": {"type": "object", "required": ["sku", "qty"], "additionalProperties": False,
+                                    "properties": {"sku": {"type": "string"}, "qty": {"type": "integer"}}}}
+PERSON = {"type": "object", "required": ["name", "address"],
+          "properties": {"name": {"type": "string"}, "phone": {"type": ["string", "null"]},
+                         "address": {"type": "object", "properties": {"city": {"type": "string"},
+                                                                       "zip": {"type": "string"}}}}}
+TAGGED = {"type": "object", "properties": {"invoice": {"type": "string"},
+                                           "tags": {"type": "array", "items": {"type": "string"}}}}
+AMOUNT = {"type": "number"}
+COMPANY = {"type": "string"}
+COMPANIES = ["Acme", "Globex", "Acme", "Initech"]  # "Acme" twice: a multiset, not a set
+LINE_ITEMS = [{"sku": "A-1", "qty": 2}, {"sku": "B-2", "qty": 1}]
+ADA = {"name": "Ada Lovelace", "address": {"city": "London", "zip": "W1"}}
+ORDERED = {"list_order": "ordered"}
+
+SHAPES = [
+    # id, output, reference, schema, options, (P, R, F1), correct, json_valid, schema_valid
+    # --- lists of strings (entities), multiset by default
+    ("same-multiset-any-order-case-space", '["acme", " Initech", "ACME", "Globex"]', COMPANIES, ENTITIES, {},
+     (1, 1, 1), True, True, True),  # 4 of 4 both ways
+    ("duplicate-dropped", '["Acme", "Globex", "Initech"]', COMPANIES, ENTITIES, {},
+     # matched Acme min(1, 2) + Globex + Initech = 3; P 3/3, R 3/4, F1 2*(3/4)/(7/4) = 6/7
+     (1, 3 / 4, 6 / 7), False, True, True),
+    ("duplicate-extra", '["Acme", "Acme", "Acme", "Globex", "Initech"]', COMPANIES, ENTITIES, {},
+     # matched Acme min(3, 2) + 1 + 1 = 4; P 4/5, R 4/4, F1 2*(4/5)/(9/5) = 8/9
+     (4 / 5, 1, 8 / 9), False, True, True),
+    ("missing-and-extra", '["Acme", "Umbrella"]', ["Acme", "Globex"], ENTITIES, {},
+     (1 / 2, 1 / 2, 1 / 2), False, True, True),  # matched 1 of 2 predicted, 1 of 2 expected
+    ("nothing-found", "[]", ["Acme"], ENTITIES, {},
+     (0, 0, 0), False, True, True),  # P 0/0 -> 0, R 0/1
+    ("both-empty", "[]", [], ENTITIES, {}, (1, 1, 1), True, True, True),
+    ("hallucinated-on-empty", '["Acme"]', [], ENTITIES, {}, (0, 0, 0), False, True, True),  # P 0/1, R 0/0 -> 0
+    ("fenced-list", '```json\n["Acme"]\n```', ["acme"], ENTITIES, {}, (1, 1, 1), True, True, True),
+    # --- order: the same answer multiset vs ordered
+    ("swapped-multiset", '["b", "a", "c"]', ["a", "b", "c"], ENTITIES, {}, (1, 1, 1), True, True, True),
+    ("swapped-ordered", '["b", "a", "c"]', ["a", "b", "c"], ENTITIES, ORDERED,
+     (2 / 3, 2 / 3, 2 / 3), False, True, True),  # longest common subsequence "a c" (or "b c"): 2 of 3 each
+    ("inserted-first-ordered", '["x", "a", "b", "c"]', ["a", "b", "c"], ENTITIES, ORDERED,
+     # LCS "a b c" = 3 (position by position would be 0): P 3/4, R 3/3, F1 2*(3/4)/(7/4) = 6/7
+     (3 / 4, 1, 6 / 7), False, True, True),
+    ("same-ordered-case", '["A", " b"]', ["a", "b"], ENTITIES, ORDERED, (1, 1, 1), True, True, True),
+    # --- lists of objects (line items): an element is one unit, matched whole
+    ("lines-any-order", '[{"sku": "B-2", "qty": 1}, {"sku": "A-1", "qty": 2}]', LINE_ITEMS, LINES, {},
+     (1, 1, 1), True, True, True),
+    ("lines-any-order-ordered", '[{"sku": "B-2", "qty": 1}, {"sku": "A-1", "qty": 2}]', LINE_ITEMS, LINES, ORDERED,
+     (1 / 2, 1 / 2, 1 / 2), False, True, True),  # LCS of 2 swapped elements: 1
+    ("lines-quantities-swapped", '[{"sku": "A-1", "qty": 1}, {"sku": "B-2", "qty": 2}]', LINE_ITEMS, LINES, {},
+     # neither line is right whole (pooling fields across lines would have scored 1, 1, 1)
+     (0, 0, 0), False, True, True),
+    ("lines-one-wrong-one-missing", '[{"sku": "A-1", "qty": 2}, {"sku": "C-3", "qty": 5}]',
+     [*LINE_ITEMS, {"sku": "D-4", "qty": 3}], LINES, {},
+     # matched 1; P 1/2, R 1/3, F1 2*(1/6)/(5/6) = 2/5
+     (1 / 2, 1 / 3, 2 / 5), False, True, True),
+    ("lines-normalised-but-schema-invalid", '[{"sku": "a-1", "qty": "2"}, {"sku": "B-2", "qty": 1}]', LINE_ITEMS,
+     LINES, {}, (1, 1, 1), True, True, False),  # "a-1" ~ "A-1", "2" ~ 2: right, but qty must be an integer
+    ("line-missing-a-field", '[{"sku": "A-1"}, {"sku": "B-2", "qty": 1}]', LINE_ITEMS, LINES, {},
+     (1 / 2, 1 / 2, 1 / 2), False, True, False),  # {"sku": "A-1"} is not the line {"sku": "A-1", "qty": 2}
+    # --- nested objects: leaves by path
+    ("nested-missing-field", '{"name": "ada  lovelace", "address": {"city": "London"}}', ADA, PERSON, {},
+     # name, address.city matched; address.zip missing: P 2/2, R 2/3, F1 2*(2/3)/(5/3) = 4/5
+     (1, 2 / 3, 4 / 5), False, True, True),
+    ("nested-wrong-and-extra", '{"name": "Ada Lovelace", "address": {"city": "Paris", "zip": "W1"}, "age": 36}',
+     ADA, PERSON, {},
+     # name, zip matched; city wrong; age extra: P 2/4, R 2/3, F1 2*(1/3)/(7/6) = 4/7
+     (1 / 2, 2 / 3, 4 / 7), False, True, True),
+    ("nested-object-as-text", '{"name": "Ada Lovelace", "address": "London W1"}', ADA, PERSON, {},
+     # name matched; address is text where two leaves are expected: P 1/2, R 1/3, F1 2/5
+     (1 / 2, 1 / 3, 2 / 5), False, True, False),
+    ("null-field-is-absent", '{"name": "Ada Lovelace", "address": {"city": "London", "zip": "W1"}}',
+     {**ADA, "phone": None}, PERSON, {}, (1, 1, 1), True, True, True),  # 3 of 3: phone has no unit
+    ("object-with-list-field", '{"invoice": "inv-7", "tags": ["paid", "urgent", "late"]}',
+     {"invoice": "INV-7", "tags": ["urgent", "paid"]}, TAGGED, {},
+     # invoice 1 of 1; tags 2 matched of 3 predicted, 2 expected: P 3/4, R 3/3, F1 6/7
+     (3 / 4, 1, 6 / 7), False, True, True),
+    # --- scalars
+    ("scalar-number-text", '"1,250.50"', 1250.5, AMOUNT, {}, (1, 1, 1), True, True, False),  # right, a string
+    ("scalar-number-wrong", "42", 41, AMOUNT, {}, (0, 0, 0), False, True, True),  # P 0/1, R 0/1
+    ("scalar-text-case-space", '"  acme   Corp "', "Acme Corp", COMPANY, {}, (1, 1, 1), True, True, True),
+    ("scalar-null", "null", 3, AMOUNT, {}, (0, 0, 0), False, True, False),  # P 0/0 -> 0, R 0/1
+    # --- not JSON, or JSON of another shape
+    ("truncated-list", '["Acme", "Globex"', ["Acme", "Globex"], ENTITIES, {}, (0, 0, 0), False, False, False),
+    ("prose", "Acme, Globex", ["Acme", "Globex"], ENTITIES, {}, (0, 0, 0), False, False, False),
+    ("no-output", None, ["Acme"], ENTITIES, {}, (0, 0, 0), False, False, False),
+    ("wrapped-in-an-object", '{"entities": ["Acme", "Globex"]}', ["Acme", "Globex"], ENTITIES, {},
+     (0, 0, 0), False, True, False),  # an object where a list is expected: P 0/2, R 0/2
+]
+
+
+@pytest.mark.parametrize("output, reference, schema, options, prf, correct, json_valid, schema_valid",
+                         [row[1:] for row in SHAPES], ids=[row[0] for row in SHAPES])
+@pytest.mark.parametrize("as_text", [True, False], ids=["reference-as-json-text", "reference-as-value"])
+def test_extraction_scores_every_json_shape(output, reference, schema, options, prf, correct, json_valid,
+                                            schema_valid, as_text):
+    reference = json.dumps(reference) if as_text else reference  # golden rows store text; code may pass values
+    score = score_item("extraction", output, reference, {"json_schema": schema, **options})
+    details = score.details
+    assert (details["precision"], details["recall"], details["f1"]) == pytest.approx(prf)
+    assert (score.correct, details["json_valid"], details["schema_valid"]) == (correct, json_valid, schema_valid)
+    assert score.value == pytest.approx(prf[2]) and score.error is None
+
+
+@pytest.mark.parametrize("output, fields", [
+    ('{"name": "ada  lovelace", "address": {"city": "London"}}',
+     {"name": True, "address.city": True, "address.zip": False}),
+    ('{"name": "Ada Lovelace", "address": "London W1"}',
+     {"name": True, "address.city": False, "address.zip": False}),
+    ("not json", {"name": False, "address.city": False, "address.zip": False}),
+])
+def test_nested_fields_are_reported_by_path(output, fields):
+    assert score_item("extraction", output, ADA, {"json_schema": PERSON}).details["fields"] == fields
+
+
+def test_an_unknown_list_order_is_an_error_before_any_item():
+    with pytest.raises(ValueError, match="list_order 'sorted'"):
+        score_or_error("extraction", "[]", [], {"list_order": "sorted"})
+
+
+def test_a_scorer_exception_is_the_items_error_not_a_crash(monkeypatch):
+    def old_extraction(output, reference, spec):  # today's failure on a list reference
+        return json.loads(reference)
+
+    monkeypatch.setitem(SCORERS, "extraction", old_extraction)
+    score = score_or_error("extraction", '["Acme"]', ["Acme"], {})
+    assert (score.correct, score.value, score.prediction) == (False, 0.0, None)
+    assert score.error == "TypeError: the JSON object must be str, bytes or bytearray, not list"
+    assert score.details == {"scoring_error": score.error}
+    with pytest.raises(TypeError):  # score_item itself still raises: tests and callers see bugs
+        score_item("extraction", '["Acme"]', ["Acme"], {})
+
+
+def test_a_schema_jsonschema_cannot_read_is_a_scoring_error():
+    score = score_or_error("extraction", '["Acme"]', ["Acme"], {"json_schema": {"type": "array",
+                                                                              "items": {"type": "strnig"}}})
+    assert score.error.startswith("UnknownType: Unknown type 'strnig'") and "\n" not in score.error
 
 
 def test_extraction_metrics_hand_worked():
@@ -192,9 +343,38 @@ def test_extraction_metrics_hand_worked():
     metrics = extraction_metrics(scores)
     # JSON valid 2/3, schema valid 1/3; fields matched: vendor 2/3, total 1/3 -> pooled 3/6;
     # items with every field right: 1/3.
+    # Units (matched, predicted, expected): (2, 2, 2), (1, 2, 2), (0, 0, 2).
+    # Micro: 3/4 precision, 3/6 recall, F1 2*(3/8)/(5/4) = 3/5.
+    # Macro: P (1 + 1/2 + 0)/3 = 1/2; R (1 + 1/2 + 0)/3 = 1/2; F1 (1 + 1/2 + 0)/3 = 1/2.
     assert metrics.pop("per_field") == pytest.approx({"total": 1 / 3, "vendor": 2 / 3})
     assert metrics == pytest.approx({"n": 3, "json_valid_rate": 2 / 3, "schema_valid_rate": 1 / 3,
-                                     "field_exact_match": 0.5, "accuracy": 1 / 3})
+                                     "micro_precision": 3 / 4, "micro_recall": 1 / 2, "micro_f1": 3 / 5,
+                                     "macro_precision": 1 / 2, "macro_recall": 1 / 2, "macro_f1": 1 / 2,
+                                     "field_exact_match": 0.5, "accuracy": 1 / 3, "scoring_error_rate": 0.0})
+
+
+def test_extraction_metrics_of_lists_micro_and_macro_with_a_scoring_error():
+    scores = [score_item("extraction", '["Acme", "Globex", "Initech"]', COMPANIES, {"json_schema": ENTITIES}),
+              score_item("extraction", '[{"sku": "A-1", "qty": 2}, {"sku": "C-3", "qty": 5}]',
+                         [*LINE_ITEMS, {"sku": "D-4", "qty": 3}], {"json_schema": LINES}),
+              score_item("extraction", "Acme and Globex", ["Acme", "Globex"], {"json_schema": ENTITIES}),
+              score_or_error("extraction", '["Acme"]', ["Acme"], {"json_schema": {"type": "nope"}})]
+    metrics = extraction_metrics(scores)
+    assert metrics.pop("per_field") == {}  # lists have no fields
+    # Units: (3, 3, 4), (1, 2, 3), (0, 0, 2); the scoring error has none and stays out of the sums.
+    # Micro: P 4/5, R 4/9, F1 2*(16/45)/(56/45) = 4/7.
+    # Macro over all 4 items, the error as 0: P (1 + 1/2 + 0 + 0)/4 = 3/8; R (3/4 + 1/3)/4 = 13/48;
+    # F1 (6/7 + 2/5)/4 = (30/35 + 14/35)/4 = 11/35.
+    assert metrics == pytest.approx({
+        "n": 4, "json_valid_rate": 2 / 4, "schema_valid_rate": 2 / 4,
+        "micro_precision": 4 / 5, "micro_recall": 4 / 9, "micro_f1": 4 / 7,
+        "macro_precision": 3 / 8, "macro_recall": 13 / 48, "macro_f1": 11 / 35,
+        "field_exact_match": None, "accuracy": 0.0, "scoring_error_rate": 1 / 4})
+
+
+def test_extraction_metrics_empty():
+    metrics = extraction_metrics([])
+    assert metrics["n"] == 0 and metrics["micro_f1"] is None and metrics["macro_f1"] is None
 
 
 # --- summarization ------------------------------------------------------------------------

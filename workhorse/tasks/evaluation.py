@@ -16,7 +16,7 @@ from typing import Iterable, Sequence
 from workhorse.tasks.golden_item import GoldenItem
 from workhorse.tasks.inference import EvalResponse, ModelRequest, ModelSpec
 from workhorse.tasks.prompts import PromptTask, render
-from workhorse.tasks.scoring import score_item
+from workhorse.tasks.scoring import SCORING_ERROR, check_spec, score_or_error
 
 AS_LOGGED = "as-logged"
 CANDIDATE_VARIANTS = ("zero-shot", "few-shot", "constrained", "few-shot-constrained")
@@ -41,11 +41,8 @@ def user_text(item: GoldenItem) -> str:
 
 
 def parsed_reference(item: GoldenItem):
-    if item.task_type == "extraction" and item.reference:
-        try:
-            return json.loads(item.reference)
-        except json.JSONDecodeError:
-            return item.reference
+    """The reference as its scorer takes it. Extraction's stays as stored, JSON text (or a value
+    an item was built with): the scorer decodes text exactly once, whatever its shape."""
     if item.task_type == "qa":
         return item.metadata.get("acceptable_answers") or item.reference
     return item.reference
@@ -116,24 +113,35 @@ def logged_answer(item: GoldenItem, model: str) -> str | None:
     return item.reference if item.label_origin == "incumbent" else None
 
 
-def score_rows(items: Sequence[GoldenItem], rows: Iterable[EvalResponse]) -> list[dict]:
-    """One scores row per response: the per-item verdict the statistics are built on."""
+def score_rows(items: Sequence[GoldenItem], rows: Iterable[EvalResponse],
+               options: dict | None = None) -> list[dict]:
+    """One scores row per response: the per-item verdict the statistics are built on.
+
+    ``options`` are scorer options of the use case (``list_order``), checked before any item.
+    A scorer failing on an item makes that row wrong and 0 with ``error_type`` "scoring_error"
+    (unless the call itself failed) and the exception in ``details``; the other rows go on."""
+    options = dict(options or {})
+    check_spec(options)
     by_id = {item.item_id: item for item in items}
     scored = []
     for row in rows:
         item = by_id[row.item_id]
-        score = score_item(item.task_type, row.output, parsed_reference(item),
-                           {"labels": item.labels or [], "json_schema": item.json_schema})
+        score = score_or_error(item.task_type, row.output, parsed_reference(item),
+                               {**options, "labels": item.labels or [], "json_schema": item.json_schema})
         scored.append({
             "run_id": row.run_id, "use_case": item.use_case, "item_id": item.item_id, "split": item.split,
             "label_origin": item.label_origin, "model": row.model, "hosting": row.hosting,
             "prompt_variant": row.prompt_variant, "correct": bool(score.correct), "value": float(score.value),
-            "reference": item.reference,
-            "prediction": score.prediction if isinstance(score.prediction, str) or score.prediction is None
-            else json.dumps(score.prediction, sort_keys=True),
-            "details": json.dumps(score.details, sort_keys=True, default=str), "error_type": row.error_type,
+            "reference": _as_text(item.reference), "prediction": _as_text(score.prediction),
+            "details": json.dumps(score.details, sort_keys=True, default=str),
+            "error_type": row.error_type or (SCORING_ERROR if score.error else None),
         })
     return scored
+
+
+def _as_text(value) -> str | None:
+    """A string column's cell: text as it is, any other value (a list, a number) as JSON."""
+    return value if isinstance(value, str) or value is None else json.dumps(value, sort_keys=True)
 
 
 def tuning_contenders(candidates: Sequence[Contender]) -> list[Contender]:

@@ -7,10 +7,14 @@ such as ``rougeL`` or ``f1``) feeds the paired bootstrap of the verdict (decisio
 
     task type       value              correct                     details
     classification  1/0                label matches               reference
-    extraction      field match share  every field matches         json_valid, schema_valid, fields
+    extraction      element F1         the whole value matches     json_valid, schema_valid, precision,
+                                                                   recall, f1, counts, fields
     summarization   ROUGE-L F          ROUGE-L F >= threshold      rouge1, rouge2, rougeL
     qa              token F1 (best)    exact match (any ref)       exact_match, f1
     generation      1/0                exact match (normalised)    exact_match
+
+A scorer that raises on one item (an odd reference, a schema jsonschema cannot read) is that
+item's ``scoring_error`` through :func:`score_or_error`, never the end of a run.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from functools import lru_cache
 from typing import Any, Callable, Sequence
 
 INVALID_LABEL = "<invalid>"
+SCORING_ERROR = "scoring_error"  # the error class of an item its scorer could not score
 
 
 @dataclass
@@ -32,6 +37,7 @@ class ItemScore:
     value: float  # 1/0 for exact tasks, a continuous score (F1, ROUGE) otherwise
     prediction: Any = None
     details: dict = field(default_factory=dict)
+    error: str | None = None  # "<ExceptionType>: message" when the scorer failed on this item
 
 
 Scorer = Callable[[str | None, Any, dict], ItemScore]
@@ -47,10 +53,36 @@ def scorer(task_type: str):
 
 
 def score_item(task_type: str, output: str | None, reference: Any, spec: dict | None = None) -> ItemScore:
-    """Score one output; ``spec`` carries what the task needs (labels, json_schema)."""
+    """Score one output; ``spec`` carries what the task needs (labels, json_schema, list_order)."""
+    return _scorer_for(task_type, spec)(output, reference, spec or {})
+
+
+def score_or_error(task_type: str, output: str | None, reference: Any, spec: dict | None = None) -> ItemScore:
+    """:func:`score_item`, but an exception of the scorer on this item becomes the item's score:
+    wrong, worth 0, with the error kept. An unknown task type or option still raises: that is the
+    plan's mistake, the same for every item, and must not pass as a run of zeros."""
+    scorer_function = _scorer_for(task_type, spec)
+    try:
+        return scorer_function(output, reference, spec or {})
+    except Exception as error:  # whatever the scorer's bug, it stays with its item
+        # The first line only: jsonschema's messages go on to print the whole schema.
+        message = f"{type(error).__name__}: {(str(error).splitlines() or [''])[0]}"
+        return ItemScore(correct=False, value=0.0, prediction=None,
+                         details={SCORING_ERROR: message}, error=message)
+
+
+def _scorer_for(task_type: str, spec: dict | None) -> Scorer:
     if task_type not in SCORERS:
         raise ValueError(f"no scorer for task type {task_type!r} (known: {sorted(SCORERS)})")
-    return SCORERS[task_type](output, reference, spec or {})
+    check_spec(spec or {})
+    return SCORERS[task_type]
+
+
+def check_spec(spec: dict) -> None:
+    """Options a scorer reads from its spec, checked before any item is scored."""
+    order = spec.get("list_order") or DEFAULT_LIST_ORDER
+    if order not in LIST_ORDERS:
+        raise ValueError(f"list_order {order!r} is not one of: {', '.join(LIST_ORDERS)}")
 
 
 _STRIP = string.punctuation + string.whitespace + "“”‘’"
@@ -82,48 +114,169 @@ def score_classification(output: str | None, reference: Any, spec: dict) -> Item
                      details={"reference": reference})
 
 
-def parse_json_object(text: str | None) -> dict | None:
-    """A JSON object from the output, tolerating a fenced code block around it."""
+NOT_JSON = object()  # parse_json's answer for text that is not JSON (``null`` is JSON: None)
+
+
+def parse_json(text: str | None) -> Any:
+    """The JSON value of an output (object, array or scalar), tolerating a fenced code block
+    around it; ``NOT_JSON`` when there is none (None is the JSON ``null``)."""
     if not text:
-        return None
+        return NOT_JSON
     fenced = re.search(r"```(?:json)?\s*(.*?)```", text, re.DOTALL)
     candidate = fenced.group(1) if fenced else text
     try:
-        value = json.loads(candidate.strip())
+        return json.loads(candidate.strip())
     except (json.JSONDecodeError, ValueError):
-        return None
+        return NOT_JSON
+
+
+def parse_json_object(text: str | None) -> dict | None:
+    """A JSON object from the output, tolerating a fenced code block around it."""
+    value = parse_json(text)
     return value if isinstance(value, dict) else None
 
 
-def _same_value(predicted: Any, expected: Any) -> bool:
-    if isinstance(expected, (int, float)) and not isinstance(expected, bool):
-        try:
-            return abs(float(str(predicted).replace(",", "")) - float(expected)) < 1e-6
-        except (TypeError, ValueError):
-            return False
-    return str(predicted).strip().casefold() == str(expected).strip().casefold()
+# --- extraction: element-level matching of any JSON shape ----------------------------------
+#
+# An answer is counted in units, once per shape, and P/R/F1 compare the units of the output
+# with those of the reference:
+#   scalar  one unit (none for null);
+#   object  the units of each field, field by field, so nested objects count their leaves
+#           ("address.city"); a field missing or null on one side has the other side's units
+#           unmatched (null and absent are the same answer: the schema says whether a field
+#           must be present, the content scores say whether it is right);
+#   list    one unit per non-null element, as a multiset (duplicates count as often as they
+#           occur), or, with ``list_order: ordered``, along the longest common subsequence (an
+#           element inserted or dropped costs that element, not every one after it). An element
+#           that is an object or a list is one unit, matched whole on its normalised form: a line
+#           item is right only with all its fields, since pooling fields across elements would
+#           credit the quantity of one line paired with the product of another.
+# Values compare after normalisation: text case-folded with runs of whitespace made one
+# space; numbers, and text that reads as a number ("1,250.50"), by value; booleans as
+# "true"/"false". Object keys are compared as written.
+# Shapes that differ (a list where the reference has an object) match nothing.
+
+LIST_ORDERS = ("multiset", "ordered")
+DEFAULT_LIST_ORDER = "multiset"
+_NUMBER = re.compile(r"[-+]?(?:\d[\d,]*(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?")
+
+
+def normalize_value(value: Any, ordered: bool = False) -> Any:
+    """A hashable normal form: equal forms are the same answer (see the notes above)."""
+    if isinstance(value, dict):
+        return tuple(sorted((key, normalize_value(item, ordered)) for key, item in value.items() if item is not None))
+    if isinstance(value, list):
+        elements = [normalize_value(item, ordered) for item in value if item is not None]
+        return tuple(elements if ordered else sorted(elements, key=repr))
+    if value is None or isinstance(value, bool):
+        return None if value is None else str(value).casefold()
+    if isinstance(value, (int, float)):
+        return round(float(value), 6)  # equal to six decimals: 12.5 == 12.50 == "12.5"
+    text = " ".join(str(value).split()).casefold()
+    return round(float(text.replace(",", "")), 6) if _NUMBER.fullmatch(text) else text
+
+
+def _units(value: Any) -> int:
+    if isinstance(value, dict):
+        return sum(_units(item) for item in value.values())
+    if isinstance(value, list):
+        return sum(item is not None for item in value)
+    return int(value is not None)
+
+
+def match_counts(predicted: Any, expected: Any, ordered: bool = False) -> tuple[int, int, int]:
+    """(matched, predicted, expected) units of an answer against its reference."""
+    if isinstance(expected, dict) and isinstance(predicted, dict):
+        totals = [match_counts(predicted.get(key), expected.get(key), ordered) for key in expected.keys() | predicted]
+        return tuple(map(sum, zip(*totals))) if totals else (0, 0, 0)
+    if isinstance(expected, list) and isinstance(predicted, list):
+        mine, theirs = ([normalize_value(v, ordered) for v in side if v is not None] for side in (predicted, expected))
+        matched = _common_subsequence(mine, theirs) if ordered else sum((Counter(mine) & Counter(theirs)).values())
+        return matched, len(mine), len(theirs)
+    if isinstance(expected, (dict, list)) or isinstance(predicted, (dict, list)):
+        return 0, _units(predicted), _units(expected)
+    same = predicted is not None and normalize_value(predicted) == normalize_value(expected)
+    return int(same), _units(predicted), _units(expected)
+
+
+def _common_subsequence(left: list, right: list) -> int:
+    """Length of the longest common subsequence (dynamic programming, one row kept)."""
+    previous = [0] * (len(right) + 1)
+    for a in left:
+        current = [0]
+        for j, b in enumerate(right):
+            current.append(previous[j] + 1 if a == b else max(previous[j + 1], current[j]))
+        previous = current
+    return previous[-1]
+
+
+def prf(matched: int, predicted: int, expected: int) -> tuple[float, float, float]:
+    """Precision, recall, F1 of unit counts. Two empty answers agree (1, 1, 1); otherwise a
+    ratio with nothing to divide by is 0, as scikit-learn's ``zero_division=0``."""
+    if predicted == expected == 0:
+        return 1.0, 1.0, 1.0
+    precision = matched / predicted if predicted else 0.0
+    recall = matched / expected if expected else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return precision, recall, f1
+
+
+def field_matches(answer: Any, expected: Any, ordered: bool = False, path: tuple = ()) -> dict[str, bool]:
+    """Whether each field of an object reference is matched whole, by dotted path down to the
+    leaves ("address.city"); a list is a leaf at its path."""
+    if not isinstance(expected, dict) or (path and not expected):
+        matched, n_answer, n_expected = match_counts(answer, expected, ordered)
+        return {".".join(path): matched == n_answer == n_expected}
+    fields: dict[str, bool] = {}
+    for key, value in expected.items():
+        fields.update(field_matches(answer.get(key) if isinstance(answer, dict) else None, value, ordered,
+                                    (*path, str(key))))
+    return fields
+
+
+def expected_value(reference: Any) -> Any:
+    """The reference as a JSON value: text is JSON decoded once (text that is not JSON is a
+    plain string value); a value already decoded (a list, an object) is used as it is."""
+    if not isinstance(reference, str):
+        return reference
+    try:
+        return json.loads(reference)
+    except ValueError:
+        return reference
 
 
 @scorer("extraction")
 def score_extraction(output: str | None, reference: Any, spec: dict) -> ItemScore:
-    """JSON validity, schema validity and field-level exact match; correct = every field matches."""
-    expected = reference if isinstance(reference, dict) else json.loads(reference)
-    parsed = parse_json_object(output)
-    schema_valid = parsed is not None and _schema_valid(parsed, spec.get("json_schema"))
-    fields = {name: parsed is not None and name in parsed and _same_value(parsed[name], value)
-              for name, value in expected.items()}
-    field_accuracy = sum(fields.values()) / len(fields) if fields else float(parsed == expected)
-    correct = parsed is not None and all(fields.values())
-    return ItemScore(correct=correct, value=field_accuracy, prediction=parsed,
-                     details={"json_valid": parsed is not None, "schema_valid": schema_valid, "fields": fields})
+    """JSON validity, schema validity and element-level P/R/F1 for any JSON shape (see above);
+    correct = the whole value matches, value = F1. ``spec["list_order"]``: multiset | ordered."""
+    expected = expected_value(reference)
+    ordered = (spec.get("list_order") or DEFAULT_LIST_ORDER) == "ordered"
+    parsed = parse_json(output)
+    valid = parsed is not NOT_JSON
+    answer = parsed if valid else None
+    counts = match_counts(answer, expected, ordered) if valid else (0, 0, _units(expected))
+    precision, recall, f1 = prf(*counts) if valid else (0.0, 0.0, 0.0)
+    fields = {path: valid and matched for path, matched in field_matches(answer, expected, ordered).items()
+              } if isinstance(expected, dict) else {}
+    schema_valid = valid and _schema_valid(answer, spec.get("json_schema"))
+    return ItemScore(correct=valid and counts[0] == counts[1] == counts[2], value=f1, prediction=answer,
+                     details={"json_valid": valid, "schema_valid": schema_valid, "precision": precision,
+                              "recall": recall, "f1": f1, "fields": fields,
+                              "counts": dict(zip(("matched", "predicted", "expected"), counts))})
 
 
-def _schema_valid(value: dict, schema: dict | None) -> bool:
+def _schema_valid(value: Any, schema: dict | None) -> bool:
     if not schema:
         return True
+    return _validator(json.dumps(schema, sort_keys=True)).is_valid(value)
+
+
+@lru_cache(maxsize=32)
+def _validator(schema_json: str):
+    """One compiled validator per schema: a run scores the same schema a thousand times."""
     import jsonschema
 
-    return jsonschema.Draft202012Validator(schema).is_valid(value)
+    return jsonschema.Draft202012Validator(json.loads(schema_json))
 
 
 # --- summarization, QA, generation --------------------------------------------------------
@@ -264,8 +417,13 @@ def _confusion(references: list[str], predictions: list[str], labels: list[str])
 
 
 def extraction_metrics(scores: Sequence[ItemScore]) -> dict:
-    """JSON and schema validity rates, field exact match (over all fields pooled), per-field
-    match rates and item accuracy (every field right)."""
+    """JSON and schema validity rates, element-level precision/recall/F1 both micro (units of
+    every item pooled: long answers weigh more) and macro (the mean of the items' own scores,
+    the per-item numbers the verdict's bootstrap resamples), field exact match (over all fields
+    pooled), per-field match rates and item accuracy (the whole value right).
+
+    An item its scorer failed on counts as wrong and 0 in the rates and macro means; its units
+    are unknown, so it is left out of the micro sums and counted in ``scoring_error_rate``."""
     fields: dict[str, list[bool]] = defaultdict(list)
     for score in scores:
         for name, matched in score.details.get("fields", {}).items():
@@ -274,9 +432,21 @@ def extraction_metrics(scores: Sequence[ItemScore]) -> dict:
     return {"n": len(scores),
             "json_valid_rate": _mean([bool(s.details.get("json_valid")) for s in scores]),
             "schema_valid_rate": _mean([bool(s.details.get("schema_valid")) for s in scores]),
+            **_micro_prf(scores),
+            **{f"macro_{name}": _mean([float(s.details.get(name, 0.0)) for s in scores])
+               for name in ("precision", "recall", "f1")},
             "field_exact_match": _mean(pooled),
             "per_field": {name: _mean(values) for name, values in sorted(fields.items())},
-            "accuracy": _mean([s.correct for s in scores])}
+            "accuracy": _mean([s.correct for s in scores]),
+            "scoring_error_rate": _mean([s.error is not None for s in scores])}
+
+
+def _micro_prf(scores: Sequence[ItemScore]) -> dict:
+    counted = [s.details["counts"] for s in scores if "counts" in s.details]
+    if not counted:
+        return {"micro_precision": None, "micro_recall": None, "micro_f1": None}
+    totals = [sum(c[key] for c in counted) for key in ("matched", "predicted", "expected")]
+    return dict(zip(("micro_precision", "micro_recall", "micro_f1"), prf(*totals)))
 
 
 def summarization_metrics(scores: Sequence[ItemScore]) -> dict:
