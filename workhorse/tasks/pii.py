@@ -2,10 +2,12 @@
 
 Golden sets are shared with vendors and committed to reviews, so personal data is replaced by
 a typed placeholder (``[EMAIL]``, ``[PHONE]``, ``[CARD]``, ``[IBAN]``) before anything is written.
-Card numbers are only replaced when they pass the Luhn check and IBANs only when they pass the
-ISO 13616 mod-97 check, so order numbers and other digit runs survive. Phones are recognised
-conservatively (an international ``+``/``00`` prefix, or a common national grouping) because a
-false positive destroys a date or an amount that a reference may depend on.
+A false positive destroys an amount, a date or a table cell that a reference may depend on
+(``$25,153,000 (2018: $33,978,000)`` once lost its middle to ``[PHONE]``), so every kind but
+email is validated: cards by issuer prefix, grouping and the Luhn check, IBANs by the ISO 13616
+mod-97 check, phones by libphonenumber (``phonenumbers``: country code, length and number
+ranges) after a candidate pattern that never starts or ends inside a longer number, and
+context rules that keep amounts, percentages, dates and IP addresses out.
 """
 
 from __future__ import annotations
@@ -13,6 +15,9 @@ from __future__ import annotations
 import re
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import lru_cache
+
+import phonenumbers
 
 KINDS = ("email", "iban", "card", "phone")
 PLACEHOLDER = {kind: f"[{kind.upper()}]" for kind in KINDS}
@@ -23,14 +28,43 @@ IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b"
 # 13-19 digits, optionally separated by single spaces or dashes; never part of a longer run or
 # glued to letters (a digit run inside a hex request id is not a card).
 CARD = re.compile(r"(?<![\w])(?<!\d[ -])\d(?:[ -]?\d){12,18}(?![\w])(?![ -]\d)")
-# Phones: "+44 20 7946 0958", "0044 ...", "(415) 555-0132", "415-555-0132", "020 7946 0958".
+# Issuer prefixes of the card networks (Amex, Diners, JCB, Visa, Mastercard, Discover, UnionPay,
+# Maestro; 2221-2720 is Mastercard's 2-series): a row of years such as "2018 2017 2016 2015" is not one.
+CARD_ISSUER = re.compile(r"[3-6]|2(?:22[1-9]|2[3-9]\d|[3-6]\d\d|7[01]\d|720)")
+# Phone candidates: "+" and digits, or digit groups joined by one separator (space, dash, dot,
+# slash), with at most one parenthesised group: first, or after "+CC", "00CC" or a NANP "1"
+# ("(415) 555-0132", "+44 (0)20 7946 0958"), so "(415) 555-0132 (415) 555-0133" is two candidates.
+# Atomic and possessive: a digit run is never split to make a match. A candidate never starts
+# inside a time ("10:20:08.054971"), an amount, an id or a path, nor ends glued to one; a bare
+# digit group never starts after another number ("2019 415 555 0132", "17,415", "1 234,05").
+_GROUP = r"[ .\-/]\d++"
+_AREA = r"[ .\-]?\(\d{1,4}\)[ .\-]?\d++"
 PHONE = re.compile(
-    r"(?<![\w+/.-])(?<!\d[ .-])(?:"
-    r"(?:\+|00)\d{1,3}(?:[ .-]?\(?\d{1,4}\)?){2,5}"
-    r"|\(?\d{3}\)?[ .-]?\d{3}[ .-]\d{4}"
-    r"|0\d{2,4}[ -]\d{3,4}[ -]?\d{3,4}"
-    r")(?!\d)(?![ .-]\d)"
+    r"(?<![\w.+\-/#$€£¥])(?<!\d:)(?:(?=[+(])|(?<!\d[ ,]))"
+    rf"(?>\+\d++(?:{_AREA})?(?:{_GROUP})*|\(\+?\d{{1,4}}\)[ .\-]?\d++(?:{_GROUP})*"
+    rf"|(?:1|00\d{{1,3}}){_AREA}(?:{_GROUP})*|\d++(?:{_GROUP})+)"
+    r"(?![\w%])(?![.\-/]\w)"
 )
+# Shapes no phone is written in: a signed decimal ("+14.4 09/21/2021"), a date anywhere (a time
+# or another cell may follow it), dots mixed with dashes or slashes (versions, "2.27.20-100"),
+# an IPv4 address, a decimal number.
+_NOT_A_PHONE = re.compile(
+    r"\+\d+\.\d+(?![.\d])"
+    r"|(?<!\d)(?:\d{4}([-/.])\d\d?\1\d\d?|\d\d?([-/.])\d\d?\2(?:19|20)\d\d|\d\d?/\d\d?/\d\d)(?!\d)"
+    r"|\..*[-/]|[-/].*\."
+    r"|(?<![\d.])\d{1,3}(?:\.\d{1,3}){3}(?![\d.])|^\d+\.\d+$"
+)
+_NOT_DIGITS = str.maketrans("", "", " .-/()+")  # the only other characters a PHONE match holds
+_AMOUNT_BEFORE = re.compile(r"(?:[$€£¥]|\b(?:USD|EUR|GBP|JPY|CHF|CAD|AUD)) ?$")
+_PERCENT_AFTER = re.compile(r" ?(?:%|per ?cent\b)")
+# "415 555 0132" is also three cells of a numeric row; spaced like that it needs a word that
+# announces a phone number shortly before it.
+_SPACED_NANP = re.compile(r"(?:1 )?[2-9]\d\d \d{3} \d{4}")
+_PHONE_CUE = re.compile(r"phone|call|tel\b|mobile|cell|fax|contact|number|reach|text|sms|whatsapp|dial", re.I)
+# Regions whose national numbers start with a trunk 0 and that libphonenumber checks tightly; US
+# for the "011" exit code. Left out: Italy ("01122018" is valid there), Belgium and Austria
+# ("012 345 678", a spaced amount with a leading zero, is valid there).
+NATIONAL_REGIONS = ("GB", "DE", "FR", "NL", "IE", "US")
 
 
 @dataclass
@@ -61,6 +95,16 @@ def luhn_valid(digits: str) -> bool:
     return total % 10 == 0
 
 
+def card_valid(candidate: str) -> bool:
+    """A card as printed: one run, groups of four (the last shorter) or Amex/Diners 4-6-5/4-6-4,
+    an issuer prefix and a Luhn-valid number."""
+    groups = re.split(r"[ -]", candidate)
+    lengths = [len(group) for group in groups]
+    shaped = len(groups) == 1 or set(lengths[:-1]) == {4} or lengths in ([4, 6, 5], [4, 6, 4])
+    digits = "".join(groups)
+    return shaped and CARD_ISSUER.match(digits) is not None and luhn_valid(digits)
+
+
 def iban_valid(candidate: str) -> bool:
     """ISO 13616: move the first four characters to the end, letters to numbers, mod 97 == 1."""
     compact = candidate.replace(" ", "").upper()
@@ -81,6 +125,49 @@ def _longest_valid_iban(match: str) -> str | None:
     return None
 
 
+def _parses_valid(number: str, region: str | None) -> bool:
+    """libphonenumber's verdict (country code, length, number ranges); unparseable is no phone."""
+    try:
+        return phonenumbers.is_valid_number(phonenumbers.parse(number, region))
+    except phonenumbers.NumberParseException:
+        return False
+
+
+@lru_cache(maxsize=4096)  # libphonenumber parses take ~70 us; golden sets repeat their prompts
+def phone_like(candidate: str) -> bool:
+    """True when ``candidate`` alone is a valid phone number: international (``+`` or ``00``), national
+    with a trunk 0 in one of NATIONAL_REGIONS, or North American (3-3-4 digits, optional leading 1)."""
+    groups = re.findall(r"\d+", candidate)
+    digits = "".join(groups)
+    if not 7 <= len(digits) <= 15 or _NOT_A_PHONE.search(candidate):
+        return False
+    bare = candidate.lstrip("(")
+    if bare.startswith("+"):
+        return _parses_valid(bare, None)
+    if bare.startswith("00"):
+        return _parses_valid("+" + bare[2:], None)
+    if bare.startswith("0"):
+        return len(groups[0]) > 1 and any(_parses_valid(candidate, region) for region in NATIONAL_REGIONS)
+    lengths = [len(group) for group in groups]
+    nanp = lengths == [3, 3, 4] or (lengths == [1, 3, 3, 4] and digits[0] == "1")
+    return nanp and _parses_valid(candidate, "US")
+
+
+def _is_phone(match: re.Match) -> bool:
+    """A PHONE candidate that is a phone number where it stands: not an amount or a percentage,
+    and a bare spaced 3-3-4 run only after a word that announces a number."""
+    candidate = match.group(0)
+    # Cheap rejections first: most candidates are dates, decimals and short codes.
+    if not 7 <= len(candidate.translate(_NOT_DIGITS)) <= 15 or _NOT_A_PHONE.search(candidate):
+        return False
+    text, start, end = match.string, match.start(), match.end()
+    if _AMOUNT_BEFORE.search(text, max(0, start - 4), start) or _PERCENT_AFTER.match(text, end):
+        return False
+    if _SPACED_NANP.fullmatch(candidate) and not _PHONE_CUE.search(text, max(0, start - 40), start):
+        return False
+    return phone_like(candidate)
+
+
 def _replace_iban(text: str, counts: Counter) -> str:
     def substitute(match: re.Match) -> str:
         found = match.group(0)
@@ -93,14 +180,15 @@ def _replace_iban(text: str, counts: Counter) -> str:
     return IBAN.sub(substitute, text)
 
 
-def _replace_card(text: str, counts: Counter) -> str:
+def _replace_checked(pattern: re.Pattern, kind: str, check, text: str, counts: Counter) -> str:
+    """Replace the matches of ``pattern`` for which ``check(match)`` holds."""
     def substitute(match: re.Match) -> str:
-        if not luhn_valid(re.sub(r"\D", "", match.group(0))):
+        if not check(match):
             return match.group(0)
-        counts["card"] += 1
-        return PLACEHOLDER["card"]
+        counts[kind] += 1
+        return PLACEHOLDER[kind]
 
-    return CARD.sub(substitute, text)
+    return pattern.sub(substitute, text)
 
 
 def _replace_simple(pattern: re.Pattern, kind: str, text: str, counts: Counter) -> str:
@@ -109,19 +197,8 @@ def _replace_simple(pattern: re.Pattern, kind: str, text: str, counts: Counter) 
     return text
 
 
-def phone_like(candidate: str) -> bool:
-    """E.164 allows at most 15 digits; fewer than 7 is an extension, a code or a count."""
-    return 7 <= sum(char.isdigit() for char in candidate) <= 15
-
-
-def _replace_phone(text: str, counts: Counter) -> str:
-    def substitute(match: re.Match) -> str:
-        if not phone_like(match.group(0)):
-            return match.group(0)
-        counts["phone"] += 1
-        return PLACEHOLDER["phone"]
-
-    return PHONE.sub(substitute, text)
+def _card_match(match: re.Match) -> bool:
+    return card_valid(match.group(0))
 
 
 def scrub_text(text: str | None, counts: Counter | None = None) -> str | None:
@@ -135,8 +212,8 @@ def scrub_text(text: str | None, counts: Counter | None = None) -> str | None:
     counts = counts if counts is not None else Counter()
     text = _replace_simple(EMAIL, "email", text, counts)
     text = _replace_iban(text, counts)
-    text = _replace_card(text, counts)
-    return _replace_phone(text, counts)
+    text = _replace_checked(CARD, "card", _card_match, text, counts)
+    return _replace_checked(PHONE, "phone", _is_phone, text, counts)
 
 
 def scrub_value(value, counts: Counter):
@@ -154,7 +231,6 @@ def find_pii(text: str) -> list[tuple[str, str]]:
     """(kind, value) pairs still present in ``text``; used to assert that stored files are clean."""
     found: list[tuple[str, str]] = [("email", m.group(0)) for m in EMAIL.finditer(text)]
     found += [("iban", m.group(0)) for m in IBAN.finditer(text) if _longest_valid_iban(m.group(0))]
-    found += [("card", m.group(0)) for m in CARD.finditer(text)
-              if luhn_valid(re.sub(r"\D", "", m.group(0)))]
-    found += [("phone", m.group(0)) for m in PHONE.finditer(text) if phone_like(m.group(0))]
+    found += [("card", m.group(0)) for m in CARD.finditer(text) if _card_match(m)]
+    found += [("phone", m.group(0)) for m in PHONE.finditer(text) if _is_phone(m)]
     return found
