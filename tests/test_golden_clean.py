@@ -1,10 +1,13 @@
-"""Dedup (exact, near with MinHash LSH) and the input sanity checks of the golden contract."""
+"""Dedup (exact, near with MinHash LSH, questions over shared contexts, reference conflicts) and
+the input sanity checks of the golden contract."""
 
 from __future__ import annotations
 
 import csv
 import itertools
 import json
+import random
+from dataclasses import replace
 
 import pytest
 
@@ -22,10 +25,14 @@ def item(text, reference="card_arrival", origin="incumbent", spec=SPEC):
 
 def test_exact_duplicates_ignore_case_punctuation_and_spacing_and_keep_the_best_reference():
     items = [item("Where is my card?"), item("where is   my CARD", "lost_or_stolen_card", origin="human"),
-             item("Where is my card!!", "other", origin="import"), item("I lost my card", "lost_or_stolen_card")]
+             item("Where is my card!!", "other", origin="import"), item("I lost my card", "lost_or_stolen_card"),
+             item("I LOST my card.", "lost_or_stolen_card")]
     kept, report = deduplicate(items)
     assert [(i.text, i.label_origin) for i in kept] == [("where is   my CARD", "human"), ("I lost my card", "incumbent")]
-    assert (report.exact, report.near, report.conflicting_references) == (2, 0, 2)
+    # The same input cannot stay twice: the human label wins, the two that disagree are resolved conflicts.
+    assert (report.kept, report.exact, report.near, report.conflicts_resolved, report.conflicts_kept) == (2, 1, 0, 2, 0)
+    assert {tuple(e["references"]) for e in report.examples if e["kind"] == "conflicts_resolved"} == {
+        ("lost_or_stolen_card", "card_arrival"), ("lost_or_stolen_card", "other")}
 
 
 ORDER = "I ordered a new card over a week ago and it still has not arrived at my address"
@@ -58,6 +65,155 @@ def test_lsh_finds_every_pair_above_the_threshold(shared_datasets):
     assert truth and truth <= found
     assert len(found) < len(sets) * 10  # candidates stay near-linear, not all pairs
 
+
+# ---------------------------------------------------------------- questions over shared contexts
+
+QA = GoldenSpec("report-qa", "qa")
+QUARTERS = ["Q1 2025", "Q2 2025", "Q3 2025", "Q4 2025", "Q1 2026", "Q2 2026", "Q3 2026", "Q4 2026"]
+LINE_ITEMS = ["Revenue", "Cost of revenue", "Gross profit", "Research and development", "Sales and marketing",
+              "General and administrative", "Operating income", "Interest expense", "Income tax", "Net income",
+              "Free cash flow", "Capital expenditure", "Deferred revenue", "Cash and equivalents", "Customers",
+              "Headcount"]
+PEOPLE = ["Alice Moreau", "Bilal Haddad", "Chen Wei", "Dana Kowalski", "Emeka Obi"]
+TOPICS = ["the beta launch", "the pricing change", "the EU data residency", "the hiring plan", "the Q3 forecast",
+          "the vendor contract", "the support backlog", "the security audit"]
+
+
+def financial_table(rng, company):
+    """A quarterly results table (~1,600 characters) and ten questions about its cells."""
+    rows, cells = [f"Quarterly results of {company} (USD thousands)", f"| line item | {' | '.join(QUARTERS)} |"], {}
+    for line in LINE_ITEMS:
+        values = [f"{rng.randrange(1_000, 90_000):,}" for _ in QUARTERS]
+        cells.update(zip(((line, quarter) for quarter in QUARTERS), values))
+        rows.append(f"| {line} | {' | '.join(values)} |")
+    asked = rng.sample(sorted(cells), 10)
+    return "\n".join(rows), [(f"What was {line.lower()} of {company} in {quarter}?", cells[line, quarter])
+                             for line, quarter in asked]
+
+
+def meeting_transcript(rng, meeting, month):
+    """A meeting transcript (~2,000 characters), one deadline per speaker and topic, and ten questions."""
+    said = rng.sample([(who, topic) for who in PEOPLE for topic in TOPICS], 26)
+    days = rng.sample(range(1, 29), 26)
+    lines = [f"Transcript of the {meeting} meeting, 14 October 2026"] + [
+        f"[00:{minute:02d}:{rng.randrange(60):02d}] {who}: On {topic}, I propose we decide by {month} {day}."
+        for minute, ((who, topic), day) in enumerate(zip(said, days))]
+    asked = rng.sample(range(26), 10)
+    return "\n".join(lines), [(f"Which deadline did {said[i][0]} propose for {said[i][1]} in the {meeting} meeting?",
+                               f"{month} {days[i]}") for i in asked]
+
+
+def shared_context_items(seed: int = 3):
+    """50 questions over 5 long contexts, each with its own reference (a user's report QA set):
+    the tables share the user message with the question, the transcripts sit in the system prompt."""
+    rng = random.Random(seed)
+    contexts = [financial_table(rng, company) for company in ("Acme Robotics", "Borealis Foods", "Cobalt Health")]
+    contexts += [meeting_transcript(rng, "product council", "November"), meeting_transcript(rng, "budget review", "December")]
+    items = []
+    for number, (context, questions) in enumerate(contexts):
+        for question, answer in questions:
+            messages = (user_messages(f"{context}\n\nQuestion: {question}") if number < 3
+                        else user_messages(question, system=f"Answer from this transcript.\n{context}"))
+            items.append(QA.item(messages, answer, source="report-qa", label_origin="human"))
+    return items
+
+
+def edited(original, edit, reference=None, origin="incumbent"):
+    """A copy of ``original`` whose last message went through ``edit`` (from another source)."""
+    messages = [dict(message) for message in original.input]
+    messages[-1]["content"] = edit(messages[-1]["content"])
+    return QA.item(messages, original.reference if reference is None else reference, source="logs",
+                   label_origin=origin)
+
+
+def test_the_shared_context_set_is_what_the_old_dedup_collapsed():
+    items = shared_context_items()
+    contexts = [item.text.split("Question:")[0] if n < 30 else item.input[0]["content"] for n, item in enumerate(items)]
+    assert min(map(len, contexts)) > 1_500 and len({item.reference for item in items}) == 50
+    sets = [shingles(item.text) for item in items]
+    assert min(jaccard(sets[a], sets[b]) for a, b in itertools.combinations(range(50), 2) if a // 10 == b // 10) > 0.94
+
+
+@pytest.mark.parametrize("same_reference", [False, True], ids=["distinct-references", "every-reference-yes"])
+def test_different_questions_about_one_context_are_all_kept(same_reference):
+    items = shared_context_items()
+    if same_reference:  # the questions alone must tell them apart, not only their answers
+        items = [replace(item, reference="yes") for item in items]
+    kept, report = deduplicate(items)
+    assert kept == items
+    assert (report.kept, report.exact, report.near, report.conflicts_resolved, report.conflicts_kept) == (50, 0, 0, 0, 0)
+    assert report.removed_share == 0 and report.examples == []
+
+
+def _typo(text):
+    return text.replace("What was", "Wht was").replace("Which deadline", "Which dedline")
+
+
+def _shout(text):
+    return text.upper().replace(" ", "  ")
+
+
+NEAR_EDITS = [
+    # (edit of the last message, index of the item edited, the count that removes the copy)
+    pytest.param(_shout, 3, "exact", id="case-and-spacing"),
+    pytest.param(lambda t: t.replace("?", " ??"), 45, "exact", id="punctuation"),
+    pytest.param(_typo, 3, "near", id="typo-in-question-beside-a-table"),
+    pytest.param(_typo, 45, "near", id="typo-in-question-under-a-system-transcript"),
+    pytest.param(lambda t: t.replace("Gross profit", "Gross proft", 1), 7, "near", id="typo-in-the-table"),
+    pytest.param(lambda t: t + " Thanks!", 12, "near", id="a-sentence-that-asks-nothing"),
+]
+
+
+def with_duplicates(items):
+    """``items`` (the 50 above) plus 17 copies: 10 misspelt (near), 4 shouted (exact), and three
+    that disagree: 2 misspelt with another answer (kept as conflicts), 1 shouted (resolved)."""
+    return (items + [edited(items[i], _typo) for i in range(10)] + [edited(items[i], _shout) for i in range(20, 24)]
+            + [edited(items[i], _typo, reference="not this") for i in (30, 40)]
+            + [edited(items[45], _shout, reference="not this")])
+
+
+@pytest.mark.parametrize("edit,index,kind", NEAR_EDITS)
+def test_true_near_duplicates_over_a_shared_context_are_still_removed(edit, index, kind):
+    items = shared_context_items()
+    copy = edited(items[index], edit)
+    assert copy.item_id != items[index].item_id and copy.text != items[index].text
+    kept, report = deduplicate(items + [copy])
+    assert kept == items  # the human original stays, the incumbent's copy goes
+    assert (report.kept, getattr(report, kind), report.removed, report.conflicting_references) == (50, 1, 1, 0)
+
+
+@pytest.mark.parametrize("edit,index,kind", NEAR_EDITS)
+def test_the_same_question_with_another_reference_is_a_conflict_never_a_silent_deletion(edit, index, kind):
+    """Near-identical questions that disagree are both kept and counted; an identical input keeps
+    its most trusted reference (human over incumbent), counted as a resolved conflict."""
+    items = shared_context_items()
+    copy = edited(items[index], edit, reference="something else")
+    kept, report = deduplicate(items + [copy])
+    if kind == "exact":
+        assert kept == items and (report.conflicts_resolved, report.conflicts_kept, report.removed) == (1, 0, 1)
+    else:
+        assert kept == items + [copy] and (report.conflicts_resolved, report.conflicts_kept, report.removed) == (0, 1, 0)
+    conflict = next(e for e in report.examples if e["kind"].startswith("conflicts"))
+    assert (conflict["kept"], conflict["other"]) == (items[index].item_id, copy.item_id)
+    assert conflict["references"] == [items[index].reference, "something else"]
+
+
+def test_another_year_is_another_question_even_with_the_same_answer():
+    original = shared_context_items()[0]
+    text = original.input[-1]["content"]
+    assert text.endswith(" 2025?") or text.endswith(" 2026?")
+    other_year = QA.item(user_messages(text[:-6] + " 2027?"), original.reference, source="logs", label_origin="human")
+    kept, report = deduplicate([original, other_year])
+    assert kept == [original, other_year] and (report.removed, report.conflicts_kept) == (0, 0)
+
+
+
+def test_counts_are_kept_exact_near_and_conflicts_separately():
+    items = with_duplicates(shared_context_items())
+    kept, report = deduplicate(items)
+    assert kept == items[:50] + items[64:66]  # the originals and the two conflicts kept for review
+    assert (report.kept, report.exact, report.near, report.conflicts_resolved, report.conflicts_kept) == (52, 4, 10, 1, 2)
+    assert report.removed == 15 and report.conflicting_references == 3 and report.removed_share == pytest.approx(15 / 67)
 
 SANITY_CASES = [
     # (input text, sanity limits, check expected in the reason or None when the row passes)

@@ -69,6 +69,9 @@ def test_flow_refreshes_every_use_case_and_publishes_artifacts(prefect_server, p
     assert "## ticket-routing: new version v1" in artifacts["golden-refresh"].data
     assert f"`{read_manifest(isolated_workspace, 'booking-slots')['content_hash']}`" in artifacts["golden-refresh"].data
     assert {row["use_case"] for row in json.loads(artifacts["golden-counts"].data)} == set(rows)
+    assert {"dedup_kept", "exact", "near", "conflicts_resolved", "conflicts_kept", "warnings"} <= set(rows["booking-slots"])
+    assert rows["ticket-routing"]["dedup_kept"] == 86 and rows["ticket-routing"]["warnings"] == []
+    assert "- dedup: 86 kept; removed 0 exact, 0 near" in artifacts["golden-refresh"].data
 
 
 def test_a_broken_use_case_fails_the_flow_but_not_the_others(prefect_server, plan, tmp_path, isolated_workspace):
@@ -114,6 +117,31 @@ def test_cli_import_promptfoo(tmp_path, isolated_workspace):
     items = load_golden(isolated_workspace, "math")
     assert sorted(item.reference for item in items) == sorted(str(2 * n) for n in range(12))
     assert {item.source for item in items} == {"promptfoo:tests.csv"}
+
+
+@pytest.mark.parametrize("copies,counts,warning", [
+    (False, "kept 50, exact 0, near 0, conflicting 0 (0 resolved by label origin, 0 kept for review)", None),
+    (True, "kept 52, exact 4, near 10, conflicting 3 (1 resolved by label origin, 2 kept for review)",
+     "warning: report-qa: dedup removed 15 of 67 rows (22%, more than golden.max_duplicate_share 20%)"),
+])
+def test_cli_prints_dedup_counts_separately_and_warns_above_the_share(tmp_path, isolated_workspace, copies, counts,
+                                                                       warning):
+    """50 questions over 5 shared contexts: the old CLI said 'dupes 45' and stored 5 of them."""
+    from typer.testing import CliRunner
+
+    from tests.test_golden_clean import shared_context_items, with_duplicates
+    from workhorse.cli import app
+
+    items = with_duplicates(shared_context_items()) if copies else shared_context_items()
+    path = tmp_path / "qa.jsonl"
+    path.write_text("".join(json.dumps({"input": item.input, "reference": item.reference}) + "\n" for item in items))
+    workspace = str(isolated_workspace.root)
+    result = CliRunner().invoke(app, ["golden", "import", str(path), "-u", "report-qa", "-t", "qa", "-w", workspace])
+    assert result.exit_code == 0, result.output
+    assert f"report-qa dedup: {counts}" in result.output
+    assert (warning in result.output) if warning else "warning" not in result.output
+    shown = CliRunner().invoke(app, ["golden", "show", "report-qa", "-w", workspace])
+    assert f"dedup: {counts}" in shown.output and (warning is None or warning.split("report-qa: ")[1] in shown.output)
 
 
 def test_cli_reports_a_refused_set_without_a_traceback(tmp_path, isolated_workspace):

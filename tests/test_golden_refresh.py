@@ -12,7 +12,8 @@ import pytest
 
 from workhorse.errors import ContractError, DataError, VersionExistsError
 from workhorse.tasks.golden import (GoldenSpec, RefreshOptions, SourceSpec, dev_items, load_golden,
-                                    read_manifest, refresh_golden)
+                                    read_manifest, refresh_golden, specs_from_plan, summary_markdown,
+                                    summary_rows)
 from workhorse.tasks.golden_clean import validate_items
 from workhorse.tasks.golden_item import items_to_table
 from workhorse.tasks.golden_sources import ColumnMapping, SampleOptions, import_label_file
@@ -119,6 +120,57 @@ def test_too_many_bad_rows_fail_the_refresh(isolated_workspace, banking, tmp_pat
     with pytest.raises(ContractError, match="10 of 20 rows"):
         refresh_golden(isolated_workspace, GoldenSpec("uc", "classification", labels=labels), [label_source(path)])
     assert len(quarantine_rows(isolated_workspace, "uc")) == 10 and versions(isolated_workspace, "uc") == []
+
+
+# ---------------------------------------------------------------- dedup counts and warnings
+
+DEDUP_KEYS = ("dedup_kept", "exact_duplicates", "near_duplicates", "conflicts_resolved", "conflicts_kept",
+              "conflicting_references")
+
+
+def write_jsonl(path, items):
+    path.write_text("".join(json.dumps({"input": item.input, "reference": item.reference}) + "\n" for item in items))
+    return path
+
+
+def test_questions_over_shared_contexts_all_reach_the_golden_set(isolated_workspace, tmp_path):
+    """A user's report QA set: 50 questions over 5 long contexts, every reference different.
+    The old dedup stored 5 of them and counted 45 'conflicting references'."""
+    from tests.test_golden_clean import QA, shared_context_items
+
+    items = shared_context_items()
+    report = refresh_golden(isolated_workspace, QA, [SourceSpec("labels", str(write_jsonl(tmp_path / "qa.jsonl", items)))])
+    manifest = read_manifest(isolated_workspace, "report-qa")
+    assert report.counts["items"] == len(load_golden(isolated_workspace, "report-qa")) == 50
+    assert {key: manifest["refresh"][key] for key in DEDUP_KEYS} == dict.fromkeys(DEDUP_KEYS, 0) | {"dedup_kept": 50}
+    assert manifest["warnings"] == report.warnings == []
+
+
+@pytest.mark.parametrize("max_share,warned", [(None, True), (0.25, False)])
+def test_dedup_counts_and_the_share_warning_reach_manifest_and_summary(isolated_workspace, tmp_path, max_share, warned):
+    from tests.test_golden_clean import QA, shared_context_items, with_duplicates
+
+    path = write_jsonl(tmp_path / "qa.jsonl", with_duplicates(shared_context_items()))  # 67 rows, 15 removed
+    golden = {"sources": [{"kind": "labels", "path": str(path)}]} | ({"max_duplicate_share": max_share} if max_share else {})
+    spec, sources, options = specs_from_plan({"use_cases": {"report-qa": {"task_type": "qa", "golden": golden}}})[0]
+    assert options.max_duplicate_share == (max_share or 0.2)
+    report = refresh_golden(isolated_workspace, spec, sources, options)
+    manifest = read_manifest(isolated_workspace, "report-qa")
+    assert report.counts["items"] == 52  # 50 questions + 2 conflicting references kept for review
+    assert [manifest["refresh"][key] for key in DEDUP_KEYS] == [52, 4, 10, 1, 2, 3]
+    assert sorted({example["kind"] for example in manifest["refresh"]["dedup_examples"]}) == [
+        "conflicts_kept", "conflicts_resolved", "exact", "near"]
+    assert len(manifest["warnings"]) == len(report.warnings) == int(warned)
+    row = summary_rows([report])[0]
+    assert (row["dedup_kept"], row["exact"], row["near"], row["conflicts_resolved"], row["conflicts_kept"]) == (52, 4, 10, 1, 2)
+    assert row["warnings"] == report.warnings
+    markdown = summary_markdown([report])
+    assert "- dedup: 52 kept; removed 4 exact, 10 near, 1 conflicting references resolved" in markdown
+    if warned:
+        assert report.warnings[0].startswith("dedup removed 15 of 67 rows (22%, more than golden.max_duplicate_share 20%)")
+        assert f"- **warning:** {report.warnings[0]}" in markdown
+        index = json.loads((golden_dir(isolated_workspace, "report-qa") / "manifest.json").read_text())
+        assert index["versions"][-1]["warnings"] == report.warnings
 
 
 # ---------------------------------------------------------------- PII never stored

@@ -399,6 +399,14 @@ def golden_show(use_case: str, version: Optional[int] = typer.Option(None, help=
     console.print(f"[bold]{use_case}[/] v{manifest['version']} ({manifest['created_at']}) hash {manifest['content_hash'][:16]}")
     console.print(f"items {counts['items']}: {counts['by_split']}, origins {counts['by_origin']}, silver {counts['silver']}")
     console.print(f"diff vs v{diff['against']}: +{diff['added']} -{diff['removed']} ~{diff['relabelled']} relabelled")
+    dedup = manifest.get("refresh", {})
+    if "dedup_kept" in dedup:
+        console.print(f"dedup: kept {dedup['dedup_kept']}, exact {dedup['exact_duplicates']}, near "
+                      f"{dedup['near_duplicates']}, conflicting {dedup['conflicting_references']} "
+                      f"({dedup['conflicts_resolved']} resolved by label origin, {dedup['conflicts_kept']} kept for review)",
+                      highlight=False, soft_wrap=True)
+    for warning in manifest.get("warnings", []):
+        console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False, soft_wrap=True)
     path = golden_dir(workspace, use_case) / f"v{manifest['version']}.manifest.json"
     console.print(f"manifest: {path}")
 
@@ -419,12 +427,20 @@ def _print_golden_rows(rows: list[dict], workspace: Optional[Path]) -> None:
 
     from workhorse.workspace import Workspace
 
-    table = Table("use case", "version", "items", "dev/test", "silver", "PII", "dupes", "quarantined", "diff")
+    table = Table("use case", "version", "items", "dev/test", "silver", "PII", "kept", "exact", "near", "conflicts",
+                  "quarantined", "diff")
     for row in rows:
         table.add_row(row["use_case"], f"v{row['version']}" + (" (new)" if row["new_version"] else ""), str(row["items"]),
-                      f"{row['dev']}/{row['test']}", str(row["silver"]), str(row["pii_scrubbed"]), str(row["duplicates"]),
+                      f"{row['dev']}/{row['test']}", str(row["silver"]), str(row["pii_scrubbed"]), str(row["dedup_kept"]),
+                      str(row["exact"]), str(row["near"]), str(row["conflicts_resolved"] + row["conflicts_kept"]),
                       str(row["quarantined"]), f"+{row['added']} -{row['removed']} ~{row['relabelled']}")
     console.print(table)
+    for row in rows:
+        console.print(f"{row['use_case']} dedup: kept {row['dedup_kept']}, exact {row['exact']}, near {row['near']}, "
+                      f"conflicting {row['conflicts_resolved'] + row['conflicts_kept']} ({row['conflicts_resolved']} "
+                      f"resolved by label origin, {row['conflicts_kept']} kept for review)", highlight=False, soft_wrap=True)
+        for warning in row["warnings"]:
+            console.print(f"[yellow]warning:[/yellow] {row['use_case']}: {warning}", highlight=False, soft_wrap=True)
     console.print(f"Golden sets in {Workspace.resolve(workspace).root / 'golden'}")
 
 

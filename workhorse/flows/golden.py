@@ -1,8 +1,9 @@
 """Flow: golden_dataset_refresh (playbook step 2) - one versioned golden set per use case.
 
 Wiring only: the plan gives each use case's sources, one task per use case refreshes it
-(a broken use case does not stop the others), the summary becomes Prefect artifacts, and the
-flow fails at the end, naming the use cases whose contract failed.
+(a broken use case does not stop the others), the summary becomes Prefect artifacts, warnings
+(e.g. dedup removed an unusual share of rows) are logged, and the flow fails at the end,
+naming the use cases whose contract failed.
 """
 
 from __future__ import annotations
@@ -56,8 +57,13 @@ def golden_dataset_refresh(plan: str | dict | None = None, workspace: str | None
     failed = {name: state for name, state in states.items() if not state.is_completed()}
     publish(reports)
     for report in reports:
-        logger.info("%s: v%s (%s), %s items, %s quarantined", report.use_case, report.version,
-                    "new" if report.created else "unchanged", report.counts.get("items"), report.quarantined)
+        logger.info("%s: v%s (%s), %s items, %s quarantined; dedup kept %s, removed %s exact, %s near, "
+                    "%s conflicting references resolved, %s kept for review", report.use_case, report.version,
+                    "new" if report.created else "unchanged", report.counts.get("items"), report.quarantined,
+                    report.dedup_kept, report.exact_duplicates, report.near_duplicates, report.conflicts_resolved,
+                    report.conflicts_kept)
+        for warning in report.warnings:
+            logger.warning("%s: %s", report.use_case, warning)
     if failed:
         reasons = "; ".join(f"{name}: {state.message}" for name, state in failed.items())
         raise ContractError(f"golden sets not refreshed: {reasons}")

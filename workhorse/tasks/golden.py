@@ -63,6 +63,9 @@ class RefreshOptions:
     near_duplicate_threshold: float = 0.9
     sanity: Sanity = Sanity()
     max_bad_ratio: float = 0.25
+    # Above this share of rows removed as duplicates the refresh warns: distinct items sharing a
+    # template or a context may have been merged, or the source repeats itself a lot.
+    max_duplicate_share: float = 0.2
 
 
 @dataclass
@@ -72,9 +75,13 @@ class RefreshReport:
     use_case: str
     rows_in: dict = field(default_factory=dict)
     scrubbed: dict = field(default_factory=dict)
+    dedup_kept: int = 0
     exact_duplicates: int = 0
     near_duplicates: int = 0
-    conflicting_references: int = 0
+    conflicts_resolved: int = 0
+    conflicts_kept: int = 0
+    dedup_examples: list = field(default_factory=list)
+    warnings: list = field(default_factory=list)
     quarantined: int = 0
     quarantine_reasons: dict = field(default_factory=dict)
     quarantine_path: str | None = None
@@ -85,6 +92,14 @@ class RefreshReport:
     diff: dict = field(default_factory=dict)
     counts: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
+
+    @property
+    def duplicates_removed(self) -> int:
+        return self.exact_duplicates + self.near_duplicates + self.conflicts_resolved
+
+    @property
+    def conflicting_references(self) -> int:
+        return self.conflicts_resolved + self.conflicts_kept
 
     @property
     def seconds(self) -> float:
@@ -101,9 +116,23 @@ class RefreshReport:
 
     def stats(self) -> dict:
         """The numbers that describe the cleaning (stored in the manifest)."""
-        return {"rows_in": self.rows_in, "scrubbed": self.scrubbed, "exact_duplicates": self.exact_duplicates,
-                "near_duplicates": self.near_duplicates, "conflicting_references": self.conflicting_references,
+        return {"rows_in": self.rows_in, "scrubbed": self.scrubbed, "dedup_kept": self.dedup_kept,
+                "exact_duplicates": self.exact_duplicates, "near_duplicates": self.near_duplicates,
+                "conflicting_references": self.conflicting_references, "conflicts_resolved": self.conflicts_resolved,
+                "conflicts_kept": self.conflicts_kept, "dedup_examples": self.dedup_examples,
                 "quarantined": self.quarantined, "quarantine_reasons": self.quarantine_reasons}
+
+    def record_dedup(self, dedup, max_share: float) -> None:
+        """Copy the dedup counts, and warn when it removed more than ``max_share`` of the rows."""
+        self.dedup_kept, self.exact_duplicates, self.near_duplicates = dedup.kept, dedup.exact, dedup.near
+        self.conflicts_resolved, self.conflicts_kept = dedup.conflicts_resolved, dedup.conflicts_kept
+        self.dedup_examples = dedup.examples
+        if dedup.removed_share > max_share:
+            self.warnings.append(
+                f"dedup removed {dedup.removed} of {dedup.kept + dedup.removed} rows ({dedup.removed_share:.0%}, "
+                f"more than golden.max_duplicate_share {max_share:.0%}): {dedup.exact} exact, {dedup.near} near, "
+                f"{dedup.conflicts_resolved} conflicting references resolved by label origin; check the examples "
+                f"in the manifest")
 
 
 # ---------------------------------------------------------------- sources
@@ -162,8 +191,7 @@ def refresh_golden(workspace, spec: GoldenSpec, sources: list[SourceSpec],
         report.scrubbed = scrub.as_dict()
     with report.timed("dedup"):
         items, dedup = deduplicate(items, options.near_duplicate_threshold)
-        report.exact_duplicates, report.near_duplicates = dedup.exact, dedup.near
-        report.conflicting_references = dedup.conflicting_references
+        report.record_dedup(dedup, options.max_duplicate_share)
     with report.timed("contract"):
         found = versions(workspace, spec.use_case)
         items = keep_previous_splits(items, load_golden(workspace, spec.use_case, found[-1]) if found else [])
@@ -177,7 +205,8 @@ def store(workspace, spec: GoldenSpec, sources: list[SourceSpec], items: list[Go
           report: RefreshReport) -> None:
     """Write the version (if the content is new) and copy its identity into the report."""
     stored = write_version(workspace, spec.use_case, items, [s.describe() for s in sources],
-                           extra={"refresh": report.stats(), "test_fraction": spec.test_fraction})
+                           extra={"refresh": report.stats(), "warnings": report.warnings,
+                                  "test_fraction": spec.test_fraction})
     report.version, report.created, report.content_hash = stored.version, stored.created, stored.manifest["content_hash"]
     report.counts, report.diff = stored.manifest["counts"], stored.manifest["diff"] if stored.created else {}
 
@@ -218,7 +247,8 @@ def specs_from_plan(plan: dict, base_dir: Path | None = None) -> list[tuple[Gold
 
     Reads ``use_cases`` (a mapping name -> entry, or a list of entries with ``name``); each entry
     has ``task_type``, ``labels``/``json_schema`` and an optional ``golden`` section with
-    ``sources``, ``size``, ``test_fraction``, ``near_duplicate_threshold``, ``max_bad_ratio``.
+    ``sources``, ``size``, ``test_fraction``, ``near_duplicate_threshold``, ``max_bad_ratio``,
+    ``max_duplicate_share`` (warn when dedup removes more of the rows; default 0.2).
     Use cases marked ``workload: frontier`` are skipped unless they have a ``golden`` section.
     Without ``golden.sources`` the set is sampled from the usage log. Relative paths are
     resolved against ``base_dir`` (the plan's folder).
@@ -239,7 +269,8 @@ def _spec_from_entry(entry: dict, base_dir: Path | None) -> tuple[GoldenSpec, li
     sources = [_source(raw, base_dir) for raw in golden.get("sources") or [{"kind": "usage_log"}]]
     options = RefreshOptions(sample=SampleOptions(size=int(golden.get("size", 200))),
                              near_duplicate_threshold=float(golden.get("near_duplicate_threshold", 0.9)),
-                             max_bad_ratio=float(golden.get("max_bad_ratio", 0.25)))
+                             max_bad_ratio=float(golden.get("max_bad_ratio", 0.25)),
+                             max_duplicate_share=float(golden.get("max_duplicate_share", 0.2)))
     return spec, sources, options
 
 
@@ -255,8 +286,10 @@ def _source(raw: dict, base_dir: Path | None) -> SourceSpec:
 def summary_rows(reports: list[RefreshReport]) -> list[dict]:
     """One row per use case for the table artifact and the CLI."""
     return [{"use_case": r.use_case, "version": r.version, "new_version": r.created, "rows_in": sum(r.rows_in.values()),
-             "pii_scrubbed": sum(r.scrubbed.values()), "duplicates": r.exact_duplicates + r.near_duplicates,
-             "quarantined": r.quarantined, "items": r.counts.get("items", 0),
+             "pii_scrubbed": sum(r.scrubbed.values()), "dedup_kept": r.dedup_kept, "exact": r.exact_duplicates,
+             "near": r.near_duplicates, "conflicts_resolved": r.conflicts_resolved, "conflicts_kept": r.conflicts_kept,
+             "duplicates": r.duplicates_removed, "warnings": list(r.warnings), "quarantined": r.quarantined,
+             "items": r.counts.get("items", 0),
              "dev": r.counts.get("by_split", {}).get("dev", 0), "test": r.counts.get("by_split", {}).get("test", 0),
              "silver": r.counts.get("silver", 0), "added": r.diff.get("added", 0),
              "removed": r.diff.get("removed", 0), "relabelled": r.diff.get("relabelled", 0)} for r in reports]
@@ -273,15 +306,17 @@ def summary_markdown(reports: list[RefreshReport]) -> str:
                   f"{report.counts.get('silver', 0)}",
                   f"- rows in: {report.rows_in}",
                   f"- PII scrubbed: {report.scrubbed}",
-                  f"- duplicates removed: {report.exact_duplicates} exact, {report.near_duplicates} near "
-                  f"({report.conflicting_references} with a different reference)",
+                  f"- dedup: {report.dedup_kept} kept; removed {report.exact_duplicates} exact, "
+                  f"{report.near_duplicates} near, {report.conflicts_resolved} conflicting references resolved by "
+                  f"label origin; {report.conflicts_kept} near-identical questions with another reference kept "
+                  f"for review",
                   f"- quarantined: {report.quarantined}" + (f" {report.quarantine_reasons} -> `{report.quarantine_path}`"
                                                             if report.quarantined else ""),
                   f"- content hash: `{report.content_hash}`"]
         if report.created and report.diff:
             lines.append(f"- diff vs v{report.diff.get('against')}: +{report.diff['added']} added, "
                          f"-{report.diff['removed']} removed, {report.diff['relabelled']} relabelled")
-        lines.append("")
+        lines += [f"- **warning:** {warning}" for warning in report.warnings] + [""]
     return "\n".join(lines)
 
 

@@ -1,9 +1,17 @@
 """Cleaning golden items before they are stored: PII scrub, exact and near-duplicate removal,
 length and script sanity, and the golden_item contract with its use-case row checks.
 
-Near duplicates are found with MinHash over character 5-gram shingles of the normalised text,
-banded into an LSH index (64 permutations, 16 bands x 4 rows), and confirmed with the exact
-Jaccard similarity; this is O(n) in the number of items instead of comparing every pair.
+Duplicates are judged on what makes an item that item: its question and its reference.
+- Same normalised input (case, width, punctuation, spacing ignored): one item is kept, the most
+  trusted reference (human > import > incumbent, then source order); a dropped copy with another
+  reference is counted as a resolved conflict, not as a duplicate.
+- Near duplicates: MinHash over character 5-gram shingles, banded into an LSH index (64
+  permutations, 16 bands x 4 rows), confirmed with the exact Jaccard similarity; O(n) in the
+  number of items instead of comparing every pair. A confirmed pair asks the same question only
+  if what differs between them does too: questions that share a long context (a table, a
+  transcript, a system prompt) are compared without it, and another number is another question.
+  Same question and same reference: the less trusted copy is dropped. Same question, another
+  reference: both are kept and counted as a conflict for a reviewer; nothing distinct is deleted.
 """
 
 from __future__ import annotations
@@ -97,10 +105,102 @@ def candidate_pairs(sets: list[set[int]], bands: int = 16, rows: int = 4) -> set
 
 @dataclass
 class DedupReport:
+    """What dedup did. ``kept + exact + near + conflicts_resolved`` is the number of items in;
+    ``conflicts_kept`` are among ``kept`` (near-identical questions with another reference)."""
+
+    kept: int = 0
     exact: int = 0
     near: int = 0
-    conflicting_references: int = 0
+    conflicts_resolved: int = 0
+    conflicts_kept: int = 0
     examples: list[dict] = field(default_factory=list)
+
+    @property
+    def removed(self) -> int:
+        return self.exact + self.near + self.conflicts_resolved
+
+    @property
+    def conflicting_references(self) -> int:
+        return self.conflicts_resolved + self.conflicts_kept
+
+    @property
+    def removed_share(self) -> float:
+        """The share of the items in that dedup removed (0 for an empty set)."""
+        return self.removed / (self.kept + self.removed) if self.kept + self.removed else 0.0
+
+
+EXAMPLES_PER_KIND = 10
+SEGMENT_BREAK = re.compile(r"\n+|(?<=[.!?])\s+")
+NUMBER = re.compile(r"\d+")
+# Shared text this long, and this many times longer than the part that differs, is a context (a
+# table under several questions), not the rest of one message with an edit at its end.
+CONTEXT_MIN_CHARS = 300
+CONTEXT_RATIO = 5
+
+
+def segments(text: str) -> list[str]:
+    """The normalised lines and sentences of a text: the pieces a shared context is made of."""
+    return [part for part in map(normalise, SEGMENT_BREAK.split(text)) if part]
+
+
+def distinguishing_parts(left: list[str], right: list[str]) -> tuple[str, str, int]:
+    """What each side says that the other does not (its segments minus the shared ones), and
+    the length of what they share."""
+    shared = set(left) & set(right)
+    return (" ".join(s for s in left if s not in shared), " ".join(s for s in right if s not in shared),
+            sum(len(s) for s in left if s in shared))
+
+
+def same_question(left: list[str], right: list[str], threshold: float) -> bool:
+    """Whether two texts whose shingle Jaccard is >= ``threshold`` ask the same question.
+
+    Another number (year, quarter, amount, id) is another question. Where the shared segments
+    are a context, many times longer than what differs (a table, a transcript, a document), the
+    differing parts are judged like two questions asked alone: shingle Jaccard >= ``threshold``
+    or a few misspelt words. Otherwise the texts are one message with an edit, and their whole
+    similarity decides, as it does where one side only adds a segment to the other.
+    """
+    mine, theirs, shared = distinguishing_parts(left, right)
+    if NUMBER.findall(mine) != NUMBER.findall(theirs):
+        return False
+    if not mine or not theirs or shared < max(CONTEXT_MIN_CHARS, CONTEXT_RATIO * max(len(mine), len(theirs))):
+        return True
+    return misspelt_only(mine, theirs) or jaccard(shingles(mine), shingles(theirs)) >= threshold
+
+
+def misspelt_only(mine: str, theirs: str) -> bool:
+    """The same words but a few misspelt ones (one word in eight at most). Short questions need
+    this: one typo in 60 characters changes ~10 of their shingles, too many for any threshold."""
+    left, right = mine.split(), theirs.split()
+    changed = [(a, b) for a, b in zip(left, right) if a != b]
+    if len(left) != len(right) or len(changed) > max(1, len(left) // 8):
+        return False
+    return all(_misspelling(a, b) for a, b in changed)
+
+
+def _misspelling(left: str, right: str) -> bool:
+    """One edit apart, two for words of eight letters or more; 'Q1'/'Q2' or 'Al'/'Ed' are not typos."""
+    longest = max(len(left), len(right))
+    return longest >= 4 and edit_distance(left, right) <= (1 if longest < 8 else 2)
+
+
+def edit_distance(left: str, right: str) -> int:
+    """Levenshtein distance of two words (short strings: the quadratic table is cheap)."""
+    previous = list(range(len(right) + 1))
+    for i, a in enumerate(left, 1):
+        current = [i]
+        for j, b in enumerate(right, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (a != b)))
+        previous = current
+    return previous[-1]
+
+
+def same_reference(left: GoldenItem, right: GoldenItem) -> bool:
+    return normalise(left.reference or "") == normalise(right.reference or "")
+
+
+def input_key(item: GoldenItem) -> str:
+    return normalise(" ".join(f"{m.get('role')}: {m.get('content') or ''}" for m in item.input))
 
 
 def _keeper_order(items: list[GoldenItem]) -> list[int]:
@@ -108,51 +208,72 @@ def _keeper_order(items: list[GoldenItem]) -> list[int]:
     return sorted(range(len(items)), key=lambda i: (ORIGIN_PRIORITY.get(items[i].label_origin, 9), i))
 
 
-def _drop(kept: GoldenItem, dropped: GoldenItem, kind: str, report: DedupReport) -> None:
+def _note(report: DedupReport, kind: str, kept: GoldenItem, other: GoldenItem) -> None:
+    """Count one decision and keep a few examples (ids, origins, references) for the manifest."""
     setattr(report, kind, getattr(report, kind) + 1)
-    if (dropped.reference or "") != (kept.reference or ""):
-        report.conflicting_references += 1
-    if len(report.examples) < 20:
-        report.examples.append({"kind": kind, "kept": kept.item_id, "dropped": dropped.item_id})
+    if sum(example["kind"] == kind for example in report.examples) < EXAMPLES_PER_KIND:
+        report.examples.append({"kind": kind, "kept": kept.item_id, "other": other.item_id,
+                                "origins": [kept.label_origin, other.label_origin],
+                                "references": [(kept.reference or "")[:120], (other.reference or "")[:120]]})
 
 
 def drop_exact_duplicates(items: list[GoldenItem], report: DedupReport) -> list[GoldenItem]:
-    """One item per normalised input text, the most trusted reference kept."""
+    """One item per normalised input text, the most trusted reference kept: the same input
+    cannot be asked twice, and its id would collide. A copy that disagrees is a resolved conflict."""
     kept: dict[str, int] = {}
     for index in _keeper_order(items):
-        key = normalise(" ".join(f"{m.get('role')}: {m.get('content') or ''}" for m in items[index].input))
-        if key in kept:
-            _drop(items[kept[key]], items[index], "exact", report)
-        else:
+        key = input_key(items[index])
+        if key not in kept:
             kept[key] = index
+            continue
+        survivor = items[kept[key]]
+        kind = "exact" if same_reference(survivor, items[index]) else "conflicts_resolved"
+        _note(report, kind, survivor, items[index])
     return [items[index] for index in sorted(kept.values())]
 
 
-def drop_near_duplicates(items: list[GoldenItem], report: DedupReport, threshold: float = 0.9) -> list[GoldenItem]:
-    """Drop items whose shingle Jaccard with a more trusted kept item is >= ``threshold``."""
+def similar_pairs(items: list[GoldenItem], threshold: float) -> dict[int, set[int]]:
+    """Neighbours whose whole texts have a shingle Jaccard >= ``threshold`` (LSH candidates, confirmed)."""
     sets = [shingles(item.text) for item in items]
     neighbours: dict[int, set[int]] = {}
     for left, right in candidate_pairs(sets):
         if jaccard(sets[left], sets[right]) >= threshold:
             neighbours.setdefault(left, set()).add(right)
             neighbours.setdefault(right, set()).add(left)
+    return neighbours
+
+
+def drop_near_duplicates(items: list[GoldenItem], report: DedupReport, threshold: float = 0.9) -> list[GoldenItem]:
+    """Drop items that ask a more trusted kept item's question again (near-identical where they
+    differ) with the same reference; with another reference both stay, counted as a conflict."""
+    neighbours = similar_pairs(items, threshold)
     order = _keeper_order(items)
     rank = {index: position for position, index in enumerate(order)}
+    parts = {index: segments(items[index].text) for index in neighbours}
     dropped: set[int] = set()
+    conflicts: dict[int, int] = {}  # item -> the more trusted item whose question it repeats
     for index in order:  # visited in preference order, so a survivor outranks what it drops
         if index in dropped:
             continue
         for other in sorted(neighbours.get(index, set()) - dropped):
-            if rank[other] > rank[index]:
+            if rank[other] < rank[index] or not same_question(parts[index], parts[other], threshold):
+                continue
+            if same_reference(items[index], items[other]):
                 dropped.add(other)
-                _drop(items[index], items[other], "near", report)
+                _note(report, "near", items[index], items[other])
+            else:
+                conflicts.setdefault(other, index)
+    for other, index in sorted(conflicts.items(), key=lambda pair: rank[pair[0]]):
+        if other not in dropped:  # a conflict that a later pair resolved as a duplicate is gone
+            _note(report, "conflicts_kept", items[index], items[other])
     return [item for index, item in enumerate(items) if index not in dropped]
 
 
 def deduplicate(items: list[GoldenItem], threshold: float = 0.9) -> tuple[list[GoldenItem], DedupReport]:
     report = DedupReport()
-    items = drop_exact_duplicates(items, report)
-    return drop_near_duplicates(items, report, threshold), report
+    items = drop_near_duplicates(drop_exact_duplicates(items, report), report, threshold)
+    report.kept = len(items)
+    return items, report
 
 
 # ---------------------------------------------------------------- sanity and contract

@@ -1,8 +1,9 @@
 """Immutable, versioned golden sets: ``<workspace>/golden/<use_case>/vN.parquet`` + manifests.
 
 Each version is two files written once and never again: ``vN.parquet`` (the items) and
-``vN.manifest.json`` (content hash, counts by split/label/origin, sources, created_at, and the
-diff against vN-1). ``manifest.json`` is an index of all versions, rebuilt on every write and
+``vN.manifest.json`` (content hash, counts by split/label/origin, sources, created_at, the
+diff against vN-1, and what the refresh passed in: cleaning counts and warnings).
+``manifest.json`` is an index of all versions (with their warnings), rebuilt on every write and
 derivable from the per-version manifests. A version is complete when its manifest exists;
 files are written to a temporary name and linked into place, which fails rather than
 overwrites if the name is taken, so a racing or crashed refresh never replaces a version.
@@ -215,6 +216,7 @@ def _write_index(workspace, use_case: str) -> Path:
         manifest = read_manifest(workspace, use_case, number)
         entries.append({key: manifest[key] for key in ("version", "file", "content_hash", "created_at")}
                        | {"items": manifest["counts"]["items"], "added": manifest["diff"]["added"],
-                          "removed": manifest["diff"]["removed"], "relabelled": manifest["diff"]["relabelled"]})
+                          "removed": manifest["diff"]["removed"], "relabelled": manifest["diff"]["relabelled"],
+                          "warnings": manifest.get("warnings", [])})
     index = {"use_case": use_case, "latest": entries[-1]["version"] if entries else None, "versions": entries}
     return replace_file(golden_dir(workspace, use_case) / "manifest.json", json_bytes(index))
