@@ -20,8 +20,8 @@ from workhorse.tasks.evaluation import (
     AS_LOGGED, best_variant, build_requests, few_shot_examples, tuning_contenders,
 )
 from workhorse.tasks.eval_run import (
-    EvalContext, contenders_from_plan, decide, execution_from, generate, key_blocks_for, publish_results, replay_for,
-    score_responses,
+    EvalContext, contenders_from_plan, decide, execution_from, generate, key_blocks_for, publish_results,
+    record_self_hosted_throughput, replay_for, score_responses, scorer_options, store_responses,
 )
 from workhorse.tasks.golden_versions import load_golden
 
@@ -45,7 +45,7 @@ async def parallel_eval(use_case: str, workspace: str | None = None, plan_path: 
     items = load_golden(ws, use_case)
     dev, test = [i for i in items if i.split == "dev"], [i for i in items if i.split == "test"]
     run_id = run_id or f"eval-{use_case}-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}"
-    incumbent, candidates, skipped = contenders_from_plan(plan, use_case, models, hostings, variants)
+    incumbent, candidates, skipped = contenders_from_plan(plan, use_case, models, hostings, variants, ws.root)
     for reason in skipped:
         logger.warning(reason)
     execution = execution_from(plan, task_runner, dask_address, dask_workers)
@@ -54,7 +54,8 @@ async def parallel_eval(use_case: str, workspace: str | None = None, plan_path: 
         tuned = tuning_contenders(candidates)
         tuning = [r for c in tuned for v in c.variants for r in build_requests(c, v, dev, examples)]
         dev_rows = await generate(context, tuning, phase="dev")
-        dev_scores = score_responses(quote(items), quote(dev_rows))
+        store_responses(ws, run_id, quote(dev_rows))
+        dev_scores = score_responses(quote(items), quote(dev_rows), scorer_options(plan, use_case))
         by_model = {c.spec.model: best_variant(dev_scores, c.spec.label, c.spec.hosting) for c in tuned}
         chosen = {(c.spec.label, c.spec.hosting): by_model[c.spec.model] for c in candidates}
         replayed, to_call = replay_for(incumbent, test, run_id, ws) if replay else ([], test)
@@ -63,7 +64,9 @@ async def parallel_eval(use_case: str, workspace: str | None = None, plan_path: 
             confirm += build_requests(c, chosen[(c.spec.label, c.spec.hosting)][0], test, examples)
         test_rows = replayed + await generate(context, confirm, phase="test")
         throughput = context.throughput()
-    test_scores = score_responses(quote(items), quote(test_rows))
+    store_responses(ws, run_id, quote(dev_rows + test_rows))
+    record_self_hosted_throughput(ws, candidates, throughput)
+    test_scores = score_responses(quote(items), quote(test_rows), scorer_options(plan, use_case))
     verdict = decide(plan, use_case, incumbent, candidates, chosen, quote(test_scores), quote(test_rows), ws)
     task_type, labels = items[0].task_type, list(items[0].labels or [])
     return publish_results(ws, run_id, use_case, task_type, labels, quote(dev_rows + test_rows),

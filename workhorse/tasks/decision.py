@@ -6,6 +6,13 @@ and McNemar's test on per-item correctness. The policy is a non-inferiority test
 be slightly worse than the incumbent, by at most ``non_inferiority_margin`` (absolute, on the
 primary metric's 0..1 scale), and still be the right choice because it is much cheaper.
 
+    before any statistics (the evidence a verdict needs):
+      the incumbent answered no test item     -> inconclusive (not evaluated: no key and nothing
+                                                 logged, or every call failed), unless the plan
+                                                 sets quality_policy.min_score: then each
+                                                 candidate is judged against that absolute bar
+      the incumbent failed > max_error_rate   -> inconclusive (its answers would flatter the candidate)
+      a candidate answered no test item       -> inconclusive for it (not evaluated)
     per candidate, in order:
       n < min_items                          -> keep if n >= 20 and CI high < -margin (clearly worse
                                                               even on few items), else inconclusive
@@ -16,7 +23,12 @@ primary metric's 0..1 scale), and still be the right choice because it is much c
       CI high <  -margin                     -> keep         (clearly worse)
       otherwise                              -> inconclusive (the CI straddles the margin)
     per use case: migrate if any candidate may migrate (the largest saving wins, ties go to the
-    higher score); else inconclusive if any candidate is; else keep.
+    higher score); else inconclusive if any candidate is; else keep. Every candidate keeps its
+    own assessment and sentence, so the report says why the others lost.
+
+Items are paired only where the incumbent answered and a reference exists; a candidate's failed
+call on such an item counts as a wrong answer (a failure in production is one), while the
+incumbent's failures are left out (counted as wrong they would flatter the candidate).
 
 The bootstrap CI decides; McNemar's p-value is reported beside it (a candidate can be
 significantly worse and still non-inferior: 0.5 pp worse on 4,000 items with a 2 pp margin).
@@ -25,7 +37,7 @@ significantly worse and still non-inferior: 0.5 pp worse on 4,000 items with a 2
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal, Mapping, Sequence
 
 import numpy as np
@@ -116,6 +128,9 @@ class QualityPolicy:
     primary_metric: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_PRIMARY_METRIC))
     n_resamples: int = 2000
     seed: int = 0
+    # An absolute bar on the primary metric, used only when the incumbent cannot be evaluated
+    # (a golden set imported with references, and no key or logged answers for the incumbent).
+    min_score: float | None = None
 
     def __post_init__(self) -> None:
         problems = [f"{name}={getattr(self, name)!r}" for name, ok in self._checks().items() if not ok]
@@ -126,7 +141,8 @@ class QualityPolicy:
         return {"non_inferiority_margin": 0 <= self.non_inferiority_margin <= 1,
                 "min_items": self.min_items >= 1, "confidence": 0 < self.confidence < 1,
                 "max_error_rate": 0 <= self.max_error_rate <= 1, "n_resamples": self.n_resamples >= 100,
-                "max_p95_latency_ms": self.max_p95_latency_ms is None or self.max_p95_latency_ms > 0}
+                "max_p95_latency_ms": self.max_p95_latency_ms is None or self.max_p95_latency_ms > 0,
+                "min_score": self.min_score is None or 0 <= self.min_score <= 1}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | Any | None) -> "QualityPolicy":
@@ -169,17 +185,50 @@ class CandidateResult:
 
 
 @dataclass(frozen=True)
+class IncumbentEvidence:
+    """What the incumbent answered on the test items: checked before any statistics.
+
+    ``missing`` says why it answered nothing when it had no chance to (no key, nothing logged)."""
+
+    answered: int
+    failed: int = 0
+    missing: str = ""
+    errors: Mapping[str, int] = field(default_factory=dict)
+
+    @property
+    def error_rate(self) -> float:
+        attempted = self.answered + self.failed
+        return self.failed / attempted if attempted else 0.0
+
+    def problem(self, policy: "QualityPolicy") -> tuple[str, str] | None:
+        """(why, sentence) when the incumbent cannot anchor a comparison, else None."""
+        if self.answered == 0:
+            return "incumbent_not_evaluated", self.missing or f"every call failed ({_error_counts(self.errors)})"
+        if self.error_rate > policy.max_error_rate:
+            return "incumbent_errors", (f"it failed {self.error_rate:.1%} of its calls ({_error_counts(self.errors)}), "
+                                        f"above the {policy.max_error_rate:.1%} the policy allows")
+        return None
+
+
+def _error_counts(errors: Mapping[str, int]) -> str:
+    return ", ".join(f"{count} {kind}" for kind, count in sorted(errors.items(), key=lambda kv: -kv[1])) or "no answer"
+
+
+@dataclass(frozen=True)
 class Assessment:
     """How one candidate fared against the policy; the verdict picks among these."""
 
     candidate: CandidateResult
     decision: Decision
-    why: str  # non_inferior | worse | straddles | under_sampled | errors | latency
+    # non_inferior | worse | straddles | under_sampled | errors | latency | not_evaluated |
+    # incumbent_not_evaluated | incumbent_errors | no_reference | meets_bar | below_bar | straddles_bar
+    why: str
     n: int
     diff: float | None = None
     ci_low: float | None = None
     ci_high: float | None = None
     p_value: float | None = None
+    note: str = ""  # the evidence behind a precondition that failed, in words
 
 
 @dataclass(frozen=True)
@@ -198,18 +247,29 @@ class Verdict:
     use_case: str = ""
     metric: str = ""
     assessments: tuple[Assessment, ...] = ()
+    candidates: tuple[dict, ...] = ()  # every candidate's own verdict (candidate_verdicts), chosen first
+    summary: str = ""  # which candidate the decision names, and why each other one lost
 
 
 def verdict(use_case: str, incumbent_scores: Sequence[float], candidates: Sequence[CandidateResult],
             policy: QualityPolicy | None = None, *, task_type: str = "classification",
-            incumbent_correct: Sequence[bool] | None = None) -> Verdict:
-    """The decision for one use case; the reason is one sentence with the numbers behind it."""
+            incumbent_correct: Sequence[bool] | None = None,
+            incumbent: IncumbentEvidence | None = None) -> Verdict:
+    """The decision for one use case; the reason is one sentence with the numbers behind it.
+
+    ``incumbent``: what the incumbent answered; without it the incumbent scores are taken as evidence."""
     policy = policy or QualityPolicy()
     metric = policy.metric_for(task_type)
     if not candidates:
         return Verdict("inconclusive", None, None, None, None, None, None, None, len(incumbent_scores), None,
                        f"{use_case}: no candidate was evaluated.", use_case, metric)
-    assessments = tuple(assess(c, incumbent_scores, policy, incumbent_correct) for c in candidates)
+    problem = incumbent.problem(policy) if incumbent else None
+    if problem and policy.min_score is not None:
+        assessments = tuple(assess_against_bar(c, policy, problem[1]) for c in candidates)
+    elif problem:
+        assessments = tuple(Assessment(c, "inconclusive", problem[0], 0, note=problem[1]) for c in candidates)
+    else:
+        assessments = tuple(assess(c, incumbent_scores, policy, incumbent_correct) for c in candidates)
     chosen = _choose(assessments)
     return _verdict_from(use_case, metric, policy, chosen, assessments)
 
@@ -221,6 +281,9 @@ def assess(candidate: CandidateResult, incumbent_scores: Sequence[float], policy
     if n != len(incumbent_scores):
         raise ValueError(f"{candidate.model}/{candidate.prompt_variant}: {n} scores but the incumbent has "
                          f"{len(incumbent_scores)}; the verdict needs the same items")
+    precondition = _candidate_precondition(candidate, n)
+    if precondition:
+        return precondition
     if n < policy.min_items:
         return _under_sampled(candidate, incumbent_scores, policy, n, incumbent_correct)
     gate = _operational_gate(candidate, policy)
@@ -231,6 +294,37 @@ def assess(candidate: CandidateResult, incumbent_scores: Sequence[float], policy
     decision, why = _by_margin(low, high, policy.non_inferiority_margin)
     return Assessment(candidate, decision, why, n, diff, low, high,
                       _p_value(candidate, incumbent_scores, incumbent_correct))
+
+
+def _candidate_precondition(candidate: CandidateResult, n: int) -> Assessment | None:
+    """A candidate that answered nothing was not evaluated: its zeros are no evidence of quality."""
+    if candidate.operational.get("answered") == 0:
+        return Assessment(candidate, "inconclusive", "not_evaluated", n,
+                          note=candidate.operational.get("errors_text") or "every call failed")
+    if n == 0:
+        return Assessment(candidate, "inconclusive", "no_reference", 0,
+                          note="no test item has both a reference and an answer of the incumbent")
+    return None
+
+
+def assess_against_bar(candidate: CandidateResult, policy: QualityPolicy, why_no_incumbent: str) -> Assessment:
+    """The candidate's mean score against ``policy.min_score``, when there is no incumbent to pair with.
+
+    The same bootstrap, of the candidate's own scores (paired with zeros, its CI is the mean's)."""
+    n = len(candidate.scores)
+    precondition = _candidate_precondition(candidate, n)
+    if precondition:
+        return precondition
+    if n < policy.min_items:
+        return Assessment(candidate, "inconclusive", "under_sampled", n, note=why_no_incumbent)
+    gate = _operational_gate(candidate, policy)
+    if gate:
+        return Assessment(candidate, "keep", gate, n, note=why_no_incumbent)
+    mean, low, high = paired_bootstrap(candidate.scores, [0.0] * n, n_resamples=policy.n_resamples,
+                                       confidence=policy.confidence, seed=policy.seed)
+    decision, why = (("migrate", "meets_bar") if low >= policy.min_score else
+                     ("keep", "below_bar") if high < policy.min_score else ("inconclusive", "straddles_bar"))
+    return Assessment(candidate, decision, why, n, mean, low, high, note=why_no_incumbent)
 
 
 def _under_sampled(candidate: CandidateResult, incumbent_scores: Sequence[float], policy: QualityPolicy,
@@ -307,15 +401,58 @@ def _closeness_key(a: Assessment) -> tuple:
 def _verdict_from(use_case: str, metric: str, policy: QualityPolicy, chosen: Assessment,
                   assessments: tuple[Assessment, ...]) -> Verdict:
     c = chosen.candidate
-    return Verdict(chosen.decision, c.model, c.hosting, c.prompt_variant, chosen.diff, chosen.ci_low,
-                   chosen.ci_high, chosen.p_value, chosen.n, c.projected_monthly_saving_usd,
-                   reason(use_case, metric, policy, chosen), use_case, metric, assessments)
+    v = Verdict(chosen.decision, c.model, c.hosting, c.prompt_variant, chosen.diff, chosen.ci_low,
+                chosen.ci_high, chosen.p_value, chosen.n, c.projected_monthly_saving_usd,
+                reason(use_case, metric, policy, chosen), use_case, metric, assessments)
+    return replace(v, candidates=tuple(candidate_verdicts(v, policy)), summary=why_chosen(v))
+
+
+def candidate_verdicts(v: Verdict, policy: QualityPolicy) -> list[dict]:
+    """Every candidate's own verdict (chosen first), with its numbers and sentence."""
+    ordered = sorted(v.assessments, key=lambda a: a is not _chosen_of(v))
+    return [{"model": a.candidate.model, "hosting": a.candidate.hosting, "prompt_variant": a.candidate.prompt_variant,
+             "decision": a.decision, "why": a.why, "chosen": a is _chosen_of(v), "n": a.n, "diff": a.diff,
+             "ci_low": a.ci_low, "ci_high": a.ci_high, "p_value": a.p_value,
+             "against": "min_score" if a.why in BAR_REASONS else "incumbent",
+             "projected_monthly_saving_usd": a.candidate.projected_monthly_saving_usd,
+             "reason": reason(v.use_case, v.metric, policy, a)} for a in ordered]
+
+
+def _chosen_of(v: Verdict) -> Assessment | None:
+    return next((a for a in v.assessments if (a.candidate.model, a.candidate.hosting, a.candidate.prompt_variant)
+                 == (v.best_candidate, v.hosting, v.prompt_variant)), None)
+
+
+def why_chosen(v: Verdict) -> str:
+    """The use case's decision in one line: which candidate, and why each other one lost."""
+    chosen = _chosen_of(v)
+    if chosen is None:
+        return v.reason
+    rule = {"migrate": "may migrate, with the largest projected saving",
+            "inconclusive": "is the most promising, though not settled",
+            "keep": "came closest to the incumbent"}[chosen.decision]
+    lines = [f"{v.decision}: {chosen.candidate.model} ({chosen.candidate.hosting}) {rule}"
+             if len(v.assessments) > 1 else f"{v.decision}: {chosen.candidate.model} ({chosen.candidate.hosting})"]
+    lines += [f"{a.candidate.model} ({a.candidate.hosting}) lost: {a.decision}, {_WHY_WORDS.get(a.why, a.why)}"
+              + (f" ({_pp(a.diff)}, CI {_pp(a.ci_low)} to {_pp(a.ci_high)})" if a.ci_low is not None else "")
+              for a in v.assessments if a is not chosen]
+    return "; ".join(lines) + "."
+
+
+BAR_REASONS = frozenset({"meets_bar", "below_bar", "straddles_bar"})
+_WHY_WORDS = {"non_inferior": "non-inferior but a smaller saving", "worse": "worse beyond the margin",
+              "straddles": "its CI straddles the margin", "under_sampled": "too few items",
+              "errors": "too many failed calls", "latency": "too slow", "not_evaluated": "not evaluated",
+              "incumbent_not_evaluated": "the incumbent was not evaluated",
+              "incumbent_errors": "the incumbent failed too often", "no_reference": "no reference to score against",
+              "meets_bar": "meets the absolute bar but a smaller saving", "below_bar": "below the absolute bar",
+              "straddles_bar": "its CI straddles the absolute bar"}
 
 
 # --- the one-sentence reason -------------------------------------------------------------------
 
 _METRIC_NAMES = {"correct": "accuracy", "value": "score", "rougeL": "ROUGE-L F", "rouge1": "ROUGE-1 F",
-                 "rouge2": "ROUGE-2 F", "f1": "token F1", "exact_match": "exact match"}
+                 "rouge2": "ROUGE-2 F", "f1": "F1", "exact_match": "exact match"}
 
 
 def _pp(x: float) -> str:
@@ -323,7 +460,10 @@ def _pp(x: float) -> str:
 
 
 def _money(x: float | None) -> str:
-    return "an unknown saving" if x is None else f"${x:,.2f}/month saved"
+    """A saving below a cent keeps three significant digits: "$0.00" would read as nothing."""
+    if x is None:
+        return "an unknown saving (unpriced)"
+    return f"${x:,.2f}/month saved" if x == 0 or abs(x) >= 0.01 else f"${x:.3g}/month saved"
 
 
 def reason(use_case: str, metric: str, policy: QualityPolicy, a: Assessment) -> str:
@@ -338,6 +478,15 @@ def reason(use_case: str, metric: str, policy: QualityPolicy, a: Assessment) -> 
                 f"{policy.max_p95_latency_ms:.0f} ms limit.")
     if a.why == "under_sampled":
         return f"{who} was tested on {a.n} items, fewer than the {policy.min_items} required (under-sampled)."
+    if a.why == "not_evaluated":
+        return f"{who} was not evaluated: {a.note}."
+    if a.why in ("incumbent_not_evaluated", "incumbent_errors"):
+        return (f"{who} cannot be compared: the incumbent was not evaluated, {a.note}; set "
+                f"quality_policy.min_score to judge candidates against an absolute bar instead.")
+    if a.why == "no_reference":
+        return f"{who} cannot be scored: {a.note}."
+    if a.why in BAR_REASONS:
+        return _against_bar(who, metric, policy, a)
     numbers = _numbers(metric, policy, a)
     if a.why == "non_inferior":
         claim = "is better" if a.ci_low > 0 else f"is non-inferior within the {margin:.1f} pp margin"
@@ -345,6 +494,14 @@ def reason(use_case: str, metric: str, policy: QualityPolicy, a: Assessment) -> 
     if a.why == "worse":
         return f"{who} is worse beyond the {margin:.1f} pp margin: {numbers}."
     return f"{who} is undecided, its CI straddles the -{margin:.1f} pp margin: {numbers}; more items would settle it."
+
+
+def _against_bar(who: str, metric: str, policy: QualityPolicy, a: Assessment) -> str:
+    claim = {"meets_bar": "meets", "below_bar": "is below", "straddles_bar": "straddles"}[a.why]
+    return (f"{who} {claim} the plan's absolute bar (quality_policy.min_score {policy.min_score:.1%}): "
+            f"{_METRIC_NAMES.get(metric, metric)} {a.diff:.1%} ({policy.confidence:.0%} CI {a.ci_low:.1%} to "
+            f"{a.ci_high:.1%}, n={a.n}), used because the incumbent was not evaluated ({a.note})"
+            + (f", {_money(a.candidate.projected_monthly_saving_usd)}." if a.why == "meets_bar" else "."))
 
 
 def _numbers(metric: str, policy: QualityPolicy, a: Assessment) -> str:

@@ -24,7 +24,7 @@ import json
 import math
 import time
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -42,7 +42,7 @@ from workhorse.tasks.evaluation import (
 from workhorse.tasks.inference import (
     CircuitBreaker, EvalResponse, ModelRequest, ModelSpec, ResponseCache, Runner, call_cost,
 )
-from workhorse.tasks.pricing import PriceCatalog, SelfHosting, record_throughput
+from workhorse.tasks.pricing import PriceCatalog, plan_catalog, record_throughput
 from workhorse.workspace import Workspace
 
 EMBEDDED_LITELLM = f"hosted_vllm/{EMBEDDED_MODEL}"
@@ -62,22 +62,14 @@ def has_credentials(model: str) -> bool:
     return bool(litellm.validate_environment(model=model).get("keys_in_environment"))
 
 
-def self_hosted_spec(plan: Plan, model: str, hosting: str, api_base: str | None) -> ModelSpec:
-    """A self-hosted model is priced by GPU rent over throughput, from the plan."""
-    hosting_plan = plan.self_hosting
-    price = SelfHosting(hosting_plan.gpu_hourly_usd, hosting_plan.tokens_per_hour,
-                        hosting_plan.input_tokens_per_hour).price(model)
-    return ModelSpec(model=model, name=f"{model.split('/')[-1]} ({hosting})", api_base=api_base, hosting=hosting,
-                     input_cost_per_token=price.input_per_token, output_cost_per_token=price.output_per_token,
-                     max_concurrency=8, timeout_s=180)
-
-
 def contenders_from_plan(plan: Plan, use_case: str, models: list[str] | None, hostings: list[str] | None,
-                         variants: list[str] | None) -> tuple[Contender, list[Contender], list[str]]:
+                         variants: list[str] | None, workspace_root: Path | None = None,
+                         ) -> tuple[Contender, list[Contender], list[str]]:
     """The incumbent (always, for replay) and the runnable candidates; the rest are listed as skipped."""
     case = plan.use_cases.get(use_case)
     incumbent_model = (case.incumbent if case and case.incumbent else None) or plan.incumbent
-    incumbent = Contender("incumbent", ModelSpec(model=incumbent_model, hosting="api"), (AS_LOGGED,),
+    catalog = plan_catalog(plan, workspace_root)
+    incumbent = Contender("incumbent", candidate_spec(incumbent_model, "api", None, catalog), (AS_LOGGED,),
                           callable=has_credentials(incumbent_model))
     skipped = [] if incumbent.callable else [
         f"incumbent {incumbent_model}: no API key here, only its logged answers are used (replay)"]
@@ -90,7 +82,7 @@ def contenders_from_plan(plan: Plan, use_case: str, models: list[str] | None, ho
             if not (block and block.api_key) and not has_credentials(candidate.model):
                 skipped.append(f"candidate {candidate.model} ({hosting}): no API key for its provider here")
                 continue
-            spec = _candidate_spec(plan, candidate.model, hosting, candidate.api_base or (block and block.api_base))
+            spec = candidate_spec(candidate.model, hosting, candidate.api_base or (block and block.api_base), catalog)
             if block and block.api_key:  # the key lives in the block, in memory only from here on
                 spec = replace(spec, api_key=block.api_key.get_secret_value())
             candidates.append(Contender("candidate", spec, tuple(variants or CANDIDATE_VARIANTS)))
@@ -110,17 +102,20 @@ def endpoint_block(name: str | None):
                           f"(create it with `workhorse blocks init`)") from error
 
 
-def _candidate_spec(plan: Plan, model: str, hosting: str, api_base: str | None) -> ModelSpec:
-    if hosting in ("self_hosted", "batch") and model.startswith("hosted_vllm/"):
-        return self_hosted_spec(plan, model, hosting, api_base)
-    if hosting == "batch":
-        # Answers come from the synchronous API (same model, same output); the price is the batch one.
-        price = PriceCatalog(overrides=dict(plan.pricing.overrides),
-                             batch_discount=plan.pricing.batch_discount).price(model, "batch")
-        return ModelSpec(model=model, name=f"{model} (batch)", api_base=api_base, hosting="batch",
-                         input_cost_per_token=price.input_per_token if price else None,
-                         output_cost_per_token=price.output_per_token if price else None)
-    return ModelSpec(model=model, api_base=api_base, hosting=hosting)
+def candidate_spec(model: str, hosting: str, api_base: str | None, catalog: PriceCatalog) -> ModelSpec:
+    """The candidate as the runner calls it, priced by the plan's one catalog (overrides, map,
+    self-hosting); a price nobody knows stays None, so its cost is recorded as unpriced.
+
+    A batch hosting of a provider model is answered by the synchronous API (same model, same
+    output) and priced at batch rates; a self-hosted one is a local engine: fewer callers, more time."""
+    price = catalog.price(model, hosting)
+    prices = {"input_cost_per_token": price.input_per_token, "output_cost_per_token": price.output_per_token} \
+        if price else {}
+    if model.startswith("hosted_vllm/") and hosting in ("self_hosted", "batch"):
+        return ModelSpec(model=model, name=f"{model.split('/')[-1]} ({hosting})", api_base=api_base, hosting=hosting,
+                         max_concurrency=8, timeout_s=180, **prices)
+    name = f"{model} ({hosting})" if hosting != "api" else ""
+    return ModelSpec(model=model, name=name, api_base=api_base, hosting=hosting, **prices)
 
 
 # Processes with one thread each: the client's CPU work is what is spread out. The scheduler's
@@ -238,7 +233,8 @@ async def generate(context: EvalContext, requests: list[ModelRequest], phase: st
             offline.append(request)
         else:
             groups[(request.model.label, request.prompt_variant)].append(request)
-    if any(is_embedded(group[0].model) for group in groups.values()):
+    served = [r for group in groups.values() for r in group]
+    if needs_server(context, served):
         await asyncio.to_thread(context.server_base)
     parts = [[_served(context, r) for r in part] for group in groups.values() for part in shards(group, context.shard_size)]
     jobs = [answer_shards(context, parts)]
@@ -281,8 +277,10 @@ def write_openai_batch_files(folder: Path, requests: list[ModelRequest], phase: 
 
 
 def _served(context: EvalContext, request: ModelRequest) -> ModelRequest:
-    return replace(request, model=replace(request.model, api_base=context.server_base())) \
-        if is_embedded(request.model) else request
+    """An embedded-model request pointed at the running server; with none started (every answer is
+    cached) it keeps no address and is answered from the cache."""
+    base = context.engine_api_base or (context.server.api_base if context.server else None)
+    return replace(request, model=replace(request.model, api_base=base)) if is_embedded(request.model) else request
 
 
 def shard_runner(workspace: Workspace, run_id: str, requests: list[ModelRequest], **shared) -> Runner:
@@ -399,10 +397,35 @@ async def run_shard_on_worker(job: ShardJob) -> tuple[list[EvalResponse], float]
 
 
 async def _offline_batch(context: EvalContext, requests: list[ModelRequest]) -> list[EvalResponse]:
-    rows, generate_s = await asyncio.to_thread(run_offline_shard, str(context.workspace.root), context.run_id,
-                                               requests)
-    context.account(requests[0].model.label, rows, generate_s)
-    return rows
+    """The embedded model's batch hosting; answers already in the response cache are reused (and
+    fresh ones stored there), so a re-run starts no engine and pays nothing twice."""
+    cache = ResponseCache(context.workspace)
+    try:
+        done = cache.answers(requests, context.run_id)
+        missing = [r for r in requests if r.identity not in done]
+        if missing:
+            rows, generate_s = await asyncio.to_thread(run_offline_shard, str(context.workspace.root),
+                                                       context.run_id, missing)
+            context.account(requests[0].model.label, rows, generate_s)
+            for request, row in zip(missing, rows):
+                cache.put(request.cache_key, row)
+                done[request.identity] = row
+    finally:
+        cache.close()
+    return [done[r.identity] for r in requests]
+
+
+def needs_server(context: EvalContext, requests: list[ModelRequest]) -> bool:
+    """Whether any request for the embedded model's server has no answer in the response cache yet:
+    starting vLLM (a minute on a CPU) for a fully cached re-run would be wasted."""
+    embedded = [r for r in requests if is_embedded(r.model)]
+    if not embedded:
+        return False
+    cache = ResponseCache(context.workspace)
+    try:
+        return len(cache.lookup(r.cache_key for r in embedded)) < len({r.cache_key for r in embedded})
+    finally:
+        cache.close()
 
 
 def batch_params(request: ModelRequest) -> BatchParams:
@@ -465,9 +488,28 @@ def logged_calls(workspace: Workspace, request_ids: list) -> dict[str, tuple]:
     return {request_id: tuple(values) for request_id, *values in rows}
 
 
+@task(name="store-responses", cache_policy=NO_CACHE)
+def store_responses(workspace: Workspace, run_id: str, rows: list[EvalResponse]) -> str:
+    """responses.parquet as soon as answers exist, before any scoring: paid answers are never lost
+    to a scorer's failure (and the checkpoints let a re-run resume without a new call)."""
+    import pyarrow.parquet as pq
+
+    from workhorse.tasks.inference import responses_table
+
+    path = workspace.run_dir(run_id) / "responses.parquet"
+    pq.write_table(responses_table(rows), path)
+    return str(path)
+
+
 @task(name="score-responses", cache_policy=NO_CACHE)
-def score_responses(items, rows: list[EvalResponse]) -> list[dict]:
-    return score_rows(items, rows)
+def score_responses(items, rows: list[EvalResponse], options: dict | None = None) -> list[dict]:
+    return score_rows(items, rows, options)
+
+
+def scorer_options(plan: Plan, use_case: str) -> dict:
+    """The use case's scorer options from the plan (how an extraction's lists are matched)."""
+    case = plan.use_cases.get(use_case)
+    return {"list_order": case.list_order} if case else {}
 
 
 # --------------------------------------------------------------------------- verdict
@@ -498,7 +540,8 @@ def projected_saving(workspace: Workspace, use_case: str, model: str, hosting: s
 @task(name="decide", cache_policy=NO_CACHE)
 def decide(plan: Plan, use_case: str, incumbent: Contender, candidates: list[Contender], chosen: dict,
            test_scores: list[dict], test_rows: list[EvalResponse], workspace: Workspace):
-    """Pair every candidate's chosen variant with the incumbent on the test items all answered."""
+    """Pair every candidate's chosen variant with the incumbent on the test items the incumbent
+    answered and that have a reference; what the incumbent answered is the verdict's first check."""
     from workhorse.tasks.decision import QualityPolicy, verdict
 
     policy = QualityPolicy.from_dict(plan.quality_policy)
@@ -506,27 +549,50 @@ def decide(plan: Plan, use_case: str, incumbent: Contender, candidates: list[Con
     metric = policy.metric_for(task_type)
     arms = _scores_by_arm(test_scores)
     baseline = arms.get((incumbent.spec.label, AS_LOGGED), {})
+    evidence = incumbent_evidence(incumbent, baseline)
+    anchored = {i for i, row in baseline.items() if row["error_type"] is None and has_reference(row)}
+    if evidence.problem(policy):  # no incumbent to pair with: the absolute bar scores every referenced item
+        anchored = {row["item_id"] for row in test_scores if has_reference(row)}
     picked = [(c, arms.get((c.spec.label, chosen[(c.spec.label, c.spec.hosting)][0]), {})) for c in candidates]
-    shared = sorted(set(baseline).intersection(*(set(mine) for _, mine in picked)))
+    shared = sorted(anchored.intersection(*(set(mine) for _, mine in picked)))
     results = [_candidate_result(c, mine, shared, metric, test_rows, workspace, use_case) for c, mine in picked]
-    return verdict(use_case, [metric_value(baseline[i], metric) for i in shared], results, policy,
-                   task_type=task_type, incumbent_correct=[baseline[i]["correct"] for i in shared])
+    scores = [metric_value(baseline[i], metric) if i in baseline else 0.0 for i in shared]
+    return verdict(use_case, scores, results, policy, task_type=task_type, incumbent=evidence,
+                   incumbent_correct=[bool(baseline[i]["correct"]) if i in baseline else False for i in shared])
+
+
+def has_reference(score_row: dict) -> bool:
+    return score_row.get("reference") not in (None, "")
+
+
+def incumbent_evidence(incumbent: Contender, baseline: dict[str, dict]):
+    """What the incumbent answered: rows replayed from the logs or called, and their failures."""
+    from workhorse.tasks.decision import IncumbentEvidence
+
+    errors = Counter(row["error_type"] for row in baseline.values() if row["error_type"] is not None)
+    missing = "" if baseline else (
+        f"no logged answers from {incumbent.spec.model} in the golden set, and no API key here to call it"
+        if not incumbent.callable else f"{incumbent.spec.model} was not run")
+    return IncumbentEvidence(answered=len(baseline) - sum(errors.values()), failed=sum(errors.values()),
+                             missing=missing, errors=dict(errors))
 
 
 def _candidate_result(contender: Contender, mine: dict, shared: list[str], metric: str,
                       test_rows: list[EvalResponse], workspace: Workspace, use_case: str):
+    """The candidate's paired scores on ``shared``; its operational figures over every test item it was asked."""
     from workhorse.tasks.decision import CandidateResult
     from workhorse.tasks.scoring import operational_metrics
 
-    variant = mine[shared[0]]["prompt_variant"] if shared else ""
-    wanted = set(shared)
-    rows = {r.item_id: r for r in test_rows
-            if r.model == contender.spec.label and r.prompt_variant == variant and r.item_id in wanted}
-    correct = [mine[i]["correct"] for i in shared]
+    variant = next(iter(mine.values()))["prompt_variant"] if mine else ""
+    rows = [r for r in test_rows if r.model == contender.spec.label and r.prompt_variant == variant and r.item_id in mine]
+    operational = operational_metrics(rows, [mine[r.item_id]["correct"] for r in rows])
+    errors = Counter(r.error_type for r in rows if r.error_type)
+    operational["errors_text"] = (f"every call failed ({', '.join(f'{n} {k}' for k, n in errors.most_common())})"
+                                  if rows else "it has no answers")
     return CandidateResult(
         model=contender.spec.model, hosting=contender.spec.hosting, prompt_variant=variant,
-        scores=[metric_value(mine[i], metric) for i in shared], correct=correct,
-        operational=operational_metrics([rows[i] for i in shared], correct),
+        scores=[metric_value(mine[i], metric) for i in shared], correct=[mine[i]["correct"] for i in shared],
+        operational=operational,
         projected_monthly_saving_usd=projected_saving(workspace, use_case, contender.spec.model,
                                                       contender.spec.hosting))
 
@@ -554,12 +620,16 @@ def leaderboard(scores: list[dict], rows: list[EvalResponse], task_type: str, la
     for (model, hosting, variant, split), group in sorted(groups.items(), key=lambda kv: (kv[0][3] != "test", kv[0])):
         correct = [g["correct"] for g in group]
         ops = operational_metrics([by_key[(model, variant, g["item_id"])] for g in group], correct)
+        # An arm that answered nothing was not evaluated: its zeros would read as a measured 0 %.
+        evaluated = ops["answered"] > 0
         line = {"model": model, "hosting": hosting, "prompt_variant": variant, "split": split, "items": len(group),
-                "accuracy": sum(correct) / len(group), "score": sum(g["value"] for g in group) / len(group),
+                "answered": ops["answered"],
+                "accuracy": sum(correct) / len(group) if evaluated else None,
+                "score": sum(g["value"] for g in group) / len(group) if evaluated else None,
                 "error_rate": ops["error_rate"], "latency_p50_ms": ops["latency_p50_ms"],
                 "latency_p95_ms": ops["latency_p95_ms"], "cost_per_1k_items": ops["cost_per_1k_items"],
                 "cost_per_correct": ops["cost_per_correct"]}
-        if task_type == "classification":
+        if task_type == "classification" and evaluated:
             metrics = classification_metrics([g["reference"] for g in group], [g["prediction"] for g in group], labels)
             line["macro_f1"] = metrics["macro_f1"]
         lines.append(line)
@@ -575,10 +645,9 @@ def publish_results(workspace: Workspace, run_id: str, use_case: str, task_type:
     import pyarrow.parquet as pq
 
     from workhorse.tasks.eval_report import verdict_markdown, write_eval_report
-    from workhorse.tasks.inference import responses_table
 
     out = workspace.run_dir(run_id)
-    pq.write_table(responses_table(rows), out / "responses.parquet")
+    store_responses.fn(workspace, run_id, rows)
     pq.write_table(pa.Table.from_pylist(scores), out / "scores.parquet")
     board = leaderboard(scores, rows, task_type, labels)
     summary = {"run_id": run_id, "use_case": use_case, "task_type": task_type, "verdict": _verdict_dict(verdict),
@@ -588,16 +657,22 @@ def publish_results(workspace: Workspace, run_id: str, use_case: str, task_type:
     (out / "verdict.json").write_text(json.dumps(summary, indent=2, default=str))
     summary["report"] = str(write_eval_report(out / "report.html", summary, scores, labels))
     _artifacts(use_case, board, verdict_markdown(summary))
-    for model, tokens_per_s in throughput.items():
-        if "self_hosted" in model or "batch" in model:
-            record_throughput(workspace.root, model, tokens_per_s)
     return summary
+
+
+def record_self_hosted_throughput(workspace: Workspace, candidates: list[Contender], throughput: dict[str, float]) -> None:
+    """Generated tokens/s of each self-hosted candidate, under its model name: what the next
+    audit and eval price self-hosting from (GPU rent ÷ measured throughput)."""
+    for contender in candidates:
+        if contender.spec.hosting == "self_hosted" and contender.spec.label in throughput:
+            record_throughput(workspace.root, contender.spec.model, throughput[contender.spec.label])
 
 
 def _verdict_dict(verdict) -> dict:
     fields = ("decision", "best_candidate", "hosting", "prompt_variant", "diff", "ci_low", "ci_high", "p_value",
-              "n", "projected_monthly_saving_usd", "reason", "metric")
-    return {name: getattr(verdict, name, None) for name in fields}
+              "n", "projected_monthly_saving_usd", "reason", "metric", "summary")
+    return {**{name: getattr(verdict, name, None) for name in fields},
+            "candidates": list(getattr(verdict, "candidates", ()))}
 
 
 def _artifacts(use_case: str, board: list[dict], markdown: str) -> None:

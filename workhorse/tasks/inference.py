@@ -313,6 +313,20 @@ class ResponseCache:
                 found[key] = tuple(values)
         return found
 
+    def answers(self, requests: list[ModelRequest], run_id: str) -> dict[tuple, EvalResponse]:
+        """Rows for the requests already answered, by identity. The cost is recomputed at the
+        request's current price (the plan's overrides may have changed since the answer was paid)."""
+        hits = self.lookup(r.cache_key for r in requests)
+        rows = {}
+        for request in (r for r in requests if r.cache_key in hits):
+            output, prompt_tokens, completion_tokens, cost, latency = hits[request.cache_key]
+            if prompt_tokens is not None and completion_tokens is not None:
+                cost = call_cost(request.model, prompt_tokens, completion_tokens)
+            rows[request.identity] = response_row(request, run_id, output=output, latency_ms=latency,
+                                                  prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                                                  cost_usd=cost, cached=True)
+        return rows
+
     def put(self, key: str, row: EvalResponse) -> None:
         self.connection.execute(
             "INSERT INTO response_cache (key, model, output, prompt_tokens, completion_tokens, cost_usd, latency_ms, "
@@ -380,15 +394,9 @@ class Runner:
     def _from_cache(self, cache: ResponseCache | None, pending: list[ModelRequest]) -> dict:
         if cache is None:
             return {}
-        hits = cache.lookup(r.cache_key for r in pending)
-        rows = {}
-        for request in pending:
-            if request.cache_key in hits:
-                output, prompt_tokens, completion_tokens, cost, latency = hits[request.cache_key]
-                row = self._row(request, output=output, latency_ms=latency, prompt_tokens=prompt_tokens,
-                                completion_tokens=completion_tokens, cost_usd=cost, cached=True)
-                self.checkpoint.append(row)
-                rows[request.identity] = row
+        rows = cache.answers(pending, self.run_id)
+        for row in rows.values():
+            self.checkpoint.append(row)
         self.stats.cached = len(rows)
         return rows
 
@@ -474,16 +482,21 @@ class Runner:
         return breaker
 
     def _row(self, request: ModelRequest, **values: Any) -> EvalResponse:
-        base = dict(run_id=self.run_id, item_id=request.item_id, model=request.model.label,
-                    hosting=request.model.hosting, prompt_variant=request.prompt_variant, output=None,
-                    latency_ms=None, prompt_tokens=None, completion_tokens=None, cost_usd=None,
-                    error_type=None, cached=False, request_key=request.cache_key)
-        return EvalResponse(**{**base, **values})
+        return response_row(request, self.run_id, **values)
 
     def _copy_for(self, request: ModelRequest, answered: EvalResponse) -> EvalResponse:
         values = {k: v for k, v in asdict(answered).items() if k not in ("item_id", "model", "prompt_variant")}
         return EvalResponse(**{**values, "item_id": request.item_id, "model": request.model.label,
                                "prompt_variant": request.prompt_variant, "cached": True})
+
+
+def response_row(request: ModelRequest, run_id: str, **values: Any) -> EvalResponse:
+    """The eval_response row of one request; ``values`` fill in what the call returned."""
+    base = dict(run_id=run_id, item_id=request.item_id, model=request.model.label,
+                hosting=request.model.hosting, prompt_variant=request.prompt_variant, output=None,
+                latency_ms=None, prompt_tokens=None, completion_tokens=None, cost_usd=None,
+                error_type=None, cached=False, request_key=request.cache_key)
+    return EvalResponse(**{**base, **values})
 
 
 def _content_of(response: Any) -> str:

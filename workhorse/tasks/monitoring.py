@@ -181,17 +181,17 @@ def categories(profile: UseCaseProfile, output: str | None) -> list[str]:
 
 def is_valid(profile: UseCaseProfile, output: str | None) -> bool:
     """The output honours the use case's contract (a parseable schema-valid JSON, an allowed label)."""
-    from workhorse.tasks.scoring import INVALID_LABEL, parse_json_object, parse_label
+    from workhorse.tasks.scoring import INVALID_LABEL, NOT_JSON, parse_json, parse_label
 
-    if profile.task_type == "extraction":
-        parsed = parse_json_object(output)
-        return parsed is not None and _schema_valid(parsed, profile.json_schema)
+    if profile.task_type == "extraction":  # any JSON shape: a list of entities is as valid as an object
+        parsed = parse_json(output)
+        return parsed is not NOT_JSON and _schema_valid(parsed, profile.json_schema)
     if profile.task_type == "classification" and profile.labels:
         return parse_label(output, profile.labels) != INVALID_LABEL
     return bool(output and output.strip())
 
 
-def _schema_valid(value: dict, schema: dict | None) -> bool:
+def _schema_valid(value, schema: dict | None) -> bool:
     import jsonschema
 
     return not schema or jsonschema.Draft202012Validator(schema).is_valid(value)
@@ -320,13 +320,14 @@ def shadow_agreement(rows: list[dict], profile: UseCaseProfile) -> dict[str, tup
 
 
 def _same_answer(profile: UseCaseProfile, a: str | None, b: str | None) -> bool:
-    """Classification: same label; extraction: same JSON object; else the same normalised text."""
-    from workhorse.tasks.scoring import parse_json_object, parse_label
+    """Classification: same label; extraction: same JSON value; else the same normalised text."""
+    from workhorse.tasks.scoring import NOT_JSON, parse_json, parse_label
 
     if profile.task_type == "classification" and profile.labels:
         return parse_label(a, profile.labels) == parse_label(b, profile.labels)
     if profile.task_type == "extraction":
-        return parse_json_object(a) == parse_json_object(b) and parse_json_object(a) is not None
+        parsed = parse_json(a)
+        return parsed is not NOT_JSON and parsed == parse_json(b)
     return " ".join((a or "").split()).casefold() == " ".join((b or "").split()).casefold()
 
 

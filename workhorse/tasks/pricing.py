@@ -147,6 +147,21 @@ class PriceCatalog:
         })
 
 
+def plan_catalog(plan, workspace_root: Path | None, also_self_hosted: Iterable[str] = ()) -> PriceCatalog:
+    """The one price source of audit, eval and rollout: the plan's overrides over LiteLLM's map,
+    and self-hosted models at GPU rent ÷ throughput (measured by an eval run where one was, else
+    the plan's). A model served by a local vLLM (``hosted_vllm/``) is always self-hosted."""
+    hosting = plan.self_hosting
+    models = {c.model for c in plan.candidates if "self_hosted" in c.hosting or c.model.startswith("hosted_vllm/")}
+    hosted = {}
+    for model in models | set(also_self_hosted):
+        measured = measured_tokens_per_hour(workspace_root, model) if workspace_root else None
+        hosted[model] = SelfHosting(hosting.gpu_hourly_usd, measured or hosting.tokens_per_hour,
+                                    hosting.input_tokens_per_hour, hosting.gpus,
+                                    "measured" if measured else "configured")
+    return PriceCatalog(dict(plan.pricing.overrides), hosted, plan.pricing.batch_discount)
+
+
 def batch_price(model: str, entry: dict, source: str, discount: float = BATCH_DISCOUNT) -> Price:
     """The map's batch prices where it has both, else ``discount`` × list price."""
     batch_in, batch_out = entry.get("input_cost_per_token_batches"), entry.get("output_cost_per_token_batches")

@@ -12,7 +12,7 @@ from typing import Callable
 
 INSTRUCTIONS = {
     "classification": "Classify the text into exactly one of these labels: {labels}. Answer with the label only.",
-    "extraction": "Extract the fields of this JSON schema from the text and answer with one JSON object only.\n"
+    "extraction": "Extract the fields of this JSON schema from the text and answer with one JSON {shape} only.\n"
                   "Schema: {schema}",
     "summarization": "Summarise the text in plain English in at most three sentences.",
     "qa": "Answer the question with a short phrase only.",
@@ -32,8 +32,14 @@ class PromptTask:
 
 
 def instruction_for(task: PromptTask) -> str:
-    return INSTRUCTIONS[task.task_type].format(labels=", ".join(task.labels),
+    return INSTRUCTIONS[task.task_type].format(labels=", ".join(task.labels), shape=json_shape(task.json_schema),
                                                schema=json.dumps(task.json_schema or {}), instruction="")
+
+
+def json_shape(schema: dict | None) -> str:
+    """What the schema's root is, in words: a list of entities is asked for as an array."""
+    kind = (schema or {}).get("type", "object")
+    return {"array": "array", "object": "object"}.get(kind if isinstance(kind, str) else "object", "value")
 
 
 def zero_shot(task: PromptTask, hosting: str) -> tuple[list[dict], dict]:
