@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import time
 
 import pytest
 
 from workhorse.errors import EngineError
-from workhorse.tasks.engines import BatchParams, VLLMServer, prepare_embedded_model, run_offline_batch
+from workhorse.tasks.engines import (
+    BatchParams, OfflineEngine, VLLMServer, prepare_embedded_model, run_offline_batch,
+)
 from workhorse.tasks.inference import ModelRequest, ModelSpec, Runner
 from workhorse.tasks.prompts import PromptTask, render
 
@@ -43,21 +46,24 @@ def test_server_answers_through_litellm_with_a_choice_constraint(vllm_server, is
     assert all(r.prompt_tokens > 10 and r.completion_tokens >= 1 for r in rows)
 
 
-def test_offline_batch_generates_and_reports_throughput(embedded_model_dir, tmp_path):
+def test_one_offline_engine_answers_several_batches(embedded_model_dir, tmp_path):
+    """Started once, the engine answers every batch handed to it (a demo's use cases pay one start)."""
     conversations = [render("constrained", sentiment_task(text), "batch")[0] for text, _ in SENTIMENT]
-    result = run_offline_batch(embedded_model_dir, conversations, BatchParams(max_tokens=5, choice=["positive", "negative"]),
-                               cache_root=tmp_path)
+    schema = {"type": "object", "properties": {"sentiment": {"type": "string"}}, "required": ["sentiment"]}
+    with OfflineEngine(embedded_model_dir, tmp_path) as engine:
+        pid = engine.process.pid
+        result = run_offline_batch(embedded_model_dir, conversations,
+                                   BatchParams(max_tokens=5, choice=["positive", "negative"]), engine=str(engine.folder))
+        mixed = run_offline_batch(embedded_model_dir, conversations[:2],
+                                  [BatchParams(max_tokens=24, json_schema=schema), BatchParams(max_tokens=5, choice=["yes", "no"])],
+                                  engine=str(engine.folder))
+        assert engine.process.pid == pid and engine.process.poll() is None  # the same engine, still up
     assert len(result.outputs) == len(SENTIMENT)
     assert set(result.outputs) <= {"positive", "negative"}
     assert result.tokens_per_s > 0 and result.generate_s < result.wall_s
-    schema = {"type": "object", "properties": {"sentiment": {"type": "string"}}, "required": ["sentiment"]}
-    mixed = run_offline_batch(embedded_model_dir, conversations[:2],
-                              [BatchParams(max_tokens=24, json_schema=schema), BatchParams(max_tokens=5, choice=["yes", "no"])],
-                              cache_root=tmp_path)
-    import json
-
     assert "sentiment" in json.loads(mixed.outputs[0])  # each conversation kept its own constraint
     assert mixed.outputs[1] in ("yes", "no")
+    assert _live_group_members(pid, wait_s=10) == []
 
 
 def test_start_failure_quotes_the_server_log(tmp_path):

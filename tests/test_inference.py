@@ -204,3 +204,15 @@ def test_request_key_ignores_endpoint_but_not_params():
     c = ModelRequest("1", ModelSpec(model="m"), [{"role": "user", "content": "x"}], params={"temperature": 1})
     assert a.cache_key == b.cache_key != c.cache_key
     assert request_key({"model": "m", "messages": [1]}) != request_key({"model": "m", "messages": [2]})
+
+
+def test_a_batch_for_an_engine_that_is_gone_fails_at_once(tmp_path):
+    """A job folder whose engine died (or never started) is an error, not a half-hour wait."""
+    from workhorse.errors import EngineError
+    from workhorse.tasks.engines import OfflineEngine
+
+    (tmp_path / "ready").write_text("999999999")  # a pid no process has
+    started = time.monotonic()
+    with pytest.raises(EngineError, match="no answer"):
+        OfflineEngine.submit(tmp_path, {"conversations": [], "params": []}, timeout_s=600)
+    assert time.monotonic() - started < 5

@@ -19,7 +19,7 @@ from workhorse.flows.audit import usage_audit
 from workhorse.flows.evaluate import parallel_eval
 from workhorse.flows.golden import golden_dataset_refresh
 from workhorse.tasks.demo_traffic import Scenario, run_scenario
-from workhorse.tasks.engines import VLLMServer, prepare_embedded_model
+from workhorse.tasks.engines import OfflineEngine, VLLMServer, prepare_embedded_model
 from workhorse.workspace import Workspace
 
 
@@ -62,21 +62,30 @@ async def migration_playbook(example_dir: str = "examples/acme", workspace: str 
         logger.warning("golden refresh: %s", error)
         golden = []
     evaluations = {}
-    server = VLLMServer(prepare_embedded_model(ws.models_dir), cache_root=ws.subdir("vllm"))
+    model_dir = prepare_embedded_model(ws.models_dir)
+    server = VLLMServer(model_dir, cache_root=ws.subdir("vllm"))
+    # One offline engine for every use case's batch arm: each start costs 30-60 s on a CPU.
+    batch_engine = OfflineEngine(model_dir, ws.subdir("vllm"))
     try:
         for use_case in evaluated_use_cases(plan, ws):
+            latency = plan.use_cases[use_case].latency if use_case in plan.use_cases else None
+            hostings = hostings_for(latency)
             if server.process is None:
                 server.start()
                 logger.info("embedded model served by vLLM at %s (ready in %.0f s)", server.api_base,
                             server.started_in_s)
-            latency = plan.use_cases[use_case].latency if use_case in plan.use_cases else None
+            if "batch" in hostings and batch_engine.process is None:
+                batch_engine.start()
+                logger.info("vLLM offline engine ready in %.0f s", batch_engine.started_in_s)
             evaluations[use_case] = await parallel_eval(
-                use_case=use_case, workspace=str(ws.root), plan_path=plan_file, hostings=hostings_for(latency),
-                engine_api_base=server.api_base)
+                use_case=use_case, workspace=str(ws.root), plan_path=plan_file, hostings=hostings,
+                engine_api_base=server.api_base,
+                batch_engine=str(batch_engine.folder) if batch_engine.process else None)
         # These drive their own event loops (traffic, control loop): run them off the flow's loop.
         rollouts = [await asyncio.to_thread(rollout_with_live_traffic, ws, plan, scenario, server.api_base)
                     for scenario in ROLLOUT_SCENARIOS if scenario.use_case in evaluations]
     finally:
+        batch_engine.stop()
         server.stop()
     monitoring = await asyncio.to_thread(watch_demo_traffic, ws, plan_file)
     return {"workspace": str(ws.root), "audit": audit, "golden": golden, "evaluations": evaluations,

@@ -26,6 +26,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -161,23 +162,27 @@ class VLLMServer:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
     def stop(self, grace_s: float = 15.0) -> None:
-        """SIGTERM the process group, then SIGKILL whatever is left after the grace period."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        _signal_group(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            _signal_group(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=10)
-        # Workers left in the group after the leader exits would hold the memory: reap them too.
-        _signal_group(self.process.pid, signal.SIGKILL)
+        stop_process(self.process, grace_s)
 
     def __enter__(self) -> "VLLMServer":
         return self.start()
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def stop_process(process: subprocess.Popen | None, grace_s: float = 15.0) -> None:
+    """SIGTERM the process group, then SIGKILL whatever is left after the grace period."""
+    if process is None or process.poll() is not None:
+        return
+    _signal_group(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        _signal_group(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+    # Workers left in the group after the leader exits would hold the memory: reap them too.
+    _signal_group(process.pid, signal.SIGKILL)
 
 
 def _signal_group(pid: int, sig: int) -> None:
@@ -210,18 +215,22 @@ class BatchParams:
 
 
 def run_offline_batch(model_dir: Path, conversations: list[list[dict]], params: BatchParams | list[BatchParams] = BatchParams(),
-                      *, cache_root: Path | None = None, timeout_s: float = 1800) -> BatchResult:
+                      *, cache_root: Path | None = None, timeout_s: float = 1800,
+                      engine: str | None = None) -> BatchResult:
     """Generate for every conversation with vLLM's offline engine in a child process.
 
     ``params`` is one setting for all, or one per conversation: a whole evaluation phase
-    (several prompt variants, each with its own constraint) then costs one engine start."""
+    (several prompt variants, each with its own constraint) then costs one engine start.
+    ``engine``: the job folder of a running ``OfflineEngine``, which costs no start at all."""
     require_vllm()
     per_item = params if isinstance(params, list) else [params] * len(conversations)
     if len(per_item) != len(conversations):
         raise ValueError(f"{len(per_item)} parameter sets for {len(conversations)} conversations")
+    job = {"model_dir": str(model_dir), "conversations": conversations, "params": [asdict(p) for p in per_item]}
+    if engine:
+        return OfflineEngine.submit(Path(engine), job, timeout_s)
     cache_root = cache_root or Path(tempfile.gettempdir()) / "workhorse-vllm"
     cache_root.mkdir(parents=True, exist_ok=True)
-    job = {"model_dir": str(model_dir), "conversations": conversations, "params": [asdict(p) for p in per_item]}
     with tempfile.TemporaryDirectory(dir=cache_root) as tmp:
         job_path, out_path = Path(tmp) / "job.json", Path(tmp) / "out.json"
         job_path.write_text(json.dumps(job))
@@ -236,22 +245,119 @@ def run_offline_batch(model_dir: Path, conversations: list[list[dict]], params: 
     return BatchResult(wall_s=time.monotonic() - started, **result)
 
 
-def _batch_main(job_path: str, out_path: str) -> None:
-    """Child-process side of ``run_offline_batch``."""
-    from vllm import LLM
+class OfflineEngine:
+    """vLLM's offline engine kept loaded in one child process for many batches, so a run that
+    evaluates several use cases pays the engine's start (30-60 s on a CPU) once, not per use case.
 
-    job = json.loads(Path(job_path).read_text())
-    llm = LLM(model=job["model_dir"], enforce_eager=True, dtype="bfloat16", max_model_len=2048)
+    Jobs go through a folder: ``<id>.job.json`` in, ``<id>.out.json`` out (each written under a
+    temporary name and renamed, so neither side reads half a file)."""
+
+    def __init__(self, model_dir: Path, cache_root: Path, start_timeout_s: float = 300.0):
+        self.model_dir, self.cache_root, self.start_timeout_s = model_dir, cache_root, start_timeout_s
+        self.folder = cache_root / f"offline-engine-{uuid.uuid4().hex[:8]}"
+        self.process: subprocess.Popen | None = None
+        self.started_in_s: float | None = None
+
+    def start(self) -> "OfflineEngine":
+        require_vllm()
+        self.folder.mkdir(parents=True)
+        started = time.monotonic()
+        with (self.folder / "engine.log").open("wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "workhorse.tasks.engines", "--serve-jobs", str(self.folder), str(self.model_dir)],
+                stdout=log, stderr=subprocess.STDOUT, env=engine_environment(self.cache_root),
+                preexec_fn=_die_with_parent)
+        deadline = time.monotonic() + self.start_timeout_s
+        while not (self.folder / "ready").exists():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise EngineError(f"vLLM offline engine did not start:\n{_tail(self.folder / 'engine.log')}")
+            time.sleep(0.5)
+        self.started_in_s = time.monotonic() - started
+        return self
+
+    @staticmethod
+    def submit(folder: Path, job: dict, timeout_s: float) -> BatchResult:
+        """Hand a job to the engine serving ``folder`` and wait for its answer."""
+        name, started = uuid.uuid4().hex, time.monotonic()
+        _write_atomically(folder / f"{name}.job.json", json.dumps(job))
+        out = folder / f"{name}.out.json"
+        while not out.exists():
+            if not _alive(folder) or time.monotonic() - started > timeout_s:
+                raise EngineError(f"vLLM offline engine gave no answer:\n{_tail(folder / 'engine.log')}")
+            time.sleep(0.2)
+        result = json.loads(out.read_text())
+        out.unlink()
+        if "error" in result:
+            raise EngineError(f"vLLM offline batch failed: {result['error']}")
+        return BatchResult(wall_s=time.monotonic() - started, **result)
+
+    def stop(self) -> None:
+        stop_process(self.process)
+
+    def __enter__(self) -> "OfflineEngine":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _alive(folder: Path) -> bool:
+    """Whether the engine serving ``folder`` still runs (it writes its pid when ready)."""
+    try:
+        os.kill(int((folder / "ready").read_text()), 0)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text)
+    partial.rename(path)
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else "(no log)"
+
+
+def _generate(llm, job: dict) -> dict:
     sampling = [_sampling_params(BatchParams(**p)) for p in job["params"]]
     started = time.monotonic()
     results = llm.chat(job["conversations"], sampling, use_tqdm=False)
-    generate_s = time.monotonic() - started
-    Path(out_path).write_text(json.dumps({
-        "outputs": [r.outputs[0].text for r in results],
-        "prompt_tokens": [len(r.prompt_token_ids or []) for r in results],
-        "completion_tokens": [len(r.outputs[0].token_ids) for r in results],
-        "generate_s": generate_s,
-    }))
+    return {"outputs": [r.outputs[0].text for r in results],
+            "prompt_tokens": [len(r.prompt_token_ids or []) for r in results],
+            "completion_tokens": [len(r.outputs[0].token_ids) for r in results],
+            "generate_s": time.monotonic() - started}
+
+
+def _load_engine(model_dir: str):
+    from vllm import LLM
+
+    return LLM(model=model_dir, enforce_eager=True, dtype="bfloat16", max_model_len=2048)
+
+
+def _batch_main(job_path: str, out_path: str) -> None:
+    """Child-process side of ``run_offline_batch``: one engine, one job."""
+    job = json.loads(Path(job_path).read_text())
+    Path(out_path).write_text(json.dumps(_generate(_load_engine(job["model_dir"]), job)))
+
+
+def _serve_jobs(folder: str, model_dir: str) -> None:
+    """Child-process side of ``OfflineEngine``: load once, answer jobs until stopped."""
+    jobs = Path(folder)
+    llm = _load_engine(model_dir)
+    _write_atomically(jobs / "ready", str(os.getpid()))
+    while True:
+        for job_path in sorted(jobs.glob("*.job.json")):
+            out = jobs / job_path.name.replace(".job.json", ".out.json")
+            try:
+                result = _generate(llm, json.loads(job_path.read_text()))
+            except Exception as error:  # the caller hears why, and the engine serves the next job
+                result = {"error": f"{type(error).__name__}: {error}"}
+            _write_atomically(out, json.dumps(result))
+            job_path.unlink()
+        time.sleep(0.1)
 
 
 def _sampling_params(params: BatchParams):
@@ -271,5 +377,7 @@ if __name__ == "__main__":
         from workhorse.workspace import Workspace
 
         print(f"embedded model ready: {prepare_embedded_model(Workspace.resolve().models_dir)}")
+    elif sys.argv[1] == "--serve-jobs":
+        _serve_jobs(sys.argv[2], sys.argv[3])
     else:
         _batch_main(sys.argv[1], sys.argv[2])

@@ -161,9 +161,10 @@ class EvalContext:
     the Dask task runner (a LocalCluster, or a client of a running one) when shards go there."""
 
     def __init__(self, workspace: Workspace, run_id: str, shard_size: int, engine_api_base: str | None = None,
-                 execution: Execution = Execution(), key_blocks: dict[str, str] | None = None):
+                 execution: Execution = Execution(), key_blocks: dict[str, str] | None = None,
+                 batch_engine: str | None = None):
         self.workspace, self.run_id, self.shard_size = workspace, run_id, shard_size
-        self.engine_api_base = engine_api_base
+        self.engine_api_base, self.batch_engine = engine_api_base, batch_engine
         self.execution, self.key_blocks = execution, dict(key_blocks or {})
         self.server: VLLMServer | None = None
         self.dask = None  # a started prefect_dask.DaskTaskRunner, once the first shard goes there
@@ -405,7 +406,7 @@ async def _offline_batch(context: EvalContext, requests: list[ModelRequest]) -> 
         missing = [r for r in requests if r.identity not in done]
         if missing:
             rows, generate_s = await asyncio.to_thread(run_offline_shard, str(context.workspace.root),
-                                                       context.run_id, missing)
+                                                       context.run_id, missing, context.batch_engine)
             context.account(requests[0].model.label, rows, generate_s)
             for request, row in zip(missing, rows):
                 cache.put(request.cache_key, row)
@@ -438,14 +439,16 @@ def batch_params(request: ModelRequest) -> BatchParams:
 
 
 @task(name="run-offline-batch", cache_policy=NO_CACHE)
-def run_offline_shard(workspace_root: str, run_id: str,
-                      requests: list[ModelRequest]) -> tuple[list[EvalResponse], float]:
-    """The embedded model through vLLM's offline engine: continuous batching of the whole set.
+def run_offline_shard(workspace_root: str, run_id: str, requests: list[ModelRequest],
+                      engine: str | None = None) -> tuple[list[EvalResponse], float]:
+    """The embedded model through vLLM's offline engine: continuous batching of the whole set, in
+    a running ``OfflineEngine`` (``engine``, its job folder) or one started for this batch.
 
     A batch has no per-item latency: each row gets the batch's generation time spread over it."""
     workspace = Workspace.resolve(workspace_root)
     result = run_offline_batch(prepare_embedded_model(workspace.models_dir), [r.messages for r in requests],
-                               [batch_params(r) for r in requests], cache_root=workspace.subdir("vllm"))
+                               [batch_params(r) for r in requests], cache_root=workspace.subdir("vllm"),
+                               engine=engine)
     per_item_ms = result.generate_s * 1000 / max(1, len(requests))
     rows = []
     for request, output, prompt, completion in zip(requests, result.outputs, result.prompt_tokens,
