@@ -94,8 +94,24 @@ def test_verdicts_carry_reasons(audited):
 def test_summary_totals_match_the_stored_tables(audited):
     summary, _ = audited
     use_cases = pq.read_table(summary.tables["use_cases"]).to_pylist()
-    assert summary.monthly_cost_usd == pytest.approx(sum(u["monthly_cost_usd"] for u in use_cases), abs=0.01)
-    assert 0 < summary.projected_monthly_usd < summary.monthly_cost_usd
+    assert summary.run_rate_monthly_usd == pytest.approx(sum(u["monthly_cost_usd"] for u in use_cases), abs=0.01)
+    assert 0 < summary.run_rate_projected_usd < summary.run_rate_monthly_usd
+    assert {u["basis"] for u in use_cases} == {"run-rate month"} and summary.run_rate["label"].startswith("run-rate over")
+
+
+def test_billed_months_are_the_cost_groups_summed_not_scaled_by_time(audited):
+    """Acme's logs cover June 2025 from the 1st to the 30th: one full month, billed at what the
+    cost groups hold (÷ the plan's sample rate), while the run-rate scales it to 30.44 days."""
+    summary, _ = audited
+    plan = load_plan(ACME / "workhorse.yaml")
+    costs = pq.read_table(summary.tables["cost_by_month"]).to_pylist()
+    [june] = summary.billed_months
+    assert (june["month"], june["coverage"], june["partial"]) == ("2025-06", "2025-06", False)
+    assert june["spend_usd"] == pytest.approx(sum(r["cost_usd"] for r in costs) / plan.audit.log_sample_rate, abs=0.005)
+    billed = pq.read_table(summary.tables["billed_by_month"]).to_pylist()
+    assert {(r["use_case"], r["model"]) for r in billed} == {(r["use_case"], r["model"]) for r in costs}
+    assert summary.billed_text() == f"billed ${june['spend_usd']:,.2f} in 2025-06"
+    assert not summary.run_rate["extrapolated"] and 29 < summary.run_rate["days"] < 30
 
 
 def test_report_and_artifacts(audited):
@@ -105,15 +121,23 @@ def test_report_and_artifacts(audited):
     summary, _ = audited
     html = Path(summary.report).read_text()
     assert "<svg" in html and "research-agent" in html and "Break-even" in html and "<script" not in html
+    assert "Billed spend per calendar month" in html and "Per run-rate month: run-rate over 2025-06-01" in html
 
     async def artifacts():
         async with get_client() as client:
             return await client.read_artifacts(artifact_filter=ArtifactFilter(
-                key=ArtifactFilterKey(any_=["usage-audit", "usage-audit-summary"])))
+                key=ArtifactFilterKey(any_=["usage-audit", "usage-audit-billed", "usage-audit-summary"])))
 
-    found = {a.key: a for a in asyncio.run(artifacts())}
-    assert set(found) == {"usage-audit", "usage-audit-summary"}
+    # Other tests' audits share the session's server: keep this flow run's artifacts, found by the
+    # audit's run id in its markdown summary.
+    every = asyncio.run(artifacts())
+    [run] = {a.flow_run_id for a in every if a.key == "usage-audit-summary" and summary.run_id in a.data}
+    found = {a.key: a for a in every if a.flow_run_id == run}
+    assert set(found) == {"usage-audit", "usage-audit-billed", "usage-audit-summary"}
     assert "ticket-routing" in str(found["usage-audit"].data) and "Why" in found["usage-audit-summary"].data
+    assert "per run-rate month, run-rate over" in found["usage-audit"].description
+    assert "2025-06" in str(found["usage-audit-billed"].data)
+    assert "## Billed spend per calendar month" in found["usage-audit-summary"].data
 
 
 def test_the_flow_fails_past_the_bad_row_ratio(acme_logs, prefect_server, tmp_path):

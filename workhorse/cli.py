@@ -314,7 +314,8 @@ def audit(logs: Optional[list[Path]] = typer.Argument(None, help="Log files or f
           since: Optional[str] = typer.Option(None, help="--from-db: rows with startTime >= this (ISO date/time, UTC)."),
           until: Optional[str] = typer.Option(None, help="--from-db: rows with startTime < this (ISO date/time, UTC)."),
           workspace: Optional[Path] = WorkspaceOption) -> None:
-    """Step 1: monthly cost per use case and model, workhorse vs frontier, savings per candidate."""
+    """Step 1: billed spend per calendar month, use case and model; workhorse vs frontier; the
+    run-rate over the log window and savings per candidate per run-rate month."""
     from pydantic import ValidationError
     from rich.table import Table
 
@@ -335,16 +336,37 @@ def audit(logs: Optional[list[Path]] = typer.Argument(None, help="Log files or f
     except WorkhorseError as error:
         console.print(f"[red]audit failed:[/red] {error}")
         raise typer.Exit(1)
-    table = Table("Use case", "Workload", "Now $/month", "Cheapest fitting option", "Projected $/month")
+    console.print(_billed_table(summary))
+    window = summary.run_rate
+    label = window["label"] if window else "no run-rate: no accepted rows"
+    table = Table("Use case", "Workload", "Run-rate $/month", "Cheapest fitting option", "Projected $/run-rate month",
+                  title=label[0].upper() + label[1:])
     for row in summary.use_cases:
-        projected = row["projected_monthly_usd"]
-        table.add_row(row["use_case"], row["workload"], f"{row['monthly_cost_usd']:,.2f}", row["best_option"] or "keep",
+        projected = row["run_rate_projected_usd"]
+        table.add_row(row["use_case"], row["workload"], f"{row['run_rate_monthly_usd']:,.2f}", row["best_option"] or "keep",
                       "—" if projected is None else f"{projected:,.2f}")
     console.print(table)
+    if window and window["warning"]:
+        console.print(f"[yellow]{window['warning']}[/yellow]")
     console.print(f"read {summary.read:,} rows: {summary.accepted:,} accepted, {summary.quarantined:,} quarantined"
                   + (f" ({summary.quarantine})" if summary.quarantine else ""))
-    console.print(f"${summary.monthly_cost_usd:,.2f}/month now, ${summary.projected_monthly_usd:,.2f} with the cheapest "
-                  f"fitting options (saving ${summary.monthly_saving_usd:,.2f}). Report: {summary.report}")
+    console.print(f"{summary.billed_text()}; {summary.run_rate_text()}. Report: {summary.report}")
+
+
+def _billed_table(summary):
+    """Billed spend per calendar month × use case × model, with a total per month of several rows."""
+    from rich.table import Table
+
+    table = Table("Month (UTC)", "Use case", "Model", "Requests", "Billed $", title="Billed spend per calendar month")
+    for month in summary.billed_months:
+        rows = [r for r in summary.billed if r["month"] == month["month"]]
+        for row in rows:
+            table.add_row(month["coverage"], row["use_case"], row["model"], f"{row['requests']:,}",
+                          f"{row['spend_usd']:,.2f}" + ("" if row["fully_priced"] else " + unpriced"))
+        if len(rows) > 1:
+            table.add_row(month["coverage"], "[bold]total[/]", "", "", f"[bold]{month['spend_usd']:,.2f}[/]")
+        table.add_section()
+    return table
 
 golden_app = typer.Typer(help="Golden datasets (step 2): refresh from the plan, import a file, show a version.",
                          no_args_is_help=True)

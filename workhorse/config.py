@@ -123,6 +123,9 @@ class AuditPlan(_Section):
     check_duplicate_ids: bool = Field(True, description="Quarantine duplicated request ids; off saves a hash "
                                       "of every id (the costliest check at 10M rows) when ids are known unique.")
     log_sample_rate: float = Field(1.0, gt=0, le=1, description="Share of all calls the logs hold (costs scale by 1/x).")
+    min_coverage_days: float = Field(7.0, gt=0, description="Days between the first and last logged call below which "
+                                     "the run-rate and every projection on it are marked as an extrapolation "
+                                     "(still shown, with the reason); billed months are exact whatever the span.")
     spend_logs_db: Optional[SpendLogsDb] = Field(None, description="Also read LiteLLM_SpendLogs from the proxy's database.")
 
     @field_validator("spend_logs_db")

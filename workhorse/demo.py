@@ -34,9 +34,7 @@ def print_summary(console: Console, summary: dict, wall_s: float) -> None:
     audit = summary["audit"]
     console.rule("workhorse demo: Acme's migration playbook")
     console.print(f"[bold]1 · audit[/]  {audit.read} log rows read = {audit.accepted} accepted + "
-                  f"{audit.quarantined} quarantined; spend ${audit.monthly_cost_usd:,.2f}/month now, "
-                  f"${audit.projected_monthly_usd:,.2f}/month with the cheapest fitting options "
-                  f"(saving ${audit.monthly_saving_usd:,.2f})")
+                  f"{audit.quarantined} quarantined; {audit.billed_text()}; {audit.run_rate_text()}")
     console.print("[bold]2 · golden sets[/]  " + ", ".join(
         f"{row['use_case']} v{row['version']} ({row['items']} items, {row['pii_scrubbed']} PII scrubbed)"
         for row in summary["golden"]))

@@ -15,7 +15,7 @@ from prefect import flow, get_run_logger
 import workhorse  # noqa: F401  (offline defaults before anything imports LiteLLM)
 from workhorse.config import Plan, SpendLogsDb, find_plan, load_plan, parse_plan
 from workhorse.tasks.audit import AuditSummary, audit_usage_logs, store_audit_tables, summarize
-from workhorse.tasks.reports import audit_markdown, use_case_rows, write_report
+from workhorse.tasks.reports import audit_markdown, billed_rows, use_case_rows, write_report
 from workhorse.tasks.spendlogs_db import staged_spend_logs
 from workhorse.workspace import Workspace
 
@@ -28,11 +28,16 @@ def read_plan(plan: str | dict | None, root: Path) -> Plan:
 
 
 def publish(result, plan: Plan, report: str) -> None:
-    """A table artifact (per use case) and a markdown artifact (summary with reasons)."""
+    """Table artifacts (billed months; run-rate per use case) and a markdown artifact (summary with reasons)."""
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+    create_table_artifact(key="usage-audit-billed", table=billed_rows(result),
+                          description="Billed spend per calendar month × use case × model (partial months marked)")
+    window = result.window
+    basis = f"per run-rate month, {window.label()}" + (f"; {window.warning()}" if window.extrapolated else "") \
+        if window else "no accepted rows"
     create_table_artifact(key="usage-audit", table=use_case_rows(result, plan),
-                          description="Monthly spend, verdicts and the cheapest fitting option per use case")
+                          description=f"Spend, verdicts and the cheapest fitting option per use case ({basis})")
     create_markdown_artifact(key="usage-audit-summary", markdown=audit_markdown(result, plan) + f"\nReport: {report}\n",
                              description="Usage audit summary")
 
@@ -41,7 +46,8 @@ def publish(result, plan: Plan, report: str) -> None:
 def usage_audit(logs: list[str] | None = None, plan: str | dict | None = None, workspace: str | None = None,
                 format: str | None = None, max_bad_row_ratio: float | None = None,
                 spend_logs_db: SpendLogsDb | None = None) -> AuditSummary:
-    """Audit LLM usage logs: monthly cost per use case and model, and savings per candidate.
+    """Audit LLM usage logs: billed spend per calendar month, use case and model; the run-rate
+    over the log window, and savings per candidate and hosting per run-rate month.
 
     ``spend_logs_db`` (else the plan's ``audit.spend_logs_db``) adds the LiteLLM proxy's
     ``LiteLLM_SpendLogs`` rows, read from its PostgreSQL database; pass it as a ``SpendLogsDb``
@@ -57,9 +63,10 @@ def usage_audit(logs: list[str] | None = None, plan: str | dict | None = None, w
     report = write_report(result, chosen, str(folder / "report.html"))
     publish(result, chosen, report)
     summary = summarize(result, report, tables)
-    logger.info("read %s rows, accepted %s, quarantined %s; $%.2f/month now, $%.2f/month with the cheapest "
-                "fitting options; report: %s", summary.read, summary.accepted, summary.quarantined,
-                summary.monthly_cost_usd, summary.projected_monthly_usd, report)
+    logger.info("read %s rows, accepted %s, quarantined %s; %s; %s; report: %s", summary.read, summary.accepted,
+                summary.quarantined, summary.billed_text(), summary.run_rate_text(), report)
+    if summary.run_rate and summary.run_rate["warning"]:
+        logger.warning("run-rate and projections: %s", summary.run_rate["warning"])
     for name in summary.unpriced_models:
         logger.warning("model %s has no price: its rows are counted as unpriced", name)
     return summary

@@ -3,25 +3,34 @@
 Classification follows the plan where it speaks (``workload``, then ``task_type``) and the logs'
 evidence otherwise (JSON outputs, a small fixed set of short answers, long multi-turn or
 tool-calling traces, output length); every verdict carries its reason, because a team must be
-able to disagree with it. Projections turn each use case's monthly tokens into a monthly cost
-per candidate × hosting strategy, with savings against what the incumbent costs today.
+able to disagree with it.
+
+Money comes in two kinds, never mixed up. The **billed** table is what the provider's invoice
+shows: spend per UTC calendar month × use case × model, exact, with partial months marked by
+the days the logs cover. The **run-rate** scales the logged spend to a month of 30.44 days over
+the log window (first to last row, ÷ the sample rate); projections per candidate × hosting, the
+total-cost view and the break-even month are built on it, so they are per *run-rate month*, and
+a window under ``audit.min_coverage_days`` marks all of them as an extrapolation.
 """
 
 from __future__ import annotations
 
+import calendar
 import time
 import uuid
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence
 
 import pyarrow as pa
 
-from workhorse.config import Plan
+from workhorse.config import AuditPlan, Plan
 from workhorse.errors import DataError
 from workhorse.tasks import contracts, pricing, usage
 
-DAYS_PER_MONTH = 30.4375
+DAYS_PER_MONTH = 30.4375  # a run-rate month: the mean Gregorian month
+RUN_RATE = "run-rate month"  # the basis of every projection, as the tables and reports name it
 WORKHORSE_TASKS = {"classification", "extraction", "summarization", "qa"}
 SELF_HOSTED_DEFAULT = "hosted_vllm/smollm2-135m-instruct"
 
@@ -143,13 +152,14 @@ def _projection_row(uc: dict, verdict: Verdict, option: Option, catalog: pricing
     return {"use_case": uc["use_case"], "candidate": option.model, "hosting": option.hosting, "origin": option.origin,
             "current_monthly_usd": current, "projected_monthly_usd": cost, "saving_usd": saving,
             "saving_pct": (saving / current * 100) if saving is not None and current else None,
-            "fits_latency": fits, "note": why}
+            "fits_latency": fits, "note": why, "basis": RUN_RATE, "extrapolated": uc["extrapolated"]}
 
 
 PROJECTION_SCHEMA = pa.schema([
     ("use_case", pa.string()), ("candidate", pa.string()), ("hosting", pa.string()), ("origin", pa.string()),
     ("current_monthly_usd", pa.float64()), ("projected_monthly_usd", pa.float64()), ("saving_usd", pa.float64()),
     ("saving_pct", pa.float64()), ("fits_latency", pa.bool_()), ("note", pa.string()),
+    ("basis", pa.string()), ("extrapolated", pa.bool_()),
 ])
 
 
@@ -164,7 +174,8 @@ def total_cost_views(projections: pa.Table, plan: Plan) -> list[dict]:
         view = pricing.total_cost_view(sum(r["current_monthly_usd"] for r in fitting),
                                        sum(r["projected_monthly_usd"] for r in fitting),
                                        fixed_monthly_usd=fixed, one_off_usd=plan.self_hosting.one_off_usd)
-        views.append({"candidate": model, "hosting": hosting, "use_cases": len(fitting), **view.__dict__})
+        views.append({"candidate": model, "hosting": hosting, "use_cases": len(fitting), **view.__dict__,
+                      "basis": RUN_RATE, "extrapolated": any(r["extrapolated"] for r in fitting)})
     return views
 
 
@@ -175,21 +186,146 @@ def _group(rows: list[dict], keys: Sequence[str]) -> dict[tuple, list[dict]]:
     return groups
 
 
-def monthly_use_cases(costs: pa.Table, sample_rate: float = 1.0) -> pa.Table:
-    """Per use case: monthly run-rate of tokens and cost over the logged window (scaled by sampling)."""
+# --------------------------------------------------------------------------- billed months and the run-rate
+
+
+@dataclass(frozen=True)
+class LogWindow:
+    """The time the logs span, which the run-rate is scaled over, and whether it is long enough.
+
+    ``span_days`` is the time between the first and the last row, not the calendar days touched:
+    a log cut at any hour ("the last 7 days") gives its true length. ``days``, what the run-rate
+    divides by, floors it at one day, so a one-row log still has a rate.
+    """
+
+    first_ts: datetime
+    last_ts: datetime
+    sample_rate: float = 1.0
+    min_coverage_days: float = 7.0
+
+    @property
+    def span_days(self) -> float:
+        return (self.last_ts - self.first_ts).total_seconds() / 86400
+
+    @property
+    def days(self) -> float:
+        return max(self.span_days, 1.0)
+
+    @property
+    def scale(self) -> float:
+        """Logged figures × this = per run-rate month."""
+        return DAYS_PER_MONTH / self.days / self.sample_rate
+
+    @property
+    def extrapolated(self) -> bool:
+        return self.span_days < self.min_coverage_days
+
+    def label(self) -> str:
+        """What the run-rate is: its window, its length, and the sampling it undoes."""
+        span = f"{self.span_days:.1f} days" + (" (counted as 1 day)" if self.span_days < 1 else "")
+        sampled = "every call logged" if self.sample_rate >= 1 else \
+            f"logs hold {self.sample_rate * 100:g}% of calls, scaled ×{1 / self.sample_rate:g}"
+        return (f"run-rate over {_utc(self.first_ts)} → {_utc(self.last_ts)} UTC ({span} between the first and "
+                f"last row; {sampled}), scaled to a {DAYS_PER_MONTH:.2f}-day month")
+
+    def warning(self) -> str | None:
+        """Why the run-rate is an extrapolation, or None when the window is long enough."""
+        if not self.extrapolated:
+            return None
+        return (f"extrapolation: only {self.span_days:.1f} days between the first and last row, under the "
+                f"{self.min_coverage_days:g}-day minimum (audit.min_coverage_days); the run-rate and every "
+                f"projection on it assume those days are typical of a month")
+
+    def as_dict(self) -> dict:
+        return {"first_ts": self.first_ts.isoformat(), "last_ts": self.last_ts.isoformat(), "days": self.span_days,
+                "sample_rate": self.sample_rate, "min_coverage_days": self.min_coverage_days,
+                "extrapolated": self.extrapolated, "label": self.label(), "warning": self.warning()}
+
+
+def _utc(ts: datetime) -> str:
+    return ts.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M")
+
+
+def log_window(costs: pa.Table, audit: AuditPlan) -> LogWindow | None:
+    """The window of the accepted rows, from the cost groups' first and last times (no row scan)."""
+    if not costs.num_rows:
+        return None
+    first = min(costs.column("first_ts").to_pylist())
+    last = max(costs.column("last_ts").to_pylist())
+    return LogWindow(first, last, audit.log_sample_rate, audit.min_coverage_days)
+
+
+def month_coverage(month: str, window: LogWindow) -> dict:
+    """The UTC calendar days of ``month`` ("2026-10") that the window covers.
+
+    The first month of the window is covered from the first row's day, the last up to the last
+    row's day, both counted whole; the months between are full.
+    """
+    year, number = (int(part) for part in month.split("-"))
+    length = calendar.monthrange(year, number)[1]
+    first, last = (ts.astimezone(timezone.utc) for ts in (window.first_ts, window.last_ts))
+    start = first.day if (first.year, first.month) == (year, number) else 1
+    end = last.day if (last.year, last.month) == (year, number) else length
+    days, name = end - start + 1, calendar.month_abbr[number]
+    spanned = f"{start}–{end} {name}" if days > 1 else f"{start} {name}"
+    coverage = month if days >= length else f"{month} (partial: {days} day{'s' if days > 1 else ''}, {spanned})"
+    return {"days_in_month": length, "days_covered": days, "partial": days < length, "coverage": coverage}
+
+
+BILLED_SCHEMA = pa.schema([
+    ("month", pa.string()), ("use_case", pa.string()), ("model", pa.string()), ("requests", pa.int64()),
+    ("prompt_tokens", pa.int64()), ("completion_tokens", pa.int64()), ("spend_usd", pa.float64()),
+    ("unpriced_tokens", pa.int64()), ("fully_priced", pa.bool_()), ("sample_rate", pa.float64()),
+    ("days_in_month", pa.int64()), ("days_covered", pa.int64()), ("partial", pa.bool_()), ("coverage", pa.string()),
+])
+
+
+def billed_by_month(costs: pa.Table, window: LogWindow | None) -> pa.Table:
+    """Spend per UTC calendar month × use case × model: what the provider's invoice shows.
+
+    Exact sums of the cost groups (hostings merged), never scaled by time; only a sampled log
+    is divided by its sample rate, since the invoice counts every call.
+    """
+    rows = []
+    rate = window.sample_rate if window else 1.0
+    for (month, use_case, model), group in _group(costs.to_pylist(), ("month", "use_case", "model")).items():
+        rows.append({"month": month, "use_case": use_case, "model": model,
+                     **{k: round(sum(r[k] for r in group) / rate) for k in ("requests", "prompt_tokens", "completion_tokens")},
+                     "spend_usd": sum(r["cost_usd"] for r in group) / rate,
+                     "unpriced_tokens": round(sum(r["unpriced_tokens"] for r in group) / rate),
+                     "fully_priced": all(r["unpriced_tokens"] == 0 for r in group), "sample_rate": rate,
+                     **month_coverage(month, window)})
+    return pa.Table.from_pylist(rows, schema=BILLED_SCHEMA)
+
+
+def billed_months(billed: pa.Table) -> list[dict]:
+    """The billed table's total per calendar month, in month order."""
+    months = []
+    for (month,), group in _group(billed.to_pylist(), ("month",)).items():
+        months.append({k: group[0][k] for k in ("month", "coverage", "partial", "days_covered", "days_in_month")}
+                      | {"spend_usd": sum(r["spend_usd"] for r in group),
+                         "fully_priced": all(r["fully_priced"] for r in group)})
+    return sorted(months, key=lambda m: m["month"])
+
+
+def monthly_use_cases(costs: pa.Table, window: LogWindow | None) -> pa.Table:
+    """Per use case: the run-rate of requests, tokens and cost per run-rate month over the log window.
+
+    One window for every use case, the log's: a use case quiet for part of it (a weekly batch
+    job) is still measured over the whole span, not over its own first and last call.
+    """
     rows = []
     for (use_case,), group in _group(costs.to_pylist(), ("use_case",)).items():
-        first, last = min(r["first_ts"] for r in group), max(r["last_ts"] for r in group)
-        days = max((last - first).total_seconds() / 86400, 1.0)
-        scale = DAYS_PER_MONTH / days / sample_rate
-        priced = all(r["unpriced_tokens"] == 0 for r in group)
-        rows.append({"use_case": use_case, "days_logged": days, "requests": sum(r["requests"] for r in group),
+        rows.append({"use_case": use_case, "requests": sum(r["requests"] for r in group),
                      "models": ", ".join(sorted({r["model"] for r in group})),
-                     "monthly_requests": sum(r["requests"] for r in group) * scale,
-                     "monthly_prompt_tokens": sum(r["prompt_tokens"] for r in group) * scale,
-                     "monthly_completion_tokens": sum(r["completion_tokens"] for r in group) * scale,
-                     "monthly_cost_usd": sum(r["cost_usd"] for r in group) * scale,
-                     "unpriced_tokens": sum(r["unpriced_tokens"] for r in group), "fully_priced": priced})
+                     "monthly_requests": sum(r["requests"] for r in group) * window.scale,
+                     "monthly_prompt_tokens": sum(r["prompt_tokens"] for r in group) * window.scale,
+                     "monthly_completion_tokens": sum(r["completion_tokens"] for r in group) * window.scale,
+                     "monthly_cost_usd": sum(r["cost_usd"] for r in group) * window.scale,
+                     "unpriced_tokens": sum(r["unpriced_tokens"] for r in group),
+                     "fully_priced": all(r["unpriced_tokens"] == 0 for r in group), "basis": RUN_RATE,
+                     "window_start": window.first_ts, "window_end": window.last_ts, "window_days": window.span_days,
+                     "sample_rate": window.sample_rate, "extrapolated": window.extrapolated})
     return pa.Table.from_pylist(rows)
 
 
@@ -214,6 +350,8 @@ class AuditResult:
     unpriced_models: list[str] = field(default_factory=list)
     quarantine_path: Path | None = None
     seconds: dict[str, float] = field(default_factory=dict)
+    billed: pa.Table = field(default_factory=lambda: pa.table({}))  # month × use case × model, as invoiced
+    window: LogWindow | None = None  # what the run-rate in ``use_cases`` and the projections is scaled over
 
 
 def audit_logs(paths: Sequence[str | Path], plan: Plan, *, workspace_root: Path | None = None, fmt: str | None = None,
@@ -298,7 +436,9 @@ def _enforce(checked, result: AuditResult, plan: Plan, max_bad_ratio: float | No
 
 def _judge(con, checked, result: AuditResult, plan: Plan, catalog: pricing.PriceCatalog, read: int) -> None:
     evidence = usage.evidence_from_groups(result.costs)
-    result.use_cases = monthly_use_cases(result.costs, plan.audit.log_sample_rate)
+    result.window = log_window(result.costs, plan.audit)
+    result.billed = billed_by_month(result.costs, result.window)
+    result.use_cases = monthly_use_cases(result.costs, result.window)
     names = result.use_cases.column("use_case").to_pylist() if result.use_cases.num_rows else []
     result.verdicts = {n: classify_use_case(n, plan, evidence.get(n)) for n in names}
     result.projections = project(result.use_cases, result.verdicts, plan, catalog)
@@ -319,7 +459,7 @@ def write_audit_tables(result: AuditResult, folder: Path) -> dict[str, str]:
     folder.mkdir(parents=True, exist_ok=True)
     verdicts = pa.Table.from_pylist([v.__dict__ for v in result.verdicts.values()]) if result.verdicts else pa.table({})
     costs = result.costs.drop_columns([c for c in result.costs.column_names if c.startswith("ev_")])
-    tables = {"cost_by_month": costs, "use_cases": result.use_cases, "verdicts": verdicts,
+    tables = {"billed_by_month": result.billed, "cost_by_month": costs, "use_cases": result.use_cases, "verdicts": verdicts,
               "projections": result.projections, "total_cost": pa.Table.from_pylist(result.total_cost)}
     paths = {}
     for name, table in tables.items():
@@ -330,24 +470,50 @@ def write_audit_tables(result: AuditResult, folder: Path) -> dict[str, str]:
 
 @dataclass
 class AuditSummary:
-    """What the flow returns: counts, money, and where everything was written."""
+    """What the flow returns: counts, money, and where everything was written.
+
+    ``billed_months`` is spend as invoiced, per calendar month; every ``run_rate_*`` figure is
+    per run-rate month over the window in ``run_rate`` (its label, and a warning when it is an
+    extrapolation).
+    """
 
     run_id: str
     read: int
     accepted: int
     quarantined: int
-    monthly_cost_usd: float
-    projected_monthly_usd: float
-    monthly_saving_usd: float
+    billed_months: list[dict]
+    billed: list[dict]  # month × use case × model
+    run_rate: dict | None
+    run_rate_monthly_usd: float
+    run_rate_projected_usd: float
+    run_rate_saving_usd: float
     use_cases: list[dict]
     unpriced_models: list[str]
     report: str
     tables: dict[str, str]
     quarantine: str | None
 
+    def billed_text(self, months: int = 3) -> str:
+        """'billed $135.00 in 2026-10 (partial: 16 days, 5–20 Oct)'; the latest ``months`` of them."""
+        shown = [f"${m['spend_usd']:,.2f} in {m['coverage']}" for m in self.billed_months[-months:]]
+        earlier = len(self.billed_months) - len(shown)
+        return "billed " + (", ".join(shown) or "nothing") + (f" (+{earlier} earlier months)" if earlier > 0 else "")
+
+    def run_rate_text(self) -> str:
+        """The run-rate and the cheapest options' projection, each saying what it is."""
+        if not self.run_rate:
+            return "no run-rate: no accepted rows"
+        window = self.run_rate
+        extrapolated = (f", an extrapolation: under the {window['min_coverage_days']:g}-day minimum"
+                        if window["extrapolated"] else "")
+        return (f"run-rate ${self.run_rate_monthly_usd:,.2f}/month over {window['days']:.1f} days of logs "
+                f"({window['first_ts'][:10]} → {window['last_ts'][:10]}{extrapolated}), "
+                f"${self.run_rate_projected_usd:,.2f}/month with the cheapest fitting options "
+                f"(saving ${self.run_rate_saving_usd:,.2f} per run-rate month)")
+
 
 def summarize(result: AuditResult, report: str, tables: dict[str, str]) -> AuditSummary:
-    """Totals over use cases: current spend and, per use case, the cheapest fitting option."""
+    """Billed months as invoiced; per use case the run-rate and the cheapest fitting option."""
     from workhorse.tasks.reports import best_options
 
     best = best_options(result)
@@ -356,13 +522,16 @@ def summarize(result: AuditResult, report: str, tables: dict[str, str]) -> Audit
     projected = sum(best[c["use_case"]]["projected_monthly_usd"] if c["use_case"] in best else c["monthly_cost_usd"]
                     for c in cases)
     rows = [{"use_case": c["use_case"], "workload": result.verdicts[c["use_case"]].workload,
-             "monthly_cost_usd": round(c["monthly_cost_usd"], 2),
+             "run_rate_monthly_usd": round(c["monthly_cost_usd"], 2),
              "best_option": f"{best[c['use_case']]['candidate']} ({best[c['use_case']]['hosting']})" if c["use_case"] in best else None,
-             "projected_monthly_usd": round(best[c["use_case"]]["projected_monthly_usd"], 2) if c["use_case"] in best else None}
+             "run_rate_projected_usd": round(best[c["use_case"]]["projected_monthly_usd"], 2) if c["use_case"] in best else None}
             for c in cases]
-    return AuditSummary(result.run_id, result.read, result.accepted, result.quarantined, round(current, 2),
-                        round(projected, 2), round(current - projected, 2), rows, result.unpriced_models, report,
-                        tables, str(result.quarantine_path) if result.quarantine_path else None)
+    months = [{**m, "spend_usd": round(m["spend_usd"], 2)} for m in billed_months(result.billed)]
+    billed = [{**r, "spend_usd": round(r["spend_usd"], 2)} for r in result.billed.to_pylist()]
+    return AuditSummary(result.run_id, result.read, result.accepted, result.quarantined, months, billed,
+                        result.window.as_dict() if result.window else None, round(current, 2), round(projected, 2),
+                        round(current - projected, 2), rows, result.unpriced_models, report, tables,
+                        str(result.quarantine_path) if result.quarantine_path else None)
 
 
 # --------------------------------------------------------------------------- Prefect tasks

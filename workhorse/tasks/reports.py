@@ -33,6 +33,11 @@ def money(value: float | None) -> str:
     return f"${value:,.2f}" if abs(value) < 100 else f"${value:,.0f}"
 
 
+def cents(value: float | None) -> str:
+    """Dollars with cents always: billed spend is read against an invoice."""
+    return "—" if value is None else f"${value:,.2f}"
+
+
 def pct(value: float | None) -> str:
     return "—" if value is None else f"{value:.0f}%"
 
@@ -114,8 +119,56 @@ def best_options(result) -> dict[str, dict]:
     return best
 
 
+def billed_rows(result) -> list[dict]:
+    """One display row per calendar month × use case × model: spend as the invoice shows it."""
+    return [{"month": r["coverage"], "use_case": r["use_case"], "model": r["model"], "requests": f"{r['requests']:,}",
+             "prompt_tokens": f"{r['prompt_tokens']:,}", "completion_tokens": f"{r['completion_tokens']:,}",
+             "spend": cents(r["spend_usd"]) + ("" if r["fully_priced"] else " + unpriced")}
+            for r in result.billed.to_pylist()]
+
+
+BILLED_COLUMNS = [("month", "Month (UTC)"), ("use_case", "Use case"), ("model", "Model"), ("requests", "Requests"),
+                  ("prompt_tokens", "Input tokens"), ("completion_tokens", "Output tokens"), ("spend", "Spend")]
+
+
+def billed_notes(result, plan) -> list[tuple[str, str]]:
+    """(text, css) lines under the billed table: totals per month, what partial means, sampling."""
+    from workhorse.tasks.audit import billed_months
+
+    months = billed_months(result.billed)
+    notes = [("Per month: " + "; ".join(f"{m['coverage']} {cents(m['spend_usd'])}" for m in months) + ".", "")] if months else []
+    notes.append(("Exact sums of the logged calls' cost per UTC calendar month, not scaled by time. A partial month "
+                  "counts the calendar days from the first logged row's day to the last one's: the invoice for it "
+                  "holds more if calls were made outside the logs.", "muted"))
+    if plan.audit.log_sample_rate < 1:
+        notes.append((f"The logs hold {plan.audit.log_sample_rate * 100:g}% of calls (audit.log_sample_rate): every "
+                      f"figure is divided by it, as the invoice counts every call.", "muted"))
+    return notes
+
+
+def run_rate_notes(result) -> list[tuple[str, str]]:
+    """(text, css) lines that say what the run-rate is, and whether it is an extrapolation."""
+    if result.window is None:
+        return [("No run-rate: no accepted rows.", "bad")]
+    window = result.window
+    notes = [(f"Per run-rate month: {window.label()}. Projections, the total-cost view and the break-even month "
+              f"below are built on it.", "")]
+    return notes + ([(window.warning()[0].upper() + window.warning()[1:] + ".", "bad")] if window.extrapolated else [])
+
+
+def basis_note(result) -> str:
+    """One line for the tables built on the run-rate: their basis, and whether it is an extrapolation."""
+    window = result.window
+    if window is None:
+        return ""
+    short = (f"Per run-rate month, over {window.span_days:.1f} days of logs ({window.first_ts:%Y-%m-%d} → "
+             f"{window.last_ts:%Y-%m-%d})")
+    return paragraph(short + (": an extrapolation (see above)." if window.extrapolated else "."),
+                     "bad" if window.extrapolated else "muted")
+
+
 def use_case_rows(result, plan) -> list[dict]:
-    """One display row per use case: spend, verdicts with reasons, owner, best option."""
+    """One display row per use case: run-rate spend, verdicts with reasons, owner, best option."""
     best, rows = best_options(result), []
     for uc in result.use_cases.to_pylist():
         verdict, option = result.verdicts[uc["use_case"]], best.get(uc["use_case"])
@@ -130,20 +183,21 @@ def use_case_rows(result, plan) -> list[dict]:
     return rows
 
 
-USE_CASE_COLUMNS = [("use_case", "Use case"), ("models", "Model"), ("monthly_requests", "Requests/month"),
-                    ("monthly_cost", "Cost/month"), ("workload", "Workload"), ("workload_reason", "Why"),
+USE_CASE_COLUMNS = [("use_case", "Use case"), ("models", "Model"), ("monthly_requests", "Requests/run-rate month"),
+                    ("monthly_cost", "Run-rate/month"), ("workload", "Workload"), ("workload_reason", "Why"),
                     ("latency", "Latency"), ("latency_reason", "Why"), ("owner", "Owner"),
-                    ("best", "Cheapest fitting option"), ("projected", "Projected/month"), ("saving", "Saving")]
+                    ("best", "Cheapest fitting option"), ("projected", "Projected/run-rate month"),
+                    ("saving", "Saving/run-rate month")]
 
 
 def audit_chart(result) -> str:
-    """Spend per use case: current vs the cheapest fitting option."""
+    """Run-rate per use case: current vs the cheapest fitting option."""
     best = best_options(result)
     names = result.use_cases.column("use_case").to_pylist()
     current = result.use_cases.column("monthly_cost_usd").to_pylist()
     projected = [best[n]["projected_monthly_usd"] if n in best else c for n, c in zip(names, current)]
     return bar_chart_svg(names, {"current (incumbent)": current, "projected (cheapest fitting option)": projected},
-                         title="Monthly spend per use case")
+                         title="Spend per run-rate month, per use case")
 
 
 def projection_rows(result) -> list[dict]:
@@ -153,7 +207,7 @@ def projection_rows(result) -> list[dict]:
 
 
 PROJECTION_COLUMNS = [("use_case", "Use case"), ("candidate", "Candidate"), ("hosting", "Hosting"), ("origin", "From"),
-                      ("current", "Current/month"), ("projected", "Projected/month"), ("saving", "Saving"),
+                      ("current", "Current/run-rate month"), ("projected", "Projected/run-rate month"), ("saving", "Saving"),
                       ("saving_pct", "%"), ("fits", "Meets latency"), ("note", "Price source / note")]
 
 
@@ -165,8 +219,9 @@ def total_cost_rows(result) -> list[dict]:
 
 
 TOTAL_COST_COLUMNS = [("candidate", "Candidate"), ("hosting", "Hosting"), ("use_cases", "Use cases"),
-                      ("current", "Current/month"), ("variable", "Variable/month"), ("fixed", "Fixed/month"),
-                      ("net", "Net saving/month"), ("break_even", "Break-even month"), ("reason", "Why")]
+                      ("current", "Current/run-rate month"), ("variable", "Variable/run-rate month"),
+                      ("fixed", "Fixed/month"), ("net", "Net saving/run-rate month"), ("break_even", "Break-even month"),
+                      ("reason", "Why")]
 
 
 def data_quality_fragment(result) -> str:
@@ -180,20 +235,37 @@ def data_quality_fragment(result) -> str:
         + where + unpriced
 
 
+def _paragraphs(notes: list[tuple[str, str]]) -> str:
+    return "".join(paragraph(text, css) for text, css in notes)
+
+
 def audit_sections(result, plan) -> list[str]:
     """The audit's sections, in reading order; later steps append their own."""
     totals = sum(result.use_cases.column("monthly_cost_usd").to_pylist()) if result.use_cases.num_rows else 0
+    basis = basis_note(result)
     return [
-        section("Spend and verdicts per use case",
-                paragraph(f"Monthly run-rate {money(totals)} (scaled from {result.read:,} logged rows"
-                          + (f", logs hold {plan.audit.log_sample_rate:g} of calls" if plan.audit.log_sample_rate < 1 else "") + ")."),
+        section("Billed spend per calendar month", table_html(billed_rows(result), BILLED_COLUMNS,
+                                                             ["requests", "prompt_tokens", "completion_tokens", "spend"],
+                                                             table_id="billed"),
+                _paragraphs(billed_notes(result, plan))),
+        section("Run-rate and verdicts per use case",
+                paragraph(f"Run-rate {money(totals)} per run-rate month from {result.accepted:,} accepted rows."),
+                _paragraphs(run_rate_notes(result)),
                 audit_chart(result), table_html(use_case_rows(result, plan), USE_CASE_COLUMNS)),
-        section("Projections per candidate and hosting strategy", table_html(projection_rows(result), PROJECTION_COLUMNS)),
-        section("Total cost of ownership (fixed vs variable)", table_html(total_cost_rows(result), TOTAL_COST_COLUMNS),
+        section("Projections per candidate and hosting strategy (per run-rate month)", basis,
+                table_html(projection_rows(result), PROJECTION_COLUMNS)),
+        section("Total cost of ownership (fixed vs variable, per run-rate month)", basis,
+                table_html(total_cost_rows(result), TOTAL_COST_COLUMNS),
                 paragraph("Self-hosting's fixed costs are the always-on GPUs plus engineering time; one-off migration "
-                          "work is repaid by the net monthly saving. Frontier use cases are not projected.", "muted")),
+                          "work is repaid by the net saving per run-rate month, so the break-even month holds only "
+                          "while the run-rate does. Frontier use cases are not projected.", "muted")),
         section("Data quality", data_quality_fragment(result)),
     ]
+
+
+def _markdown_notes(notes: list[tuple[str, str]]) -> str:
+    """Paragraphs, a warning ('bad') in bold."""
+    return "".join(f"**{text}**\n\n" if css == "bad" else f"{text}\n\n" for text, css in notes)
 
 
 def audit_markdown(result, plan) -> str:
@@ -201,10 +273,13 @@ def audit_markdown(result, plan) -> str:
     rows = use_case_rows(result, plan)
     head = (f"# Usage audit {result.run_id}\n\nRead {result.read:,} rows, accepted {result.accepted:,}, "
             f"quarantined {result.quarantined:,}.\n\n")
-    cols = [("use_case", "Use case"), ("monthly_cost", "Cost/month"), ("workload", "Workload"), ("latency", "Latency"),
-            ("best", "Cheapest fitting option"), ("projected", "Projected/month"), ("saving", "Saving")]
+    billed = "## Billed spend per calendar month\n\n" + markdown_table(billed_rows(result), BILLED_COLUMNS) + "\n" \
+        + _markdown_notes(billed_notes(result, plan))
+    rate = "## Run-rate and projections\n\n" + _markdown_notes(run_rate_notes(result))
+    cols = [("use_case", "Use case"), ("monthly_cost", "Run-rate/month"), ("workload", "Workload"), ("latency", "Latency"),
+            ("best", "Cheapest fitting option"), ("projected", "Projected/run-rate month"), ("saving", "Saving/run-rate month")]
     reasons = "".join(f"- **{r['use_case']}**: {r['workload_reason']}; {r['latency_reason']}\n" for r in rows)
-    return head + markdown_table(rows, cols) + "\n## Why\n" + reasons
+    return head + billed + rate + markdown_table(rows, cols) + "\n## Why\n" + reasons
 
 
 def write_audit_report(result, plan, path: Path) -> Path:
