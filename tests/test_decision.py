@@ -185,7 +185,7 @@ def test_migrate_reason_names_the_saving():
     result = verdict("uc", incumbent, [CandidateResult("qwen", "self_hosted", "few-shot", candidate,
                                                        projected_monthly_saving_usd=1234.5)], POLICY)
     assert result.projected_monthly_saving_usd == 1234.5
-    assert "$1,234.50/month" in result.reason and "is better" in result.reason
+    assert "$1,234.50 saved per run-rate month" in result.reason and "is better" in result.reason
 
 
 def test_a_slightly_worse_migration_says_non_inferior_not_better():
@@ -317,3 +317,12 @@ def test_margin_comes_from_the_policy():
 def test_item_values_pick_the_primary_metric(metric, expected):
     scores = [score_item("qa", "Paris", "paris"), score_item("qa", "in Paris, France", "Paris")]
     assert item_values(scores, metric) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("saving, text", [(None, "an unknown saving"), (0.0, "$0.00 saved"),
+                                          (0.00423, "$0.00423 saved"), (1234.5, "$1,234.50 saved")])
+def test_a_tiny_saving_keeps_its_digits_and_says_its_basis(saving, text):
+    from workhorse.tasks.decision import _money
+
+    assert _money(saving).startswith(text)
+    assert saving is None or _money(saving).endswith("per run-rate month")

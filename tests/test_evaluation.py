@@ -13,50 +13,13 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from tests.support.eval_kit import LABELS, evaluate, make_items, plan_file, scripted
 from workhorse.tasks.evaluation import AS_LOGGED, build_requests, few_shot_examples, replay_incumbent, Contender
 from workhorse.tasks.golden_sources import GoldenSpec
 from workhorse.tasks.golden_versions import write_version
 from workhorse.tasks.inference import EvalResponse, ModelSpec
 
-LABELS = ["alpha", "beta", "gamma"]
 CANARY = "sk-canary-eval-4c1d9e"
-
-
-def make_items(count: int = 240, logged_model: str | None = None):
-    spec = GoldenSpec("routing", "classification", labels=LABELS)
-    rng = random.Random(11)
-    items = []
-    for index in range(count):
-        label = LABELS[index % 3]
-        text = f"request {index}: please route this {rng.choice(['order', 'bill', 'login'])} question"
-        metadata = {"model": logged_model} if logged_model else {}
-        items.append(spec.item([{"role": "user", "content": text}], label, source="test",
-                               label_origin="incumbent" if logged_model else "human", metadata=metadata))
-    return items
-
-
-def scripted(items, accuracy: float, seed: int) -> dict[str, str]:
-    """Answers right on a chosen share of items, wrong (another label) on the rest."""
-    rng = random.Random(seed)
-    answers = {}
-    for item in items:
-        wrong = [label for label in LABELS if label != item.reference]
-        answers[item.input[-1]["content"]] = item.reference if rng.random() < accuracy else rng.choice(wrong)
-    return answers
-
-
-def plan_file(tmp_path, candidates, incumbent="openai/incumbent-model", min_items=50):
-    plan = {"incumbent": incumbent, "use_cases": {"routing": {"task_type": "classification", "labels": LABELS}},
-            "candidates": candidates, "quality_policy": {"min_items": min_items, "non_inferiority_margin": 0.05}}
-    path = tmp_path / "workhorse.yaml"
-    path.write_text(yaml.safe_dump(plan))
-    return str(path)
-
-
-def evaluate(workspace, plan, **options):
-    from workhorse.flows.evaluate import parallel_eval
-
-    return asyncio.run(parallel_eval(use_case="routing", workspace=str(workspace.root), plan_path=plan, **options))
 
 
 @pytest.fixture
@@ -363,3 +326,26 @@ def replace_input(item, text):
     messages = [{"role": "user", "content": text}]
     item_id = make_item_id(item.use_case, messages)
     return replace(item, input=messages, item_id=item_id, split=split_for(item_id))
+
+
+def test_prompt_tuning_uses_at_most_the_plans_tuning_items(prefect_server, golden, isolated_workspace,
+                                                           fake_openai_server, tmp_path, monkeypatch):
+    candidate = fake_openai_server(answers=scripted(golden, 0.9, seed=6))
+    monkeypatch.setenv("OPENAI_API_KEY", CANARY)
+    plan = plan_file(tmp_path, [{"model": "openai/cand", "api_base": candidate.url}])
+    with open(plan) as handle:
+        document = yaml.safe_load(handle)
+    document["eval"] = {"tuning_items": 10}
+    with open(plan, "w") as handle:
+        yaml.safe_dump(document, handle)
+
+    summary = evaluate(isolated_workspace, plan, variants=["zero-shot", "few-shot"])
+
+    by_id = {item.item_id: item for item in golden}
+    dev_rows = [r for r in pq.read_table(summary["responses"]).to_pylist() if by_id[r["item_id"]].split == "dev"]
+    dev_ids = sorted(i.item_id for i in golden if i.split == "dev")
+    for variant in ("zero-shot", "few-shot"):
+        assert sorted(r["item_id"] for r in dev_rows if r["prompt_variant"] == variant) == dev_ids[:10]
+    test_rows = [r for r in pq.read_table(summary["responses"]).to_pylist()
+                 if r["model"] == "openai/cand" and by_id[r["item_id"]].split == "test"]
+    assert len(test_rows) == sum(i.split == "test" for i in golden)  # the verdict still sees all of test

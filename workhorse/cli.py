@@ -59,7 +59,7 @@ def evaluate(use_case: str = typer.Argument(..., help="The use case to evaluate 
 
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
-    from workhorse.demo import verdict_table
+    from workhorse.demo import candidate_verdicts_table, verdict_table
     from workhorse.flows.evaluate import parallel_eval
 
     if task_runner not in (None, "threads", "dask"):  # before Prefect's own check, which prints a traceback
@@ -70,7 +70,10 @@ def evaluate(use_case: str = typer.Argument(..., help="The use case to evaluate 
             models=model or None, hostings=hosting or None, variants=variant or None, replay=not no_replay,
             task_runner=task_runner, dask_address=dask_address, dask_workers=dask_workers))
     console.print(verdict_table({use_case: summary}))
+    console.print(candidate_verdicts_table({use_case: summary}))
     console.print(f"verdict [bold]{summary['verdict']['decision']}[/] — {summary['verdict']['reason']}")
+    if len(summary["verdict"]["candidates"]) > 1:
+        console.print(summary["verdict"]["summary"])
     for reason in summary["skipped"]:
         console.print(f"skipped: {reason}")
     console.print(f"report: {summary['report']}")

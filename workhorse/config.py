@@ -41,6 +41,9 @@ class UseCase(_Section):
         None, description="Force the classification; else it follows task_type, then the logs' evidence.")
     labels: list[str] = Field(default_factory=list, description="Allowed answers of a classification.")
     json_schema: Optional[dict[str, Any]] = Field(None, description="Schema of an extraction's output.")
+    list_order: Literal["multiset", "ordered"] = Field(
+        "multiset", description="How an extraction's lists are matched: as multisets, or in order "
+        "(longest common subsequence).")
     latency: Optional[Literal["realtime", "batch"]] = Field(None, description="Latency need; else inferred.")
     owner: Optional[str] = Field(None, description="The migration champion for this use case.")
     incumbent: Optional[str] = Field(None, description="Model in production, when not the plan's incumbent.")
@@ -140,6 +143,9 @@ class QualityPolicy(_Section):
     non_inferiority_margin: float = Field(0.02, ge=0, le=1)
     min_items: int = Field(100, ge=1)
     confidence: float = Field(0.95, gt=0, lt=1)
+    min_score: Optional[float] = Field(
+        None, ge=0, le=1, description="Absolute bar on the primary metric, used only when the incumbent "
+        "cannot be evaluated (no key and no logged answers); the verdict says it used it.")
 
 
 class Guardrails(_Section):
@@ -190,7 +196,8 @@ class RolloutPolicy(_Section):
 
 
 class EvalPlan(_Section):
-    """Where an evaluation's shards run; the flow's parameters and the CLI's options override it."""
+    """How an evaluation runs: where its shards run (the flow's parameters and the CLI's options override
+    it) and how much of dev prompt tuning uses."""
 
     task_runner: Optional[Literal["threads", "dask"]] = Field(
         None, description="threads (default): every shard in the flow's event loop; dask: shards on a Dask cluster.")
@@ -198,6 +205,9 @@ class EvalPlan(_Section):
                                                           "else a LocalCluster is started for the run.")
     dask_workers: Optional[int] = Field(None, ge=1, description="Worker processes of that LocalCluster, one thread "
                                                                 "each (default 2).")
+    tuning_items: Optional[int] = Field(
+        None, ge=1, description="Tune prompt variants on at most this many dev items (a stable sample by item id): "
+        "enough to rank variants at a fraction of the calls; the verdict still takes the whole test split.")
 
 
 class Plan(_Section):

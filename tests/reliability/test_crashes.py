@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.test_audit_flow import ACME, acme_generator
-from tests.test_evaluation import evaluate, make_items, plan_file
+from tests.support.eval_kit import evaluate, make_items, plan_file
 from tests.test_golden_flow import plan  # noqa: F401  (a fixture)
 from tests.test_golden_flow import write_plan
 from tests.test_rollout_flow import demo

@@ -10,7 +10,7 @@ from collections import Counter
 import pyarrow.parquet as pq
 import pytest
 
-from tests.test_evaluation import evaluate, make_items, plan_file
+from tests.support.eval_kit import evaluate, make_items, plan_file
 from tests.test_inference import requests_for
 from workhorse.tasks.golden_versions import write_version
 from workhorse.tasks.inference import ERROR_TYPES, CircuitBreaker, CallFailed, RetryPolicy, Runner

@@ -17,7 +17,7 @@ from prefect.utilities.annotations import quote
 
 from workhorse.config import plan_workspace
 from workhorse.tasks.evaluation import (
-    AS_LOGGED, best_variant, build_requests, few_shot_examples, tuning_contenders,
+    AS_LOGGED, best_variant, build_requests, few_shot_examples, tuning_contenders, tuning_sample,
 )
 from workhorse.tasks.eval_run import (
     EvalContext, contenders_from_plan, decide, execution_from, generate, key_blocks_for, publish_results,
@@ -32,11 +32,13 @@ async def parallel_eval(use_case: str, workspace: str | None = None, plan_path: 
                   variants: list[str] | None = None, shard_size: int = 200, replay: bool = True,
                   run_id: str | None = None, engine_api_base: str | None = None,
                   task_runner: Literal["threads", "dask"] | None = None, dask_address: str | None = None,
-                  dask_workers: int | None = None) -> dict:
+                  dask_workers: int | None = None, batch_engine: str | None = None) -> dict:
     """Evaluate the plan's incumbent and candidates for one use case and give a verdict.
 
     ``engine_api_base``: an embedded-model vLLM server already running (the playbook shares
     one across use cases); without it the flow starts one if a candidate needs it.
+    ``batch_engine``: the job folder of a running vLLM offline engine (``OfflineEngine``), likewise
+    shared; without it each batch starts an engine of its own.
     ``task_runner``: ``threads`` (default) or ``dask`` — shards on the Dask scheduler at
     ``dask_address``, else on a LocalCluster of ``dask_workers`` processes; the plan's ``eval``
     section sets them too. Same responses and scores either way."""
@@ -49,10 +51,12 @@ async def parallel_eval(use_case: str, workspace: str | None = None, plan_path: 
     for reason in skipped:
         logger.warning(reason)
     execution = execution_from(plan, task_runner, dask_address, dask_workers)
-    with EvalContext(ws, run_id, shard_size, engine_api_base, execution, key_blocks_for(plan, use_case)) as context:
+    with EvalContext(ws, run_id, shard_size, engine_api_base, execution, key_blocks_for(plan, use_case),
+                     batch_engine) as context:
         examples = few_shot_examples(dev)
         tuned = tuning_contenders(candidates)
-        tuning = [r for c in tuned for v in c.variants for r in build_requests(c, v, dev, examples)]
+        tuning_set = tuning_sample(dev, plan.eval.tuning_items)
+        tuning = [r for c in tuned for v in c.variants for r in build_requests(c, v, tuning_set, examples)]
         dev_rows = await generate(context, tuning, phase="dev")
         store_responses(ws, run_id, quote(dev_rows))
         dev_scores = score_responses(quote(items), quote(dev_rows), scorer_options(plan, use_case))

@@ -460,10 +460,12 @@ def _pp(x: float) -> str:
 
 
 def _money(x: float | None) -> str:
-    """A saving below a cent keeps three significant digits: "$0.00" would read as nothing."""
+    """The audit's projected saving, per run-rate month (its basis); a saving below a cent keeps
+    three significant digits: "$0.00" would read as nothing."""
     if x is None:
-        return "an unknown saving (unpriced)"
-    return f"${x:,.2f}/month saved" if x == 0 or abs(x) >= 0.01 else f"${x:.3g}/month saved"
+        return "an unknown saving (unpriced, or no audit)"
+    amount = f"${x:,.2f}" if x == 0 or abs(x) >= 0.01 else f"${x:.3g}"
+    return f"{amount} saved per run-rate month"
 
 
 def reason(use_case: str, metric: str, policy: QualityPolicy, a: Assessment) -> str:

@@ -144,6 +144,13 @@ def _as_text(value) -> str | None:
     return value if isinstance(value, str) or value is None else json.dumps(value, sort_keys=True)
 
 
+def tuning_sample(dev: Sequence[GoldenItem], limit: int | None) -> list[GoldenItem]:
+    """The dev items prompt variants are tuned on: all, or ``limit`` of them in item-id order (ids
+    are content hashes, so this is a stable pseudo-random sample that a re-run picks again)."""
+    ordered = sorted(dev, key=lambda item: item.item_id)
+    return ordered if limit is None else ordered[:limit]
+
+
 def tuning_contenders(candidates: Sequence[Contender]) -> list[Contender]:
     """One contender per model for prompt tuning: a variant suits the model, not the hosting, so
     a model served and batched is tuned once (on its served form, which answers fastest)."""
