@@ -1,16 +1,20 @@
 """The rollout simulator's traffic: each step draws user keys until the smaller arm has enough,
-so a healthy step never stalls on a short random split (checked against ``bucket`` directly)."""
+so a healthy step never stalls on a short random split (checked against ``bucket`` directly);
+the candidate never has more calls in flight than its pace, shadow calls included (counted by the
+fake engine itself); and the probe picks the pace where a slot-bound engine saturates."""
 
 from __future__ import annotations
 
+import asyncio
 import math
+import uuid
 
 import pytest
 
 from workhorse.config import RolloutPolicy
 from workhorse.router import Router, bucket
 from workhorse.tasks.inference import ModelSpec
-from workhorse.tasks.traffic_sim import keys_for_step
+from workhorse.tasks.traffic_sim import MAX_PACE, calibrate, keys_for_step, simulate
 
 UC = "ticket-routing"
 POLICY = RolloutPolicy.model_validate({"steps": ["shadow", 5, 50, 100], "min_requests": 12})
@@ -31,3 +35,40 @@ def test_shadow_sends_the_margin_once_since_both_arms_see_every_call(isolated_wo
     weights = {"candidate": 0, "incumbent": 100, "shadow": True, "stage": "shadow"}
     keys = keys_for_step(router, POLICY, weights)
     assert len(keys) == 18 and len(set(keys)) == 18
+
+
+REQUESTS = [[{"role": "user", "content": f"where is order {i}?"}] for i in range(40)]
+
+
+@pytest.mark.parametrize("candidate", [0, 50])  # 0: shadow, every call also reaches the candidate
+def test_the_candidate_never_has_more_calls_in_flight_than_its_pace(isolated_workspace, fake_openai_server, candidate):
+    inc_server, cand_server = fake_openai_server(latency=0.3), fake_openai_server(latency=0.3)
+    router = Router(isolated_workspace, UC, ModelSpec("openai/a", api_base=inc_server.url, api_key="k"),
+                    ModelSpec("openai/b", api_base=cand_server.url, api_key="k"))
+    weights = {"candidate": candidate, "incumbent": 100 - candidate, "shadow": not candidate, "stage": str(candidate)}
+    router.weights = lambda: weights  # a fixed step, without a rollout in the state store
+
+    async def step():
+        try:
+            return await simulate(router, REQUESTS, [uuid.uuid4().hex for _ in range(24)], concurrency=8,
+                                  candidate_concurrency=2)
+        finally:
+            await router.aclose()
+
+    stats = asyncio.run(step())
+    records = cand_server.records()
+    assert len(records) == (24 if not candidate else stats.by_arm["candidate"]) and stats.answered == 24
+    assert max(r["in_flight"] for r in records) <= 2
+    if candidate:  # beside a step's candidate calls the incumbent's are not held back (in shadow the waves are)
+        assert max(r["in_flight"] for r in inc_server.records()) > 2
+
+
+@pytest.mark.parametrize("slots, pace", [(2, 2), (None, MAX_PACE)])
+def test_the_probe_paces_the_traffic_where_the_engine_saturates(fake_openai_server, slots, pace):
+    # A second per answer: the client's own overhead on a loaded 2-core box (up to ~0.2 s) stays noise.
+    engine = fake_openai_server(latency=1.0, slots=slots)
+    found = asyncio.run(calibrate(ModelSpec("openai/engine", api_base=engine.url, api_key="k"), REQUESTS))
+    print("probe:", found.describe())
+    assert found.pace == pace
+    assert found.paced_latency_s < 1.5 * found.latency_s[1]  # at its pace nothing waits inside the engine
+    assert max(r["in_flight"] for r in engine.records()) == (4 if slots else MAX_PACE)  # it stopped at saturation

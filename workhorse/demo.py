@@ -84,15 +84,28 @@ def print_verdicts(console: Console, evaluations: dict) -> None:
 
 
 def print_rollouts(console: Console, rollouts: list[dict]) -> None:
-    """Each rollout's path through the steps, in control-loop runs and requests."""
+    """Each rollout's path through the steps, in control-loop runs and requests, and the latency
+    guardrail it was held to; where it did not go as intended (promoted, or reverted after its
+    fault), what happened and why, from the last control-loop run."""
+    from rich.markup import escape
+
     for rollout in rollouts:
         steps = " → ".join(f"{stage} ({calls} req)" for stage, calls in rollout["requests_per_step"].items())
         line = (f"[bold]4 · rollout[/]  {rollout['use_case']}: {steps} ⇒ [bold]{rollout['final_stage']}[/] "
                 f"after {rollout['control_runs']} control-loop runs")
+        after = rollout.get("runs_from_fault_to_revert")
         if rollout.get("fault"):
-            line += (f"; fault: {rollout['fault']}, reverted {rollout['runs_from_fault_to_revert']} "
-                     f"control-loop run(s) after it")
+            line += f"; fault: {rollout['fault']}"
+            line += f", reverted {after} control-loop run(s) after it" if after is not None else ""
+        if after is None and (rollout.get("fault") or rollout["final_stage"] != "promoted"):
+            last = (rollout.get("steps") or [None])[-1]
+            why = (f"the last control-loop run, at {last['stage']}, was {last['outcome']} ⇒ {last['to_stage']}: "
+                   f"{escape(last.get('reason') or 'no reason given')}" if last else "no control-loop run took place")
+            line += f"; [yellow]not the intended story[/]: {why}"
         console.print(line)
+        if rollout.get("latency_guardrail"):
+            probe = (rollout.get("probe") or {}).get("engine")
+            console.print("   " + escape(rollout["latency_guardrail"] + (f"; engine probe: {probe}" if probe else "")))
 
 
 def print_monitoring(console: Console, monitoring: dict | None) -> None:
@@ -100,8 +113,12 @@ def print_monitoring(console: Console, monitoring: dict | None) -> None:
 
     if not monitoring:
         return
+    changes = monitoring.get("incidents") or []
+    opened = [c["key"] for c in changes if c.get("change") == "opened"] or list(monitoring.get("opened") or [])
     console.print(f"[bold]5 · monitoring[/]  {monitoring['windows']} window(s); incidents opened: "
-                  f"{', '.join(monitoring['opened']) or 'none'}; Slack messages: {len(monitoring['messages'])}")
+                  f"{', '.join(opened) or 'none'}; Slack messages: {len(monitoring['messages'])}")
+    if not opened and monitoring.get("quiet_reason"):
+        console.print(f"   [yellow]no incident opened[/]: {monitoring['quiet_reason']}")
     for message in monitoring["messages"][:2]:
         console.print("   " + message_text(message).replace("\n", "\n   "))
 

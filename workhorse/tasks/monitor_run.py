@@ -293,19 +293,42 @@ def run_demo_monitoring(workspace, plan_path=None, traffic: pa.Table | None = No
         messages = receiver.messages if webhook_url is None else [m for s in summaries for m in s.messages]
     _print_demo(console, summaries, messages)
     return {**summary_dict(summaries[-1]), "windows": len(summaries), "messages": messages,
-            "incidents": [c for s in summaries for c in s.changes if c["change"]]}
+            "incidents": [c for s in summaries for c in s.changes if c["change"]],
+            "quiet_reason": quiet_reason(summaries)}
 
 
 def demo_window_ends(traffic: pa.Table, minutes: int, most: int = 8) -> list[datetime]:
-    """Ends of consecutive windows covering the table (the last ``most``), so earlier ones are baselines."""
+    """Ends of consecutive windows back from just after the last row (at most ``most``, each with
+    traffic), oldest first: the last window holds the latest ``minutes`` whole, so a fault at the
+    end of the traffic is never cut by a window boundary, and earlier windows are its baselines."""
     import pyarrow.compute as pc
 
     first, last = pc.min(traffic["ts"]).as_py(), pc.max(traffic["ts"]).as_py()
-    ends, end = [], first + timedelta(minutes=minutes)
-    while end <= last + timedelta(minutes=minutes):
+    ends, end = [], last + timedelta(microseconds=1)  # windows are [start, end)
+    while end > first and len(ends) < most:
         ends.append(end)
-        end += timedelta(minutes=minutes)
-    return ends[-most:]
+        end -= timedelta(minutes=minutes)
+    return ends[::-1]
+
+
+def quiet_reason(summaries: list[MonitorSummary]) -> str | None:
+    """Why no window opened an incident, in one line (None when one did): no traffic, breaches
+    of incidents already open, or every rule within limits or short of requests."""
+    from collections import Counter
+
+    if any(c["change"] == "opened" for s in summaries for c in s.changes):
+        return None
+    results = [r for s in summaries for r in s.results]
+    breached = sorted({r["key"] for r in results if r["state"] == "breach"})
+    if breached:
+        return f"{', '.join(breached)} breached, but no new incident (already open, or report-only)"
+    if not any(m["requests"] for s in summaries for m in s.metrics):
+        return "no traffic in any window"
+    states = ", ".join(f"{n} {state}" for state, n in Counter(r["state"] for r in results).items())
+    rates = [r for r in results if r["rule"] == "error_rate" and r["value"] is not None]
+    worst = max(rates, key=lambda r: r["value"], default=None)
+    return f"no rule breached ({states})" + (f"; highest error rate {worst['key']} {worst['value']:.1%} "
+                                             f"({worst['detail']})" if worst else "")
 
 
 def demo_traffic(plan) -> pa.Table:

@@ -60,6 +60,12 @@ class ServerConfig:
     # Forward healthy requests to this OpenAI-compatible base URL (a real engine) and inject the
     # faults in front of it: how a demo breaks a real model's endpoint on purpose.
     upstream: str | None = None
+    # Each answer's latency varies by up to ± this share of latency_s (decided by hash, like faults).
+    latency_spread: float = 0.0
+    # Serve like an engine with this many parallel slots (a CPU LLM server): a request that arrives
+    # while more requests than slots are in flight waits its turn, so its latency grows with the
+    # load: latency_s × max(1, in flight / slots), itself counted. None: latency ignores the load.
+    slots: int | None = None
 
 
 def request_key(body: dict) -> str:
@@ -112,9 +118,18 @@ class FakeOpenAI:
         self.attempts: Counter[str] = Counter()
         self.records: list[dict] = []
         self.successes = 0
+        self.in_flight = 0
         self.released = asyncio.Event()
 
     async def chat(self, request):
+        """One chat completion; ``in_flight`` counts the requests being handled, this one included."""
+        self.in_flight += 1
+        try:
+            return await self._chat(request, self.in_flight)
+        finally:
+            self.in_flight -= 1
+
+    async def _chat(self, request, in_flight: int):
         from aiohttp import web
 
         body = await request.json()
@@ -122,13 +137,13 @@ class FakeOpenAI:
         attempt = self.attempts[key]
         self.attempts[key] += 1
         if self.config.latency_s:
-            await asyncio.sleep(self.config.latency_s)
+            await asyncio.sleep(self.answer_time(key, attempt, in_flight))
         await self._wait_if_paused()  # after the latency, so nothing is mid-answer when paused
         outcome = "down" if self.config.down else self.config.faults.pick(
             unit_interval(self.config.seed, key, attempt)
         )
         record = {"key": key, "attempt": attempt, "outcome": outcome, "t": time.time(),
-                  "auth": request.headers.get("Authorization", "")}
+                  "auth": request.headers.get("Authorization", ""), "in_flight": in_flight}
         if outcome == "ok" and self.config.upstream:
             self.records.append(record)
             return await self._forward(body)
@@ -149,6 +164,13 @@ class FakeOpenAI:
             return response
         self.records.append(record)
         return await self._fault(request, outcome)
+
+    def answer_time(self, key: str, attempt: int, in_flight: int) -> float:
+        """This request's latency: spread by hash, stretched by the load on arrival when slots are set."""
+        config = self.config
+        spread = 1 + config.latency_spread * (2 * unit_interval(config.seed, "latency", key, attempt) - 1)
+        load = max(1.0, in_flight / config.slots) if config.slots else 1.0
+        return config.latency_s * spread * load
 
     async def _forward(self, body: dict):
         import aiohttp
