@@ -16,12 +16,40 @@ from rich.table import Table
 from workhorse.workspace import Workspace
 
 
+# Minutes `make demo` took after set-up, measured from a fresh clone on 2-core machines of each
+# CPU class (README, "What `make demo` does"): vLLM on CPU is several times slower without AVX-512.
+EXPECTED_MINUTES = {"avx512": 6, "avx2": 9, "neither": 20}
+
+
+def cpu_vector_extensions(cpuinfo: str | None = None) -> tuple[str, list[str]]:
+    """The CPU's class for vLLM (``avx512`` | ``avx2`` | ``neither``) and its AVX flags, from /proc/cpuinfo."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            cpuinfo = ""
+    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
+    avx = sorted(flag for flag in set(flags) if flag.startswith("avx"))
+    kind = "avx512" if "avx512f" in avx else "avx2" if "avx2" in avx else "neither"
+    return kind, avx
+
+
+def print_machine(console: Console) -> None:
+    kind, flags = cpu_vector_extensions()
+    import os
+
+    note = {"avx512": "AVX-512", "avx2": "AVX2 only, no AVX-512", "neither": "no AVX2: vLLM will be slow"}[kind]
+    console.print(f"CPU: {note} ({' '.join(flags) or 'no AVX flags'}), {os.cpu_count()} cores; expect about "
+                  f"{EXPECTED_MINUTES[kind]} min after set-up (measured on 2-core machines of this class)")
+
+
 def run_demo(example_dir: Path, workspace: Path | None, console: Console) -> dict:
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
     from workhorse.flows.playbook import migration_playbook
 
     ws = Workspace.resolve(workspace)
+    print_machine(console)
     started = time.monotonic()
     # The heartbeat thread makes every synchronous flow call wait about a second at its end.
     with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
@@ -72,15 +100,34 @@ def verdict_table(evaluations: dict) -> Table:
     for use_case, evaluation in evaluations.items():
         for line in (l for l in evaluation["leaderboard"] if l["split"] == "test"):
             table.add_row(use_case, f"{line['model']} · {line['prompt_variant']}", str(line["items"]),
-                          f"{line['accuracy']:.0%}", f"{line['score']:.2f}", _fmt(line["latency_p50_ms"], "{:.0f}"),
-                          _fmt(line["cost_per_1k_items"], "${:.4f}"))
+                          _fmt(line["accuracy"], "{:.0%}"), _fmt(line["score"], "{:.2f}"),
+                          _fmt(line["latency_p50_ms"], "{:.0f}"), _fmt(line["cost_per_1k_items"], "${:.4f}"))
+    return table
+
+
+def candidate_verdicts_table(evaluations: dict) -> Table:
+    """One row per candidate and hosting: its own decision, the paired difference and its CI."""
+    table = Table(title="3 · evaluation — verdict per candidate (test split)")
+    for column in ("use case", "candidate", "hosting", "decision", "why", "Δ vs incumbent", "CI", "n", "p"):
+        table.add_column(column, justify="right" if column in ("n", "p", "Δ vs incumbent", "CI") else "left")
+    for use_case, evaluation in evaluations.items():
+        for c in evaluation["verdict"].get("candidates") or []:
+            bar = c.get("against") == "min_score"  # the numbers are the candidate's own, against the bar
+            diff = _fmt(c["diff"], "{:.1%}" if bar else "{:+.1%}") + (" (abs.)" if bar and c["diff"] is not None else "")
+            ci = "–" if c["ci_low"] is None else f"{c['ci_low']:+.1%} … {c['ci_high']:+.1%}"
+            table.add_row(use_case, c["model"] + (" ★" if c["chosen"] else ""), c["hosting"], c["decision"],
+                          c["why"], diff, ci, str(c["n"]), _fmt(c["p_value"], "{:.2g}"))
     return table
 
 
 def print_verdicts(console: Console, evaluations: dict) -> None:
+    if any(len(e["verdict"].get("candidates") or []) > 1 for e in evaluations.values()):
+        console.print(candidate_verdicts_table(evaluations))
     for use_case, evaluation in evaluations.items():
         verdict = evaluation["verdict"]
         console.print(f"  verdict [bold]{verdict['decision']}[/] — {verdict['reason']}")
+        if len(verdict.get("candidates") or []) > 1:
+            console.print(f"    {verdict['summary']}")
 
 
 def print_rollouts(console: Console, rollouts: list[dict]) -> None:
