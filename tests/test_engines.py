@@ -66,6 +66,14 @@ def test_one_offline_engine_answers_several_batches(embedded_model_dir, tmp_path
     assert _live_group_members(pid, wait_s=10) == []
 
 
+def test_a_batch_without_an_engine_starts_its_own(embedded_model_dir, tmp_path):
+    conversations = [render("constrained", sentiment_task(text), "batch")[0] for text, _ in SENTIMENT[:2]]
+    result = run_offline_batch(embedded_model_dir, conversations, BatchParams(max_tokens=5, choice=["positive", "negative"]),
+                               cache_root=tmp_path)
+    assert set(result.outputs) <= {"positive", "negative"} and len(result.outputs) == 2
+    assert result.wall_s > result.generate_s > 0  # the engine's start is in the wall time, not the generation
+
+
 def test_start_failure_quotes_the_server_log(tmp_path):
     broken = tmp_path / "not-a-model"
     broken.mkdir()

@@ -349,3 +349,33 @@ def test_prompt_tuning_uses_at_most_the_plans_tuning_items(prefect_server, golde
     test_rows = [r for r in pq.read_table(summary["responses"]).to_pylist()
                  if r["model"] == "openai/cand" and by_id[r["item_id"]].split == "test"]
     assert len(test_rows) == sum(i.split == "test" for i in golden)  # the verdict still sees all of test
+
+
+def test_the_embedded_model_served_and_batched_answers_each_prompt_once(isolated_workspace, fake_openai_server,
+                                                                        monkeypatch):
+    """Same model, same prompt: the batch arm takes the served answer at its own price, and the
+    engine is asked once (two engines on one CPU would compute it twice, side by side)."""
+    import workhorse.tasks.eval_run as eval_run
+
+    items = make_items(9)
+    engine = fake_openai_server(answers=scripted(items, 1.0, seed=7))
+    served = Contender("candidate", ModelSpec(model=eval_run.EMBEDDED_LITELLM, name="smollm2 (self_hosted)",
+                                              hosting="self_hosted", input_cost_per_token=2e-6,
+                                              output_cost_per_token=2e-6), ("zero-shot",))
+    batched = Contender("candidate", ModelSpec(model=eval_run.EMBEDDED_LITELLM, name="smollm2 (batch)",
+                                               hosting="batch", input_cost_per_token=1e-6,
+                                               output_cost_per_token=1e-6), ("zero-shot",))
+    requests = build_requests(served, "zero-shot", items) + build_requests(batched, "zero-shot", items)
+    monkeypatch.setattr(eval_run, "run_offline_shard", lambda *a, **k: pytest.fail("the offline engine ran"))
+
+    with eval_run.EvalContext(isolated_workspace, "twins", 50, engine_api_base=engine.url) as context:
+        rows = asyncio.run(eval_run.generate(context, requests, "test"))
+
+    assert len(engine.records()) == len(items)  # one call per prompt, not two
+    by_arm = {(r.model, r.item_id): r for r in rows}
+    for item in items:
+        alone, twin = by_arm[("smollm2 (self_hosted)", item.item_id)], by_arm[("smollm2 (batch)", item.item_id)]
+        assert twin.output == alone.output == item.reference and twin.hosting == "batch"
+        tokens = twin.prompt_tokens + twin.completion_tokens
+        assert twin.cost_usd == pytest.approx(tokens * 1e-6) and alone.cost_usd == pytest.approx(tokens * 2e-6)
+        assert twin.latency_ms is None and alone.latency_ms is not None

@@ -52,3 +52,25 @@ def test_example_logs_are_generated_into_the_workspace(isolated_workspace):
     paths = generate_example_logs(ACME, isolated_workspace.subdir("logs"))
     assert len(paths) == 2 and all(Path(p).stat().st_size > 10_000 for p in paths)
     assert all(Path(p).parent == isolated_workspace.root / "logs" for p in paths)
+
+
+@pytest.mark.parametrize("hosting, needed", [(["self_hosted", "batch"], False), (["batch"], True),
+                                             (["self_hosted"], False)])
+def test_an_offline_engine_starts_only_for_a_batch_arm_without_a_served_twin(hosting, needed):
+    from workhorse.config import Plan
+    from workhorse.flows.playbook import needs_batch_engine
+
+    plan = Plan.model_validate({"incumbent": "gpt-4o-mini",
+                                "use_cases": {"reviews": {"task_type": "classification", "labels": ["a", "b"],
+                                                          "latency": "batch"}},
+                                "candidates": [{"model": "hosted_vllm/smollm2-135m-instruct", "hosting": hosting}]})
+    assert needs_batch_engine(plan) is needed
+
+
+@pytest.mark.parametrize("flags, kind", [("fpu sse2 avx avx2 avx512f avx512bw", "avx512"), ("fpu avx avx2 fma", "avx2"),
+                                         ("fpu sse4_2", "neither")])
+def test_the_demo_names_the_cpus_vector_extensions(flags, kind):
+    from workhorse.demo import cpu_vector_extensions
+
+    found, avx = cpu_vector_extensions(f"processor\t: 0\nflags\t\t: {flags}\n")
+    assert found == kind and avx == sorted(f for f in flags.split() if f.startswith("avx"))

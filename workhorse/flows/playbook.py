@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
@@ -44,6 +45,24 @@ def evaluated_use_cases(plan, workspace: Workspace) -> list[str]:
             if case.workload != "frontier" and versions(workspace, name)]
 
 
+def needs_batch_engine(plan) -> bool:
+    """Whether some use case will batch the embedded model without also serving it: a model served
+    and batched answers both arms from the server (see ``generate``), so no offline engine is needed."""
+    batch_only = any(c.model.startswith("hosted_vllm/") and "batch" in c.hosting and "self_hosted" not in c.hosting
+                     for c in plan.candidates)
+    return batch_only and any(case.workload != "frontier" and "batch" in hostings_for(case.latency)
+                              for case in plan.use_cases.values())
+
+
+def start_engines(server: VLLMServer, batch_engine: OfflineEngine | None) -> list[Future]:
+    """Start the vLLM server and the offline engine side by side, in threads that only wait on
+    their child processes: the caller goes on (the audit, the golden refresh) meanwhile."""
+    pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="engine-start")
+    starting = [pool.submit(engine.start) for engine in (server, batch_engine) if engine is not None]
+    pool.shutdown(wait=False)
+    return starting
+
+
 @flow(name="migration-playbook", log_prints=True)
 async def migration_playbook(example_dir: str = "examples/acme", workspace: str | None = None,
                              plan_path: str | None = None) -> dict:
@@ -54,39 +73,39 @@ async def migration_playbook(example_dir: str = "examples/acme", workspace: str 
     example = Path(example_dir)
     plan_file = plan_path or str(example / "workhorse.yaml")
     ws, plan = plan_workspace(ws.root, plan_file)
-    logs = generate_example_logs(example, ws.subdir("logs"))
-    audit = usage_audit(logs=logs, plan=plan_file, workspace=str(ws.root))
-    try:
-        golden = golden_dataset_refresh(plan=plan_file, workspace=str(ws.root))
-    except ContractError as error:  # one refused use case must not stop the others' evaluation
-        logger.warning("golden refresh: %s", error)
-        golden = []
-    evaluations = {}
     model_dir = prepare_embedded_model(ws.models_dir)
     server = VLLMServer(model_dir, cache_root=ws.subdir("vllm"))
-    # One offline engine for every use case's batch arm: each start costs 30-60 s on a CPU.
-    batch_engine = OfflineEngine(model_dir, ws.subdir("vllm"))
+    # One offline engine for every use case's batch arm, if one is needed: each start costs 30-60 s on a CPU.
+    batch_engine = OfflineEngine(model_dir, ws.subdir("vllm")) if needs_batch_engine(plan) else None
+    # The engines start (a minute each on a 2-core CPU) side by side, while the audit and the
+    # golden refresh run: nothing before the evaluation needs them.
+    starting = start_engines(server, batch_engine)
     try:
+        logs = generate_example_logs(example, ws.subdir("logs"))
+        audit = usage_audit(logs=logs, plan=plan_file, workspace=str(ws.root))
+        try:
+            golden = golden_dataset_refresh(plan=plan_file, workspace=str(ws.root))
+        except ContractError as error:  # one refused use case must not stop the others' evaluation
+            logger.warning("golden refresh: %s", error)
+            golden = []
+        for started in starting:
+            started.result()  # a failed start raises here, before any evaluation
+        logger.info("vLLM server ready in %.0f s%s", server.started_in_s,
+                    f", offline engine in {batch_engine.started_in_s:.0f} s" if batch_engine else "")
+        evaluations = {}
         for use_case in evaluated_use_cases(plan, ws):
-            latency = plan.use_cases[use_case].latency if use_case in plan.use_cases else None
-            hostings = hostings_for(latency)
-            if server.process is None:
-                server.start()
-                logger.info("embedded model served by vLLM at %s (ready in %.0f s)", server.api_base,
-                            server.started_in_s)
-            if "batch" in hostings and batch_engine.process is None:
-                batch_engine.start()
-                logger.info("vLLM offline engine ready in %.0f s", batch_engine.started_in_s)
+            hostings = hostings_for(plan.use_cases[use_case].latency if use_case in plan.use_cases else None)
             evaluations[use_case] = await parallel_eval(
                 use_case=use_case, workspace=str(ws.root), plan_path=plan_file, hostings=hostings,
-                engine_api_base=server.api_base,
-                batch_engine=str(batch_engine.folder) if batch_engine.process else None)
+                engine_api_base=server.api_base, batch_engine=str(batch_engine.folder) if batch_engine else None)
         # These drive their own event loops (traffic, control loop): run them off the flow's loop.
         rollouts = [await asyncio.to_thread(rollout_with_live_traffic, ws, plan, scenario, server.api_base)
                     for scenario in ROLLOUT_SCENARIOS if scenario.use_case in evaluations]
     finally:
-        batch_engine.stop()
-        server.stop()
+        wait(starting)  # a start still under way must end before its engine can be stopped
+        for engine in (batch_engine, server):
+            if engine is not None:
+                engine.stop()
     monitoring = await asyncio.to_thread(watch_demo_traffic, ws, plan_file)
     return {"workspace": str(ws.root), "audit": audit, "golden": golden, "evaluations": evaluations,
             "rollouts": rollouts, "monitoring": monitoring}

@@ -226,7 +226,12 @@ class EvalContext:
 async def generate(context: EvalContext, requests: list[ModelRequest], phase: str) -> list[EvalResponse]:
     """Answer all requests: one async task per (model, variant, shard) in the flow's event loop,
     so an endpoint's concurrency limit is shared by all its shards; the embedded model's batch
-    hosting goes to one offline engine call for the whole phase, alongside."""
+    hosting goes to one offline engine call for the whole phase, after the served shards.
+
+    A batch request the embedded server also answers in this phase (same prompt and parameters:
+    the same model served and batched) takes the served answer, priced at its own hosting's rate:
+    greedy decoding gives the same text, and on one machine two engines computing it side by
+    side fight for the same cores (30 items took 3.5 min so on a 2-core CPU)."""
     offline: list[ModelRequest] = []
     groups: dict[tuple, list[ModelRequest]] = defaultdict(list)
     for request in requests:
@@ -235,17 +240,35 @@ async def generate(context: EvalContext, requests: list[ModelRequest], phase: st
         else:
             groups[(request.model.label, request.prompt_variant)].append(request)
     served = [r for group in groups.values() for r in group]
+    served_keys = {r.cache_key for r in served if is_embedded(r.model)}
+    twins = [r for r in offline if r.cache_key in served_keys]
     if needs_server(context, served):
         await asyncio.to_thread(context.server_base)
     parts = [[_served(context, r) for r in part] for group in groups.values() for part in shards(group, context.shard_size)]
-    jobs = [answer_shards(context, parts)]
-    if offline:
-        jobs.append(_offline_batch(context, offline))
-    provider_batch = [r for group in groups.values() for r in group if r.model.hosting == "batch"]
+    provider_batch = [r for r in served if r.model.hosting == "batch"]
     if provider_batch:
         write_openai_batch_files(context.workspace.run_dir(context.run_id) / "batch", provider_batch, phase)
-    done = await asyncio.gather(*jobs)
-    return [row for rows in done[0] for row in rows] + [row for rows in done[1:] for row in rows]
+    rows = [row for part in await answer_shards(context, parts) for row in part]
+    alone = [r for r in offline if r.cache_key not in served_keys]
+    if alone:
+        rows += await _offline_batch(context, alone)
+    return rows + twin_rows(twins, rows)
+
+
+def twin_rows(twins: list[ModelRequest], answered: list[EvalResponse]) -> list[EvalResponse]:
+    """Rows of batch requests answered by their served twin: same output, tokens or error, the batch
+    hosting's label and price, and no per-item latency (a batch has none)."""
+    from workhorse.tasks.inference import response_row
+
+    by_key = {row.request_key: row for row in answered}
+    rows = []
+    for request in twins:
+        twin = by_key[request.cache_key]
+        cost = None if twin.error_type else call_cost(request.model, twin.prompt_tokens or 0, twin.completion_tokens or 0)
+        rows.append(response_row(request, twin.run_id, output=twin.output, prompt_tokens=twin.prompt_tokens,
+                                 completion_tokens=twin.completion_tokens, cost_usd=cost, cached=True,
+                                 error_type=twin.error_type, error_message=twin.error_message))
+    return rows
 
 
 async def answer_shards(context: EvalContext, parts: list[list[ModelRequest]]) -> list[list[EvalResponse]]:
