@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
-from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
@@ -54,15 +53,6 @@ def needs_batch_engine(plan) -> bool:
                               for case in plan.use_cases.values())
 
 
-def start_engines(server: VLLMServer, batch_engine: OfflineEngine | None) -> list[Future]:
-    """Start the vLLM server and the offline engine side by side, in threads that only wait on
-    their child processes: the caller goes on (the audit, the golden refresh) meanwhile."""
-    pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="engine-start")
-    starting = [pool.submit(engine.start) for engine in (server, batch_engine) if engine is not None]
-    pool.shutdown(wait=False)
-    return starting
-
-
 @flow(name="migration-playbook", log_prints=True)
 async def migration_playbook(example_dir: str = "examples/acme", workspace: str | None = None,
                              plan_path: str | None = None) -> dict:
@@ -77,9 +67,10 @@ async def migration_playbook(example_dir: str = "examples/acme", workspace: str 
     server = VLLMServer(model_dir, cache_root=ws.subdir("vllm"))
     # One offline engine for every use case's batch arm, if one is needed: each start costs 30-60 s on a CPU.
     batch_engine = OfflineEngine(model_dir, ws.subdir("vllm")) if needs_batch_engine(plan) else None
-    # The engines start (a minute each on a 2-core CPU) side by side, while the audit and the
-    # golden refresh run: nothing before the evaluation needs them.
-    starting = start_engines(server, batch_engine)
+    # The engines load (a minute each on a 2-core CPU) side by side, while the audit and the
+    # golden refresh run: nothing before the evaluation needs them. Launched from this thread,
+    # which outlives them (a child started from a short-lived thread is killed when it ends).
+    engines = [engine.launch() for engine in (server, batch_engine) if engine is not None]
     try:
         logs = generate_example_logs(example, ws.subdir("logs"))
         audit = usage_audit(logs=logs, plan=plan_file, workspace=str(ws.root))
@@ -88,8 +79,8 @@ async def migration_playbook(example_dir: str = "examples/acme", workspace: str 
         except ContractError as error:  # one refused use case must not stop the others' evaluation
             logger.warning("golden refresh: %s", error)
             golden = []
-        for started in starting:
-            started.result()  # a failed start raises here, before any evaluation
+        for engine in engines:
+            engine.wait_ready()  # a failed start raises here, before any evaluation
         logger.info("vLLM server ready in %.0f s%s", server.started_in_s,
                     f", offline engine in {batch_engine.started_in_s:.0f} s" if batch_engine else "")
         evaluations = {}
@@ -102,10 +93,8 @@ async def migration_playbook(example_dir: str = "examples/acme", workspace: str 
         rollouts = [await asyncio.to_thread(rollout_with_live_traffic, ws, plan, scenario, server.api_base)
                     for scenario in ROLLOUT_SCENARIOS if scenario.use_case in evaluations]
     finally:
-        wait(starting)  # a start still under way must end before its engine can be stopped
-        for engine in (batch_engine, server):
-            if engine is not None:
-                engine.stop()
+        for engine in engines:
+            engine.stop()
     monitoring = await asyncio.to_thread(watch_demo_traffic, ws, plan_file)
     return {"workspace": str(ws.root), "audit": audit, "golden": golden, "evaluations": evaluations,
             "rollouts": rollouts, "monitoring": monitoring}

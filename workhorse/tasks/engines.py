@@ -130,22 +130,32 @@ class VLLMServer:
         return f"hosted_vllm/{self.served_name}"
 
     def start(self) -> "VLLMServer":
+        return self.launch().wait_ready()
+
+    def launch(self) -> "VLLMServer":
+        """Start the server process and return at once; ``wait_ready`` waits for its health.
+
+        Call it from a thread that outlives the server: the child is told to die with the thread
+        that started it (PR_SET_PDEATHSIG follows the thread, not the process)."""
         require_vllm()
         self.port = self.port or free_port()
         self.cache_root.mkdir(parents=True, exist_ok=True)
         command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(self.model_dir),
                    "--served-model-name", self.served_name, "--host", "127.0.0.1", "--port", str(self.port),
                    "--dtype", "bfloat16", "--enforce-eager", "--max-model-len", str(self.max_model_len)]
-        started = time.monotonic()
+        self._launched_at = time.monotonic()
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
                                             env=engine_environment(self.cache_root), preexec_fn=_die_with_parent)
+        return self
+
+    def wait_ready(self) -> "VLLMServer":
         self._wait_healthy()
-        self.started_in_s = time.monotonic() - started
+        self.started_in_s = time.monotonic() - self._launched_at
         return self
 
     def _wait_healthy(self) -> None:
-        deadline = time.monotonic() + self.start_timeout_s
+        deadline = self._launched_at + self.start_timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise EngineError(f"vLLM server exited with code {self.process.returncode}:\n{self.log_tail()}")
@@ -259,21 +269,29 @@ class OfflineEngine:
         self.started_in_s: float | None = None
 
     def start(self) -> "OfflineEngine":
+        return self.launch().wait_ready()
+
+    def launch(self) -> "OfflineEngine":
+        """Start the engine process and return at once (from a thread that outlives it, as for
+        ``VLLMServer.launch``); ``wait_ready`` waits until the model is loaded."""
         require_vllm()
         self.folder.mkdir(parents=True)
-        started = time.monotonic()
+        self._launched_at = time.monotonic()
         with (self.folder / "engine.log").open("wb") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "workhorse.tasks.engines", "--serve-jobs", str(self.folder), str(self.model_dir)],
                 stdout=log, stderr=subprocess.STDOUT, env=engine_environment(self.cache_root),
                 preexec_fn=_die_with_parent)
-        deadline = time.monotonic() + self.start_timeout_s
+        return self
+
+    def wait_ready(self) -> "OfflineEngine":
+        deadline = self._launched_at + self.start_timeout_s
         while not (self.folder / "ready").exists():
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self.stop()
                 raise EngineError(f"vLLM offline engine did not start:\n{_tail(self.folder / 'engine.log')}")
             time.sleep(0.5)
-        self.started_in_s = time.monotonic() - started
+        self.started_in_s = time.monotonic() - self._launched_at
         return self
 
     @staticmethod
