@@ -379,3 +379,28 @@ def test_the_embedded_model_served_and_batched_answers_each_prompt_once(isolated
         tokens = twin.prompt_tokens + twin.completion_tokens
         assert twin.cost_usd == pytest.approx(tokens * 1e-6) and alone.cost_usd == pytest.approx(tokens * 2e-6)
         assert twin.latency_ms is None and alone.latency_ms is not None
+
+
+def test_the_answer_budget_comes_from_dev_references_within_the_task_types_room():
+    from workhorse.tasks.evaluation import MAX_TOKENS, answer_budget
+
+    spec = GoldenSpec("invoices", "extraction", json_schema={"type": "object"})
+    dev = [spec.item([{"role": "user", "content": f"invoice {i}"}], {"total": i, "vendor": "x" * 30},
+                     source="t", label_origin="human") for i in range(5)]
+    longest = max(len(item.reference) for item in dev)
+    assert answer_budget(dev) == 2 * -(-longest // 3) + 16 < MAX_TOKENS["extraction"]
+    long = [spec.item([{"role": "user", "content": "y"}], {"v": "z" * 2000}, source="t", label_origin="human")]
+    assert answer_budget(long) == MAX_TOKENS["extraction"]  # never above the task type's room
+    assert answer_budget([]) is None
+    request = build_requests(Contender("candidate", ModelSpec(model="openai/x"), ("zero-shot",)), "zero-shot",
+                             dev[:1], max_tokens=answer_budget(dev))[0]
+    assert request.params["max_tokens"] == answer_budget(dev)
+
+
+def test_a_misspelt_prompt_variant_is_a_clear_error():
+    from workhorse.errors import ConfigError
+    from workhorse.tasks.eval_run import checked_variants
+
+    assert checked_variants(None)[0] == "zero-shot" and checked_variants(["constrained"]) == ("constrained",)
+    with pytest.raises(ConfigError, match="few-shot-constraind"):
+        checked_variants(["zero-shot", "few-shot-constraind"])

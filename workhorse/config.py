@@ -205,6 +205,9 @@ class EvalPlan(_Section):
                                                           "else a LocalCluster is started for the run.")
     dask_workers: Optional[int] = Field(None, ge=1, description="Worker processes of that LocalCluster, one thread "
                                                                 "each (default 2).")
+    variants: Optional[list[str]] = Field(
+        None, description="Prompt variants tuned on dev (default all: zero-shot, few-shot, constrained, "
+        "few-shot-constrained); the flow's parameter overrides it.")
     tuning_items: Optional[int] = Field(
         None, ge=1, description="Tune prompt variants on at most this many dev items (a stable sample by item id): "
         "enough to rank variants at a fraction of the calls; the verdict still takes the whole test split.")

@@ -17,7 +17,7 @@ from prefect.utilities.annotations import quote
 
 from workhorse.config import plan_workspace
 from workhorse.tasks.evaluation import (
-    AS_LOGGED, best_variant, build_requests, few_shot_examples, tuning_contenders, tuning_sample,
+    AS_LOGGED, answer_budget, best_variant, build_requests, few_shot_examples, tuning_contenders, tuning_sample,
 )
 from workhorse.tasks.eval_run import (
     EvalContext, contenders_from_plan, decide, execution_from, generate, key_blocks_for, publish_results,
@@ -47,7 +47,8 @@ async def parallel_eval(use_case: str, workspace: str | None = None, plan_path: 
     items = load_golden(ws, use_case)
     dev, test = [i for i in items if i.split == "dev"], [i for i in items if i.split == "test"]
     run_id = run_id or f"eval-{use_case}-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}"
-    incumbent, candidates, skipped = contenders_from_plan(plan, use_case, models, hostings, variants, ws.root)
+    incumbent, candidates, skipped = contenders_from_plan(plan, use_case, models, hostings,
+                                                          variants or plan.eval.variants, ws.root)
     for reason in skipped:
         logger.warning(reason)
     execution = execution_from(plan, task_runner, dask_address, dask_workers)
@@ -56,7 +57,8 @@ async def parallel_eval(use_case: str, workspace: str | None = None, plan_path: 
         examples = few_shot_examples(dev)
         tuned = tuning_contenders(candidates)
         tuning_set = tuning_sample(dev, plan.eval.tuning_items)
-        tuning = [r for c in tuned for v in c.variants for r in build_requests(c, v, tuning_set, examples)]
+        budget = answer_budget(dev)
+        tuning = [r for c in tuned for v in c.variants for r in build_requests(c, v, tuning_set, examples, budget)]
         dev_rows = await generate(context, tuning, phase="dev")
         store_responses(ws, run_id, quote(dev_rows))
         dev_scores = score_responses(quote(items), quote(dev_rows), scorer_options(plan, use_case))
@@ -65,7 +67,7 @@ async def parallel_eval(use_case: str, workspace: str | None = None, plan_path: 
         replayed, to_call = replay_for(incumbent, test, run_id, ws) if replay else ([], test)
         confirm = build_requests(incumbent, AS_LOGGED, to_call) if incumbent.callable else []
         for c in candidates:
-            confirm += build_requests(c, chosen[(c.spec.label, c.spec.hosting)][0], test, examples)
+            confirm += build_requests(c, chosen[(c.spec.label, c.spec.hosting)][0], test, examples, budget)
         test_rows = replayed + await generate(context, confirm, phase="test")
         throughput = context.throughput()
     store_responses(ws, run_id, quote(dev_rows + test_rows))

@@ -85,8 +85,16 @@ def contenders_from_plan(plan: Plan, use_case: str, models: list[str] | None, ho
             spec = candidate_spec(candidate.model, hosting, candidate.api_base or (block and block.api_base), catalog)
             if block and block.api_key:  # the key lives in the block, in memory only from here on
                 spec = replace(spec, api_key=block.api_key.get_secret_value())
-            candidates.append(Contender("candidate", spec, tuple(variants or CANDIDATE_VARIANTS)))
+            candidates.append(Contender("candidate", spec, checked_variants(variants)))
     return incumbent, candidates, skipped
+
+
+def checked_variants(variants: list[str] | None) -> tuple[str, ...]:
+    """The prompt variants to tune (all by default); a misspelt one is an error, not a silent skip."""
+    unknown = sorted(set(variants or ()) - set(CANDIDATE_VARIANTS))
+    if unknown:
+        raise ConfigError(f"unknown prompt variant(s) {unknown}; known: {', '.join(CANDIDATE_VARIANTS)}")
+    return tuple(variants or CANDIDATE_VARIANTS)
 
 
 def endpoint_block(name: str | None):

@@ -65,8 +65,20 @@ def few_shot_examples(dev: Sequence[GoldenItem], k: int = FEW_SHOT_EXAMPLES) -> 
     return (chosen + rest)[:k]
 
 
+def answer_budget(dev: Sequence[GoldenItem]) -> int | None:
+    """max_tokens for the use case from its dev references: twice the longest (at ~3 characters a
+    token, which JSON and prose stay above) plus a margin, never above the task type's room. An
+    answer longer than that is wrong anyway, and a small model that rambles to 192 tokens on every
+    item costs minutes on a CPU. Dev only: a test item's own reference must not shape its request."""
+    lengths = [len(str(item.reference)) for item in dev if item.reference]
+    if not lengths:
+        return None
+    ceiling = MAX_TOKENS.get(dev[0].task_type, 256)
+    return min(ceiling, 2 * math.ceil(max(lengths) / 3) + 16)
+
+
 def build_requests(contender: Contender, variant: str, items: Iterable[GoldenItem],
-                   examples: Sequence[GoldenItem] = ()) -> list[ModelRequest]:
+                   examples: Sequence[GoldenItem] = (), max_tokens: int | None = None) -> list[ModelRequest]:
     spec = contender.spec
     requests = []
     for item in items:
@@ -75,7 +87,7 @@ def build_requests(contender: Contender, variant: str, items: Iterable[GoldenIte
         else:
             shown = [e for e in examples if e.item_id != item.item_id] if variant.startswith("few-shot") else ()
             messages, params = render(variant, prompt_task(item, shown), spec.hosting)
-        defaults = {"temperature": 0.0, "max_tokens": MAX_TOKENS.get(item.task_type, 256)}
+        defaults = {"temperature": 0.0, "max_tokens": max_tokens or MAX_TOKENS.get(item.task_type, 256)}
         requests.append(ModelRequest(item.item_id, spec, messages, {**defaults, **params}, variant))
     return requests
 
