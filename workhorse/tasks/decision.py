@@ -428,7 +428,8 @@ def why_chosen(v: Verdict) -> str:
     chosen = _chosen_of(v)
     if chosen is None:
         return v.reason
-    rule = {"migrate": "may migrate, with the largest projected saving",
+    peers = sum(a.decision == chosen.decision for a in v.assessments)
+    rule = {"migrate": "may migrate, with the largest projected saving" if peers > 1 else "is the one that may migrate",
             "inconclusive": "is the most promising, though not settled",
             "keep": "came closest to the incumbent"}[chosen.decision]
     lines = [f"{v.decision}: {chosen.candidate.model} ({chosen.candidate.hosting}) {rule}"
