@@ -40,7 +40,7 @@ from workhorse.tasks.evaluation import (
     AS_LOGGED, CANDIDATE_VARIANTS, Contender, replay_incumbent, score_rows, shards,
 )
 from workhorse.tasks.inference import (
-    CircuitBreaker, EvalResponse, ModelRequest, ModelSpec, ResponseCache, Runner, call_cost,
+    CircuitBreaker, EvalResponse, ModelRequest, ModelSpec, ResponseCache, Runner, call_cost, response_row,
 )
 from workhorse.tasks.pricing import PriceCatalog, plan_catalog, record_throughput
 from workhorse.workspace import Workspace
@@ -266,8 +266,6 @@ async def generate(context: EvalContext, requests: list[ModelRequest], phase: st
 def twin_rows(twins: list[ModelRequest], answered: list[EvalResponse]) -> list[EvalResponse]:
     """Rows of batch requests answered by their served twin: same output, tokens or error, the batch
     hosting's label and price, and no per-item latency (a batch has none)."""
-    from workhorse.tasks.inference import response_row
-
     by_key = {row.request_key: row for row in answered}
     rows = []
     for request in twins:
@@ -674,14 +672,14 @@ def leaderboard(scores: list[dict], rows: list[EvalResponse], task_type: str, la
 def publish_results(workspace: Workspace, run_id: str, use_case: str, task_type: str, labels: list[str],
                     rows: list[EvalResponse], scores: list[dict], chosen: dict, verdict, skipped: list[str],
                     throughput: dict[str, float]) -> dict:
-    """responses.parquet, scores.parquet, verdict.json, report.html and the Prefect artifacts."""
+    """scores.parquet, verdict.json, report.html and the Prefect artifacts; responses.parquet is
+    already written (``store_responses``, before scoring) and only named here."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from workhorse.tasks.eval_report import verdict_markdown, write_eval_report
 
     out = workspace.run_dir(run_id)
-    store_responses.fn(workspace, run_id, rows)
     pq.write_table(pa.Table.from_pylist(scores), out / "scores.parquet")
     board = leaderboard(scores, rows, task_type, labels)
     summary = {"run_id": run_id, "use_case": use_case, "task_type": task_type, "verdict": _verdict_dict(verdict),
