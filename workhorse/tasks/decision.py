@@ -409,9 +409,10 @@ def _verdict_from(use_case: str, metric: str, policy: QualityPolicy, chosen: Ass
 
 def candidate_verdicts(v: Verdict, policy: QualityPolicy) -> list[dict]:
     """Every candidate's own verdict (chosen first), with its numbers and sentence."""
-    ordered = sorted(v.assessments, key=lambda a: a is not _chosen_of(v))
+    chosen = _chosen_of(v)
+    ordered = sorted(v.assessments, key=lambda a: a is not chosen)
     return [{"model": a.candidate.model, "hosting": a.candidate.hosting, "prompt_variant": a.candidate.prompt_variant,
-             "decision": a.decision, "why": a.why, "chosen": a is _chosen_of(v), "n": a.n, "diff": a.diff,
+             "decision": a.decision, "why": a.why, "chosen": a is chosen, "n": a.n, "diff": a.diff,
              "ci_low": a.ci_low, "ci_high": a.ci_high, "p_value": a.p_value,
              "against": "min_score" if a.why in BAR_REASONS else "incumbent",
              "projected_monthly_saving_usd": a.candidate.projected_monthly_saving_usd,
