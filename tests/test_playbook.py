@@ -74,3 +74,19 @@ def test_the_demo_names_the_cpus_vector_extensions(flags, kind):
 
     found, avx = cpu_vector_extensions(f"processor\t: 0\nflags\t\t: {flags}\n")
     assert found == kind and avx == sorted(f for f in flags.split() if f.startswith("avx"))
+
+
+@pytest.mark.parametrize("flags, cpu_build, dtype", [
+    ("fpu avx avx2 fma", True, "float32"),                          # AVX2 only: bf16 is emulated, 4-6x slower
+    ("fpu avx avx2 avx512f avx512bw", True, "float32"),             # AVX-512 without its bf16 extension
+    ("fpu avx avx2 avx512f avx512_bf16", True, "bfloat16"),         # native bf16
+    ("fpu avx avx2 amx_bf16 amx_tile", True, "bfloat16"),
+    ("fpu avx avx2 fma", False, "bfloat16"),                        # the GPU build of vLLM
+])
+def test_the_engine_runs_bf16_only_where_the_hardware_computes_it(flags, cpu_build, dtype, monkeypatch):
+    from workhorse.tasks.engines import engine_dtype
+
+    monkeypatch.delenv("WORKHORSE_ENGINE_DTYPE", raising=False)
+    assert engine_dtype(f"processor\t: 0\nflags\t\t: {flags}\n", cpu_build=cpu_build) == dtype
+    monkeypatch.setenv("WORKHORSE_ENGINE_DTYPE", "float16")
+    assert engine_dtype(f"flags\t\t: {flags}\n", cpu_build=cpu_build) == "float16"

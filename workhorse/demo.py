@@ -13,24 +13,19 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from workhorse.tasks.engines import cpu_flags, engine_dtype
 from workhorse.workspace import Workspace
 
 
 # Minutes `make demo` took after set-up from a fresh clone on 2-core machines (README, "What `make
-# demo` does"): AVX2 measured 2026-12-07; AVX-512 on 2026-11-29 with a larger demo, not re-measured;
-# no machine without AVX2 was measured (vLLM on CPU is several times slower without AVX-512).
-EXPECTED_MINUTES = {"avx512": 9, "avx2": 16, "neither": 40}
+# demo` does"): AVX2 measured 2026-12-07 with the engine in float32; AVX-512 on 2026-11-29 in bf16 with
+# a larger demo, not re-measured; no machine without AVX2 was measured.
+EXPECTED_MINUTES = {"avx512": 9, "avx2": 8, "neither": 40}
 
 
 def cpu_vector_extensions(cpuinfo: str | None = None) -> tuple[str, list[str]]:
     """The CPU's class for vLLM (``avx512`` | ``avx2`` | ``neither``) and its AVX flags, from /proc/cpuinfo."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            cpuinfo = ""
-    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
-    avx = sorted(flag for flag in set(flags) if flag.startswith("avx"))
+    avx = sorted(flag for flag in cpu_flags(cpuinfo) if flag.startswith("avx"))
     kind = "avx512" if "avx512f" in avx else "avx2" if "avx2" in avx else "neither"
     return kind, avx
 
@@ -41,7 +36,8 @@ def print_machine(console: Console) -> None:
 
     note = {"avx512": "AVX-512", "avx2": "AVX2 only, no AVX-512", "neither": "no AVX2: vLLM will be slow"}[kind]
     console.print(f"CPU: {note} ({' '.join(flags) or 'no AVX flags'}), {os.cpu_count()} cores; expect about "
-                  f"{EXPECTED_MINUTES[kind]} min after set-up (on 2 cores; see the README's table per CPU class)")
+                  f"{EXPECTED_MINUTES[kind]} min after set-up (on 2 cores; see the README's table per CPU class); "
+                  f"the engine runs in {engine_dtype()}")
 
 
 def run_demo(example_dir: Path, workspace: Path | None, console: Console) -> dict:

