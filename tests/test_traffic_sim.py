@@ -48,10 +48,11 @@ def test_the_candidate_never_has_more_calls_in_flight_than_its_pace(isolated_wor
     weights = {"candidate": candidate, "incumbent": 100 - candidate, "shadow": not candidate, "stage": str(candidate)}
     router.weights = lambda: weights  # a fixed step, without a rollout in the state store
 
+    keys = keys_in_pattern([i % 2 == 0 for i in range(24)], 50) if candidate else [uuid.uuid4().hex for _ in range(24)]
+
     async def step():
         try:
-            return await simulate(router, REQUESTS, [uuid.uuid4().hex for _ in range(24)], concurrency=8,
-                                  candidate_concurrency=2)
+            return await simulate(router, REQUESTS, keys, concurrency=8, candidate_concurrency=2)
         finally:
             await router.aclose()
 
@@ -61,6 +62,39 @@ def test_the_candidate_never_has_more_calls_in_flight_than_its_pace(isolated_wor
     assert max(r["in_flight"] for r in records) <= 2
     if candidate:  # beside a step's candidate calls the incumbent's are not held back (in shadow the waves are)
         assert max(r["in_flight"] for r in inc_server.records()) > 2
+
+
+def keys_in_pattern(on_candidate: list[bool], candidate: int) -> list[str]:
+    """User keys routed as the pattern says (True: the candidate) at a ``candidate`` % split."""
+    pools: dict[bool, list[str]] = {True: [], False: []}
+    while any(len(pools[arm]) < on_candidate.count(arm) for arm in pools):
+        key = uuid.uuid4().hex
+        pools[bucket(UC, key) < candidate].append(key)
+    drawn = {arm: iter(pool) for arm, pool in pools.items()}
+    return [next(drawn[arm]) for arm in on_candidate]
+
+
+def test_calls_reach_both_arms_in_arrival_order(isolated_workspace, fake_openai_server):
+    # Every fourth key goes to the candidate: its calls must be spread over the step like the keys,
+    # not all sent first beside a full incumbent load (which biased the latency guardrail).
+    inc_server, cand_server = fake_openai_server(latency=0.05), fake_openai_server(latency=0.05)
+    router = Router(isolated_workspace, UC, ModelSpec("openai/a", api_base=inc_server.url, api_key="k"),
+                    ModelSpec("openai/b", api_base=cand_server.url, api_key="k"))
+    weights = {"candidate": 25, "incumbent": 75, "shadow": False, "stage": "25"}
+    router.weights = lambda: weights
+    keys = keys_in_pattern([i % 4 == 3 for i in range(40)], 25)
+
+    async def step():
+        try:
+            return await simulate(router, REQUESTS, keys, concurrency=4, candidate_concurrency=4)
+        finally:
+            await router.aclose()
+
+    asyncio.run(step())
+    answered = sorted([(r["t"], "candidate") for r in cand_server.records()]
+                      + [(r["t"], "incumbent") for r in inc_server.records()])
+    arms = [arm for _, arm in answered]
+    assert arms[:20].count("candidate") in (4, 5, 6) and arms[20:].count("candidate") in (4, 5, 6)
 
 
 @pytest.mark.parametrize("slots, pace", [(2, 2), (None, MAX_PACE)])

@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -31,7 +32,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from workhorse.errors import DependencyError, EngineError, EngineStartTimeout
-from workhorse.testing.fake_openai import free_port
 
 EMBEDDED_MODEL = "smollm2-135m-instruct"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -97,6 +97,13 @@ def _die_with_parent() -> None:
     os.setsid()
     with contextlib.suppress(Exception):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (the OS picks it)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def cpu_flags(cpuinfo: str | None = None) -> set[str]:

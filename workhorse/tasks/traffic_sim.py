@@ -2,7 +2,7 @@
 
 ``simulate`` sends one request per user key (cycling through the given message lists) and counts
 what happened per arm; ``keys_for_step`` draws random keys until the step's smaller arm has
-enough of them. ``run_rollout_demo`` drives a whole rollout: start → (simulate one step's
+enough of them, sent in their order by a fixed number of users. ``run_rollout_demo`` drives a whole rollout: start → (simulate one step's
 traffic, run the control loop once) until promoted or reverted, optionally injecting a fault (a
 callable, e.g. ``lambda: server.control(down=True)``) when a given stage begins, and reports the
 loop runs from the fault to the revert and the requests per step.
@@ -10,13 +10,15 @@ loop runs from the fault to the revert and the requests per step.
 Pacing: simulated traffic arrives as fast as the client can send it, which a self-hosted engine
 on a CPU cannot serve; requests it cannot serve queue inside it, and the guardrails would then
 measure the queue, not the engine. So at most ``candidate_concurrency`` calls reach the
-candidate at once, shadow calls included (in shadow every incumbent call fires one), and
+candidate at once, shadow calls included (in shadow every incumbent call fires one), interleaved
+with the incumbent's calls as the keys arrive, and
 ``calibrate`` measures that concurrency on the endpoint itself before a rollout.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import math
 import time
@@ -47,21 +49,26 @@ async def simulate(router: Router, requests: list[list[dict]], keys: list[str], 
                    params: dict | None = None, candidate_concurrency: int | None = None) -> SimStats:
     """Send one request per key through the router, waiting for shadow calls and the log at the end.
 
-    At most ``concurrency`` calls routed to the incumbent are in flight, and at most
-    ``candidate_concurrency`` (default: ``concurrency``) calls reach the candidate, shadow calls
-    included: in shadow the keys go in waves of that size, each wave's shadow calls finishing
-    before the next wave starts."""
+    ``concurrency`` users send the keys' requests in their order, each waiting for its answer before
+    taking the next key, and at most ``candidate_concurrency`` (default: ``concurrency``) calls
+    reach the candidate at once, shadow calls included: a user routed to a busy candidate waits, as
+    at a saturated engine. Both arms thus see the same load over the whole step; a gate per arm
+    would send every candidate call of a 5 % step in its first moments, beside a full incumbent
+    load, and the latency guardrail would compare a crowded minute with a quiet one. In shadow the
+    keys go in waves of the pace, each wave's shadow calls finishing before the next starts."""
     stats, started = SimStats(), time.perf_counter()
     weights, pace = router.weights(), candidate_concurrency or concurrency
-    limits = {"incumbent": asyncio.Semaphore(concurrency), "candidate": asyncio.Semaphore(pace)}
+    users, candidate_slots = asyncio.Semaphore(concurrency), asyncio.Semaphore(pace)  # FIFO: arrival order
 
     async def one(i: int) -> None:
-        async with limits[router.arm_for(keys[i], weights)]:
-            try:
-                answer = await router.complete(requests[i % len(requests)], key=keys[i], **(params or {}))
-            except ProviderError:
-                stats.failed += 1
-                return
+        async with users:
+            paced = candidate_slots if router.arm_for(keys[i], weights) == "candidate" else contextlib.nullcontext()
+            async with paced:
+                try:
+                    answer = await router.complete(requests[i % len(requests)], key=keys[i], **(params or {}))
+                except ProviderError:
+                    stats.failed += 1
+                    return
             stats.answered += 1
             stats.fallbacks += answer.fallback
             stats.by_arm[answer.arm] += 1

@@ -14,13 +14,14 @@ import hashlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from collections import Counter
 from dataclasses import asdict, dataclass, field
+
+from workhorse.tasks.engines import free_port  # noqa: F401  (one port picker; importers use it from here too)
 
 FAULT_KINDS = ("server_error", "rate_limit", "hang", "malformed", "reset")
 
@@ -231,12 +232,6 @@ class FakeOpenAI:
         app.router.add_post("/_control", self.control)
         app.router.add_get("/health", lambda request: web.json_response({"ok": True}))
         return app
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class FakeServerProcess:
