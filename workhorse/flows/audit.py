@@ -8,23 +8,15 @@ bad-row ratio, with a message naming the file and the broken expectations.
 
 from __future__ import annotations
 
-from pathlib import Path
 
 from prefect import flow, get_run_logger
 
 import workhorse  # noqa: F401  (offline defaults before anything imports LiteLLM)
-from workhorse.config import Plan, SpendLogsDb, find_plan, load_plan, parse_plan
+from workhorse.config import Plan, SpendLogsDb, plan_from
 from workhorse.tasks.audit import AuditSummary, audit_usage_logs, store_audit_tables, summarize
 from workhorse.tasks.reports import audit_markdown, billed_rows, use_case_rows, write_report
 from workhorse.tasks.spendlogs_db import staged_spend_logs
 from workhorse.workspace import Workspace
-
-
-def read_plan(plan: str | dict | None, root: Path) -> Plan:
-    """The plan from a parameter (path or dict), else the workspace's, else defaults."""
-    if isinstance(plan, dict):
-        return parse_plan(plan, "plan parameter")
-    return load_plan(find_plan(plan, root), root)
 
 
 def publish(result, plan: Plan, report: str) -> None:
@@ -55,7 +47,7 @@ def usage_audit(logs: list[str] | None = None, plan: str | dict | None = None, w
     """
     logger = get_run_logger()
     ws = Workspace.resolve(workspace)
-    chosen = read_plan(plan, ws.root)
+    chosen = plan_from(plan, ws.root)
     with staged_spend_logs(spend_logs_db or chosen.audit.spend_logs_db, ws.root, format) as staged:
         result = audit_usage_logs(list(logs or []) + staged, chosen, str(ws.root), format, max_bad_row_ratio)
     folder = ws.subdir("audit")

@@ -8,26 +8,14 @@ naming the use cases whose contract failed.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from prefect import flow, get_run_logger
 
 import workhorse  # noqa: F401  (offline defaults before anything imports LiteLLM)
+from workhorse.config import plan_from
 from workhorse.errors import ConfigError, ContractError
 from workhorse.tasks.golden import (refresh_golden_set, specs_from_plan, summary_markdown,
                                     summary_rows)
-
-
-def read_plan(plan: str | dict | None, workspace: str | None) -> tuple[dict, Path | None]:
-    """The validated plan as a dict, and the folder its relative paths start from."""
-    from workhorse.config import find_plan, load_plan, parse_plan
-    from workhorse.workspace import Workspace
-
-    if isinstance(plan, dict):
-        return parse_plan(plan, "plan parameter").model_dump(), None
-    root = Workspace.resolve(workspace).root
-    file = find_plan(plan, root)
-    return load_plan(file, root).model_dump(), file.parent if file else None
+from workhorse.workspace import Workspace
 
 
 def publish(reports) -> None:
@@ -45,8 +33,9 @@ def golden_dataset_refresh(plan: str | dict | None = None, workspace: str | None
                            use_cases: list[str] | None = None) -> list[dict]:
     """Refresh the golden sets of the plan's use cases (all, or those named)."""
     logger = get_run_logger()
-    content, base_dir = read_plan(plan, workspace)
-    every = specs_from_plan(content, base_dir)
+    chosen_plan = plan_from(plan, Workspace.resolve(workspace).root)
+    # The keys as written (declared defaults left out): golden settings keep their own defaults.
+    every = specs_from_plan(chosen_plan.model_dump(exclude_unset=True), chosen_plan.folder)
     unknown = sorted(set(use_cases or ()) - {spec.use_case for spec, _, _ in every})
     if unknown:
         raise ConfigError(f"use case(s) {unknown} are not in the plan")

@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 
 from pydantic import SecretStr
 
+from workhorse.config import AlertsPlan
 from workhorse.tasks import incidents as store
 
 EVENT_BREACHED = "workhorse.guardrail.breached"
@@ -39,8 +40,8 @@ def resolve_webhook_url(parameter: str | SecretStr | None = None, plan=None,
     from workhorse.config import resolve
 
     alerts = _alerts_section(plan)
-    name = block_name or alerts.get("slack_block")
-    value = resolve("slack_webhook_url", parameter=_plain(parameter), plan_value=alerts.get("slack_webhook_url"),
+    name = block_name or alerts.slack_block
+    value = resolve("slack_webhook_url", parameter=_plain(parameter), plan_value=alerts.slack_webhook_url,
                     block=(lambda: _block_webhook(name)) if name else None, env=WEBHOOK_ENV)
     return SecretStr(value) if value else None
 
@@ -59,11 +60,12 @@ def _plain(value: str | SecretStr | None) -> str | None:
     return value.get_secret_value() if isinstance(value, SecretStr) else value
 
 
-def _alerts_section(plan) -> dict:
+def _alerts_section(plan) -> AlertsPlan:
+    """The plan's ``alerts`` section, from a Plan or a plain dict plan."""
     if plan is None:
-        return {}
+        return AlertsPlan()
     section = plan.alerts if hasattr(plan, "alerts") else (plan.get("alerts") or {})
-    return section.model_dump() if hasattr(section, "model_dump") else dict(section)
+    return section if isinstance(section, AlertsPlan) else AlertsPlan.model_validate(dict(section))
 
 
 # --- messages ---------------------------------------------------------------------------------

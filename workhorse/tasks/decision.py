@@ -37,12 +37,12 @@ significantly worse and still non-inferior: 0.5 pp worse on 4,000 items with a 2
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Mapping, Sequence
 
 import numpy as np
 
-from workhorse.errors import ConfigError
+from workhorse.config import DEFAULT_PRIMARY_METRIC, QualityPolicy  # noqa: F401  (the policy lives with the plan)
 
 Decision = Literal["migrate", "keep", "inconclusive"]
 
@@ -53,11 +53,6 @@ MCNEMAR_EXACT_BELOW = 25
 # Below min_items a candidate can still be kept out when clearly worse, but not on a handful of
 # items: a bootstrap over fewer than this many says little even about "clearly".
 MIN_ITEMS_TO_KEEP_EARLY = 20
-
-# Which per-item number each task type is judged on: "correct" (0/1), "value", or a key of
-# ItemScore.details (see scoring.py).
-DEFAULT_PRIMARY_METRIC = {"classification": "correct", "extraction": "correct",
-                          "summarization": "rougeL", "qa": "f1", "generation": "correct"}
 
 
 # --- statistics ------------------------------------------------------------------------------
@@ -114,51 +109,7 @@ def mcnemar(candidate_correct: Sequence[bool], incumbent_correct: Sequence[bool]
     return b, c, float(stats.chi2.sf(statistic, df=1))
 
 
-# --- policy ------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class QualityPolicy:
-    """The ``quality_policy`` section of workhorse.yaml: what "good enough to migrate" means."""
-
-    non_inferiority_margin: float = 0.02  # absolute, on the primary metric (2 pp of accuracy)
-    min_items: int = 100
-    confidence: float = 0.95
-    max_error_rate: float = 0.05
-    max_p95_latency_ms: float | None = None
-    primary_metric: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_PRIMARY_METRIC))
-    n_resamples: int = 2000
-    seed: int = 0
-    # An absolute bar on the primary metric, used only when the incumbent cannot be evaluated
-    # (a golden set imported with references, and no key or logged answers for the incumbent).
-    min_score: float | None = None
-
-    def __post_init__(self) -> None:
-        problems = [f"{name}={getattr(self, name)!r}" for name, ok in self._checks().items() if not ok]
-        if problems:
-            raise ConfigError(f"quality_policy: invalid {', '.join(problems)}")
-
-    def _checks(self) -> dict[str, bool]:
-        return {"non_inferiority_margin": 0 <= self.non_inferiority_margin <= 1,
-                "min_items": self.min_items >= 1, "confidence": 0 < self.confidence < 1,
-                "max_error_rate": 0 <= self.max_error_rate <= 1, "n_resamples": self.n_resamples >= 100,
-                "max_p95_latency_ms": self.max_p95_latency_ms is None or self.max_p95_latency_ms > 0,
-                "min_score": self.min_score is None or 0 <= self.min_score <= 1}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any] | Any | None) -> "QualityPolicy":
-        """From the plain dict (or a pydantic section with ``model_dump``). Unknown keys are an
-        error: a misspelt ``min_item`` silently falling back to the default would be worse."""
-        data = dict(data.model_dump() if hasattr(data, "model_dump") else data or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"quality_policy: unknown keys {unknown} (known: {sorted(known)})")
-        primary = {**DEFAULT_PRIMARY_METRIC, **(data.pop("primary_metric", None) or {})}
-        return cls(primary_metric=primary, **data)
-
-    def metric_for(self, task_type: str) -> str:
-        return self.primary_metric.get(task_type, "value")
-
+# --- policy: QualityPolicy (the plan's quality_policy section) is declared in workhorse.config ------
 
 def item_values(scores: Sequence[Any], metric: str) -> list[float]:
     """Per-item numbers of one metric from ``ItemScore`` objects: the vectors the verdict pairs."""

@@ -574,9 +574,9 @@ def decide(plan: Plan, use_case: str, incumbent: Contender, candidates: list[Con
            test_scores: list[dict], test_rows: list[EvalResponse], workspace: Workspace):
     """Pair every candidate's chosen variant with the incumbent on the test items the incumbent
     answered and that have a reference; what the incumbent answered is the verdict's first check."""
-    from workhorse.tasks.decision import QualityPolicy, verdict
+    from workhorse.tasks.decision import verdict
 
-    policy = QualityPolicy.from_dict(plan.quality_policy)
+    policy = plan.quality_policy
     task_type = plan.use_cases[use_case].task_type if use_case in plan.use_cases else "classification"
     metric = policy.metric_for(task_type)
     arms = _scores_by_arm(test_scores)

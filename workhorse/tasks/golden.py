@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from workhorse.config import GOLDEN_SOURCE_KINDS
 from workhorse.errors import ConfigError, ContractError
 from workhorse.tasks.golden_clean import Sanity, deduplicate, scrub_items, validate_items
 from workhorse.tasks.golden_item import GoldenItem, golden_schema, items_to_table, table_to_items
@@ -29,7 +30,7 @@ __all__ = ["GoldenItem", "GoldenSpec", "SourceSpec", "RefreshOptions", "RefreshR
            "dev_items", "refresh_golden", "golden_schema", "versions", "read_manifest", "specs_from_plan",
            "summary_rows", "summary_markdown", "refresh_golden_set"]
 
-SOURCE_KINDS = ("usage_log", "labels", "request_labels", "openai_evals", "promptfoo")
+SOURCE_KINDS = GOLDEN_SOURCE_KINDS  # one list, declared with the plan's golden section
 
 
 @dataclass(frozen=True)

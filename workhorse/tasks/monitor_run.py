@@ -133,7 +133,7 @@ def monitor_window(workspace, plan, traffic: pa.Table | None = None, *, now: dat
 
     ``traffic`` None reads the workspace's traffic log (or usage log) for the window."""
     ws = workspace if isinstance(workspace, Workspace) else Workspace.resolve(workspace)
-    settings = mon.monitor_settings(plan.monitoring.model_dump())
+    settings = mon.monitor_settings(plan.monitoring)
     start, end = mon.window_bounds(now, window_minutes or settings.window_minutes)
     profiles = mon.profiles_from_plan(plan, ws, use_cases)
     traffic = load_traffic(ws, start, end) if traffic is None else traffic
@@ -178,8 +178,8 @@ def _queue(connection, plan, settings, change: dict, flow_run_url, now) -> dict:
     metric = settings.rules[change["rule"]].metric if change["rule"] in settings.rules else change["rule"]
     section = alerts._alerts_section(plan)
     payload = alerts.build_message(change, change["change"], metric, flow_run_url=flow_run_url,
-                                   owner=plan.owner_of(change["use_case"]), channel=section.get("slack_channel"),
-                                   mention=section.get("mention"))
+                                   owner=plan.owner_of(change["use_case"]), channel=section.slack_channel,
+                                   mention=section.mention)
     incidents.queue_delivery(connection, change, change["change"], payload, now)
     return payload
 
@@ -284,7 +284,7 @@ def run_demo_monitoring(workspace, plan_path=None, traffic: pa.Table | None = No
     from workhorse.testing.slack_receiver import SlackReceiver
 
     ws, plan = plan_workspace(workspace, plan_path)
-    settings = mon.monitor_settings(plan.monitoring.model_dump())
+    settings = mon.monitor_settings(plan.monitoring)
     traffic = demo_traffic(plan) if traffic is None else traffic
     with SlackReceiver() as receiver:
         url = webhook_url or receiver.url
@@ -368,7 +368,7 @@ REEVALUATION_RULE = "reevaluation"
 def migrated_use_cases(workspace: Workspace, plan) -> dict[str, str | None]:
     """Use cases now served by an open model: rollout promoted, or listed in the plan's
     ``monitoring.migrated`` (a list of names, or name -> model). Value: the migrated model."""
-    listed = (plan.monitoring.model_dump().get("migrated") or {})
+    listed = plan.monitoring.migrated
     found = dict.fromkeys(listed) if isinstance(listed, list) else dict(listed)
     try:
         from workhorse.tasks.routing import current_state
@@ -397,7 +397,7 @@ def alert_results(workspace, plan, results: list[mon.RuleResult], *, webhook_url
     """Rule results from outside a traffic window (re-evaluation) through the same incidents,
     Slack queue and events, so they dedup and resolve like any other guardrail."""
     ws = workspace if isinstance(workspace, Workspace) else Workspace.resolve(workspace)
-    settings = mon.monitor_settings(plan.monitoring.model_dump())
+    settings = mon.monitor_settings(plan.monitoring)
     now = now or datetime.now(timezone.utc)
     connection = mon.open_state_db(ws)
     try:

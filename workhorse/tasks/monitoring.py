@@ -21,12 +21,13 @@ from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
+from workhorse.config import DEFAULT_RULES, AlertRule, DriftSettings, MonitorSettings  # noqa: F401  (re-exported)
 from workhorse.errors import ConfigError
 from workhorse.store import connect
 
@@ -42,64 +43,14 @@ CREATE TABLE IF NOT EXISTS monitor_windows (
 """
 
 
-# --- settings: rules with defaults, overridable per key in workhorse.yaml ---------------------
+# --- settings: the plan's monitoring section (its models live in workhorse.config) -----------
 
-class AlertRule(BaseModel):
-    """One guardrail on one metric. Numeric metrics cross ``warning``/``critical``; drift metrics
-    carry their own statistical test and breach with ``severity``."""
-
-    model_config = ConfigDict(extra="forbid")
-    metric: str = Field(description="Key of the metric in a window's metrics row.")
-    direction: Literal["above", "below"] = Field("above", description="Breach when the value is above/below.")
-    warning: Optional[float] = Field(None, description="Threshold of a warning.")
-    critical: Optional[float] = Field(None, description="Threshold of a critical breach (reverts a rollout).")
-    severity: Literal["warning", "critical"] = Field("warning", description="Severity of a drift breach.")
-    min_requests: int = Field(20, ge=1, description="Fewer requests in the window is 'insufficient', not ok.")
-    report_only: bool = Field(False, description="Record and show in artifacts, never page Slack.")
-    enabled: bool = True
-
-
-class DriftSettings(BaseModel):
-    """Evidently-style tests: small samples by p-value, large ones by a distance (p-values of big
-    samples flag differences nobody cares about)."""
-
-    model_config = ConfigDict(extra="forbid")
-    alpha: float = Field(0.01, gt=0, lt=1, description="K-S / chi-squared p-value under which inputs drifted.")
-    distance: float = Field(0.1, gt=0, description="Normed Wasserstein / Jensen-Shannon limit for large samples.")
-    large_sample: int = Field(1000, ge=10, description="Window size from which distances replace p-values.")
-    min_samples: int = Field(30, ge=5, description="Fewer window or golden samples: no drift test.")
-
-
-DEFAULT_RULES: dict[str, dict] = {
-    "error_rate": {"metric": "error_rate", "warning": 0.05, "critical": 0.15},
-    "latency_p95": {"metric": "latency_p95_ratio", "warning": 1.5, "critical": 2.0},
-    "validity": {"metric": "validity", "direction": "below", "warning": 0.95, "critical": 0.85},
-    "shadow_agreement": {"metric": "agreement", "direction": "below", "warning": 0.90, "critical": 0.80},
-    "cost_per_request": {"metric": "cost_per_request_ratio", "warning": 1.5, "report_only": True},
-    "input_drift": {"metric": "input_length_drift", "severity": "warning"},
-    "output_drift": {"metric": "output_label_drift", "severity": "warning"},
-}
-
-
-class MonitorSettings(BaseModel):
-    """The ``monitoring:`` section of workhorse.yaml, with defaults for every key."""
-
-    model_config = ConfigDict(extra="allow")
-    window_minutes: int = Field(15, ge=1)
-    cooldown_minutes: int = Field(60, ge=0, description="An open incident re-alerts after this, or on escalation.")
-    baseline_windows: int = Field(12, ge=1, description="Earlier windows whose median p95/cost is the baseline.")
-    drift: DriftSettings = Field(default_factory=DriftSettings)
-    rules: dict[str, AlertRule] = Field(default_factory=dict)
-
-
-def monitor_settings(section: dict | None) -> MonitorSettings:
+def monitor_settings(section: MonitorSettings | dict | None) -> MonitorSettings:
     """Defaults overlaid by the plan; a rule in the plan overrides only the keys it names."""
-    section = dict(section or {})
-    rules = {name: dict(rule) for name, rule in DEFAULT_RULES.items()}
-    for name, override in (section.pop("rules", None) or {}).items():
-        rules[name] = {**rules.get(name, {}), **(override or {})}
+    if isinstance(section, MonitorSettings):
+        return section
     try:
-        return MonitorSettings.model_validate({**section, "rules": rules})
+        return MonitorSettings.model_validate(dict(section or {}))
     except ValidationError as error:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
         raise ConfigError(f"workhorse.yaml monitoring: {problems}") from None
