@@ -6,7 +6,7 @@ For each backend, side by side in one process:
 - rollout transitions: ``advance`` (lock, read, compare-and-set, history row, commit) per second,
   and ``current_weights`` reads per second (what each router replica does once per refresh).
 
-PostgreSQL is a throw-away local server (Debian's package, see workhorse.testing.postgres).
+PostgreSQL is a throw-away local server (Debian's package, see tests/support/postgres.py).
 
     .venv/bin/python benchmarks/state_store.py [--rows 20000] [--transitions 200]
 """
@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
 import time
 from contextlib import ExitStack
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: tests.support is not installed
 
 
 def traffic_rows(count: int) -> list[dict]:
@@ -92,7 +95,7 @@ def main() -> None:
     args = parser.parse_args()
 
     import workhorse  # noqa: F401
-    from workhorse.testing.postgres import PostgresServer
+    from tests.support.postgres import PostgresServer
     from workhorse.workspace import Workspace
 
     with ExitStack() as stack:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 import workhorse  # noqa: F401  (offline LiteLLM price map before any import of litellm)
+from tests.support.golden_kit import two_use_case_plan
 from workhorse.testing.fake_openai import FakeServerProcess, Faults, ServerConfig
 from workhorse.workspace import Workspace
 
@@ -61,7 +62,7 @@ def fake_openai_server():
 @pytest.fixture(scope="session")
 def postgres_server():
     """One real PostgreSQL server for the session (Debian's package, started in a temp dir)."""
-    from workhorse.testing.postgres import PostgresServer
+    from tests.support.postgres import PostgresServer
 
     with PostgresServer() as server:
         yield server
@@ -94,6 +95,12 @@ def shared_datasets() -> Path:
     if not SHARED_DATASETS.exists():
         pytest.fail(f"the shared datasets are missing at {SHARED_DATASETS}")
     return SHARED_DATASETS
+
+
+@pytest.fixture
+def golden_plan(shared_datasets, tmp_path) -> dict:
+    """A plan with two use cases fed by slices of the real datasets and an OpenAI Evals file."""
+    return two_use_case_plan(shared_datasets, tmp_path)
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ import json
 import jsonschema
 import pytest
 
-from tests.test_audit_flow import ACME, acme_generator
+from tests.support.acme import ACME, acme_generator
 from workhorse.config import load_plan
 
 

@@ -4,26 +4,16 @@ judgement (workhorse vs frontier, latency) with its reasons."""
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
+from tests.support.acme import ACME, acme_generator
 from workhorse.config import Plan, UseCase, load_plan
 from workhorse.errors import ContractError
 from workhorse.tasks import pricing
 from workhorse.tasks.audit import classify_use_case, workload_from_evidence
-
-REPO = Path(__file__).resolve().parents[1]
-ACME = REPO / "examples" / "acme"
-
-
-def acme_generator():
-    spec = importlib.util.spec_from_file_location("acme_generate", ACME / "generate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from workhorse.testing.browser import CHROMIUM, render_report
+from tests.support.browser import CHROMIUM, render_report
 
 REPO = Path(__file__).resolve().parents[1]
 LABELS = ["billing", "technical", "account"]

@@ -6,11 +6,11 @@ from __future__ import annotations
 import csv
 import itertools
 import json
-import random
 from dataclasses import replace
 
 import pytest
 
+from tests.support.golden_kit import QA, edited, shared_context_items, shout, typo, with_duplicates
 from workhorse.tasks.golden_clean import (Sanity, candidate_pairs, deduplicate, jaccard, shingles,
                                           validate_items)
 from workhorse.tasks.golden_item import items_to_table, user_messages
@@ -68,64 +68,6 @@ def test_lsh_finds_every_pair_above_the_threshold(shared_datasets):
 
 # ---------------------------------------------------------------- questions over shared contexts
 
-QA = GoldenSpec("report-qa", "qa")
-QUARTERS = ["Q1 2025", "Q2 2025", "Q3 2025", "Q4 2025", "Q1 2026", "Q2 2026", "Q3 2026", "Q4 2026"]
-LINE_ITEMS = ["Revenue", "Cost of revenue", "Gross profit", "Research and development", "Sales and marketing",
-              "General and administrative", "Operating income", "Interest expense", "Income tax", "Net income",
-              "Free cash flow", "Capital expenditure", "Deferred revenue", "Cash and equivalents", "Customers",
-              "Headcount"]
-PEOPLE = ["Alice Moreau", "Bilal Haddad", "Chen Wei", "Dana Kowalski", "Emeka Obi"]
-TOPICS = ["the beta launch", "the pricing change", "the EU data residency", "the hiring plan", "the Q3 forecast",
-          "the vendor contract", "the support backlog", "the security audit"]
-
-
-def financial_table(rng, company):
-    """A quarterly results table (~1,600 characters) and ten questions about its cells."""
-    rows, cells = [f"Quarterly results of {company} (USD thousands)", f"| line item | {' | '.join(QUARTERS)} |"], {}
-    for line in LINE_ITEMS:
-        values = [f"{rng.randrange(1_000, 90_000):,}" for _ in QUARTERS]
-        cells.update(zip(((line, quarter) for quarter in QUARTERS), values))
-        rows.append(f"| {line} | {' | '.join(values)} |")
-    asked = rng.sample(sorted(cells), 10)
-    return "\n".join(rows), [(f"What was {line.lower()} of {company} in {quarter}?", cells[line, quarter])
-                             for line, quarter in asked]
-
-
-def meeting_transcript(rng, meeting, month):
-    """A meeting transcript (~2,000 characters), one deadline per speaker and topic, and ten questions."""
-    said = rng.sample([(who, topic) for who in PEOPLE for topic in TOPICS], 26)
-    days = rng.sample(range(1, 29), 26)
-    lines = [f"Transcript of the {meeting} meeting, 14 October 2026"] + [
-        f"[00:{minute:02d}:{rng.randrange(60):02d}] {who}: On {topic}, I propose we decide by {month} {day}."
-        for minute, ((who, topic), day) in enumerate(zip(said, days))]
-    asked = rng.sample(range(26), 10)
-    return "\n".join(lines), [(f"Which deadline did {said[i][0]} propose for {said[i][1]} in the {meeting} meeting?",
-                               f"{month} {days[i]}") for i in asked]
-
-
-def shared_context_items(seed: int = 3):
-    """50 questions over 5 long contexts, each with its own reference (a user's report QA set):
-    the tables share the user message with the question, the transcripts sit in the system prompt."""
-    rng = random.Random(seed)
-    contexts = [financial_table(rng, company) for company in ("Acme Robotics", "Borealis Foods", "Cobalt Health")]
-    contexts += [meeting_transcript(rng, "product council", "November"), meeting_transcript(rng, "budget review", "December")]
-    items = []
-    for number, (context, questions) in enumerate(contexts):
-        for question, answer in questions:
-            messages = (user_messages(f"{context}\n\nQuestion: {question}") if number < 3
-                        else user_messages(question, system=f"Answer from this transcript.\n{context}"))
-            items.append(QA.item(messages, answer, source="report-qa", label_origin="human"))
-    return items
-
-
-def edited(original, edit, reference=None, origin="incumbent"):
-    """A copy of ``original`` whose last message went through ``edit`` (from another source)."""
-    messages = [dict(message) for message in original.input]
-    messages[-1]["content"] = edit(messages[-1]["content"])
-    return QA.item(messages, original.reference if reference is None else reference, source="logs",
-                   label_origin=origin)
-
-
 def test_the_shared_context_set_is_what_the_old_dedup_collapsed():
     items = shared_context_items()
     contexts = [item.text.split("Question:")[0] if n < 30 else item.input[0]["content"] for n, item in enumerate(items)]
@@ -145,31 +87,15 @@ def test_different_questions_about_one_context_are_all_kept(same_reference):
     assert report.removed_share == 0 and report.examples == []
 
 
-def _typo(text):
-    return text.replace("What was", "Wht was").replace("Which deadline", "Which dedline")
-
-
-def _shout(text):
-    return text.upper().replace(" ", "  ")
-
-
 NEAR_EDITS = [
     # (edit of the last message, index of the item edited, the count that removes the copy)
-    pytest.param(_shout, 3, "exact", id="case-and-spacing"),
+    pytest.param(shout, 3, "exact", id="case-and-spacing"),
     pytest.param(lambda t: t.replace("?", " ??"), 45, "exact", id="punctuation"),
-    pytest.param(_typo, 3, "near", id="typo-in-question-beside-a-table"),
-    pytest.param(_typo, 45, "near", id="typo-in-question-under-a-system-transcript"),
+    pytest.param(typo, 3, "near", id="typo-in-question-beside-a-table"),
+    pytest.param(typo, 45, "near", id="typo-in-question-under-a-system-transcript"),
     pytest.param(lambda t: t.replace("Gross profit", "Gross proft", 1), 7, "near", id="typo-in-the-table"),
     pytest.param(lambda t: t + " Thanks!", 12, "near", id="a-sentence-that-asks-nothing"),
 ]
-
-
-def with_duplicates(items):
-    """``items`` (the 50 above) plus 17 copies: 10 misspelt (near), 4 shouted (exact), and three
-    that disagree: 2 misspelt with another answer (kept as conflicts), 1 shouted (resolved)."""
-    return (items + [edited(items[i], _typo) for i in range(10)] + [edited(items[i], _shout) for i in range(20, 24)]
-            + [edited(items[i], _typo, reference="not this") for i in (30, 40)]
-            + [edited(items[45], _shout, reference="not this")])
 
 
 @pytest.mark.parametrize("edit,index,kind", NEAR_EDITS)

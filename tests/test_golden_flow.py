@@ -5,41 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
-import yaml
 
+from tests.support.golden_kit import write_plan
 from workhorse.errors import ContractError
 from workhorse.tasks.golden import load_golden, read_manifest
 from workhorse.tasks.golden_versions import versions
-
-SLOTS = ["people", "time", "date", "first_name", "last_name"]
-
-
-@pytest.fixture
-def plan(shared_datasets, tmp_path):
-    """A plan with two use cases fed by slices of the real datasets and an OpenAI Evals file."""
-    with open(shared_datasets / "banking77" / "test.csv", encoding="utf-8") as handle:
-        (tmp_path / "routing.csv").write_text("".join(next(handle) for _ in range(81)))
-    with open(shared_datasets / "restaurant8k_slots" / "test.jsonl", encoding="utf-8") as handle:
-        (tmp_path / "booking.jsonl").write_text("".join(next(handle) for _ in range(60)))
-    evals = [{"input": [{"role": "user", "content": f"My card number {n} was swallowed by the ATM on street {n}"}],
-              "ideal": "card_swallowed"} for n in range(6)]
-    (tmp_path / "evals.jsonl").write_text("\n".join(map(json.dumps, evals)))
-    return {"use_cases": {
-        "ticket-routing": {"task_type": "classification",
-                           "labels": json.loads((shared_datasets / "banking77" / "categories.json").read_text()),
-                           "golden": {"sources": [
-                               {"kind": "labels", "path": "routing.csv", "mapping": {"input": "text", "reference": "category"}},
-                               {"kind": "openai_evals", "path": "evals.jsonl"}]}},
-        "booking-slots": {"task_type": "extraction",
-                          "json_schema": {"type": "object", "properties": {s: {"type": "string"} for s in SLOTS}},
-                          "golden": {"sources": [{"kind": "labels", "path": "booking.jsonl",
-                                                  "mapping": {"input": "text", "reference": "gold"}}]}}}}
-
-
-def write_plan(plan, tmp_path):
-    path = tmp_path / "workhorse.yaml"
-    path.write_text(yaml.safe_dump(plan))
-    return path
 
 
 def flow_artifacts(flow_run_id):
@@ -51,10 +21,10 @@ def flow_artifacts(flow_run_id):
     return {artifact.key: artifact for artifact in found}
 
 
-def test_flow_refreshes_every_use_case_and_publishes_artifacts(prefect_server, plan, tmp_path, isolated_workspace):
+def test_flow_refreshes_every_use_case_and_publishes_artifacts(prefect_server, golden_plan, tmp_path, isolated_workspace):
     from workhorse.flows.golden import golden_dataset_refresh
 
-    state = golden_dataset_refresh(plan=str(write_plan(plan, tmp_path)), workspace=str(isolated_workspace.root),
+    state = golden_dataset_refresh(plan=str(write_plan(golden_plan, tmp_path)), workspace=str(isolated_workspace.root),
                                    return_state=True)
     rows = {row["use_case"]: row for row in state.result()}
     assert set(rows) == {"ticket-routing", "booking-slots"}
@@ -74,24 +44,24 @@ def test_flow_refreshes_every_use_case_and_publishes_artifacts(prefect_server, p
     assert "- dedup: 86 kept; removed 0 exact, 0 near" in artifacts["golden-refresh"].data
 
 
-def test_a_broken_use_case_fails_the_flow_but_not_the_others(prefect_server, plan, tmp_path, isolated_workspace):
+def test_a_broken_use_case_fails_the_flow_but_not_the_others(prefect_server, golden_plan, tmp_path, isolated_workspace):
     from workhorse.flows.golden import golden_dataset_refresh
 
     (tmp_path / "tiny.csv").write_text("text,category\nWhere is my card?,card_arrival\n")
-    plan["use_cases"]["tiny"] = {"task_type": "classification", "labels": ["card_arrival", "card_linking"], "golden": {"sources": [
+    golden_plan["use_cases"]["tiny"] = {"task_type": "classification", "labels": ["card_arrival", "card_linking"], "golden": {"sources": [
         {"kind": "labels", "path": "tiny.csv", "mapping": {"input": "text", "reference": "category"}}]}}
     with pytest.raises(ContractError, match="tiny"):
-        golden_dataset_refresh(plan=str(write_plan(plan, tmp_path)), workspace=str(isolated_workspace.root))
+        golden_dataset_refresh(plan=str(write_plan(golden_plan, tmp_path)), workspace=str(isolated_workspace.root))
     assert versions(isolated_workspace, "tiny") == []
     assert versions(isolated_workspace, "ticket-routing") == [1] and versions(isolated_workspace, "booking-slots") == [1]
 
 
-def test_cli_refresh_then_show(prefect_server, plan, tmp_path, isolated_workspace):
+def test_cli_refresh_then_show(prefect_server, golden_plan, tmp_path, isolated_workspace):
     from typer.testing import CliRunner
 
     from workhorse.cli import app
 
-    path = write_plan(plan, tmp_path)
+    path = write_plan(golden_plan, tmp_path)
     runner = CliRunner()
     workspace = str(isolated_workspace.root)
     first = runner.invoke(app, ["golden", "refresh", "--plan", str(path), "-u", "booking-slots", "-w", workspace])
@@ -129,7 +99,7 @@ def test_cli_prints_dedup_counts_separately_and_warns_above_the_share(tmp_path, 
     """50 questions over 5 shared contexts: the old CLI said 'dupes 45' and stored 5 of them."""
     from typer.testing import CliRunner
 
-    from tests.test_golden_clean import shared_context_items, with_duplicates
+    from tests.support.golden_kit import shared_context_items, with_duplicates
     from workhorse.cli import app
 
     items = with_duplicates(shared_context_items()) if copies else shared_context_items()

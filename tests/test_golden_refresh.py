@@ -136,7 +136,7 @@ def write_jsonl(path, items):
 def test_questions_over_shared_contexts_all_reach_the_golden_set(isolated_workspace, tmp_path):
     """A user's report QA set: 50 questions over 5 long contexts, every reference different.
     The old dedup stored 5 of them and counted 45 'conflicting references'."""
-    from tests.test_golden_clean import QA, shared_context_items
+    from tests.support.golden_kit import QA, shared_context_items
 
     items = shared_context_items()
     report = refresh_golden(isolated_workspace, QA, [SourceSpec("labels", str(write_jsonl(tmp_path / "qa.jsonl", items)))])
@@ -148,7 +148,7 @@ def test_questions_over_shared_contexts_all_reach_the_golden_set(isolated_worksp
 
 @pytest.mark.parametrize("max_share,warned", [(None, True), (0.25, False)])
 def test_dedup_counts_and_the_share_warning_reach_manifest_and_summary(isolated_workspace, tmp_path, max_share, warned):
-    from tests.test_golden_clean import QA, shared_context_items, with_duplicates
+    from tests.support.golden_kit import shared_context_items, with_duplicates
 
     path = write_jsonl(tmp_path / "qa.jsonl", with_duplicates(shared_context_items()))  # 67 rows, 15 removed
     golden = {"sources": [{"kind": "labels", "path": str(path)}]} | ({"max_duplicate_share": max_share} if max_share else {})
@@ -195,7 +195,7 @@ def stored_texts(root):
 
 
 def test_seeded_pii_never_reaches_a_stored_file(isolated_workspace, banking, tmp_path):
-    from tests.test_golden_sources import usage_rows, usage_table
+    from tests.support.golden_kit import usage_rows, usage_table
 
     rows, labels = banking
     values = [value for kind in SEEDED for value in SEEDED[kind]]

@@ -5,10 +5,10 @@ from __future__ import annotations
 import csv
 import json
 from collections import Counter
-from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from tests.support.golden_kit import usage_rows, usage_table
 from workhorse.errors import ConfigError
 from workhorse.tasks.golden_item import make_item_id, split_for
 from workhorse.tasks.golden_sources import (ColumnMapping, GoldenSpec, PromptfooOptions, SampleOptions,
@@ -129,23 +129,6 @@ def test_promptfoo_assertion_syntax(expected, parsed):
 
 
 # ---------------------------------------------------------------- logged traffic
-
-def usage_rows(count: int, use_case: str = "routing", start=datetime(2026, 10, 1, tzinfo=timezone.utc)):
-    """Canonical usage_log rows: every 10th an error, input lengths cycling over 1-30 words."""
-    prefix = "req" if use_case == "routing" else use_case
-    return [{"request_id": f"{prefix}-{i:05d}", "ts": start + timedelta(hours=i), "use_case": use_case,
-             "model": "openai/gpt-4o-mini", "provider": "openai", "prompt_tokens": 20, "completion_tokens": 2,
-             "latency_ms": 300.0, "status": "error" if i % 10 == 9 else "ok",
-             "error_type": "timeout" if i % 10 == 9 else None, "cost_usd": None,
-             "request": json.dumps([{"role": "user", "content": f"question {i}: " + "word " * (i % 30)}]),
-             "response": " card_arrival " if i % 10 != 9 else None, "metadata": "{}"} for i in range(count)]
-
-
-def usage_table(rows):
-    import pyarrow as pa
-
-    return pa.Table.from_pylist(rows)
-
 
 def test_log_sample_is_stratified_by_time_and_length_and_skips_errors():
     rows = usage_rows(600) + usage_rows(50, use_case="other")

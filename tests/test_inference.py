@@ -14,23 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.inference import CANARY_KEY, FAST_RETRY, requests_for
 from workhorse.tasks.inference import (
     ERROR_TYPES, ModelRequest, ModelSpec, RetryPolicy, Runner, call_cost, classify, responses_table,
 )
 from workhorse.testing.fake_openai import Faults, request_key
-
-CANARY_KEY = "sk-canary-7f3a9c1e5b2d4f60-do-not-leak"
-FAST_RETRY = RetryPolicy(max_attempts=6, base_delay_s=0.01, max_delay_s=0.05)
-
-
-def requests_for(server, count: int, *, concurrency: int = 64, timeout_s: float = 30.0, prefix: str = "item"):
-    spec = ModelSpec(model="openai/fake-model", name="fake", api_base=server.url, api_key=CANARY_KEY,
-                     max_concurrency=concurrency, timeout_s=timeout_s,
-                     input_cost_per_token=1e-6, output_cost_per_token=2e-6)
-    return [ModelRequest(item_id=f"{prefix}-{i}", model=spec,
-                         messages=[{"role": "user", "content": f"question number {i}"}],
-                         params={"max_tokens": 8, "temperature": 0})
-            for i in range(count)]
 
 
 def run(workspace, requests, run_id="run-1", **options):
@@ -116,7 +104,7 @@ def test_non_retryable_errors_are_not_retried(isolated_workspace):
 KILL_SCRIPT = """
 import asyncio, sys
 import workhorse
-from tests.test_inference import requests_for, FAST_RETRY
+from tests.support.inference import FAST_RETRY, requests_for
 from workhorse.tasks.inference import Runner
 from workhorse.workspace import Workspace
 class Server: url = sys.argv[1]

@@ -11,29 +11,16 @@ import math
 import pytest
 import yaml
 
+from tests.support.routing import CANARY, UC, at_weight, specs
 from workhorse.router import Router, bucket
 from workhorse.tasks import routing
-from workhorse.tasks.inference import ModelSpec
 from workhorse.tasks.litellm_export import export_litellm_config
 from workhorse.tasks.traffic import read_traffic
 
 # Every router test runs on both state stores (SQLite file, real PostgreSQL).
 pytestmark = pytest.mark.usefixtures("state_backend")
 
-UC = "ticket-routing"
-CANARY = "sk-canary-do-not-log-7f3a"
 MESSAGES = [[{"role": "user", "content": f"my parcel {i} is late"}] for i in range(40)]
-
-
-def specs(incumbent_server, candidate_server):
-    prices = dict(input_cost_per_token=1e-7, output_cost_per_token=4e-7)
-    return (ModelSpec("openai/fake-incumbent", api_base=incumbent_server.url, api_key=CANARY, **prices),
-            ModelSpec("openai/fake-candidate", api_base=candidate_server.url, api_key=CANARY, timeout_s=5, **prices))
-
-
-def at_weight(ws, percent: int):
-    steps = ["shadow", 100] if percent == 0 else sorted({percent, 100})
-    routing.start_rollout(ws, UC, "openai/fake-incumbent", "openai/fake-candidate", {"steps": steps})
 
 
 async def send(router: Router, n: int, keys=None) -> list:

@@ -140,7 +140,7 @@ def test_a_password_in_the_plan_is_refused_and_never_shown(tmp_path):
 
 
 def test_an_unreachable_state_database_is_a_clear_error_without_the_password(monkeypatch, isolated_workspace):
-    from workhorse.testing.postgres import free_port
+    from tests.support.postgres import free_port
 
     monkeypatch.setenv("PGPASS_CANARY", "hunter2-canary")
     monkeypatch.setenv("WORKHORSE_STATE_URL", f"postgresql://app:${{PGPASS_CANARY}}@127.0.0.1:{free_port()}/x")

@@ -17,12 +17,12 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
+from tests.support import spendlogs
 from workhorse.config import Plan, SpendLogsDb, parse_plan
 from workhorse.errors import ConfigError, DataError
 from workhorse.tasks.audit import audit_logs
 from workhorse.dburl import describe as describe_url
 from workhorse.tasks.spendlogs_db import STAGING_SCHEMA, stage_spend_logs
-from workhorse.testing import spendlogs
 
 ROWS = 1_000_000
 PASSWORD = "S3cret-Pa55word-4-audit"
@@ -174,7 +174,7 @@ def _missing_table(url: str) -> str:
 
 
 def _unreachable(url: str) -> str:
-    from workhorse.testing.postgres import free_port
+    from tests.support.postgres import free_port
 
     return re.sub(r":\d+/", f":{free_port()}/", url)
 

@@ -20,11 +20,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from tests.test_audit_flow import ACME, acme_generator
+from tests.support.acme import ACME, acme_generator
 from tests.support.eval_kit import evaluate, make_items, plan_file
-from tests.test_golden_flow import plan  # noqa: F401  (a fixture)
-from tests.test_golden_flow import write_plan
-from tests.test_rollout_flow import demo
+from tests.support.golden_kit import write_plan
+from tests.support.rollout import demo
 from workhorse.flows.rollout import control_step
 from workhorse.tasks import routing
 from workhorse.workspace import Workspace
@@ -169,18 +168,18 @@ def quarantined_rows(workspace: Path) -> int:
     return pq.read_table(files[-1]).num_rows if files else 0
 
 
-def test_golden_refresh_survives_kills(prefect_server, plan, tmp_path):
+def test_golden_refresh_survives_kills(prefect_server, golden_plan, tmp_path):
     from workhorse.tasks.golden import load_golden
     from workhorse.tasks.golden_versions import versions
 
-    plan_path = str(write_plan(plan, tmp_path))
+    plan_path = str(write_plan(golden_plan, tmp_path))
     reference = tmp_path / "reference"
     _, duration = run_child("golden", (plan_path, str(reference)))
     trials = make_trials(tmp_path, "golden", duration)
     kill_at_random("golden", trials, lambda t: (plan_path, str(t.workspace)))
     for trial in trials:
         run_golden(plan_path, str(trial.workspace))
-        for use_case in plan["use_cases"]:
+        for use_case in golden_plan["use_cases"]:
             complete = versions(trial.workspace, use_case)
             assert len(complete) == 1, "a kill left a second complete version behind"
             # A kill between a version's parquet and its manifest leaves an orphan parquet: no reader

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.support.eval_kit import evaluate, make_items, plan_file
-from tests.test_inference import requests_for
+from tests.support.inference import requests_for
 from workhorse.tasks.golden_versions import write_version
 from workhorse.tasks.inference import ERROR_TYPES, CircuitBreaker, CallFailed, RetryPolicy, Runner
 from workhorse.testing.fake_openai import FAULT_KINDS, Faults

@@ -10,7 +10,7 @@ import time
 
 import psutil
 
-from tests.test_router import at_weight, specs
+from tests.support.routing import at_weight, specs
 from workhorse.router import Router
 from workhorse.tasks.traffic import read_traffic
 

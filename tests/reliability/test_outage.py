@@ -18,7 +18,7 @@ from datetime import datetime, timedelta, timezone
 
 import pyarrow as pa
 
-from tests.test_router import at_weight, specs
+from tests.support.routing import at_weight, specs
 from workhorse.config import parse_plan
 from workhorse.flows.rollout import control_step
 from workhorse.router import Router
