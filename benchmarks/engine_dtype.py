@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import workhorse  # noqa: F401  (offline price map before litellm is imported)
-from workhorse.tasks.engines import VLLMServer, cpu_flags, engine_dtype, prepare_embedded_model
+from workhorse.tasks.common.engines import VLLMServer, cpu_flags, engine_dtype, prepare_embedded_model
 from workhorse.workspace import Workspace
 
 LABELS = ["billing", "technical", "account", "shipping"]

@@ -36,8 +36,8 @@ def build_workspace(root: Path, rows: list[dict], candidates: list[dict]) -> Pat
     """A golden set from BANKING77 rows and a plan naming the candidates."""
     import yaml
 
-    from workhorse.tasks.golden import SourceSpec, refresh_golden
-    from workhorse.tasks.golden_sources import GoldenSpec
+    from workhorse.tasks.golden.refresh import SourceSpec, refresh_golden
+    from workhorse.tasks.golden.sources import GoldenSpec
     from workhorse.workspace import Workspace
 
     labels = sorted({row["category"] for row in rows})
@@ -58,9 +58,9 @@ def build_workspace(root: Path, rows: list[dict], candidates: list[dict]) -> Pat
 def flow_requests(root: Path):
     """Exactly the requests the flow sends: every candidate's zero-shot variant on all items."""
     from workhorse.config import load_plan
-    from workhorse.tasks.eval_run import contenders_from_plan
-    from workhorse.tasks.evaluation import build_requests, few_shot_examples
-    from workhorse.tasks.golden import load_golden
+    from workhorse.tasks.evaluate.run import contenders_from_plan
+    from workhorse.tasks.evaluate.matrix import build_requests, few_shot_examples
+    from workhorse.tasks.golden.refresh import load_golden
 
     items = load_golden(root, "banking")
     _, candidates, _ = contenders_from_plan(load_plan(root / "workhorse.yaml"), "banking", None, None, ["zero-shot"])
@@ -69,7 +69,7 @@ def flow_requests(root: Path):
 
 
 def bare_runner_seconds(root: Path) -> tuple[float, int]:
-    from workhorse.tasks.inference import Runner
+    from workhorse.tasks.common.runner import Runner
     from workhorse.workspace import Workspace
 
     requests = flow_requests(root)
@@ -105,9 +105,9 @@ def part_flow(items: int) -> None:
 
 
 def part_batch(count: int) -> None:
-    from workhorse.tasks.engines import BatchParams, VLLMServer, prepare_embedded_model, run_offline_batch
-    from workhorse.tasks.inference import ModelRequest, ModelSpec, Runner
-    from workhorse.tasks.prompts import PromptTask, zero_shot
+    from workhorse.tasks.common.engines import BatchParams, VLLMServer, prepare_embedded_model, run_offline_batch
+    from workhorse.tasks.common.runner import ModelRequest, ModelSpec, Runner
+    from workhorse.tasks.evaluate.prompts import PromptTask, zero_shot
     from workhorse.workspace import Workspace
 
     rows = banking_rows(count)

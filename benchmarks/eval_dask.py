@@ -71,7 +71,7 @@ def start_cluster(workers: int):
     """A LocalCluster as the flow would start it, with workers that imported everything already."""
     from distributed import Client, LocalCluster
 
-    from workhorse.tasks.eval_run import LOCAL_CLUSTER
+    from workhorse.tasks.evaluate.run import LOCAL_CLUSTER
 
     cluster = LocalCluster(n_workers=workers, **LOCAL_CLUSTER)
     with Client(cluster) as client:
@@ -93,7 +93,7 @@ def stop_cluster(cluster) -> None:
 def _import_runner() -> None:
     import litellm  # noqa: F401
 
-    import workhorse.tasks.eval_run  # noqa: F401
+    import workhorse.tasks.evaluate.run  # noqa: F401
 
 
 def measure(template: Path, scratch: Path, rounds: int) -> tuple[dict[str, list[float]], dict[str, list]]:

@@ -54,8 +54,8 @@ def run(rows: int, sample: int, workspace: Path) -> dict:
     import pyarrow.parquet as pq
 
     import workhorse  # noqa: F401
-    from workhorse.tasks.golden import GoldenSpec, RefreshOptions, SourceSpec, refresh_golden
-    from workhorse.tasks.golden_sources import SampleOptions
+    from workhorse.tasks.golden.refresh import GoldenSpec, RefreshOptions, SourceSpec, refresh_golden
+    from workhorse.tasks.golden.sources import SampleOptions
 
     usage = workspace / "usage" / "usage_log.parquet"
     usage.parent.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,7 @@ import tempfile
 import time
 
 import workhorse  # noqa: F401  (offline price map before litellm is imported)
-from workhorse.tasks.inference import ModelRequest, ModelSpec, Runner
+from workhorse.tasks.common.runner import ModelRequest, ModelSpec, Runner
 from workhorse.testing.fake_openai import FakeServerProcess, ServerConfig
 from workhorse.workspace import Workspace
 

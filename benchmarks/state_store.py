@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script:
 
 
 def traffic_rows(count: int) -> list[dict]:
-    from workhorse.tasks.traffic import make_row
+    from workhorse.tasks.common.traffic_log import make_row
 
     return [make_row(use_case="bench", model="openai/m", provider="openai", prompt_tokens=40, completion_tokens=4,
                      latency_ms=120.0, status="ok", cost_usd=1e-5, request='[{"role":"user","content":"hi"}]',
@@ -34,7 +34,7 @@ def traffic_rows(count: int) -> list[dict]:
 
 
 def time_logger(ws, rows: list[dict]) -> float:
-    from workhorse.tasks.traffic import TrafficLogger
+    from workhorse.tasks.common.traffic_log import TrafficLogger
 
     started = time.perf_counter()
     with TrafficLogger(ws) as logger:
@@ -44,7 +44,7 @@ def time_logger(ws, rows: list[dict]) -> float:
 
 def time_bare_inserts(ws, rows: list[dict]) -> float:
     from workhorse import store
-    from workhorse.tasks.traffic import COLUMNS, SCHEMA, _as_record
+    from workhorse.tasks.common.traffic_log import COLUMNS, SCHEMA, _as_record
 
     with store.connect(ws) as connection:
         connection.ensure(SCHEMA)
@@ -67,7 +67,7 @@ def per_second(call, count: int) -> float:
 def bench_backend(name: str, ws, rows: int, transitions: int) -> dict:
     from types import SimpleNamespace
 
-    from workhorse.tasks import routing
+    from workhorse.tasks.rollout import state as routing
 
     data = traffic_rows(rows)
     bare = time_bare_inserts(ws, data)

@@ -105,7 +105,7 @@ def golden_plan(shared_datasets, tmp_path) -> dict:
 
 @pytest.fixture(scope="session")
 def embedded_model_dir() -> Path:
-    from workhorse.tasks.engines import prepare_embedded_model
+    from workhorse.tasks.common.engines import prepare_embedded_model
 
     cache = Path(os.environ.get("WORKHORSE_MODEL_CACHE", REPO / ".workhorse" / "models"))
     return prepare_embedded_model(cache)
@@ -114,7 +114,7 @@ def embedded_model_dir() -> Path:
 @pytest.fixture(scope="session")
 def vllm_server(embedded_model_dir, tmp_path_factory):
     """The real embedded model behind a real vLLM OpenAI-compatible server, shared by the session."""
-    from workhorse.tasks.engines import VLLMServer
+    from workhorse.tasks.common.engines import VLLMServer
 
     with VLLMServer(embedded_model_dir, cache_root=tmp_path_factory.mktemp("vllm")) as server:
         yield server

@@ -9,9 +9,9 @@ import pytest
 from pydantic import SecretStr
 
 from workhorse.config import parse_plan
-from workhorse.tasks import incidents
-from workhorse.tasks.alerts import build_message, message_text, post_slack, resolve_webhook_url
-from workhorse.tasks.monitoring import RuleResult, open_state_db
+from workhorse.tasks.monitor import incidents
+from workhorse.tasks.monitor.alerts import build_message, message_text, post_slack, resolve_webhook_url
+from workhorse.tasks.monitor.rules import RuleResult, open_state_db
 from workhorse.testing.slack_receiver import SlackReceiver
 
 NOW = datetime(2026, 11, 2, 10, 0, tzinfo=timezone.utc)

@@ -15,9 +15,9 @@ import pytest
 
 import workhorse  # noqa: F401  (offline price map before litellm is imported)
 from workhorse.config import AuditPlan, Plan, UseCase
-from workhorse.tasks import usage
-from workhorse.tasks.audit import DAYS_PER_MONTH, RUN_RATE, audit_logs, billed_months
-from workhorse.tasks.reports import audit_markdown, write_audit_report
+from workhorse.tasks.audit import usage
+from workhorse.tasks.audit.assessment import DAYS_PER_MONTH, RUN_RATE, audit_logs, billed_months
+from workhorse.tasks.common.html import audit_markdown, write_audit_report
 
 PLAN = Plan(use_cases={"extraction": UseCase(task_type="extraction", latency="batch")})
 

@@ -12,8 +12,8 @@ import pytest
 from tests.support.acme import ACME, acme_generator
 from workhorse.config import Plan, UseCase, load_plan
 from workhorse.errors import ContractError
-from workhorse.tasks import pricing
-from workhorse.tasks.audit import classify_use_case, workload_from_evidence
+from workhorse.tasks.common import pricing
+from workhorse.tasks.audit.assessment import classify_use_case, workload_from_evidence
 
 
 @pytest.fixture(scope="module")
@@ -177,7 +177,7 @@ def test_latency_need(latency, evidence, expected):
 
 
 def test_shortlist_when_the_plan_names_no_candidates(tmp_path):
-    from workhorse.tasks.audit import audit_logs
+    from workhorse.tasks.audit.assessment import audit_logs
 
     paths = acme_generator().write_logs(tmp_path / "logs", scale=0.1)
     plan = Plan(use_cases={"ticket-routing": UseCase(task_type="classification", latency="realtime")})

@@ -10,7 +10,7 @@ from pydantic import SecretStr
 
 from workhorse.blocks import ModelEndpoint, SlackAlerts
 from workhorse.config import parse_plan
-from workhorse.tasks.alerts import EVENT_BREACHED, resolve_webhook_url
+from workhorse.tasks.monitor.alerts import EVENT_BREACHED, resolve_webhook_url
 
 
 @pytest.mark.parametrize("block, slug", [(SlackAlerts, "workhorse-slack-alerts"),

@@ -54,7 +54,7 @@ def synthetic_scores() -> list[dict]:
 
 @pytest.fixture
 def eval_report(tmp_path) -> Path:
-    from workhorse.tasks.eval_report import write_eval_report
+    from workhorse.tasks.evaluate.report import write_eval_report
 
     return write_eval_report(tmp_path / "eval-report.html", synthetic_eval_summary(), synthetic_scores(), LABELS)
 
@@ -63,8 +63,8 @@ def eval_report(tmp_path) -> Path:
 def audit_report(tmp_path, isolated_workspace) -> Path:
     """The audit's real report over a small slice of Acme's generated logs (plain functions, no flow)."""
     from workhorse.config import load_plan
-    from workhorse.tasks.audit import audit_logs
-    from workhorse.tasks.reports import write_audit_report
+    from workhorse.tasks.audit.assessment import audit_logs
+    from workhorse.tasks.common.html import write_audit_report
 
     spec = importlib.util.spec_from_file_location("acme_generate", REPO / "examples" / "acme" / "generate.py")
     generator = importlib.util.module_from_spec(spec)

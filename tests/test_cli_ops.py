@@ -34,7 +34,7 @@ def test_mask_keeps_only_what_identifies_the_system(secret, shown):
 
 def test_blocks_init_saves_from_the_environment_without_echoing_secrets(prefect_server, monkeypatch):
     from workhorse.blocks import ModelEndpoint, SlackAlerts
-    from workhorse.tasks.alerts import resolve_webhook_url
+    from workhorse.tasks.monitor.alerts import resolve_webhook_url
 
     monkeypatch.setenv("WORKHORSE_SLACK_WEBHOOK_URL", SLACK_URL)
     monkeypatch.setenv("OPENAI_API_KEY", OPENAI_KEY)

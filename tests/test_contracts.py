@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from workhorse.errors import ConfigError, ContractError
-from workhorse.tasks.contracts import (Contract, Expectation, check_relation, connect, contract_from_dict,
+from workhorse.tasks.common.contracts import (Contract, Expectation, check_relation, connect, contract_from_dict,
                                        enforce_bad_row_ratio, load_contract, validate_table, validate_with_gx,
                                        write_quarantine)
 

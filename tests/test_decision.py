@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from workhorse.errors import ConfigError
-from workhorse.tasks.decision import (
+from workhorse.tasks.evaluate.decision import (
     MCNEMAR_EXACT_BELOW,
     CandidateResult,
     QualityPolicy,
@@ -18,7 +18,7 @@ from workhorse.tasks.decision import (
     paired_bootstrap,
     verdict,
 )
-from workhorse.tasks.scoring import score_item
+from workhorse.tasks.evaluate.scoring import score_item
 
 
 # --- McNemar ------------------------------------------------------------------------------
@@ -322,7 +322,7 @@ def test_item_values_pick_the_primary_metric(metric, expected):
 @pytest.mark.parametrize("saving, text", [(None, "an unknown saving"), (0.0, "$0.00 saved"),
                                           (0.00423, "$0.00423 saved"), (1234.5, "$1,234.50 saved")])
 def test_a_tiny_saving_keeps_its_digits_and_says_its_basis(saving, text):
-    from workhorse.tasks.decision import _money
+    from workhorse.tasks.evaluate.decision import _money
 
     assert _money(saving).startswith(text)
     assert saving is None or _money(saving).endswith("per run-rate month")

@@ -18,11 +18,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from workhorse.serve import PROJECT_FILE, block_reference, build_deployments, load_flow, load_specs, to_schedule
+from workhorse.serve import block_reference, build_deployments, load_flow, load_specs, to_schedule
 
-REPO = PROJECT_FILE.parent
+REPO = Path(__file__).resolve().parents[1]
+PROJECT_FILE = REPO / "prefect.yaml"
 ACME = REPO / "examples" / "acme"
-SPECS = load_specs()
+SPECS = load_specs(PROJECT_FILE)
 ALLOWED_KEYS = {"name", "entrypoint", "parameters", "schedules", "work_pool", "tags"}
 
 
@@ -184,7 +185,7 @@ def test_each_deployment_runs_once_to_completed_with_its_artifacts(prefect_serve
     overrides = {"workspace": root, "plan": plan, "plan_path": plan, "logs": acme_logs(tmp_path / "logs"),
                  "slack_webhook_url": "http://127.0.0.1:9/never-called"}
     save_slack_block("http://127.0.0.1:9/never-called")
-    deployments = build_deployments(overrides=overrides, with_schedules=False)
+    deployments = build_deployments(PROJECT_FILE, overrides=overrides, with_schedules=False)
     states = {}
     with ServedRunner(deployments):
         for deployment in deployments:

@@ -10,11 +10,11 @@ import time
 import pytest
 
 from workhorse.errors import EngineError
-from workhorse.tasks.engines import (
+from workhorse.tasks.common.engines import (
     BatchParams, OfflineEngine, VLLMServer, prepare_embedded_model, run_offline_batch,
 )
-from workhorse.tasks.inference import ModelRequest, ModelSpec, Runner
-from workhorse.tasks.prompts import PromptTask, render
+from workhorse.tasks.common.runner import ModelRequest, ModelSpec, Runner
+from workhorse.tasks.evaluate.prompts import PromptTask, render
 
 pytestmark = pytest.mark.integration
 

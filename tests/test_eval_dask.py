@@ -26,8 +26,8 @@ SAME = ("item_id", "model", "prompt_variant", "output", "error_type", "prompt_to
 
 def golden_workspace(root: Path, shared_datasets: Path, plan: dict) -> Workspace:
     """A BANKING77 golden set (40 items, split dev/test by hash) and the plan, in a fresh workspace."""
-    from workhorse.tasks.golden import SourceSpec, refresh_golden
-    from workhorse.tasks.golden_sources import GoldenSpec
+    from workhorse.tasks.golden.refresh import SourceSpec, refresh_golden
+    from workhorse.tasks.golden.sources import GoldenSpec
 
     rows = list(csv.DictReader((shared_datasets / "banking77" / "test.csv").open()))
     chosen = [row for intent in INTENTS for row in [r for r in rows if r["category"] == intent][:PER_INTENT]]
@@ -135,8 +135,8 @@ def test_every_item_is_accounted_for_under_faults_on_dask(servers, shared_datase
 def test_shard_jobs_carry_no_api_key(tmp_path):
     """What is pickled to the scheduler and workers holds no key; a key from nowhere is refused."""
     from workhorse.errors import ConfigError
-    from workhorse.tasks.eval_run import ShardJob, sealed
-    from workhorse.tasks.inference import ModelRequest, ModelSpec
+    from workhorse.tasks.evaluate.run import ShardJob, sealed
+    from workhorse.tasks.common.runner import ModelRequest, ModelSpec
 
     spec = ModelSpec(model="openai/candidate-block", api_key=BLOCK_KEY)
     requests = [ModelRequest(str(i), spec, [{"role": "user", "content": f"q{i}"}]) for i in range(3)]
@@ -156,7 +156,7 @@ def test_shard_jobs_carry_no_api_key(tmp_path):
 ])
 def test_task_runner_comes_from_the_flow_parameter_then_the_plan(plan_eval, parameters, expected):
     from workhorse.config import parse_plan
-    from workhorse.tasks.eval_run import execution_from
+    from workhorse.tasks.evaluate.run import execution_from
 
     execution = execution_from(parse_plan({"eval": plan_eval}), **parameters)
     assert (execution.task_runner, execution.dask_address, execution.dask_workers) == expected

@@ -14,8 +14,8 @@ import pytest
 import yaml
 from sklearn.metrics import accuracy_score
 
-from workhorse.tasks.golden import SourceSpec, refresh_golden
-from workhorse.tasks.golden_sources import GoldenSpec
+from workhorse.tasks.golden.refresh import SourceSpec, refresh_golden
+from workhorse.tasks.golden.sources import GoldenSpec
 
 INTENTS = ["card_arrival", "lost_or_stolen_card", "exchange_rate", "top_up_failed", "pin_blocked"]
 PER_INTENT = 8

@@ -14,10 +14,10 @@ import pytest
 import yaml
 
 from tests.support.eval_kit import LABELS, evaluate, make_items, plan_file, scripted
-from workhorse.tasks.evaluation import AS_LOGGED, build_requests, few_shot_examples, replay_incumbent, Contender
-from workhorse.tasks.golden_sources import GoldenSpec
-from workhorse.tasks.golden_versions import write_version
-from workhorse.tasks.inference import EvalResponse, ModelSpec
+from workhorse.tasks.evaluate.matrix import AS_LOGGED, build_requests, few_shot_examples, replay_incumbent, Contender
+from workhorse.tasks.golden.sources import GoldenSpec
+from workhorse.tasks.golden.versions import write_version
+from workhorse.tasks.common.runner import EvalResponse, ModelSpec
 
 CANARY = "sk-canary-eval-4c1d9e"
 
@@ -174,7 +174,7 @@ def test_replayed_rows_carry_the_logged_tokens_latency_and_cost(isolated_workspa
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from workhorse.tasks.eval_run import replay_for
+    from workhorse.tasks.evaluate.run import replay_for
 
     spec = GoldenSpec("routing", "classification", labels=LABELS)
     items = [spec.item([{"role": "user", "content": f"logged {i}"}], "alpha", source="usage_log",
@@ -199,7 +199,7 @@ def test_replayed_rows_carry_the_logged_tokens_latency_and_cost(isolated_workspa
 
 @pytest.mark.parametrize("count, size", [(0, 200), (1, 200), (200, 200), (201, 200), (804, 200), (10, 3), (5, 0)])
 def test_shards_keep_every_request_in_order_and_are_as_equal_as_they_can_be(count, size):
-    from workhorse.tasks.evaluation import shards
+    from workhorse.tasks.evaluate.matrix import shards
 
     parts = shards(list(range(count)), size)
     assert [r for part in parts for r in part] == list(range(count))
@@ -227,7 +227,7 @@ def answered(items, outputs, error_type=None):
 
 
 def test_score_rows_take_list_references_as_text_or_as_values():
-    from workhorse.tasks.evaluation import score_rows
+    from workhorse.tasks.evaluate.matrix import score_rows
 
     stored = extraction_items([["Acme", "Globex", "Acme"]])[0]  # stored as JSON text, as the golden set does
     built = replace(stored, item_id="built-in-code", reference=["Acme", "Globex", "Acme"])  # already a value
@@ -240,7 +240,7 @@ def test_score_rows_take_list_references_as_text_or_as_values():
 
 
 def test_a_scoring_error_is_that_items_error_class_and_the_rest_are_scored(tmp_path):
-    from workhorse.tasks.evaluation import score_rows
+    from workhorse.tasks.evaluate.matrix import score_rows
 
     good, broken, failed = extraction_items([["Acme"], ["Acme"], ["Acme"]])
     broken = replace(broken, json_schema={"type": "array", "items": {"type": "strnig"}})  # jsonschema chokes
@@ -265,7 +265,7 @@ def test_a_scoring_error_is_that_items_error_class_and_the_rest_are_scored(tmp_p
     ({"list_order": "ordered"}, 2 / 3),       # longest common subsequence 2 of 3 both ways
 ])
 def test_score_rows_pass_the_use_cases_list_order_to_the_scorer(options, value):
-    from workhorse.tasks.evaluation import score_rows
+    from workhorse.tasks.evaluate.matrix import score_rows
 
     items = extraction_items([["a", "b", "c"]])
     [row] = score_rows(items, answered(items, ['["b", "a", "c"]']), options)
@@ -273,7 +273,7 @@ def test_score_rows_pass_the_use_cases_list_order_to_the_scorer(options, value):
 
 
 def test_an_unknown_list_order_fails_before_any_item_is_scored():
-    from workhorse.tasks.evaluation import score_rows
+    from workhorse.tasks.evaluate.matrix import score_rows
 
     items = extraction_items([["a"]])
     with pytest.raises(ValueError, match="list_order 'alphabetical'"):
@@ -321,7 +321,7 @@ def test_an_array_schema_extraction_runs_to_a_verdict_and_a_report(prefect_serve
 
 def replace_input(item, text):
     """The item with another user text (and the id and split that follow from it)."""
-    from workhorse.tasks.golden_item import make_item_id, split_for
+    from workhorse.tasks.golden.item import make_item_id, split_for
 
     messages = [{"role": "user", "content": text}]
     item_id = make_item_id(item.use_case, messages)
@@ -355,7 +355,7 @@ def test_the_embedded_model_served_and_batched_answers_each_prompt_once(isolated
                                                                         monkeypatch):
     """Same model, same prompt: the batch arm takes the served answer at its own price, and the
     engine is asked once (two engines on one CPU would compute it twice, side by side)."""
-    import workhorse.tasks.eval_run as eval_run
+    import workhorse.tasks.evaluate.run as eval_run
 
     items = make_items(9)
     engine = fake_openai_server(answers=scripted(items, 1.0, seed=7))
@@ -382,7 +382,7 @@ def test_the_embedded_model_served_and_batched_answers_each_prompt_once(isolated
 
 
 def test_the_answer_budget_comes_from_dev_references_within_the_task_types_room():
-    from workhorse.tasks.evaluation import MAX_TOKENS, answer_budget
+    from workhorse.tasks.evaluate.matrix import MAX_TOKENS, answer_budget
 
     spec = GoldenSpec("invoices", "extraction", json_schema={"type": "object"})
     dev = [spec.item([{"role": "user", "content": f"invoice {i}"}], {"total": i, "vendor": "x" * 30},
@@ -399,7 +399,7 @@ def test_the_answer_budget_comes_from_dev_references_within_the_task_types_room(
 
 def test_a_misspelt_prompt_variant_is_a_clear_error():
     from workhorse.errors import ConfigError
-    from workhorse.tasks.eval_run import checked_variants
+    from workhorse.tasks.evaluate.run import checked_variants
 
     assert checked_variants(None)[0] == "zero-shot" and checked_variants(["constrained"]) == ("constrained",)
     with pytest.raises(ConfigError, match="few-shot-constraind"):

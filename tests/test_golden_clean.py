@@ -11,10 +11,10 @@ from dataclasses import replace
 import pytest
 
 from tests.support.golden_kit import QA, edited, shared_context_items, shout, typo, with_duplicates
-from workhorse.tasks.golden_clean import (Sanity, candidate_pairs, deduplicate, jaccard, shingles,
+from workhorse.tasks.golden.clean import (Sanity, candidate_pairs, deduplicate, jaccard, shingles,
                                           validate_items)
-from workhorse.tasks.golden_item import items_to_table, user_messages
-from workhorse.tasks.golden_sources import GoldenSpec
+from workhorse.tasks.golden.item import items_to_table, user_messages
+from workhorse.tasks.golden.sources import GoldenSpec
 
 SPEC = GoldenSpec("routing", "classification", labels=["card_arrival", "lost_or_stolen_card", "other"])
 
@@ -177,6 +177,6 @@ TOOL_CALL = {"role": "assistant", "content": None,
     ([], False),
 ])
 def test_input_must_be_chat_messages(messages, ok):
-    from workhorse.tasks.golden_clean import input_is_messages
+    from workhorse.tasks.golden.clean import input_is_messages
 
     assert input_is_messages(json.dumps(messages)) is ok

@@ -8,8 +8,8 @@ import pytest
 
 from tests.support.golden_kit import write_plan
 from workhorse.errors import ContractError
-from workhorse.tasks.golden import load_golden, read_manifest
-from workhorse.tasks.golden_versions import versions
+from workhorse.tasks.golden.refresh import load_golden, read_manifest
+from workhorse.tasks.golden.versions import versions
 
 
 def flow_artifacts(flow_run_id):

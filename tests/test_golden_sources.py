@@ -10,8 +10,8 @@ import pytest
 
 from tests.support.golden_kit import usage_rows, usage_table
 from workhorse.errors import ConfigError
-from workhorse.tasks.golden_item import make_item_id, split_for
-from workhorse.tasks.golden_sources import (ColumnMapping, GoldenSpec, PromptfooOptions, SampleOptions,
+from workhorse.tasks.golden.item import make_item_id, split_for
+from workhorse.tasks.golden.sources import (ColumnMapping, GoldenSpec, PromptfooOptions, SampleOptions,
                                             allocate, import_label_file, import_openai_evals,
                                             import_promptfoo_csv, parse_promptfoo_assertion, sample_usage_log)
 
@@ -178,7 +178,7 @@ def test_allocation_is_exact_and_bounded(sizes, total):
 
 
 def test_plan_gives_specs_sources_and_options_and_skips_frontier_work(tmp_path):
-    from workhorse.tasks.golden import specs_from_plan
+    from workhorse.tasks.golden.refresh import specs_from_plan
 
     plan = {"use_cases": {
         "routing": {"task_type": "classification", "labels": ["a", "b"],

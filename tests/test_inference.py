@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.inference import CANARY_KEY, FAST_RETRY, requests_for
-from workhorse.tasks.inference import (
+from workhorse.tasks.common.runner import (
     ERROR_TYPES, ModelRequest, ModelSpec, RetryPolicy, Runner, call_cost, classify, responses_table,
 )
 from workhorse.testing.fake_openai import Faults, request_key
@@ -105,7 +105,7 @@ KILL_SCRIPT = """
 import asyncio, sys
 import workhorse
 from tests.support.inference import FAST_RETRY, requests_for
-from workhorse.tasks.inference import Runner
+from workhorse.tasks.common.runner import Runner
 from workhorse.workspace import Workspace
 class Server: url = sys.argv[1]
 rows = asyncio.run(Runner(Workspace.resolve(sys.argv[2]), "killed-run", retry=FAST_RETRY).run(requests_for(Server, 400)))
@@ -197,7 +197,7 @@ def test_request_key_ignores_endpoint_but_not_params():
 def test_a_batch_for_an_engine_that_is_gone_fails_at_once(tmp_path):
     """A job folder whose engine died (or never started) is an error, not a half-hour wait."""
     from workhorse.errors import EngineError
-    from workhorse.tasks.engines import OfflineEngine
+    from workhorse.tasks.common.engines import OfflineEngine
 
     (tmp_path / "ready").write_text("999999999")  # a pid no process has
     started = time.monotonic()

@@ -16,12 +16,12 @@ import pytest
 from scipy import stats
 
 from workhorse.config import parse_plan
-from workhorse.tasks import incidents
-from workhorse.tasks.alerts import message_text
-from workhorse.tasks.golden_item import GoldenItem, make_item_id, split_for
-from workhorse.tasks.golden_versions import write_version
-from workhorse.tasks.monitor_run import monitor_window
-from workhorse.tasks.monitoring import input_length, open_state_db
+from workhorse.tasks.monitor import incidents
+from workhorse.tasks.monitor.alerts import message_text
+from workhorse.tasks.golden.item import GoldenItem, make_item_id, split_for
+from workhorse.tasks.golden.versions import write_version
+from workhorse.tasks.monitor.window import monitor_window
+from workhorse.tasks.monitor.rules import input_length, open_state_db
 from workhorse.testing import traffic as T
 from workhorse.testing.slack_receiver import SlackReceiver
 
@@ -196,7 +196,7 @@ def test_slack_silence_without_a_webhook_keeps_the_alert_queued(workspace, plan)
 @pytest.mark.parametrize("failing_model, reverted", [("deepinfra/Qwen/Qwen3-14B", True), ("gpt-4o-mini", False)])
 def test_a_critical_breach_during_a_rollout_reverts_the_candidate_only(prefect_server, workspace, plan, failing_model,
                                                                      reverted):
-    from workhorse.tasks.routing import current_state, start_rollout
+    from workhorse.tasks.rollout.state import current_state, start_rollout
 
     start_rollout(workspace, "ticket-routing", "gpt-4o-mini", "deepinfra/Qwen/Qwen3-14B")
     start = T0 + timedelta(minutes=15)

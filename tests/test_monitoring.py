@@ -11,7 +11,7 @@ from scipy import stats
 
 from workhorse.config import parse_plan
 from workhorse.errors import ConfigError
-from workhorse.tasks.monitoring import (
+from workhorse.tasks.monitor.rules import (
     DriftSettings, UseCaseProfile, categorical_drift, eval_baselines, evaluate, input_length, is_valid,
     monitor_settings, numeric_drift, percentile,
 )
@@ -133,7 +133,7 @@ def test_the_last_eval_run_gives_the_first_window_its_latency_baseline(isolated_
 
 @pytest.mark.parametrize("decision, state", [("keep", "breach"), ("migrate", "ok"), ("inconclusive", "insufficient")])
 def test_a_reevaluation_verdict_becomes_a_guardrail_result(decision, state):
-    from workhorse.tasks.monitor_run import reevaluation_result
+    from workhorse.tasks.monitor.window import reevaluation_result
 
     found = reevaluation_result("uc", "open/model", {"run_id": "r1", "verdict": {"decision": decision, "diff": -0.06,
                                                                                  "reason": "6 points behind"}})
@@ -141,8 +141,8 @@ def test_a_reevaluation_verdict_becomes_a_guardrail_result(decision, state):
 
 
 def test_a_promoted_use_case_that_falls_behind_alerts_once_and_resolves(isolated_workspace):
-    from workhorse.tasks.monitor_run import alert_results, migrated_use_cases, reevaluation_result
-    from workhorse.tasks.routing import promote, start_rollout
+    from workhorse.tasks.monitor.window import alert_results, migrated_use_cases, reevaluation_result
+    from workhorse.tasks.rollout.state import promote, start_rollout
     from workhorse.testing.slack_receiver import SlackReceiver
 
     plan = parse_plan({"use_cases": {"uc": {"task_type": "classification", "labels": ["a", "b"]},

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from workhorse.tasks.pii import (PLACEHOLDER, card_valid, find_pii, iban_valid, luhn_valid, phone_like,
+from workhorse.tasks.golden.pii import (PLACEHOLDER, card_valid, find_pii, iban_valid, luhn_valid, phone_like,
                                  scrub_text, scrub_value)
 
 DATA = Path(__file__).parent / "data"

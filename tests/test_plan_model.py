@@ -98,7 +98,7 @@ def test_the_readme_has_yaml_snippets_to_check():
 
 
 def test_the_quality_policy_is_one_class():
-    from workhorse.tasks import decision
+    from workhorse.tasks.evaluate import decision
 
     assert decision.QualityPolicy is config.QualityPolicy
     policy = parse_plan({"quality_policy": {"max_error_rate": 0.1, "max_p95_latency_ms": 900,

@@ -8,9 +8,9 @@ import pytest
 
 from workhorse.config import load_plan
 from workhorse.flows.playbook import evaluated_use_cases, generate_example_logs, hostings_for
-from workhorse.tasks.demo_traffic import DEMO_POLICY_OVERRIDES, demo_policy, replayed_answers
-from workhorse.tasks.golden_sources import GoldenSpec
-from workhorse.tasks.golden_versions import write_version
+from workhorse.tasks.rollout.demo_traffic import DEMO_POLICY_OVERRIDES, demo_policy, replayed_answers
+from workhorse.tasks.golden.sources import GoldenSpec
+from workhorse.tasks.golden.versions import write_version
 
 ACME = Path(__file__).resolve().parents[1] / "examples" / "acme"
 
@@ -84,7 +84,7 @@ def test_the_demo_names_the_cpus_vector_extensions(flags, kind):
     ("fpu avx avx2 fma", False, "bfloat16"),                        # the GPU build of vLLM
 ])
 def test_the_engine_runs_bf16_only_where_the_hardware_computes_it(flags, cpu_build, dtype, monkeypatch):
-    from workhorse.tasks.engines import engine_dtype
+    from workhorse.tasks.common.engines import engine_dtype
 
     monkeypatch.delenv("WORKHORSE_ENGINE_DTYPE", raising=False)
     assert engine_dtype(f"processor\t: 0\nflags\t\t: {flags}\n", cpu_build=cpu_build) == dtype

@@ -9,8 +9,8 @@ import pytest
 
 import workhorse  # noqa: F401
 from workhorse.config import Plan, SelfHostingPlan
-from workhorse.tasks import pricing
-from workhorse.tasks.audit import catalog_for
+from workhorse.tasks.common import pricing
+from workhorse.tasks.audit.assessment import catalog_for
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ The kernel overwrites its input, so each call gets a copy and numpy counts the o
 import numpy as np
 import pytest
 
-from workhorse.tasks.repeats import PARTITION_SIZE, repeated_hashes
+from workhorse.tasks.audit.repeats import PARTITION_SIZE, repeated_hashes
 
 TOP = np.iinfo(np.uint64).max
 

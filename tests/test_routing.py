@@ -15,8 +15,8 @@ import pytest
 
 from workhorse import store
 from workhorse.errors import RolloutError
-from workhorse.tasks import routing
-from workhorse.tasks.routing import (abort, advance, current_state, current_weights, history, pause, promote,
+from workhorse.tasks.rollout import state as routing
+from workhorse.tasks.rollout.state import (abort, advance, current_state, current_weights, history, pause, promote,
                                      resume, revert, start_rollout)
 
 POLICY = {"steps": ["shadow", 5, 10, 25, 50, 100], "bake_time": 0, "min_requests": 1,
@@ -134,7 +134,7 @@ def test_revert_is_idempotent_and_alerts_once(isolated_workspace):
 CHILD = """
 import sys, workhorse
 from workhorse.workspace import Workspace
-from workhorse.tasks import routing
+from workhorse.tasks.rollout import state as routing
 ws = Workspace.resolve(sys.argv[1])
 if sys.argv[2] == "advance":
     routing.advance(ws, "ticket-routing", manual=True)
@@ -208,7 +208,7 @@ PROCESS_CHILD = """
 import sys, time, workhorse
 from types import SimpleNamespace
 from workhorse.workspace import Workspace
-from workhorse.tasks import routing
+from workhorse.tasks.rollout import state as routing
 ws = Workspace.resolve(sys.argv[1])
 version, start_at = int(sys.argv[2]), float(sys.argv[3])
 time.sleep(max(0, start_at - time.time()))

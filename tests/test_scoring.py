@@ -10,8 +10,8 @@ import pytest
 from rouge_score import rouge_scorer
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_score, recall_score
 
-from workhorse.tasks.inference import EvalResponse
-from workhorse.tasks.scoring import (
+from workhorse.tasks.common.runner import EvalResponse
+from workhorse.tasks.evaluate.scoring import (
     INVALID_LABEL,
     SCORERS,
     ItemScore,

@@ -12,8 +12,8 @@ import pytest
 from workhorse.config import parse_plan, plan_workspace
 from workhorse.errors import ConfigError
 from workhorse.store import describe
-from workhorse.tasks import routing
-from workhorse.tasks.traffic import read_traffic
+from workhorse.tasks.rollout import state as routing
+from workhorse.tasks.common.traffic_log import read_traffic
 from workhorse.workspace import Workspace
 
 UC = "ticket-routing"
@@ -29,8 +29,8 @@ import asyncio, json, os, sys, time
 from types import SimpleNamespace
 import workhorse
 from workhorse.router import Router
-from workhorse.tasks import routing
-from workhorse.tasks.inference import ModelSpec
+from workhorse.tasks.rollout import state as routing
+from workhorse.tasks.common.runner import ModelSpec
 from workhorse.workspace import Workspace
 
 ws, index, go = Workspace.resolve(sys.argv[1]), int(sys.argv[2]), sys.argv[3]

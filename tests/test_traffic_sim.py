@@ -13,8 +13,8 @@ import pytest
 
 from workhorse.config import RolloutPolicy
 from workhorse.router import Router, bucket
-from workhorse.tasks.inference import ModelSpec
-from workhorse.tasks.traffic_sim import MAX_PACE, calibrate, keys_for_step, simulate
+from workhorse.tasks.common.runner import ModelSpec
+from workhorse.tasks.rollout.traffic_sim import MAX_PACE, calibrate, keys_for_step, simulate
 
 UC = "ticket-routing"
 POLICY = RolloutPolicy.model_validate({"steps": ["shadow", 5, 50, 100], "min_requests": 12})

@@ -13,8 +13,8 @@ import pytest
 
 from workhorse.config import AuditPlan, Plan, UseCaseRule
 from workhorse.errors import ContractError, DataError
-from workhorse.tasks import usage
-from workhorse.tasks.audit import audit_logs
+from workhorse.tasks.audit import usage
+from workhorse.tasks.audit.assessment import audit_logs
 
 MESSAGES = [{"role": "user", "content": "My card was charged twice"}]
 
@@ -115,7 +115,7 @@ def test_litellm_times_are_utc_and_failures_are_errors(tmp_path):
 
 
 def test_batch_rows_are_priced_at_batch_rates(tmp_path):
-    from workhorse.tasks.pricing import PriceCatalog
+    from workhorse.tasks.common.pricing import PriceCatalog
 
     path = write_jsonl(tmp_path / "batch.jsonl", [batch_record(i) for i in range(4)])
     result = audit_logs([path], Plan(audit=AuditPlan(use_case_rules=[UseCaseRule(use_case="invoices", model="gpt-4o-mini")])),

@@ -12,8 +12,8 @@ import pytest
 from typer.testing import CliRunner
 
 from tests.support.eval_kit import LABELS, evaluate, make_items, plan_file, scripted
-from workhorse.tasks.golden_sources import GoldenSpec, import_promptfoo_csv
-from workhorse.tasks.golden_versions import write_version
+from workhorse.tasks.golden.sources import GoldenSpec, import_promptfoo_csv
+from workhorse.tasks.golden.versions import write_version
 from workhorse.testing.fake_openai import Faults
 
 KEY = "sk-test-verdict-evidence"
@@ -126,7 +126,7 @@ def test_three_candidates_get_three_verdicts_in_verdict_json_and_the_cli(
 
 def test_a_crash_in_scoring_keeps_the_paid_answers_and_the_rerun_makes_no_call(
         prefect_server, isolated_workspace, fake_openai_server, tmp_path, monkeypatch):
-    import workhorse.tasks.eval_run as eval_run
+    import workhorse.tasks.evaluate.run as eval_run
 
     items = make_items(logged_model="gpt-4o-mini")
     write_version(isolated_workspace, "routing", items, [{"kind": "test"}])
@@ -158,9 +158,9 @@ def test_a_crash_in_scoring_keeps_the_paid_answers_and_the_rerun_makes_no_call(
 
 def test_a_fully_cached_rerun_starts_no_engine(isolated_workspace, monkeypatch):
     """Answers of the embedded model already in the cache: no server start, no offline engine."""
-    import workhorse.tasks.eval_run as eval_run
-    from workhorse.tasks.evaluation import Contender, build_requests
-    from workhorse.tasks.inference import ResponseCache, response_row
+    import workhorse.tasks.evaluate.run as eval_run
+    from workhorse.tasks.evaluate.matrix import Contender, build_requests
+    from workhorse.tasks.common.runner import ResponseCache, response_row
 
     items = make_items(12)
     served = Contender("candidate", eval_run.ModelSpec(model=eval_run.EMBEDDED_LITELLM, hosting="self_hosted"),

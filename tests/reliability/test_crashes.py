@@ -25,14 +25,14 @@ from tests.support.eval_kit import evaluate, make_items, plan_file
 from tests.support.golden_kit import write_plan
 from tests.support.rollout import demo
 from workhorse.flows.rollout import control_step
-from workhorse.tasks import routing
+from workhorse.tasks.rollout import state as routing
 from workhorse.workspace import Workspace
 
 TRIALS = {"audit": 5, "golden": 8, "eval": 6, "rollout": 3}  # 22 in all; golden is the cheapest, rollout the dearest
 SEED = 20261128
 EVAL_CONCURRENCY = 16  # ModelSpec's default per endpoint: the most calls in flight at a kill
 PRELOAD = ["workhorse.flows.audit", "workhorse.flows.golden", "workhorse.flows.evaluate", "workhorse.flows.rollout",
-           "workhorse.tasks.traffic_sim", "tests.reliability.test_crashes"]
+           "workhorse.tasks.rollout.traffic_sim", "tests.reliability.test_crashes"]
 SURVIVED: Counter = Counter()
 FIGURES: dict[str, list] = {}
 
@@ -169,8 +169,8 @@ def quarantined_rows(workspace: Path) -> int:
 
 
 def test_golden_refresh_survives_kills(prefect_server, golden_plan, tmp_path):
-    from workhorse.tasks.golden import load_golden
-    from workhorse.tasks.golden_versions import versions
+    from workhorse.tasks.golden.refresh import load_golden
+    from workhorse.tasks.golden.versions import versions
 
     plan_path = str(write_plan(golden_plan, tmp_path))
     reference = tmp_path / "reference"
@@ -196,7 +196,7 @@ def test_golden_refresh_survives_kills(prefect_server, golden_plan, tmp_path):
 
 
 def test_eval_survives_kills_without_paying_twice(prefect_server, fake_openai_server, tmp_path, monkeypatch):
-    from workhorse.tasks.golden_versions import write_version
+    from workhorse.tasks.golden.versions import write_version
 
     items = make_items(160)
     servers = {}

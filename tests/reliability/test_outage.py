@@ -22,9 +22,9 @@ from tests.support.routing import at_weight, specs
 from workhorse.config import parse_plan
 from workhorse.flows.rollout import control_step
 from workhorse.router import Router
-from workhorse.tasks.inference import RetryPolicy
-from workhorse.tasks.monitor_run import monitor_window
-from workhorse.tasks.traffic import read_traffic
+from workhorse.tasks.common.runner import RetryPolicy
+from workhorse.tasks.monitor.window import monitor_window
+from workhorse.tasks.common.traffic_log import read_traffic
 
 UC = "ticket-routing"
 CALLERS = 16

@@ -185,7 +185,7 @@ def test_a_logged_key_inside_string_metadata_is_redacted_and_the_row_kept(tmp_pa
     """Canonical JSONL keeps metadata as a JSON string: redacting it must leave the line valid
     JSON (it once turned such lines into quarantined 'not JSON' rows) and hide the key."""
     from workhorse.config import Plan
-    from workhorse.tasks.audit import audit_logs
+    from workhorse.tasks.audit.assessment import audit_logs
 
     row = {"request_id": "r1", "ts": "2025-06-01T10:00:00Z", "use_case": USE_CASE, "model": "gpt-4o-mini",
            "prompt_tokens": 5, "completion_tokens": 1, "status": "ok", "request": "[]", "response": "billing",

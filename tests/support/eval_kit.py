@@ -7,7 +7,7 @@ import random
 
 import yaml
 
-from workhorse.tasks.golden_sources import GoldenSpec
+from workhorse.tasks.golden.sources import GoldenSpec
 
 LABELS = ["alpha", "beta", "gamma"]
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import yaml
 
-from workhorse.tasks.golden_item import user_messages
-from workhorse.tasks.golden_sources import GoldenSpec
+from workhorse.tasks.golden.item import user_messages
+from workhorse.tasks.golden.sources import GoldenSpec
 
 # ---------------------------------------------------------------- questions over shared contexts
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from workhorse.tasks.inference import ModelRequest, ModelSpec, RetryPolicy
+from workhorse.tasks.common.runner import ModelRequest, ModelSpec, RetryPolicy
 
 CANARY_KEY = "sk-canary-7f3a9c1e5b2d4f60-do-not-leak"
 FAST_RETRY = RetryPolicy(max_attempts=6, base_delay_s=0.01, max_delay_s=0.05)

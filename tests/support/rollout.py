@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from workhorse.tasks.inference import ModelSpec
-from workhorse.tasks.traffic_sim import run_rollout_demo
+from workhorse.tasks.common.runner import ModelSpec
+from workhorse.tasks.rollout.traffic_sim import run_rollout_demo
 
 UC = "ticket-routing"
 CANARY = "sk-canary-flow-91b2"

@@ -1,0 +1,35 @@
+"""A model endpoint as a Prefect Block (configuration only): where a model answers and what it costs."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from prefect.blocks.core import Block
+from pydantic import Field, SecretStr
+
+
+class ModelEndpoint(Block):
+    """One model behind one endpoint, with its key, limits and per-token prices."""
+
+    _block_type_name = "Workhorse Model Endpoint"
+    _block_type_slug = "workhorse-model-endpoint"
+    _description = "A LiteLLM model string with its endpoint, key, concurrency, timeout and prices."
+
+    model: str = Field(description="LiteLLM model string, e.g. hosted_vllm/smollm2-135m-instruct.")
+    api_base: Optional[str] = Field(None, description="Base URL of an OpenAI-compatible server; None for the provider's.")
+    api_key: Optional[SecretStr] = Field(None, description="API key of the endpoint (a secret).")
+    max_concurrency: int = Field(16, ge=1, description="Requests in flight at once against this endpoint.")
+    timeout_s: float = Field(60.0, gt=0, description="Seconds before one request is abandoned.")
+    input_cost_per_token: Optional[float] = Field(None, ge=0, description="USD per prompt token (self-hosted: set it).")
+    output_cost_per_token: Optional[float] = Field(None, ge=0, description="USD per completion token.")
+    hosting: str = Field("api", description="api | batch | self_hosted: how the model is served.")
+
+    def to_spec(self):
+        """The runner's ModelSpec (a plain copy of the fields, the key revealed only here)."""
+        from workhorse.tasks.common.runner import ModelSpec
+
+        return ModelSpec(model=self.model, api_base=self.api_base,
+                         api_key=self.api_key.get_secret_value() if self.api_key else None, hosting=self.hosting,
+                         input_cost_per_token=self.input_cost_per_token,
+                         output_cost_per_token=self.output_cost_per_token,
+                         max_concurrency=self.max_concurrency, timeout_s=self.timeout_s)

@@ -1,0 +1,1 @@
+"""Data contracts as Great Expectations suites (JSON), read by ``tasks/common/contracts.py``."""

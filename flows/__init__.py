@@ -1,0 +1,7 @@
+"""The playbook's flows, one file per step: each reads as the step's outline and only wires tasks.
+
+audit.py      1 usage audit            golden.py     2 golden dataset refresh
+evaluate.py   3 parallel evaluation    rollout.py    4 staged rollout (one control-loop run)
+monitor.py    5 monitoring             reevaluate.py golden refresh + evaluation, weekly
+playbook.py   the demo's chain of steps 1-5 on the bundled example
+"""

@@ -1,0 +1,79 @@
+"""Step 3 — parallel evaluation: incumbent and candidates on the same golden items.
+
+Phase 1 runs every candidate's prompt variants on dev and keeps the best; phase 2 runs the
+incumbent and each candidate's best variant on test, where the verdict is taken. Shards run in
+the flow's event loop, or on a Dask cluster when the client's CPU is the bottleneck.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Literal
+
+from prefect import flow, get_run_logger
+# quote(): Prefect otherwise walks every element of a task's arguments looking for futures, about
+# a second per task for thousands of rows; these lists never hold any.
+from prefect.utilities.annotations import quote
+
+from workhorse.config import plan_workspace
+from workhorse.tasks.evaluate.matrix import (
+    AS_LOGGED, answer_budget, best_variant, build_requests, few_shot_examples, tuning_contenders, tuning_sample,
+)
+from workhorse.tasks.evaluate.run import (
+    EvalContext, contenders_from_plan, decide, execution_from, generate, key_blocks_for, publish_results,
+    record_self_hosted_throughput, replay_for, score_responses, scorer_options, store_responses,
+)
+from workhorse.tasks.golden.versions import load_golden
+
+
+@flow(name="parallel-eval", log_prints=True)
+async def parallel_eval(use_case: str, workspace: str | None = None, plan_path: str | None = None,
+                  models: list[str] | None = None, hostings: list[str] | None = None,
+                  variants: list[str] | None = None, shard_size: int = 200, replay: bool = True,
+                  run_id: str | None = None, engine_api_base: str | None = None,
+                  task_runner: Literal["threads", "dask"] | None = None, dask_address: str | None = None,
+                  dask_workers: int | None = None, batch_engine: str | None = None) -> dict:
+    """Evaluate the plan's incumbent and candidates for one use case and give a verdict.
+
+    ``engine_api_base``: an embedded-model vLLM server already running (the playbook shares
+    one across use cases); without it the flow starts one if a candidate needs it.
+    ``batch_engine``: the job folder of a running vLLM offline engine (``OfflineEngine``), likewise
+    shared; without it each batch starts an engine of its own.
+    ``task_runner``: ``threads`` (default) or ``dask`` — shards on the Dask scheduler at
+    ``dask_address``, else on a LocalCluster of ``dask_workers`` processes; the plan's ``eval``
+    section sets them too. Same responses and scores either way."""
+    logger = get_run_logger()
+    ws, plan = plan_workspace(workspace, plan_path)
+    items = load_golden(ws, use_case)
+    dev, test = [i for i in items if i.split == "dev"], [i for i in items if i.split == "test"]
+    run_id = run_id or f"eval-{use_case}-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}"
+    incumbent, candidates, skipped = contenders_from_plan(plan, use_case, models, hostings,
+                                                          variants or plan.eval.variants, ws.root)
+    for reason in skipped:
+        logger.warning(reason)
+    execution = execution_from(plan, task_runner, dask_address, dask_workers)
+    with EvalContext(ws, run_id, shard_size, engine_api_base, execution, key_blocks_for(plan, use_case),
+                     batch_engine) as context:
+        examples = few_shot_examples(dev)
+        tuned = tuning_contenders(candidates)
+        tuning_set = tuning_sample(dev, plan.eval.tuning_items)
+        budget = answer_budget(dev)
+        tuning = [r for c in tuned for v in c.variants for r in build_requests(c, v, tuning_set, examples, budget)]
+        dev_rows = await generate(context, tuning, phase="dev")
+        store_responses(ws, run_id, quote(dev_rows))
+        dev_scores = score_responses(quote(items), quote(dev_rows), scorer_options(plan, use_case))
+        by_model = {c.spec.model: best_variant(dev_scores, c.spec.label, c.spec.hosting) for c in tuned}
+        chosen = {(c.spec.label, c.spec.hosting): by_model[c.spec.model] for c in candidates}
+        replayed, to_call = replay_for(incumbent, test, run_id, ws) if replay else ([], test)
+        confirm = build_requests(incumbent, AS_LOGGED, to_call) if incumbent.callable else []
+        for c in candidates:
+            confirm += build_requests(c, chosen[(c.spec.label, c.spec.hosting)][0], test, examples, budget)
+        test_rows = replayed + await generate(context, confirm, phase="test")
+        throughput = context.throughput()
+    store_responses(ws, run_id, quote(dev_rows + test_rows))
+    record_self_hosted_throughput(ws, candidates, throughput)
+    test_scores = score_responses(quote(items), quote(test_rows), scorer_options(plan, use_case))
+    verdict = decide(plan, use_case, incumbent, candidates, chosen, quote(test_scores), quote(test_rows), ws)
+    task_type, labels = items[0].task_type, list(items[0].labels or [])
+    return publish_results(ws, run_id, use_case, task_type, labels, quote(dev_rows + test_rows),
+                           quote(dev_scores + test_scores), chosen, verdict, skipped, throughput)

@@ -1,0 +1,171 @@
+"""`workhorse demo`: the whole playbook on the bundled Acme example, with the embedded model.
+
+Runs the ``migration_playbook`` flow (audit → golden sets → evaluation with SmolLM2 served and
+batched by vLLM → …) and prints a one-screen summary with the path of each report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from workhorse.tasks.common.engines import cpu_flags, engine_dtype
+from workhorse.workspace import Workspace
+
+
+# Minutes `make demo` took after set-up from a fresh clone on 2-core machines (README, "What `make
+# demo` does"): AVX2 measured 2026-12-07 with the engine in float32; AVX-512 on 2026-11-29 in bf16 with
+# a larger demo, not re-measured; no machine without AVX2 was measured.
+EXPECTED_MINUTES = {"avx512": 9, "avx2": 8, "neither": 40}
+
+
+def cpu_vector_extensions(cpuinfo: str | None = None) -> tuple[str, list[str]]:
+    """The CPU's class for vLLM (``avx512`` | ``avx2`` | ``neither``) and its AVX flags, from /proc/cpuinfo."""
+    avx = sorted(flag for flag in cpu_flags(cpuinfo) if flag.startswith("avx"))
+    kind = "avx512" if "avx512f" in avx else "avx2" if "avx2" in avx else "neither"
+    return kind, avx
+
+
+def print_machine(console: Console) -> None:
+    kind, flags = cpu_vector_extensions()
+    import os
+
+    note = {"avx512": "AVX-512", "avx2": "AVX2 only, no AVX-512", "neither": "no AVX2: vLLM will be slow"}[kind]
+    console.print(f"CPU: {note} ({' '.join(flags) or 'no AVX flags'}), {os.cpu_count()} cores; expect about "
+                  f"{EXPECTED_MINUTES[kind]} min after set-up (on 2 cores; see the README's table per CPU class); "
+                  f"the engine runs in {engine_dtype()}")
+
+
+def run_demo(example_dir: Path, workspace: Path | None, console: Console) -> dict:
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    from workhorse.flows.playbook import migration_playbook
+
+    ws = Workspace.resolve(workspace)
+    print_machine(console)
+    started = time.monotonic()
+    # The heartbeat thread makes every synchronous flow call wait about a second at its end.
+    with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        summary = asyncio.run(migration_playbook(example_dir=str(example_dir), workspace=str(ws.root)))
+    print_summary(console, summary, time.monotonic() - started)
+    return summary
+
+
+def print_summary(console: Console, summary: dict, wall_s: float) -> None:
+    audit = summary["audit"]
+    console.rule("workhorse demo: Acme's migration playbook")
+    console.print(f"[bold]1 · audit[/]  {audit.read} log rows read = {audit.accepted} accepted + "
+                  f"{audit.quarantined} quarantined; {audit.billed_text()}; {audit.run_rate_text()}")
+    console.print("[bold]2 · golden sets[/]  " + ", ".join(
+        f"{row['use_case']} v{row['version']} ({row['items']} items, {row['pii_scrubbed']} PII scrubbed)"
+        for row in summary["golden"]))
+    console.print(variant_table(summary["evaluations"]))
+    console.print(verdict_table(summary["evaluations"]))
+    print_verdicts(console, summary["evaluations"])
+    print_rollouts(console, summary.get("rollouts", []))
+    print_monitoring(console, summary.get("monitoring"))
+    console.print(f"reports: audit {audit.report}")
+    for use_case, evaluation in summary["evaluations"].items():
+        console.print(f"         eval  {use_case}: {evaluation['report']}")
+    console.print(f"demo finished in {wall_s / 60:.1f} min; workspace {summary['workspace']}")
+
+
+def variant_table(evaluations: dict) -> Table:
+    """What each prompt variant scored on dev: constrained decoding is what makes a tiny model usable."""
+    table = Table(title="3 · evaluation — prompt variants of the candidate on dev (mean score)")
+    variants = sorted({v for e in evaluations.values() for c in e["chosen_variants"].values() for v in c["dev_scores"]})
+    table.add_column("use case")
+    table.add_column("candidate")
+    for variant in variants:
+        table.add_column(variant, justify="right")
+    table.add_column("chosen")
+    for use_case, evaluation in evaluations.items():
+        for candidate, choice in evaluation["chosen_variants"].items():
+            scores = [f"{choice['dev_scores'][v]:.0%}" if v in choice["dev_scores"] else "–" for v in variants]
+            table.add_row(use_case, candidate, *scores, choice["variant"])
+    return table
+
+
+def verdict_table(evaluations: dict) -> Table:
+    table = Table(title="3 · evaluation — on test, against the incumbent's logged answers")
+    for column in ("use case", "arm", "items", "accuracy", "score", "p50 ms", "$ / 1k items"):
+        table.add_column(column, justify="left" if column in ("use case", "arm") else "right")
+    for use_case, evaluation in evaluations.items():
+        for line in (l for l in evaluation["leaderboard"] if l["split"] == "test"):
+            table.add_row(use_case, f"{line['model']} · {line['prompt_variant']}", str(line["items"]),
+                          _fmt(line["accuracy"], "{:.0%}"), _fmt(line["score"], "{:.2f}"),
+                          _fmt(line["latency_p50_ms"], "{:.0f}"), _fmt(line["cost_per_1k_items"], "${:.4f}"))
+    return table
+
+
+def candidate_verdicts_table(evaluations: dict) -> Table:
+    """One row per candidate and hosting: its own decision, the paired difference and its CI."""
+    table = Table(title="3 · evaluation — verdict per candidate (test split)")
+    for column in ("use case", "candidate", "hosting", "decision", "why", "Δ vs incumbent", "CI", "n", "p"):
+        table.add_column(column, justify="right" if column in ("n", "p", "Δ vs incumbent", "CI") else "left")
+    for use_case, evaluation in evaluations.items():
+        for c in evaluation["verdict"].get("candidates") or []:
+            bar = c.get("against") == "min_score"  # the numbers are the candidate's own, against the bar
+            diff = _fmt(c["diff"], "{:.1%}" if bar else "{:+.1%}") + (" (abs.)" if bar and c["diff"] is not None else "")
+            ci = "–" if c["ci_low"] is None else f"{c['ci_low']:+.1%} … {c['ci_high']:+.1%}"
+            table.add_row(use_case, c["model"] + (" ★" if c["chosen"] else ""), c["hosting"], c["decision"],
+                          c["why"], diff, ci, str(c["n"]), _fmt(c["p_value"], "{:.2g}"))
+    return table
+
+
+def print_verdicts(console: Console, evaluations: dict) -> None:
+    if any(len(e["verdict"].get("candidates") or []) > 1 for e in evaluations.values()):
+        console.print(candidate_verdicts_table(evaluations))
+    for use_case, evaluation in evaluations.items():
+        verdict = evaluation["verdict"]
+        console.print(f"  verdict [bold]{verdict['decision']}[/] — {verdict['reason']}")
+        if len(verdict.get("candidates") or []) > 1:
+            console.print(f"    {verdict['summary']}")
+
+
+def print_rollouts(console: Console, rollouts: list[dict]) -> None:
+    """Each rollout's path through the steps, in control-loop runs and requests, and the latency
+    guardrail it was held to; where it did not go as intended (promoted, or reverted after its
+    fault), what happened and why, from the last control-loop run."""
+    from rich.markup import escape
+
+    for rollout in rollouts:
+        steps = " → ".join(f"{stage} ({calls} req)" for stage, calls in rollout["requests_per_step"].items())
+        line = (f"[bold]4 · rollout[/]  {rollout['use_case']}: {steps} ⇒ [bold]{rollout['final_stage']}[/] "
+                f"after {rollout['control_runs']} control-loop runs")
+        after = rollout.get("runs_from_fault_to_revert")
+        if rollout.get("fault"):
+            line += f"; fault: {rollout['fault']}"
+            line += f", reverted {after} control-loop run(s) after it" if after is not None else ""
+        if after is None and (rollout.get("fault") or rollout["final_stage"] != "promoted"):
+            last = (rollout.get("steps") or [None])[-1]
+            why = (f"the last control-loop run, at {last['stage']}, was {last['outcome']} ⇒ {last['to_stage']}: "
+                   f"{escape(last.get('reason') or 'no reason given')}" if last else "no control-loop run took place")
+            line += f"; [yellow]not the intended story[/]: {why}"
+        console.print(line)
+        if rollout.get("latency_guardrail"):
+            probe = (rollout.get("probe") or {}).get("engine")
+            console.print("   " + escape(rollout["latency_guardrail"] + (f"; engine probe: {probe}" if probe else "")))
+
+
+def print_monitoring(console: Console, monitoring: dict | None) -> None:
+    from workhorse.tasks.monitor.alerts import message_text
+
+    if not monitoring:
+        return
+    changes = monitoring.get("incidents") or []
+    opened = [c["key"] for c in changes if c.get("change") == "opened"] or list(monitoring.get("opened") or [])
+    console.print(f"[bold]5 · monitoring[/]  {monitoring['windows']} window(s); incidents opened: "
+                  f"{', '.join(opened) or 'none'}; Slack messages: {len(monitoring['messages'])}")
+    if not opened and monitoring.get("quiet_reason"):
+        console.print(f"   [yellow]no incident opened[/]: {monitoring['quiet_reason']}")
+    for message in monitoring["messages"][:2]:
+        console.print("   " + message_text(message).replace("\n", "\n   "))
+
+
+def _fmt(value, pattern: str) -> str:
+    return "–" if value is None else pattern.format(value)

@@ -1,0 +1,9 @@
+"""Step 4, staged rollout: shift live traffic step by step, revert when a guardrail breaks.
+
+state.py           the rollout state machine of a use case (weights, steps, history, revert notifiers)
+guardrails.py      the analysis of one step: candidate against incumbent on the traffic log
+report.py          the rollout's markdown artifact
+litellm_export.py  the weights as a LiteLLM Router/Proxy config
+traffic_sim.py     replayed traffic through the router, paced to the engine (demo and tests)
+demo_traffic.py    the demo's rollout scenarios with the embedded model
+"""
