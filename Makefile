@@ -38,7 +38,9 @@ browser:
 postgres:
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql)
 
+# Lint first (pyproject's [tool.ruff]): a seconds-long check before the twenty-minute suite.
 test: install browser postgres
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
 
 benchmarks: install

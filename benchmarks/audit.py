@@ -80,8 +80,8 @@ def measure_audit(path: str, persist: bool, duplicates: bool = True) -> dict:
     t0 = time.perf_counter()
     import workhorse  # noqa: F401
     from workhorse.config import AuditPlan, Plan
-    from workhorse.tasks.common import pricing
     from workhorse.tasks.audit.assessment import audit_logs
+    from workhorse.tasks.common import pricing
 
     pricing.model_cost_map()  # litellm's import is not the audit's work
     warm_duplicate_check()

@@ -58,8 +58,8 @@ def build_workspace(root: Path, rows: list[dict], candidates: list[dict]) -> Pat
 def flow_requests(root: Path):
     """Exactly the requests the flow sends: every candidate's zero-shot variant on all items."""
     from workhorse.config import load_plan
-    from workhorse.tasks.evaluate.run import contenders_from_plan
     from workhorse.tasks.evaluate.matrix import build_requests, few_shot_examples
+    from workhorse.tasks.evaluate.run import contenders_from_plan
     from workhorse.tasks.golden.refresh import load_golden
 
     items = load_golden(root, "banking")

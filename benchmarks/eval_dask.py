@@ -24,8 +24,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import workhorse  # noqa: F401  (offline price map before litellm is imported)
 from eval import banking_rows, build_workspace
+
+import workhorse  # noqa: F401  (offline price map before litellm is imported)
 from workhorse.testing.fake_openai import FakeServerProcess, ServerConfig
 
 LATENCY_S = 0.002

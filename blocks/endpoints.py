@@ -23,13 +23,3 @@ class ModelEndpoint(Block):
     input_cost_per_token: Optional[float] = Field(None, ge=0, description="USD per prompt token (self-hosted: set it).")
     output_cost_per_token: Optional[float] = Field(None, ge=0, description="USD per completion token.")
     hosting: str = Field("api", description="api | batch | self_hosted: how the model is served.")
-
-    def to_spec(self):
-        """The runner's ModelSpec (a plain copy of the fields, the key revealed only here)."""
-        from workhorse.tasks.common.runner import ModelSpec
-
-        return ModelSpec(model=self.model, api_base=self.api_base,
-                         api_key=self.api_key.get_secret_value() if self.api_key else None, hosting=self.hosting,
-                         input_cost_per_token=self.input_cost_per_token,
-                         output_cost_per_token=self.output_cost_per_token,
-                         max_concurrency=self.max_concurrency, timeout_s=self.timeout_s)

@@ -8,14 +8,13 @@ bad-row ratio, with a message naming the file and the broken expectations.
 
 from __future__ import annotations
 
-
 from prefect import flow, get_run_logger
 
 import workhorse  # noqa: F401  (offline defaults before anything imports LiteLLM)
 from workhorse.config import Plan, SpendLogsDb, plan_from
 from workhorse.tasks.audit.assessment import AuditSummary, audit_usage_logs, store_audit_tables, summarize
-from workhorse.tasks.common.html import audit_markdown, billed_rows, use_case_rows, write_report
 from workhorse.tasks.audit.spendlogs_db import staged_spend_logs
+from workhorse.tasks.common.html import audit_markdown, billed_rows, use_case_rows, write_report
 from workhorse.workspace import Workspace
 
 

@@ -11,17 +11,34 @@ from datetime import datetime, timezone
 from typing import Literal
 
 from prefect import flow, get_run_logger
+
 # quote(): Prefect otherwise walks every element of a task's arguments looking for futures, about
 # a second per task for thousands of rows; these lists never hold any.
 from prefect.utilities.annotations import quote
 
 from workhorse.config import plan_workspace
 from workhorse.tasks.evaluate.matrix import (
-    AS_LOGGED, answer_budget, best_variant, build_requests, few_shot_examples, tuning_contenders, tuning_sample,
+    AS_LOGGED,
+    answer_budget,
+    best_variant,
+    build_requests,
+    few_shot_examples,
+    tuning_contenders,
+    tuning_sample,
 )
 from workhorse.tasks.evaluate.run import (
-    EvalContext, contenders_from_plan, decide, execution_from, generate, key_blocks_for, publish_results,
-    record_self_hosted_throughput, replay_for, score_responses, scorer_options, store_responses,
+    EvalContext,
+    contenders_from_plan,
+    decide,
+    execution_from,
+    generate,
+    key_blocks_for,
+    publish_results,
+    record_self_hosted_throughput,
+    replay_for,
+    score_responses,
+    scorer_options,
+    store_responses,
 )
 from workhorse.tasks.golden.versions import load_golden
 

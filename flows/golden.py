@@ -13,8 +13,7 @@ from prefect import flow, get_run_logger
 import workhorse  # noqa: F401  (offline defaults before anything imports LiteLLM)
 from workhorse.config import plan_from
 from workhorse.errors import ConfigError, ContractError
-from workhorse.tasks.golden.refresh import (refresh_golden_set, specs_from_plan, summary_markdown,
-                                    summary_rows)
+from workhorse.tasks.golden.refresh import refresh_golden_set, specs_from_plan, summary_markdown, summary_rows
 from workhorse.workspace import Workspace
 
 

@@ -15,8 +15,13 @@ from pydantic import SecretStr
 import workhorse  # noqa: F401  (offline defaults before anything imports LiteLLM)
 from workhorse.config import plan_workspace
 from workhorse.tasks.monitor.alerts import resolve_webhook_url
-from workhorse.tasks.monitor.window import (metrics_table, monitor_window, read_traffic_file, summary_dict,
-                                         summary_markdown)
+from workhorse.tasks.monitor.window import (
+    metrics_table,
+    monitor_window,
+    read_traffic_file,
+    summary_dict,
+    summary_markdown,
+)
 from workhorse.workspace import Workspace
 
 

@@ -18,8 +18,9 @@ from workhorse.errors import ContractError
 from workhorse.flows.audit import usage_audit
 from workhorse.flows.evaluate import parallel_eval
 from workhorse.flows.golden import golden_dataset_refresh
-from workhorse.tasks.rollout.demo_traffic import Scenario, run_scenario
+from workhorse.flows.rollout import staged_rollout
 from workhorse.tasks.common.engines import OfflineEngine, VLLMServer, prepare_embedded_model
+from workhorse.tasks.rollout.demo_traffic import Scenario, run_scenario
 from workhorse.workspace import Workspace
 
 
@@ -109,14 +110,15 @@ def rollout_with_live_traffic(ws: Workspace, plan, scenario: Scenario, engine_ap
     """Staged rollout of the embedded model on replayed Acme traffic, each control-loop run a flow run."""
     from workhorse.tasks.golden.versions import load_golden
 
-    return run_scenario(ws, plan, scenario, load_golden(ws, scenario.use_case), engine_api_base)
+    return run_scenario(ws, plan, scenario, load_golden(ws, scenario.use_case), engine_api_base,
+                        control=lambda use_case, workspace: staged_rollout(use_case, workspace=workspace))
 
 
 @task(name="watch-demo-traffic", cache_policy=NO_CACHE)
 def watch_demo_traffic(ws: Workspace, plan_file: str) -> dict:
     """Monitoring over the rollouts' traffic log, Slack messages to a local receiver."""
-    from workhorse.tasks.monitor.window import run_demo_monitoring
     from workhorse.tasks.common.traffic_log import read_traffic
+    from workhorse.tasks.monitor.window import run_demo_monitoring
 
     traffic = read_traffic(ws)
     return run_demo_monitoring(str(ws.root), plan_file, traffic if traffic.num_rows else None)

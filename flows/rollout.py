@@ -13,8 +13,8 @@ from prefect.cache_policies import NO_CACHE
 
 from workhorse.config import plan_workspace
 from workhorse.tasks.rollout.guardrails import Analysis, analyze_rollout, validator_for
-from workhorse.tasks.rollout.state import Transition, advance, current_state
 from workhorse.tasks.rollout.report import rollout_markdown
+from workhorse.tasks.rollout.state import Transition, advance, current_state
 from workhorse.workspace import Workspace
 
 

@@ -12,8 +12,8 @@ import pytest
 from tests.support.acme import ACME, acme_generator
 from workhorse.config import Plan, UseCase, load_plan
 from workhorse.errors import ContractError
-from workhorse.tasks.common import pricing
 from workhorse.tasks.audit.assessment import classify_use_case, workload_from_evidence
+from workhorse.tasks.common import pricing
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ from pydantic import SecretStr
 
 from workhorse.blocks import ModelEndpoint, SlackAlerts
 from workhorse.config import parse_plan
+from workhorse.tasks.common.runner import ModelSpec
 from workhorse.tasks.monitor.alerts import EVENT_BREACHED, resolve_webhook_url
 
 
@@ -25,7 +26,7 @@ def test_an_endpoint_block_becomes_the_runners_model_spec_and_hides_its_key():
     block = ModelEndpoint(model="hosted_vllm/smollm2", api_base="http://127.0.0.1:8000/v1", api_key=SecretStr("sk-x"),
                           max_concurrency=4, timeout_s=30, input_cost_per_token=1e-7, output_cost_per_token=2e-7,
                           hosting="self_hosted")
-    spec = block.to_spec()
+    spec = ModelSpec.from_endpoint(block)
     assert (spec.model, spec.api_base, spec.api_key, spec.max_concurrency, spec.timeout_s, spec.hosting,
             spec.input_cost_per_token, spec.output_cost_per_token) == (
         "hosted_vllm/smollm2", "http://127.0.0.1:8000/v1", "sk-x", 4, 30.0, "self_hosted", 1e-7, 2e-7)

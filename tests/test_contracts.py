@@ -9,9 +9,18 @@ import pyarrow.parquet as pq
 import pytest
 
 from workhorse.errors import ConfigError, ContractError
-from workhorse.tasks.common.contracts import (Contract, Expectation, check_relation, connect, contract_from_dict,
-                                       enforce_bad_row_ratio, load_contract, validate_table, validate_with_gx,
-                                       write_quarantine)
+from workhorse.tasks.common.contracts import (
+    Contract,
+    Expectation,
+    check_relation,
+    connect,
+    contract_from_dict,
+    enforce_bad_row_ratio,
+    load_contract,
+    validate_table,
+    validate_with_gx,
+    write_quarantine,
+)
 
 GOOD = {"request_id": "r1", "ts": "2025-03-01T10:00:00Z", "use_case": "ticket-routing", "model": "gpt-4o-mini",
         "prompt_tokens": 120, "completion_tokens": 3, "status": "ok", "latency_ms": 420.0, "cost_usd": None,

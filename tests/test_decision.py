@@ -20,7 +20,6 @@ from workhorse.tasks.evaluate.decision import (
 )
 from workhorse.tasks.evaluate.scoring import score_item
 
-
 # --- McNemar ------------------------------------------------------------------------------
 
 def _pairs(b: int, c: int, both_right: int = 5, both_wrong: int = 3) -> tuple[list[bool], list[bool]]:

@@ -11,7 +11,11 @@ import pytest
 
 from workhorse.errors import EngineError
 from workhorse.tasks.common.engines import (
-    BatchParams, OfflineEngine, VLLMServer, prepare_embedded_model, run_offline_batch,
+    BatchParams,
+    OfflineEngine,
+    VLLMServer,
+    prepare_embedded_model,
+    run_offline_batch,
 )
 from workhorse.tasks.common.runner import ModelRequest, ModelSpec, Runner
 from workhorse.tasks.evaluate.prompts import PromptTask, render

@@ -135,8 +135,8 @@ def test_every_item_is_accounted_for_under_faults_on_dask(servers, shared_datase
 def test_shard_jobs_carry_no_api_key(tmp_path):
     """What is pickled to the scheduler and workers holds no key; a key from nowhere is refused."""
     from workhorse.errors import ConfigError
-    from workhorse.tasks.evaluate.run import ShardJob, sealed
     from workhorse.tasks.common.runner import ModelRequest, ModelSpec
+    from workhorse.tasks.evaluate.run import ShardJob, sealed
 
     spec = ModelSpec(model="openai/candidate-block", api_key=BLOCK_KEY)
     requests = [ModelRequest(str(i), spec, [{"role": "user", "content": f"q{i}"}]) for i in range(3)]

@@ -14,10 +14,10 @@ import pytest
 import yaml
 
 from tests.support.eval_kit import LABELS, evaluate, make_items, plan_file, scripted
-from workhorse.tasks.evaluate.matrix import AS_LOGGED, build_requests, few_shot_examples, replay_incumbent, Contender
+from workhorse.tasks.common.runner import EvalResponse, ModelSpec
+from workhorse.tasks.evaluate.matrix import AS_LOGGED, Contender, build_requests, few_shot_examples, replay_incumbent
 from workhorse.tasks.golden.sources import GoldenSpec
 from workhorse.tasks.golden.versions import write_version
-from workhorse.tasks.common.runner import EvalResponse, ModelSpec
 
 CANARY = "sk-canary-eval-4c1d9e"
 

@@ -11,8 +11,7 @@ from dataclasses import replace
 import pytest
 
 from tests.support.golden_kit import QA, edited, shared_context_items, shout, typo, with_duplicates
-from workhorse.tasks.golden.clean import (Sanity, candidate_pairs, deduplicate, jaccard, shingles,
-                                          validate_items)
+from workhorse.tasks.golden.clean import Sanity, candidate_pairs, deduplicate, jaccard, shingles, validate_items
 from workhorse.tasks.golden.item import items_to_table, user_messages
 from workhorse.tasks.golden.sources import GoldenSpec
 

@@ -11,14 +11,23 @@ from dataclasses import replace
 import pytest
 
 from workhorse.errors import ContractError, DataError, VersionExistsError
-from workhorse.tasks.golden.refresh import (GoldenSpec, RefreshOptions, SourceSpec, dev_items, load_golden,
-                                    read_manifest, refresh_golden, specs_from_plan, summary_markdown,
-                                    summary_rows)
 from workhorse.tasks.golden.clean import validate_items
 from workhorse.tasks.golden.item import items_to_table
+from workhorse.tasks.golden.pii import find_pii
+from workhorse.tasks.golden.refresh import (
+    GoldenSpec,
+    RefreshOptions,
+    SourceSpec,
+    dev_items,
+    load_golden,
+    read_manifest,
+    refresh_golden,
+    specs_from_plan,
+    summary_markdown,
+    summary_rows,
+)
 from workhorse.tasks.golden.sources import ColumnMapping, SampleOptions, import_label_file
 from workhorse.tasks.golden.versions import golden_dir, versions, write_new
-from workhorse.tasks.golden.pii import find_pii
 
 SLOTS = ["people", "time", "date", "first_name", "last_name"]
 BOOKING_SCHEMA = {"type": "object", "properties": {slot: {"type": "string"} for slot in SLOTS},

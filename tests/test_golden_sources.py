@@ -11,9 +11,18 @@ import pytest
 from tests.support.golden_kit import usage_rows, usage_table
 from workhorse.errors import ConfigError
 from workhorse.tasks.golden.item import make_item_id, split_for
-from workhorse.tasks.golden.sources import (ColumnMapping, GoldenSpec, PromptfooOptions, SampleOptions,
-                                            allocate, import_label_file, import_openai_evals,
-                                            import_promptfoo_csv, parse_promptfoo_assertion, sample_usage_log)
+from workhorse.tasks.golden.sources import (
+    ColumnMapping,
+    GoldenSpec,
+    PromptfooOptions,
+    SampleOptions,
+    allocate,
+    import_label_file,
+    import_openai_evals,
+    import_promptfoo_csv,
+    parse_promptfoo_assertion,
+    sample_usage_log,
+)
 
 SLOTS = ["people", "time", "date", "first_name", "last_name"]
 BOOKING_SCHEMA = {"type": "object", "properties": {slot: {"type": "string"} for slot in SLOTS},

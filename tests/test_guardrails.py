@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from workhorse.config import Guardrails, UseCase
+from workhorse.tasks.common.traffic_log import TrafficLogger, make_row, read_traffic
 from workhorse.tasks.rollout import state as routing
 from workhorse.tasks.rollout.guardrails import analyze_rollout, error_rate_check, latency_check, validator_for
-from workhorse.tasks.common.traffic_log import TrafficLogger, make_row, read_traffic
 
 UC = "ticket-routing"
 POLICY = {"steps": [5, 10, 100], "bake_time": 0, "min_requests": 100, "failure_limit": 1,

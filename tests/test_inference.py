@@ -16,7 +16,14 @@ import pytest
 
 from tests.support.inference import CANARY_KEY, FAST_RETRY, requests_for
 from workhorse.tasks.common.runner import (
-    ERROR_TYPES, ModelRequest, ModelSpec, RetryPolicy, Runner, call_cost, classify, responses_table,
+    ERROR_TYPES,
+    ModelRequest,
+    ModelSpec,
+    RetryPolicy,
+    Runner,
+    call_cost,
+    classify,
+    responses_table,
 )
 from workhorse.testing.fake_openai import Faults, request_key
 

@@ -16,12 +16,12 @@ import pytest
 from scipy import stats
 
 from workhorse.config import parse_plan
-from workhorse.tasks.monitor import incidents
-from workhorse.tasks.monitor.alerts import message_text
 from workhorse.tasks.golden.item import GoldenItem, make_item_id, split_for
 from workhorse.tasks.golden.versions import write_version
-from workhorse.tasks.monitor.window import monitor_window
+from workhorse.tasks.monitor import incidents
+from workhorse.tasks.monitor.alerts import message_text
 from workhorse.tasks.monitor.rules import input_length, open_state_db
+from workhorse.tasks.monitor.window import monitor_window
 from workhorse.testing import traffic as T
 from workhorse.testing.slack_receiver import SlackReceiver
 

@@ -12,8 +12,16 @@ from scipy import stats
 from workhorse.config import parse_plan
 from workhorse.errors import ConfigError
 from workhorse.tasks.monitor.rules import (
-    DriftSettings, UseCaseProfile, categorical_drift, eval_baselines, evaluate, input_length, is_valid,
-    monitor_settings, numeric_drift, percentile,
+    DriftSettings,
+    UseCaseProfile,
+    categorical_drift,
+    eval_baselines,
+    evaluate,
+    input_length,
+    is_valid,
+    monitor_settings,
+    numeric_drift,
+    percentile,
 )
 
 SCHEMA = {"type": "object", "required": ["total"], "properties": {"total": {"type": "number"},

@@ -12,8 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from workhorse.tasks.golden.pii import (PLACEHOLDER, card_valid, find_pii, iban_valid, luhn_valid, phone_like,
-                                 scrub_text, scrub_value)
+from workhorse.tasks.golden.pii import (
+    PLACEHOLDER,
+    card_valid,
+    find_pii,
+    iban_valid,
+    luhn_valid,
+    phone_like,
+    scrub_text,
+    scrub_value,
+)
 
 DATA = Path(__file__).parent / "data"
 FALSE_POSITIVE_CORPUS = [line for line in (DATA / "pii_false_positive_corpus.txt").read_text().splitlines()

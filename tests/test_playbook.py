@@ -8,9 +8,9 @@ import pytest
 
 from workhorse.config import load_plan
 from workhorse.flows.playbook import evaluated_use_cases, generate_example_logs, hostings_for
-from workhorse.tasks.rollout.demo_traffic import DEMO_POLICY_OVERRIDES, demo_policy, replayed_answers
 from workhorse.tasks.golden.sources import GoldenSpec
 from workhorse.tasks.golden.versions import write_version
+from workhorse.tasks.rollout.demo_traffic import DEMO_POLICY_OVERRIDES, demo_policy, replayed_answers
 
 ACME = Path(__file__).resolve().parents[1] / "examples" / "acme"
 

@@ -9,8 +9,8 @@ import pytest
 
 import workhorse  # noqa: F401
 from workhorse.config import Plan, SelfHostingPlan
-from workhorse.tasks.common import pricing
 from workhorse.tasks.audit.assessment import catalog_for
+from workhorse.tasks.common import pricing
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 
 from tests.support.rollout import CANARY, POLICY, UC, demo
-from workhorse.tasks.rollout import state as routing
 from workhorse.tasks.common.traffic_log import read_traffic
+from workhorse.tasks.rollout import state as routing
 
 
 @pytest.fixture

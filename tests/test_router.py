@@ -13,9 +13,9 @@ import yaml
 
 from tests.support.routing import CANARY, UC, at_weight, specs
 from workhorse.router import Router, bucket
+from workhorse.tasks.common.traffic_log import read_traffic
 from workhorse.tasks.rollout import state as routing
 from workhorse.tasks.rollout.litellm_export import export_litellm_config
-from workhorse.tasks.common.traffic_log import read_traffic
 
 # Every router test runs on both state stores (SQLite file, real PostgreSQL).
 pytestmark = pytest.mark.usefixtures("state_backend")

@@ -16,8 +16,18 @@ import pytest
 from workhorse import store
 from workhorse.errors import RolloutError
 from workhorse.tasks.rollout import state as routing
-from workhorse.tasks.rollout.state import (abort, advance, current_state, current_weights, history, pause, promote,
-                                     resume, revert, start_rollout)
+from workhorse.tasks.rollout.state import (
+    abort,
+    advance,
+    current_state,
+    current_weights,
+    history,
+    pause,
+    promote,
+    resume,
+    revert,
+    start_rollout,
+)
 
 POLICY = {"steps": ["shadow", 5, 10, 25, 50, 100], "bake_time": 0, "min_requests": 1,
           "failure_limit": 1, "consecutive_error_limit": 1, "inconclusive_limit": 1}

@@ -12,9 +12,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from workhorse.tasks.common.runner import EvalResponse
 from workhorse.tasks.evaluate.matrix import score_rows
 from workhorse.tasks.golden.refresh import GoldenSpec, RefreshOptions, SourceSpec, load_golden, refresh_golden
-from workhorse.tasks.common.runner import EvalResponse
 
 LINES_SCHEMA = {"type": "array", "items": {
     "type": "object", "required": ["product", "quantity"], "additionalProperties": False,

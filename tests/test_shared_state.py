@@ -12,8 +12,8 @@ import pytest
 from workhorse.config import parse_plan, plan_workspace
 from workhorse.errors import ConfigError
 from workhorse.store import describe
-from workhorse.tasks.rollout import state as routing
 from workhorse.tasks.common.traffic_log import read_traffic
+from workhorse.tasks.rollout import state as routing
 from workhorse.workspace import Workspace
 
 UC = "ticket-routing"

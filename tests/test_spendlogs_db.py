@@ -19,9 +19,9 @@ from typer.testing import CliRunner
 
 from tests.support import spendlogs
 from workhorse.config import Plan, SpendLogsDb, parse_plan
+from workhorse.dburl import describe as describe_url
 from workhorse.errors import ConfigError, DataError
 from workhorse.tasks.audit.assessment import audit_logs
-from workhorse.dburl import describe as describe_url
 from workhorse.tasks.audit.spendlogs_db import STAGING_SCHEMA, stage_spend_logs
 
 ROWS = 1_000_000

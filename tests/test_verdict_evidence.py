@@ -159,8 +159,8 @@ def test_a_crash_in_scoring_keeps_the_paid_answers_and_the_rerun_makes_no_call(
 def test_a_fully_cached_rerun_starts_no_engine(isolated_workspace, monkeypatch):
     """Answers of the embedded model already in the cache: no server start, no offline engine."""
     import workhorse.tasks.evaluate.run as eval_run
-    from workhorse.tasks.evaluate.matrix import Contender, build_requests
     from workhorse.tasks.common.runner import ResponseCache, response_row
+    from workhorse.tasks.evaluate.matrix import Contender, build_requests
 
     items = make_items(12)
     served = Contender("candidate", eval_run.ModelSpec(model=eval_run.EMBEDDED_LITELLM, hosting="self_hosted"),

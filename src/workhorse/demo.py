@@ -16,7 +16,6 @@ from rich.table import Table
 from workhorse.tasks.common.engines import cpu_flags, engine_dtype
 from workhorse.workspace import Workspace
 
-
 # Minutes `make demo` took after set-up from a fresh clone on 2-core machines (README, "What `make
 # demo` does"): AVX2 measured 2026-12-07 with the engine in float32; AVX-512 on 2026-11-29 in bf16 with
 # a larger demo, not re-measured; no machine without AVX2 was measured.

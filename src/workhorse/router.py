@@ -27,8 +27,8 @@ from typing import Any
 import workhorse  # noqa: F401  (offline LiteLLM price map before litellm is imported)
 from workhorse.errors import ProviderError
 from workhorse.tasks.common.runner import CallFailed, CircuitBreaker, ModelSpec, RetryPolicy, call_cost, classify
-from workhorse.tasks.rollout.state import current_weights
 from workhorse.tasks.common.traffic_log import TrafficLogger, make_row
+from workhorse.tasks.rollout.state import current_weights
 from workhorse.workspace import Workspace
 
 

@@ -17,7 +17,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-
 STATE_URL_PIN = "state_url"
 
 

@@ -27,9 +27,8 @@ import pyarrow as pa
 
 from workhorse.config import AuditPlan, Plan
 from workhorse.errors import DataError
-from workhorse.tasks.common import contracts
-from workhorse.tasks.common import pricing
 from workhorse.tasks.audit import usage
+from workhorse.tasks.common import contracts, pricing
 
 DAYS_PER_MONTH = 30.4375  # a run-rate month: the mean Gregorian month
 RUN_RATE = "run-rate month"  # the basis of every projection, as the tables and reports name it

@@ -61,6 +61,15 @@ class ModelSpec:
         """What the concurrency limit is shared by: one server, or one provider."""
         return self.api_base or self.model.split("/", 1)[0]
 
+    @classmethod
+    def from_endpoint(cls, endpoint) -> "ModelSpec":
+        """The spec of a ``ModelEndpoint`` block (a plain copy of its fields, the key revealed only here)."""
+        key = endpoint.api_key.get_secret_value() if endpoint.api_key else None
+        return cls(model=endpoint.model, api_base=endpoint.api_base, api_key=key, hosting=endpoint.hosting,
+                   input_cost_per_token=endpoint.input_cost_per_token,
+                   output_cost_per_token=endpoint.output_cost_per_token,
+                   max_concurrency=endpoint.max_concurrency, timeout_s=endpoint.timeout_s)
+
 
 @dataclass(frozen=True)
 class ModelRequest:

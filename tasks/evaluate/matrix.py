@@ -13,10 +13,10 @@ import math
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-from workhorse.tasks.golden.item import GoldenItem
 from workhorse.tasks.common.runner import EvalResponse, ModelRequest, ModelSpec
 from workhorse.tasks.evaluate.prompts import PromptTask, render
 from workhorse.tasks.evaluate.scoring import SCORING_ERROR, check_spec, score_or_error
+from workhorse.tasks.golden.item import GoldenItem
 
 AS_LOGGED = "as-logged"
 CANDIDATE_VARIANTS = ("zero-shot", "few-shot", "constrained", "few-shot-constrained")

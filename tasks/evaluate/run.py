@@ -34,15 +34,31 @@ from prefect.cache_policies import NO_CACHE
 from workhorse.config import Plan, resolve
 from workhorse.errors import ConfigError
 from workhorse.tasks.common.engines import (
-    EMBEDDED_MODEL, BatchParams, VLLMServer, prepare_embedded_model, run_offline_batch,
-)
-from workhorse.tasks.evaluate.matrix import (
-    AS_LOGGED, CANDIDATE_VARIANTS, Contender, replay_incumbent, score_rows, shards,
-)
-from workhorse.tasks.common.runner import (
-    CircuitBreaker, EvalResponse, ModelRequest, ModelSpec, ResponseCache, Runner, call_cost, response_row,
+    EMBEDDED_MODEL,
+    BatchParams,
+    VLLMServer,
+    prepare_embedded_model,
+    run_offline_batch,
 )
 from workhorse.tasks.common.pricing import PriceCatalog, plan_catalog, record_throughput
+from workhorse.tasks.common.runner import (
+    CircuitBreaker,
+    EvalResponse,
+    ModelRequest,
+    ModelSpec,
+    ResponseCache,
+    Runner,
+    call_cost,
+    response_row,
+)
+from workhorse.tasks.evaluate.matrix import (
+    AS_LOGGED,
+    CANDIDATE_VARIANTS,
+    Contender,
+    replay_incumbent,
+    score_rows,
+    shards,
+)
 from workhorse.workspace import Workspace
 
 EMBEDDED_LITELLM = f"hosted_vllm/{EMBEDDED_MODEL}"

@@ -20,11 +20,26 @@ from workhorse.config import GOLDEN_SOURCE_KINDS
 from workhorse.errors import ConfigError, ContractError
 from workhorse.tasks.golden.clean import Sanity, deduplicate, scrub_items, validate_items
 from workhorse.tasks.golden.item import GoldenItem, golden_schema, items_to_table, table_to_items
-from workhorse.tasks.golden.sources import (ColumnMapping, GoldenSpec, PromptfooOptions, SampleOptions,
-                                            import_label_file, import_openai_evals, import_promptfoo_csv,
-                                            read_request_labels, sample_usage_log)
-from workhorse.tasks.golden.versions import (dev_items, golden_dir, keep_previous_splits, load_golden,
-                                             read_manifest, versions, write_version)
+from workhorse.tasks.golden.sources import (
+    ColumnMapping,
+    GoldenSpec,
+    PromptfooOptions,
+    SampleOptions,
+    import_label_file,
+    import_openai_evals,
+    import_promptfoo_csv,
+    read_request_labels,
+    sample_usage_log,
+)
+from workhorse.tasks.golden.versions import (
+    dev_items,
+    golden_dir,
+    keep_previous_splits,
+    load_golden,
+    read_manifest,
+    versions,
+    write_version,
+)
 
 __all__ = ["GoldenItem", "GoldenSpec", "SourceSpec", "RefreshOptions", "RefreshReport", "load_golden",
            "dev_items", "refresh_golden", "golden_schema", "versions", "read_manifest", "specs_from_plan",

@@ -20,8 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from workhorse.errors import ConfigError, DataError
-from workhorse.tasks.golden.item import (DEFAULT_TEST_FRACTION, TASK_TYPES, GoldenItem, make_item_id,
-                                         split_for, user_messages)
+from workhorse.tasks.golden.item import (
+    DEFAULT_TEST_FRACTION,
+    TASK_TYPES,
+    GoldenItem,
+    make_item_id,
+    split_for,
+    user_messages,
+)
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from workhorse.errors import DataError
-from workhorse.tasks.monitor import alerts
-from workhorse.tasks.monitor import incidents
+from workhorse.tasks.monitor import alerts, incidents
 from workhorse.tasks.monitor import rules as mon
 from workhorse.workspace import Workspace
 

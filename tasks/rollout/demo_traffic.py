@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING
 
 from workhorse.config import Guardrails, Plan
 from workhorse.tasks.common.engines import EMBEDDED_MODEL
-from workhorse.tasks.golden.item import GoldenItem
 from workhorse.tasks.common.runner import ModelSpec
+from workhorse.tasks.golden.item import GoldenItem
 from workhorse.testing.fake_openai import FakeServerProcess, ServerConfig
 from workhorse.workspace import Workspace
 
@@ -102,9 +102,10 @@ async def probe_arms(candidate: ModelSpec, incumbent: ModelSpec, requests: list[
 
 
 def run_scenario(workspace: Workspace, plan: Plan, scenario: Scenario, items: list[GoldenItem],
-                 engine_api_base: str) -> dict:
+                 engine_api_base: str, control) -> dict:
     """One rollout driven to its end by simulated traffic, paced and guarded by a probe of the
-    engine; returns what happened, step by step, and the guardrail it was held to."""
+    engine, ``control(use_case, workspace)`` running the control loop once; returns what happened,
+    step by step, and the guardrail it was held to."""
     from workhorse.tasks.rollout.traffic_sim import run_rollout_demo
 
     labels = list(items[0].labels or [])
@@ -125,7 +126,7 @@ def run_scenario(workspace: Workspace, plan: Plan, scenario: Scenario, items: li
             workspace, scenario.use_case, incumbent, replace(candidate, max_concurrency=engine.pace), requests,
             policy=demo_policy(plan, latency), concurrency=4, candidate_concurrency=engine.pace, params=params,
             fault=(lambda: candidate_gate.control(down=True)) if scenario.fault_at_stage else None,
-            fault_at_stage=scenario.fault_at_stage)
+            fault_at_stage=scenario.fault_at_stage, control=control)
     fault = None
     if scenario.fault_at_stage:
         fault = f"candidate endpoint down from stage {scenario.fault_at_stage}" + (

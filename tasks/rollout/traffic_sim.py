@@ -187,22 +187,19 @@ class DemoResult:
 
 
 def run_rollout_demo(workspace: Workspace | str | None, use_case: str, incumbent: ModelSpec, candidate: ModelSpec,
-                     requests: list[list[dict]], *, policy: RolloutPolicy | dict, control: Callable | None = None,
+                     requests: list[list[dict]], *, policy: RolloutPolicy | dict, control: Callable,
                      fault: Callable[[], None] | None = None, fault_at_stage: str | None = None,
                      concurrency: int = 8, max_runs: int = 30, params: dict | None = None,
                      candidate_concurrency: int | None = None) -> DemoResult:
     """Drive one rollout to promoted or reverted with simulated traffic; see the module docstring.
 
-    ``control(use_case, workspace)`` runs the control loop once (default: the ``staged_rollout`` flow).
+    ``control(use_case, workspace)`` runs the control loop once (the ``staged_rollout`` flow; tasks
+    never import flows, so the caller passes it).
     ``candidate_concurrency`` bounds the candidate's calls in flight, shadow calls included (default:
     ``concurrency``); size it with ``calibrate``.
     """
     ws = workspace if isinstance(workspace, Workspace) else Workspace.resolve(workspace)
     policy = policy if isinstance(policy, RolloutPolicy) else RolloutPolicy.model_validate(policy)
-    if control is None:
-        from workhorse.flows.rollout import staged_rollout
-
-        control = lambda uc, w: staged_rollout(uc, workspace=w)  # noqa: E731
     start_rollout(ws, use_case, incumbent, candidate, policy)
     demo = _Demo(ws, use_case, policy, control, fault, fault_at_stage, concurrency, params, candidate_concurrency)
     return asyncio.run(demo.run(Router(ws, use_case, incumbent, candidate, refresh_s=0.0), requests, max_runs))

@@ -13,11 +13,11 @@ import pytest
 from tests.reliability.corpus import CONTROL, INJECTIONS, NAMES, SCRIPT
 from workhorse.config import Plan, load_plan
 from workhorse.errors import ContractError, WorkhorseError
-from workhorse.tasks.golden import sources as gs
 from workhorse.tasks.audit import usage
 from workhorse.tasks.audit.assessment import audit_logs
-from workhorse.tasks.monitor.window import read_traffic_file
 from workhorse.tasks.common.html import write_report
+from workhorse.tasks.golden import sources as gs
+from workhorse.tasks.monitor.window import read_traffic_file
 
 SPEC = gs.GoldenSpec("ticket-routing", "classification", labels=["billing", "shipping"])
 

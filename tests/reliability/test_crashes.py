@@ -48,8 +48,12 @@ def child(started, api_url: str, env: dict, job: str, args: tuple) -> None:
     """Entry point of a forked child: the parent's Prefect server, then one flow run."""
     import os
 
-    from prefect.settings import (PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
-                                  PREFECT_SERVER_ANALYTICS_ENABLED, temporary_settings)
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
+        PREFECT_SERVER_ANALYTICS_ENABLED,
+        temporary_settings,
+    )
 
     os.environ.update(env)
     started.set()  # the kill clock starts here, not while the forkserver boots

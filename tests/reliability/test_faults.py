@@ -12,8 +12,8 @@ import pytest
 
 from tests.support.eval_kit import evaluate, make_items, plan_file
 from tests.support.inference import requests_for
+from workhorse.tasks.common.runner import ERROR_TYPES, CallFailed, CircuitBreaker, RetryPolicy, Runner
 from workhorse.tasks.golden.versions import write_version
-from workhorse.tasks.common.runner import ERROR_TYPES, CircuitBreaker, CallFailed, RetryPolicy, Runner
 from workhorse.testing.fake_openai import FAULT_KINDS, Faults
 
 MATRIX = Faults(server_error=0.08, rate_limit=0.05, hang=0.01, malformed=0.01, reset=0.02,

@@ -23,8 +23,8 @@ from workhorse.config import parse_plan
 from workhorse.flows.rollout import control_step
 from workhorse.router import Router
 from workhorse.tasks.common.runner import RetryPolicy
-from workhorse.tasks.monitor.window import monitor_window
 from workhorse.tasks.common.traffic_log import read_traffic
+from workhorse.tasks.monitor.window import monitor_window
 
 UC = "ticket-routing"
 CALLERS = 16

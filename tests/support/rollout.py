@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from workhorse.flows.rollout import staged_rollout
 from workhorse.tasks.common.runner import ModelSpec
 from workhorse.tasks.rollout.traffic_sim import run_rollout_demo
 
@@ -20,4 +21,10 @@ def demo(ws, inc_server, cand_server, **options):
     prices = dict(input_cost_per_token=1e-7, output_cost_per_token=4e-7)
     incumbent = ModelSpec("openai/fake-incumbent", api_base=inc_server.url, api_key=CANARY, **prices)
     candidate = ModelSpec("openai/fake-candidate", api_base=cand_server.url, api_key=CANARY, timeout_s=5, **prices)
-    return run_rollout_demo(ws, UC, incumbent, candidate, REQUESTS, policy=POLICY, concurrency=8, **options)
+    return run_rollout_demo(ws, UC, incumbent, candidate, REQUESTS, policy=POLICY, concurrency=8,
+                            control=control_loop_run, **options)
+
+
+def control_loop_run(use_case: str, workspace: str) -> dict:
+    """One run of the rollout control loop (the staged_rollout flow)."""
+    return staged_rollout(use_case, workspace=workspace)

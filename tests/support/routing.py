@@ -3,8 +3,8 @@ for tests of the in-process router and the exported LiteLLM config."""
 
 from __future__ import annotations
 
-from workhorse.tasks.rollout import state as routing
 from workhorse.tasks.common.runner import ModelSpec
+from workhorse.tasks.rollout import state as routing
 
 UC = "ticket-routing"
 CANARY = "sk-canary-do-not-log-7f3a"
