@@ -25,8 +25,9 @@ endif
 	$(PY) -m workhorse.tasks.common.engines --prepare
 	touch $(STAMP)
 
+# The demo lives in examples/acme/ (it imports the product, never the reverse).
 demo: install
-	$(VENV)/bin/workhorse demo
+	$(PY) -m examples.acme.demo
 
 # The browser check opens the HTML reports in headless Chromium (Debian's package; root in CI).
 .PHONY: browser

@@ -17,15 +17,7 @@ from prefect import flow, get_run_logger
 from prefect.utilities.annotations import quote
 
 from workhorse.config import plan_workspace
-from workhorse.tasks.evaluate.matrix import (
-    AS_LOGGED,
-    answer_budget,
-    best_variant,
-    build_requests,
-    few_shot_examples,
-    tuning_contenders,
-    tuning_sample,
-)
+from workhorse.tasks.evaluate.matrix import PromptPlan, choose_variants, confirmation_requests, tuning_requests
 from workhorse.tasks.evaluate.run import (
     EvalContext,
     contenders_from_plan,
@@ -71,20 +63,13 @@ async def parallel_eval(use_case: str, workspace: str | None = None, plan_path: 
     execution = execution_from(plan, task_runner, dask_address, dask_workers)
     with EvalContext(ws, run_id, shard_size, engine_api_base, execution, key_blocks_for(plan, use_case),
                      batch_engine) as context:
-        examples = few_shot_examples(dev)
-        tuned = tuning_contenders(candidates)
-        tuning_set = tuning_sample(dev, plan.eval.tuning_items)
-        budget = answer_budget(dev)
-        tuning = [r for c in tuned for v in c.variants for r in build_requests(c, v, tuning_set, examples, budget)]
-        dev_rows = await generate(context, tuning, phase="dev")
-        store_responses(ws, run_id, quote(dev_rows))
+        prompts = PromptPlan.from_dev(dev, plan.eval.tuning_items)
+        dev_rows = await generate(context, tuning_requests(candidates, prompts), phase="dev")
+        store_responses(ws, run_id, quote(dev_rows))  # paid answers on disk before anything can fail
         dev_scores = score_responses(quote(items), quote(dev_rows), scorer_options(plan, use_case))
-        by_model = {c.spec.model: best_variant(dev_scores, c.spec.label, c.spec.hosting) for c in tuned}
-        chosen = {(c.spec.label, c.spec.hosting): by_model[c.spec.model] for c in candidates}
+        chosen = choose_variants(dev_scores, candidates)
         replayed, to_call = replay_for(incumbent, test, run_id, ws) if replay else ([], test)
-        confirm = build_requests(incumbent, AS_LOGGED, to_call) if incumbent.callable else []
-        for c in candidates:
-            confirm += build_requests(c, chosen[(c.spec.label, c.spec.hosting)][0], test, examples, budget)
+        confirm = confirmation_requests(incumbent, candidates, chosen, to_call, test, prompts)
         test_rows = replayed + await generate(context, confirm, phase="test")
         throughput = context.throughput()
     store_responses(ws, run_id, quote(dev_rows + test_rows))

@@ -21,12 +21,12 @@ import pytest
 import yaml
 from rich.console import Console
 
+from examples.acme.demo import print_monitoring, print_rollouts
+from examples.acme.demo_traffic import demo_policy, latency_guardrails
+from examples.acme.playbook import ROLLOUT_SCENARIOS, rollout_with_live_traffic, watch_demo_traffic
 from workhorse.config import RolloutPolicy, load_plan
-from workhorse.demo import print_monitoring, print_rollouts
-from workhorse.flows.playbook import ROLLOUT_SCENARIOS, rollout_with_live_traffic, watch_demo_traffic
 from workhorse.tasks.golden.sources import GoldenSpec
 from workhorse.tasks.golden.versions import write_version
-from workhorse.tasks.rollout.demo_traffic import demo_policy, latency_guardrails
 from workhorse.tasks.rollout.guardrails import error_rate_check, latency_check
 from workhorse.testing import traffic as T
 

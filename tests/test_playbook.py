@@ -6,11 +6,12 @@ from pathlib import Path
 
 import pytest
 
+from examples.acme.demo_traffic import DEMO_POLICY_OVERRIDES, demo_policy, replayed_answers
+from examples.acme.playbook import generate_example_logs
 from workhorse.config import load_plan
-from workhorse.flows.playbook import evaluated_use_cases, generate_example_logs, hostings_for
+from workhorse.tasks.evaluate.run import evaluated_use_cases, hostings_for
 from workhorse.tasks.golden.sources import GoldenSpec
 from workhorse.tasks.golden.versions import write_version
-from workhorse.tasks.rollout.demo_traffic import DEMO_POLICY_OVERRIDES, demo_policy, replayed_answers
 
 ACME = Path(__file__).resolve().parents[1] / "examples" / "acme"
 
@@ -49,7 +50,7 @@ def test_demo_policy_changes_only_what_a_short_demo_needs():
 
 
 def test_example_logs_are_generated_into_the_workspace(isolated_workspace):
-    paths = generate_example_logs(ACME, isolated_workspace.subdir("logs"))
+    paths = generate_example_logs(isolated_workspace.subdir("logs"))
     assert len(paths) == 2 and all(Path(p).stat().st_size > 10_000 for p in paths)
     assert all(Path(p).parent == isolated_workspace.root / "logs" for p in paths)
 
@@ -58,7 +59,7 @@ def test_example_logs_are_generated_into_the_workspace(isolated_workspace):
                                              (["self_hosted"], False)])
 def test_an_offline_engine_starts_only_for_a_batch_arm_without_a_served_twin(hosting, needed):
     from workhorse.config import Plan
-    from workhorse.flows.playbook import needs_batch_engine
+    from workhorse.tasks.common.engines import needs_batch_engine
 
     plan = Plan.model_validate({"incumbent": "gpt-4o-mini",
                                 "use_cases": {"reviews": {"task_type": "classification", "labels": ["a", "b"],
@@ -70,7 +71,7 @@ def test_an_offline_engine_starts_only_for_a_batch_arm_without_a_served_twin(hos
 @pytest.mark.parametrize("flags, kind", [("fpu sse2 avx avx2 avx512f avx512bw", "avx512"), ("fpu avx avx2 fma", "avx2"),
                                          ("fpu sse4_2", "neither")])
 def test_the_demo_names_the_cpus_vector_extensions(flags, kind):
-    from workhorse.demo import cpu_vector_extensions
+    from examples.acme.demo import cpu_vector_extensions
 
     found, avx = cpu_vector_extensions(f"processor\t: 0\nflags\t\t: {flags}\n")
     assert found == kind and avx == sorted(f for f in flags.split() if f.startswith("avx"))

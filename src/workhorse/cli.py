@@ -27,15 +27,6 @@ def main() -> None:
 WorkspaceOption = typer.Option(None, "--workspace", "-w", help="Workspace directory (default ./.workhorse).")
 
 
-@app.command()
-def demo(workspace: Optional[Path] = WorkspaceOption,
-         example: Path = typer.Option(Path("examples/acme"), help="The example workspace to run.")) -> None:
-    """Run the playbook on the bundled Acme example with the embedded model."""
-    from workhorse.demo import run_demo
-
-    run_demo(example_dir=example, workspace=workspace, console=console)
-
-
 # Commands of the playbook steps are added below, one function each.
 
 
@@ -59,8 +50,8 @@ def evaluate(use_case: str = typer.Argument(..., help="The use case to evaluate 
 
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
-    from workhorse.demo import candidate_verdicts_table, verdict_table
     from workhorse.flows.evaluate import parallel_eval
+    from workhorse.tables import candidate_verdicts_table, verdict_table
 
     if task_runner not in (None, "threads", "dask"):  # before Prefect's own check, which prints a traceback
         raise typer.BadParameter(f"{task_runner!r} is not one of: threads, dask", param_hint="--task-runner")

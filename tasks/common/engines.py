@@ -204,9 +204,8 @@ class VLLMServer:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise EngineError(f"vLLM server exited with code {self.process.returncode}:\n{self.log_tail()}")
-            with contextlib.suppress(OSError):
-                if urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2).status == 200:
-                    return
+            if answers_health(self.api_base):
+                return
             time.sleep(0.5)
         self.stop()
         raise EngineStartTimeout(f"vLLM server not healthy after {self.start_timeout_s:.0f}s:\n{self.log_tail()}")
@@ -363,6 +362,94 @@ class OfflineEngine:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+EMBEDDED_LITELLM = f"hosted_vllm/{EMBEDDED_MODEL}"
+
+
+def _embedded_candidates(plan, hosting: str) -> bool:
+    """Whether the plan evaluates the embedded model on this hosting (an api_base means it runs elsewhere)."""
+    return any(c.model == EMBEDDED_LITELLM and hosting in c.hosting and not c.api_base for c in plan.candidates) \
+        and any(case.workload != "frontier" for case in plan.use_cases.values())
+
+
+def answers_health(api_base: str) -> bool:
+    """Whether the vLLM server at ``api_base`` (…/v1) answers its /health now."""
+    with contextlib.suppress(OSError):
+        return urllib.request.urlopen(f"{api_base.rstrip('/').removesuffix('/v1')}/health", timeout=2).status == 200
+    return False
+
+
+def wait_until(ready, what: str, timeout_s: float) -> None:
+    """Poll ``ready()`` until it is true; EngineStartTimeout naming ``what`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not ready():
+        if time.monotonic() > deadline:
+            raise EngineStartTimeout(f"{what} not ready after {timeout_s:.0f} s")
+        time.sleep(0.5)
+
+
+def needs_batch_engine(plan) -> bool:
+    """Whether some use case will batch the embedded model without also serving it: a model served
+    and batched answers both arms from the server, so no offline engine is needed then; realtime
+    use cases are never evaluated on batch."""
+    batch_only = any(c.model == EMBEDDED_LITELLM and not c.api_base and "batch" in c.hosting
+                     and "self_hosted" not in c.hosting for c in plan.candidates)
+    return batch_only and any(case.workload != "frontier" and case.latency != "realtime"
+                              for case in plan.use_cases.values())
+
+
+@dataclass
+class EmbeddedEngines:
+    """The embedded model's engines of one run: those given (already running) or started here."""
+
+    server: VLLMServer | None = None
+    batch: OfflineEngine | None = None
+    given_api_base: str | None = None
+    given_batch_folder: str | None = None
+
+    @property
+    def api_base(self) -> str | None:
+        return self.given_api_base or (self.server.api_base if self.server else None)
+
+    @property
+    def batch_folder(self) -> str | None:
+        return self.given_batch_folder or (str(self.batch.folder) if self.batch else None)
+
+    def wait_ready(self, timeout_s: float = 300.0) -> str | None:
+        """Block until the engines answer (a failed start raises here); what was waited for. Engines
+        given by the caller may still be loading (the demo launches them before writing its logs)."""
+        started, waited = time.monotonic(), []
+        if self.given_api_base:
+            wait_until(lambda: answers_health(self.given_api_base), f"vLLM server at {self.given_api_base}", timeout_s)
+            waited.append(f"vLLM server at {self.given_api_base} ready after {time.monotonic() - started:.0f} s of waiting")
+        if self.given_batch_folder:
+            folder = Path(self.given_batch_folder)
+            wait_until(lambda: (folder / "ready").exists(), f"offline engine in {folder}", timeout_s)
+        for what, engine in (("vLLM server", self.server), ("offline engine", self.batch)):
+            if engine is not None:
+                engine.wait_ready()
+                waited.append(f"{what} ready in {engine.started_in_s:.0f} s")
+        return ", ".join(waited) or None
+
+
+@contextlib.contextmanager
+def embedded_engines(plan, workspace, api_base: str | None = None, batch_folder: str | None = None):
+    """Launch (without waiting) the engines the plan needs for the embedded model and was not given,
+    stop them at the end. Each takes a minute to load on a 2-core CPU: launch early, wait late."""
+    engines = EmbeddedEngines(given_api_base=api_base, given_batch_folder=batch_folder)
+    need_server = api_base is None and _embedded_candidates(plan, "self_hosted")
+    need_batch = batch_folder is None and needs_batch_engine(plan)
+    if need_server or need_batch:
+        model_dir = prepare_embedded_model(workspace.models_dir)
+        engines.server = VLLMServer(model_dir, cache_root=workspace.subdir("vllm")).launch() if need_server else None
+        engines.batch = OfflineEngine(model_dir, workspace.subdir("vllm")).launch() if need_batch else None
+    try:
+        yield engines
+    finally:
+        for engine in (engines.server, engines.batch):
+            if engine is not None:
+                engine.stop()
 
 
 def _alive(folder: Path) -> bool:

@@ -182,3 +182,44 @@ def best_variant(scores: Iterable[dict], model: str, hosting: str) -> tuple[str,
     if not summary:
         raise ValueError(f"no dev scores for {model} ({hosting})")
     return max(summary, key=lambda v: summary[v]), summary
+
+
+@dataclass(frozen=True)
+class PromptPlan:
+    """What the dev split decides for every prompt: the few-shot examples, the answer budget, and
+    the dev items the prompt variants are tuned on."""
+
+    examples: list[GoldenItem]
+    max_tokens: int | None
+    tuning_items: list[GoldenItem]
+
+    @classmethod
+    def from_dev(cls, dev: Sequence[GoldenItem], tuning_limit: int | None) -> "PromptPlan":
+        return cls(few_shot_examples(dev), answer_budget(dev), tuning_sample(dev, tuning_limit))
+
+
+def tuning_requests(candidates: Sequence[Contender], prompts: PromptPlan) -> list[ModelRequest]:
+    """Every prompt variant of each candidate model (once per model) on the tuning items."""
+    return [request for contender in tuning_contenders(candidates) for variant in contender.variants
+            for request in build_requests(contender, variant, prompts.tuning_items, prompts.examples,
+                                          prompts.max_tokens)]
+
+
+def choose_variants(dev_scores: Iterable[dict], candidates: Sequence[Contender]) -> dict:
+    """(label, hosting) → (best variant, mean dev score per variant): a model's hostings share its choice."""
+    dev_scores = list(dev_scores)
+    by_model = {c.spec.model: best_variant(dev_scores, c.spec.label, c.spec.hosting)
+                for c in tuning_contenders(candidates)}
+    return {(c.spec.label, c.spec.hosting): by_model[c.spec.model] for c in candidates}
+
+
+def confirmation_requests(incumbent: Contender, candidates: Sequence[Contender], chosen: dict,
+                  incumbent_items: Sequence[GoldenItem], test: Sequence[GoldenItem],
+                  prompts: PromptPlan) -> list[ModelRequest]:
+    """The test phase's calls: the incumbent as logged on the items it must answer live (if it can
+    be called), and each candidate with its chosen variant on every test item."""
+    requests = build_requests(incumbent, AS_LOGGED, incumbent_items) if incumbent.callable else []
+    for c in candidates:
+        requests += build_requests(c, chosen[(c.spec.label, c.spec.hosting)][0], test, prompts.examples,
+                                   prompts.max_tokens)
+    return requests

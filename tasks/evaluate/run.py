@@ -34,7 +34,7 @@ from prefect.cache_policies import NO_CACHE
 from workhorse.config import Plan, resolve
 from workhorse.errors import ConfigError
 from workhorse.tasks.common.engines import (
-    EMBEDDED_MODEL,
+    EMBEDDED_LITELLM,
     BatchParams,
     VLLMServer,
     prepare_embedded_model,
@@ -61,8 +61,6 @@ from workhorse.tasks.evaluate.matrix import (
 )
 from workhorse.workspace import Workspace
 
-EMBEDDED_LITELLM = f"hosted_vllm/{EMBEDDED_MODEL}"
-
 
 def is_embedded(spec: ModelSpec) -> bool:
     return spec.model == EMBEDDED_LITELLM and not spec.api_base
@@ -76,6 +74,18 @@ def has_credentials(model: str) -> bool:
 
     litellm.suppress_debug_info = True
     return bool(litellm.validate_environment(model=model).get("keys_in_environment"))
+
+
+def hostings_for(latency: str | None) -> list[str]:
+    """A realtime use case cannot wait for a batch: evaluate batch hosting only where it could serve."""
+    return ["api", "self_hosted"] if latency == "realtime" else ["api", "self_hosted", "batch"]
+
+
+def evaluated_use_cases(plan: Plan, workspace: Workspace) -> list[str]:
+    """Workhorse use cases that have a golden set (a refused refresh leaves the last good version)."""
+    from workhorse.tasks.golden.versions import versions
+
+    return [name for name, case in plan.use_cases.items() if case.workload != "frontier" and versions(workspace, name)]
 
 
 def contenders_from_plan(plan: Plan, use_case: str, models: list[str] | None, hostings: list[str] | None,

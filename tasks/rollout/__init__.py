@@ -5,5 +5,4 @@ guardrails.py      the analysis of one step: candidate against incumbent on the 
 report.py          the rollout's markdown artifact
 litellm_export.py  the weights as a LiteLLM Router/Proxy config
 traffic_sim.py     replayed traffic through the router, paced to the engine (demo and tests)
-demo_traffic.py    the demo's rollout scenarios with the embedded model
 """

@@ -1,18 +1,22 @@
-"""`workhorse demo`: the whole playbook on the bundled Acme example, with the embedded model.
+"""`make demo`: the whole playbook on the bundled Acme example, with the embedded model.
 
-Runs the ``migration_playbook`` flow (audit → golden sets → evaluation with SmolLM2 served and
-batched by vLLM → …) and prints a one-screen summary with the path of each report.
+    python -m examples.acme.demo [--workspace DIR]     (from the repository root)
+
+Runs the ``acme_demo`` flow (Acme's logs → the product's migration playbook: audit, golden sets,
+evaluation with SmolLM2 served by vLLM → rollouts on replayed traffic → monitoring) and prints a
+one-screen summary with the path of each report. The demo imports the product, never the reverse.
 """
 
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from pathlib import Path
 
 from rich.console import Console
-from rich.table import Table
 
+from workhorse.tables import candidate_verdicts_table, variant_table, verdict_table
 from workhorse.tasks.common.engines import cpu_flags, engine_dtype
 from workhorse.workspace import Workspace
 
@@ -42,14 +46,14 @@ def print_machine(console: Console) -> None:
 def run_demo(example_dir: Path, workspace: Path | None, console: Console) -> dict:
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
-    from workhorse.flows.playbook import migration_playbook
+    from examples.acme.playbook import acme_demo
 
     ws = Workspace.resolve(workspace)
     print_machine(console)
     started = time.monotonic()
     # The heartbeat thread makes every synchronous flow call wait about a second at its end.
     with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-        summary = asyncio.run(migration_playbook(example_dir=str(example_dir), workspace=str(ws.root)))
+        summary = asyncio.run(acme_demo(example_dir=str(example_dir), workspace=str(ws.root)))
     print_summary(console, summary, time.monotonic() - started)
     return summary
 
@@ -71,49 +75,6 @@ def print_summary(console: Console, summary: dict, wall_s: float) -> None:
     for use_case, evaluation in summary["evaluations"].items():
         console.print(f"         eval  {use_case}: {evaluation['report']}")
     console.print(f"demo finished in {wall_s / 60:.1f} min; workspace {summary['workspace']}")
-
-
-def variant_table(evaluations: dict) -> Table:
-    """What each prompt variant scored on dev: constrained decoding is what makes a tiny model usable."""
-    table = Table(title="3 · evaluation — prompt variants of the candidate on dev (mean score)")
-    variants = sorted({v for e in evaluations.values() for c in e["chosen_variants"].values() for v in c["dev_scores"]})
-    table.add_column("use case")
-    table.add_column("candidate")
-    for variant in variants:
-        table.add_column(variant, justify="right")
-    table.add_column("chosen")
-    for use_case, evaluation in evaluations.items():
-        for candidate, choice in evaluation["chosen_variants"].items():
-            scores = [f"{choice['dev_scores'][v]:.0%}" if v in choice["dev_scores"] else "–" for v in variants]
-            table.add_row(use_case, candidate, *scores, choice["variant"])
-    return table
-
-
-def verdict_table(evaluations: dict) -> Table:
-    table = Table(title="3 · evaluation — on test, against the incumbent's logged answers")
-    for column in ("use case", "arm", "items", "accuracy", "score", "p50 ms", "$ / 1k items"):
-        table.add_column(column, justify="left" if column in ("use case", "arm") else "right")
-    for use_case, evaluation in evaluations.items():
-        for line in (l for l in evaluation["leaderboard"] if l["split"] == "test"):
-            table.add_row(use_case, f"{line['model']} · {line['prompt_variant']}", str(line["items"]),
-                          _fmt(line["accuracy"], "{:.0%}"), _fmt(line["score"], "{:.2f}"),
-                          _fmt(line["latency_p50_ms"], "{:.0f}"), _fmt(line["cost_per_1k_items"], "${:.4f}"))
-    return table
-
-
-def candidate_verdicts_table(evaluations: dict) -> Table:
-    """One row per candidate and hosting: its own decision, the paired difference and its CI."""
-    table = Table(title="3 · evaluation — verdict per candidate (test split)")
-    for column in ("use case", "candidate", "hosting", "decision", "why", "Δ vs incumbent", "CI", "n", "p"):
-        table.add_column(column, justify="right" if column in ("n", "p", "Δ vs incumbent", "CI") else "left")
-    for use_case, evaluation in evaluations.items():
-        for c in evaluation["verdict"].get("candidates") or []:
-            bar = c.get("against") == "min_score"  # the numbers are the candidate's own, against the bar
-            diff = _fmt(c["diff"], "{:.1%}" if bar else "{:+.1%}") + (" (abs.)" if bar and c["diff"] is not None else "")
-            ci = "–" if c["ci_low"] is None else f"{c['ci_low']:+.1%} … {c['ci_high']:+.1%}"
-            table.add_row(use_case, c["model"] + (" ★" if c["chosen"] else ""), c["hosting"], c["decision"],
-                          c["why"], diff, ci, str(c["n"]), _fmt(c["p_value"], "{:.2g}"))
-    return table
 
 
 def print_verdicts(console: Console, evaluations: dict) -> None:
@@ -166,5 +127,16 @@ def print_monitoring(console: Console, monitoring: dict | None) -> None:
         console.print("   " + message_text(message).replace("\n", "\n   "))
 
 
-def _fmt(value, pattern: str) -> str:
-    return "–" if value is None else pattern.format(value)
+def main() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Acme's migration playbook with the embedded model.")
+    parser.add_argument("--workspace", "-w", type=Path, default=None, help="Workspace directory (default ./.workhorse).")
+    parser.add_argument("--example", type=Path, default=Path(__file__).resolve().parent,
+                        help="The example folder (its workhorse.yaml and generate.py).")
+    args = parser.parse_args()
+    run_demo(args.example, args.workspace, Console(width=None if sys.stdout.isatty() else 120))
+
+
+if __name__ == "__main__":
+    main()
