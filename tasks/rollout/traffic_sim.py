@@ -1,11 +1,12 @@
 """Traffic simulator: replays logged requests through the Router against real endpoints.
 
-``simulate`` sends one request per user key (cycling through the given message lists) and counts
-what happened per arm; ``keys_for_step`` draws random keys until the step's smaller arm has
-enough of them, sent in their order by a fixed number of users. ``run_rollout_demo`` drives a whole rollout: start → (simulate one step's
-traffic, run the control loop once) until promoted or reverted, optionally injecting a fault (a
-callable, e.g. ``lambda: server.control(down=True)``) when a given stage begins, and reports the
-loop runs from the fault to the revert and the requests per step.
+``simulate`` sends one request per user key (cycling through the given message lists), in the
+keys' order by a fixed number of users, and counts what happened per arm; ``keys_for_step`` draws
+random keys until the step's smaller arm has enough of them. ``run_rollout_demo`` drives a whole
+rollout: start → (simulate one step's traffic, run the control loop once) until promoted or
+reverted, optionally injecting a fault (a callable, e.g. ``lambda: server.control(down=True)``)
+when a given stage begins, and reports the loop runs from the fault to the revert and the
+requests per step.
 
 Pacing: simulated traffic arrives as fast as the client can send it, which a self-hosted engine
 on a CPU cannot serve; requests it cannot serve queue inside it, and the guardrails would then
