@@ -21,8 +21,8 @@ def demo(ws, inc_server, cand_server, **options):
     prices = dict(input_cost_per_token=1e-7, output_cost_per_token=4e-7)
     incumbent = ModelSpec("openai/fake-incumbent", api_base=inc_server.url, api_key=CANARY, **prices)
     candidate = ModelSpec("openai/fake-candidate", api_base=cand_server.url, api_key=CANARY, timeout_s=5, **prices)
-    return run_rollout_demo(ws, UC, incumbent, candidate, REQUESTS, policy=POLICY, concurrency=8,
-                            control=control_loop_run, **options)
+    options.setdefault("control", control_loop_run)
+    return run_rollout_demo(ws, UC, incumbent, candidate, REQUESTS, policy=POLICY, concurrency=8, **options)
 
 
 def control_loop_run(use_case: str, workspace: str) -> dict:
