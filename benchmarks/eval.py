@@ -86,7 +86,7 @@ def flow_seconds(root: Path) -> float:
 
     flow(lambda: None, name="warm-up")()  # the temporary Prefect server starts here, off the clock
     started = time.perf_counter()
-    asyncio.run(parallel_eval(use_case="banking", workspace=str(root), plan_path=str(root / "workhorse.yaml"),
+    asyncio.run(parallel_eval(use_case="banking", workspace=str(root), plan=str(root / "workhorse.yaml"),
                               variants=["zero-shot"], replay=False))
     return time.perf_counter() - started
 

@@ -54,7 +54,7 @@ def timed_eval(root: Path, **execution) -> tuple[float, dict]:
     from workhorse.flows.evaluate import parallel_eval
 
     started = time.perf_counter()
-    summary = asyncio.run(parallel_eval(use_case="banking", workspace=str(root), plan_path=str(root / "workhorse.yaml"),
+    summary = asyncio.run(parallel_eval(use_case="banking", workspace=str(root), plan=str(root / "workhorse.yaml"),
                                         variants=["zero-shot"], replay=False, **execution))
     return time.perf_counter() - started, summary
 

@@ -36,7 +36,7 @@ from workhorse.tasks.golden.versions import load_golden
 
 
 @flow(name="parallel-eval", log_prints=True)
-async def parallel_eval(use_case: str, workspace: str | None = None, plan_path: str | None = None,
+async def parallel_eval(use_case: str, workspace: str | None = None, plan: str | dict | None = None,
                   models: list[str] | None = None, hostings: list[str] | None = None,
                   variants: list[str] | None = None, shard_size: int = 200, replay: bool = True,
                   run_id: str | None = None, engine_api_base: str | None = None,
@@ -52,7 +52,7 @@ async def parallel_eval(use_case: str, workspace: str | None = None, plan_path: 
     ``dask_address``, else on a LocalCluster of ``dask_workers`` processes; the plan's ``eval``
     section sets them too. Same responses and scores either way."""
     logger = get_run_logger()
-    ws, plan = plan_workspace(workspace, plan_path)
+    ws, plan = plan_workspace(workspace, plan)
     items = load_golden(ws, use_case)
     dev, test = [i for i in items if i.split == "dev"], [i for i in items if i.split == "test"]
     run_id = run_id or f"eval-{use_case}-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}"

@@ -46,12 +46,12 @@ def publish(summary) -> None:
 
 
 @flow(name="monitoring", log_prints=True)
-def monitoring(workspace: str | None = None, plan_path: str | None = None, window_minutes: int | None = None,
+def monitoring(workspace: str | None = None, plan: str | dict | None = None, window_minutes: int | None = None,
                use_cases: list[str] | None = None, now: datetime | None = None,
                slack_webhook_url: SecretStr | None = None, traffic_path: str | None = None) -> dict:
     """Evaluate the window ending ``now`` (default: the current time) and alert on breaches."""
     logger = get_run_logger()
-    ws, plan = plan_workspace(workspace, plan_path)
+    ws, plan = plan_workspace(workspace, plan)
     webhook = resolve_webhook_url(slack_webhook_url, plan)
     if webhook is None:
         logger.warning("no Slack webhook configured: alerts are queued in state.db until one is")

@@ -20,7 +20,7 @@ from workhorse.tasks.evaluate.run import evaluated_use_cases, hostings_for
 
 
 @flow(name="migration-playbook", log_prints=True)
-async def migration_playbook(plan_path: str | None = None, logs: list[str] | None = None,
+async def migration_playbook(plan: str | dict | None = None, logs: list[str] | None = None,
                              workspace: str | None = None, engine_api_base: str | None = None,
                              batch_engine: str | None = None) -> dict:
     """Audit ``logs``, refresh the golden sets and evaluate each workhorse use case of the plan.
@@ -28,20 +28,20 @@ async def migration_playbook(plan_path: str | None = None, logs: list[str] | Non
     ``engine_api_base`` / ``batch_engine``: a running server and offline engine for the embedded
     model (the demo shares its own with the rollouts); else they are started here if needed."""
     logger = get_run_logger()
-    ws, plan = plan_workspace(workspace, plan_path)
-    with embedded_engines(plan, ws, engine_api_base, batch_engine) as engines:  # loading from here on
-        audit = usage_audit(logs=logs, plan=plan_path, workspace=str(ws.root))
+    ws, loaded = plan_workspace(workspace, plan)
+    with embedded_engines(loaded, ws, engine_api_base, batch_engine) as engines:  # loading from here on
+        audit = usage_audit(logs=logs, plan=plan, workspace=str(ws.root))
         try:
-            golden = golden_dataset_refresh(plan=plan_path, workspace=str(ws.root))
+            golden = golden_dataset_refresh(plan=plan, workspace=str(ws.root))
         except ContractError as error:  # one refused use case must not stop the others' evaluation
             logger.warning("golden refresh: %s", error)
             golden = []
         if ready := engines.wait_ready():  # a failed start raises here, before any evaluation
             logger.info(ready)
         evaluations = {}
-        for use_case in evaluated_use_cases(plan, ws):
+        for use_case in evaluated_use_cases(loaded, ws):
             evaluations[use_case] = await parallel_eval(
-                use_case=use_case, workspace=str(ws.root), plan_path=plan_path,
-                hostings=hostings_for(plan.use_cases[use_case].latency), engine_api_base=engines.api_base,
+                use_case=use_case, workspace=str(ws.root), plan=plan,
+                hostings=hostings_for(loaded.use_cases[use_case].latency), engine_api_base=engines.api_base,
                 batch_engine=engines.batch_folder)
     return {"workspace": str(ws.root), "audit": audit, "golden": golden, "evaluations": evaluations}

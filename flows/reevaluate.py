@@ -18,7 +18,7 @@ from workhorse.tasks.monitor.window import alert_results, migrated_use_cases, re
 
 
 @flow(name="weekly-reevaluation", log_prints=True)
-async def weekly_reevaluation(workspace: str | None = None, plan_path: str | None = None, use_cases: list[str] | None = None,
+async def weekly_reevaluation(workspace: str | None = None, plan: str | dict | None = None, use_cases: list[str] | None = None,
                         refresh_golden: bool = True, slack_webhook_url: SecretStr | None = None) -> dict:
     """Golden refresh + eval per migrated use case, then one guardrail result per use case."""
     from prefect.runtime import flow_run
@@ -27,18 +27,18 @@ async def weekly_reevaluation(workspace: str | None = None, plan_path: str | Non
     from workhorse.flows.golden import golden_dataset_refresh
 
     logger = get_run_logger()
-    ws, plan = plan_workspace(workspace, plan_path)
-    migrated = {k: v for k, v in migrated_use_cases(ws, plan).items() if not use_cases or k in use_cases}
+    ws, loaded = plan_workspace(workspace, plan)
+    migrated = {k: v for k, v in migrated_use_cases(ws, loaded).items() if not use_cases or k in use_cases}
     results, verdicts = [], {}
     for use_case, model in migrated.items():
         if refresh_golden:
-            state = golden_dataset_refresh(plan=plan_path, workspace=str(ws.root), use_cases=[use_case], return_state=True)
+            state = golden_dataset_refresh(plan=plan, workspace=str(ws.root), use_cases=[use_case], return_state=True)
             if not state.is_completed():  # evaluate on the last good version rather than not at all
                 logger.warning("%s: golden refresh failed (%s); evaluating the previous version", use_case, state.message)
-        summary = await parallel_eval(use_case, workspace=str(ws.root), plan_path=plan_path)
+        summary = await parallel_eval(use_case, workspace=str(ws.root), plan=plan)
         verdicts[use_case] = (summary.get("verdict") or {}).get("decision")
         results.append(reevaluation_result(use_case, model, summary))
-    alerted = alert_results(ws, plan, results, webhook_url=resolve_webhook_url(slack_webhook_url, plan),
+    alerted = alert_results(ws, loaded, results, webhook_url=resolve_webhook_url(slack_webhook_url, loaded),
                             flow_run_url=flow_run.ui_url)
     logger.info("re-evaluated %s: %s", sorted(migrated) or "none (nothing migrated)", verdicts)
     return {"verdicts": verdicts, **summary_dict(alerted)}

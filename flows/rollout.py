@@ -19,9 +19,9 @@ from workhorse.workspace import Workspace
 
 
 @task(cache_policy=NO_CACHE)
-def analyze_step(workspace: str, use_case: str, plan_path: str | None) -> Analysis | None:
+def analyze_step(workspace: str, use_case: str, plan: str | dict | None) -> Analysis | None:
     """The guardrails' verdict on the current step (None when nothing is rolling out)."""
-    _, plan = plan_workspace(workspace, plan_path)
+    _, plan = plan_workspace(workspace, plan)
     return analyze_rollout(workspace, use_case, validator=validator_for(plan.use_cases.get(use_case)))
 
 
@@ -31,10 +31,10 @@ def apply_analysis(workspace: str, use_case: str, analysis: Analysis) -> Transit
     return advance(workspace, use_case, analysis)
 
 
-def control_step(use_case: str, workspace: str | None = None, plan_path: str | None = None) -> dict:
+def control_step(use_case: str, workspace: str | None = None, plan: str | dict | None = None) -> dict:
     """One run of the loop as plain functions (what the flow wires; also usable without Prefect)."""
     ws = str(Workspace.resolve(workspace).root)
-    analysis = analyze_step.fn(ws, use_case, plan_path)
+    analysis = analyze_step.fn(ws, use_case, plan)
     transition = apply_analysis.fn(ws, use_case, analysis) if analysis else None
     return summary(ws, use_case, analysis, transition)
 
@@ -48,12 +48,12 @@ def summary(workspace: str, use_case: str, analysis: Analysis | None, transition
 
 
 @flow(name="staged-rollout", log_prints=True)
-def staged_rollout(use_case: str, workspace: str | None = None, plan_path: str | None = None) -> dict:
+def staged_rollout(use_case: str, workspace: str | None = None, plan: str | dict | None = None) -> dict:
     """Evaluate the current step of a use case's rollout and advance at most one step (or revert/pause)."""
     from prefect.artifacts import create_markdown_artifact
 
     ws = str(Workspace.resolve(workspace).root)
-    analysis = analyze_step(ws, use_case, plan_path)
+    analysis = analyze_step(ws, use_case, plan)
     transition = apply_analysis(ws, use_case, analysis) if analysis else None
     result = summary(ws, use_case, analysis, transition)
     create_markdown_artifact(key=artifact_key(use_case), markdown=rollout_markdown(result),

@@ -182,7 +182,7 @@ def test_each_deployment_runs_once_to_completed_with_its_artifacts(prefect_serve
     monkeypatch.setenv("OPENAI_API_BASE", fake.url)  # the incumbent, where replay has no logged answer
     root = str(isolated_workspace.root)
     plan = str(small_acme_plan(tmp_path / "workhorse.yaml", fake.url))
-    overrides = {"workspace": root, "plan": plan, "plan_path": plan, "logs": acme_logs(tmp_path / "logs"),
+    overrides = {"workspace": root, "plan": plan, "logs": acme_logs(tmp_path / "logs"),
                  "slack_webhook_url": "http://127.0.0.1:9/never-called"}
     save_slack_block("http://127.0.0.1:9/never-called")
     deployments = build_deployments(PROJECT_FILE, overrides=overrides, with_schedules=False)

@@ -55,7 +55,7 @@ def test_banking77_slice_through_both_hosting_modes(prefect_server, shared_datas
     plan = write_plan(tmp_path / "workhorse.yaml")
 
     summary = asyncio.run(parallel_eval(use_case="banking", workspace=str(isolated_workspace.root),
-                                        plan_path=str(plan), variants=["zero-shot", "constrained"]))
+                                        plan=str(plan), variants=["zero-shot", "constrained"]))
 
     responses = pq.read_table(summary["responses"]).to_pylist()
     assert {r["hosting"] for r in responses} == {"self_hosted", "batch"}

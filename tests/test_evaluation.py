@@ -165,7 +165,7 @@ def test_weekly_reevaluation_alerts_once_when_a_migrated_model_falls_behind(pref
     with SlackReceiver() as slack:
         monkeypatch.setenv("WORKHORSE_SLACK_WEBHOOK_URL", slack.url)
         result = asyncio.run(weekly_reevaluation(workspace=str(isolated_workspace.root),
-                                                 plan_path=str(tmp_path / "workhorse.yaml"), refresh_golden=False))
+                                                 plan=str(tmp_path / "workhorse.yaml"), refresh_golden=False))
         assert result["verdicts"] == {"routing": "keep"}
         assert len(slack.messages) == 1 and "routing" in json.dumps(slack.messages[0])
 
@@ -308,7 +308,7 @@ def test_an_array_schema_extraction_runs_to_a_verdict_and_a_report(prefect_serve
     from workhorse.flows.evaluate import parallel_eval
 
     summary = asyncio.run(parallel_eval(use_case="extract", workspace=str(isolated_workspace.root),
-                                        plan_path=str(tmp_path / "workhorse.yaml"), variants=["zero-shot"]))
+                                        plan=str(tmp_path / "workhorse.yaml"), variants=["zero-shot"]))
 
     assert summary["verdict"]["decision"] == "keep", summary["verdict"]["reason"]  # a third of orders wrong
     scores = pq.read_table(summary["scores"]).to_pylist()

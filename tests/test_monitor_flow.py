@@ -291,7 +291,7 @@ def test_the_flow_publishes_events_and_artifacts_and_never_reveals_the_webhook(
         secret = slack.url
         if source == "environment":
             monkeypatch.setenv("WORKHORSE_SLACK_WEBHOOK_URL", secret)
-        options = dict(workspace=str(workspace.root), plan_path=str(plan_file), traffic_path=str(path),
+        options = dict(workspace=str(workspace.root), plan=str(plan_file), traffic_path=str(path),
                        slack_webhook_url=SecretStr(secret) if source == "parameter" else None)
         monitoring(now=T0 + timedelta(minutes=15), **options)
         slack.fail_next(3, 500)  # the error path must not leak the URL either

@@ -51,7 +51,7 @@ def test_the_playbook_audits_refreshes_and_evaluates_a_teams_own_plan(isolated_w
     plan_path = tmp_path / "workhorse.yaml"
     plan_path.write_text(yaml.safe_dump(plan))
 
-    summary = asyncio.run(migration_playbook(plan_path=str(plan_path), logs=[str(log)], workspace=str(ws.root)))
+    summary = asyncio.run(migration_playbook(plan=str(plan_path), logs=[str(log)], workspace=str(ws.root)))
 
     assert summary["audit"].read == len(rows) == summary["audit"].accepted
     golden = load_golden(ws, "routing")

@@ -16,7 +16,7 @@ from workhorse.tasks.monitor.rules import monitor_settings
 from workhorse.tasks.monitor.window import MonitorSummary, monitor_window, summary_dict
 
 
-def run_demo_monitoring(workspace, plan_path=None, traffic: pa.Table | None = None, webhook_url: str | None = None,
+def run_demo_monitoring(workspace, plan=None, traffic: pa.Table | None = None, webhook_url: str | None = None,
                         console=None) -> dict:
     """Monitoring at the end of ``make demo``: consecutive windows over ``traffic`` (default: a
     healthy window then a candidate error burst), posted to ``webhook_url`` or to a local Slack
@@ -25,7 +25,7 @@ def run_demo_monitoring(workspace, plan_path=None, traffic: pa.Table | None = No
     from workhorse.config import plan_workspace
     from workhorse.testing.slack_receiver import SlackReceiver
 
-    ws, plan = plan_workspace(workspace, plan_path)
+    ws, plan = plan_workspace(workspace, plan)
     settings = monitor_settings(plan.monitoring)
     traffic = error_burst_traffic(plan) if traffic is None else traffic
     with SlackReceiver() as receiver:

@@ -41,7 +41,7 @@ async def acme_demo(example_dir: str = "examples/acme", workspace: str | None = 
     ws, plan = plan_workspace(Workspace.resolve(workspace).root, plan_file)
     with embedded_engines(plan, ws) as engines:  # loading while the logs are written and audited
         logs = generate_example_logs(ws.subdir("logs"))
-        summary = await migration_playbook(plan_path=plan_file, logs=logs, workspace=str(ws.root),
+        summary = await migration_playbook(plan=plan_file, logs=logs, workspace=str(ws.root),
                                            engine_api_base=engines.api_base, batch_engine=engines.batch_folder)
         # These drive their own event loops (traffic, control loop): run them off the flow's loop.
         rollouts = [await asyncio.to_thread(rollout_with_live_traffic, ws, plan, scenario, engines.api_base)

@@ -57,7 +57,7 @@ def evaluate(use_case: str = typer.Argument(..., help="The use case to evaluate 
         raise typer.BadParameter(f"{task_runner!r} is not one of: threads, dask", param_hint="--task-runner")
     with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
         summary = asyncio.run(parallel_eval(
-            use_case=use_case, workspace=str(workspace) if workspace else None, plan_path=str(plan) if plan else None,
+            use_case=use_case, workspace=str(workspace) if workspace else None, plan=str(plan) if plan else None,
             models=model or None, hostings=hosting or None, variants=variant or None, replay=not no_replay,
             task_runner=task_runner, dask_address=dask_address, dask_workers=dask_workers))
     console.print(verdict_table({use_case: summary}))
@@ -81,7 +81,7 @@ def monitor(plan: Optional[Path] = typer.Option(None, help="The migration plan (
     from workhorse.flows.monitor import monitoring
 
     try:
-        result = monitoring(workspace=str(workspace) if workspace else None, plan_path=str(plan) if plan else None,
+        result = monitoring(workspace=str(workspace) if workspace else None, plan=str(plan) if plan else None,
                             window_minutes=window_minutes, use_cases=use_case or None,
                             traffic_path=str(traffic) if traffic else None)
     except WorkhorseError as error:
@@ -236,7 +236,7 @@ def rollout_advance(use_case: str, force: bool = typer.Option(False, help="Move 
         from workhorse.flows.rollout import staged_rollout
 
         result = staged_rollout(use_case, workspace=str(workspace) if workspace else None,
-                                plan_path=str(plan) if plan else None)
+                                plan=str(plan) if plan else None)
         console.print(f"analysis: {result['outcome']}")
     _print_rollout(current_state(workspace, use_case), workspace)
 

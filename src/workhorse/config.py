@@ -461,12 +461,12 @@ def plan_from(plan: str | os.PathLike | dict | Plan | None, workspace_root: Path
 
 
 def plan_workspace(workspace: str | os.PathLike | None = None,
-                   plan_path: str | os.PathLike | None = None) -> tuple["Workspace", Plan]:
-    """The workspace, bound to the state store its plan names, and the plan."""
+                   plan: str | os.PathLike | dict | Plan | None = None) -> tuple["Workspace", Plan]:
+    """The workspace, bound to the state store its plan names, and the plan (as ``plan_from`` reads it)."""
     from workhorse.workspace import Workspace
 
     ws = Workspace.resolve(workspace)
-    plan = load_plan(plan_path, ws.root)
+    plan = plan_from(plan, ws.root)
     if plan.state_url:  # a plan without one leaves an existing binding alone
         ws.pin_state_url(plan.state_url)
     return ws, plan

@@ -80,9 +80,9 @@ def run_pipeline(workspace: Path, logs: list[Path], plan: Path) -> None:
 
     usage_audit(logs=[str(p) for p in logs], plan=str(plan), workspace=str(workspace))
     golden_dataset_refresh(plan=str(plan), workspace=str(workspace), use_cases=[USE_CASE])
-    asyncio.run(parallel_eval(use_case=USE_CASE, workspace=str(workspace), plan_path=str(plan),
+    asyncio.run(parallel_eval(use_case=USE_CASE, workspace=str(workspace), plan=str(plan),
                               variants=["zero-shot"], hostings=["api"]))
-    monitoring(workspace=str(workspace), plan_path=str(plan), window_minutes=60 * 24 * 31,
+    monitoring(workspace=str(workspace), plan=str(plan), window_minutes=60 * 24 * 31,
                now=datetime(2025, 7, 1, tzinfo=timezone.utc))
 
 

@@ -49,4 +49,4 @@ def plan_file(tmp_path, candidates, incumbent="openai/incumbent-model", min_item
 def evaluate(workspace, plan, **options):
     from workhorse.flows.evaluate import parallel_eval
 
-    return asyncio.run(parallel_eval(use_case="routing", workspace=str(workspace.root), plan_path=plan, **options))
+    return asyncio.run(parallel_eval(use_case="routing", workspace=str(workspace.root), plan=plan, **options))
