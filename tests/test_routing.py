@@ -3,7 +3,6 @@ transition, and concurrent advances (threads and processes) with a known arm at 
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import subprocess
 import sys
@@ -141,12 +140,22 @@ def test_revert_is_idempotent_and_alerts_once(isolated_workspace):
     assert len(sent) == 1
 
 
+# The child kills itself where a power cut would hurt most, by wrapping the function that runs
+# next: between the weight's write and its history row (same transaction), or after the revert's
+# commit, before its alert goes out.
 CHILD = """
-import sys, workhorse
+import os, signal, sys
 from workhorse.workspace import Workspace
 from workhorse.tasks.rollout import state as routing
-ws = Workspace.resolve(sys.argv[1])
-if sys.argv[2] == "advance":
+
+def killed_before(name):
+    def kill(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGKILL)
+    setattr(routing, name, kill)
+
+ws, action, crash_at = Workspace.resolve(sys.argv[1]), sys.argv[2], sys.argv[3]
+killed_before({"after_state_write": "_append_history", "after_revert_commit": "_announce_if_reverted"}[crash_at])
+if action == "advance":
     routing.advance(ws, "ticket-routing", manual=True)
 else:
     routing.revert(ws, "ticket-routing", "injected", {"k": 1}, notify=lambda p: print("ALERTED"))
@@ -154,9 +163,8 @@ else:
 
 
 def run_child(ws, action: str, crash_at: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "WORKHORSE_CRASH_AT": crash_at}
-    return subprocess.run([sys.executable, "-c", CHILD, str(ws.root), action], env=env, capture_output=True, text=True,
-                          timeout=60)
+    return subprocess.run([sys.executable, "-c", CHILD, str(ws.root), action, crash_at], capture_output=True,
+                          text=True, timeout=60)
 
 
 @pytest.mark.parametrize("action", ["advance", "revert"])

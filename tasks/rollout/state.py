@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import signal
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable
 
@@ -166,12 +164,6 @@ def _ws(workspace: Workspace | str | None) -> Workspace:
 
 # --- the one way to change state -----------------------------------------------------------
 
-def _crash_point(name: str) -> None:
-    """Test hook: ``WORKHORSE_CRASH_AT=<name>`` kills this process here, as a power cut would."""
-    if os.environ.get("WORKHORSE_CRASH_AT") == name:
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
 def _transact(workspace: Workspace, use_case: str, action: str,
               decide: Callable[[RolloutState], RolloutState | None]) -> Transition:
     """Read, decide and write state + history in ONE immediate transaction (compare-and-set)."""
@@ -182,7 +174,6 @@ def _transact(workspace: Workspace, use_case: str, action: str,
             return _transition(old, old, action, changed=False)
         new = replace(new, version=old.version + 1, updated_at=now_micros())
         _write(connection, old, new)
-        _crash_point("after_state_write")
         _append_history(connection, old, new, action)
         return _transition(old, new, action)
 
@@ -397,7 +388,6 @@ def _announce_if_reverted(workspace: Workspace, transition: Transition,
                           notify: Callable[[dict], None] | None) -> None:
     if transition.to_stage != "reverted":
         return
-    _crash_point("after_revert_commit")
     if not transition.changed and not _claim_stale_alert(workspace, transition.use_case):
         return
     state = current_state(workspace, transition.use_case)
