@@ -48,13 +48,20 @@ def generate(path: Path, rows: int, seed: int = 7) -> None:
             n = min(CHUNK, rows - offset)
             ids = np.char.add("req-", np.arange(offset, offset + n).astype(str))
             columns = {
-                "request_id": pa.array(ids), "ts": pa.array(start + rng.integers(0, 90 * 86400 * 10**6, n), USAGE_SCHEMA.field("ts").type),
+                "request_id": pa.array(ids),
+                "ts": pa.array(start + rng.integers(0, 90 * 86400 * 10**6, n), USAGE_SCHEMA.field("ts").type),
                 "use_case": pa.array(np.array(USE_CASES)[rng.integers(0, 5, n)]),
-                "model": pa.array(np.array(MODELS)[rng.integers(0, 5, n)]), "provider": pa.array(["openai"] * n),
-                "prompt_tokens": pa.array(rng.integers(20, 2000, n)), "completion_tokens": pa.array(rng.integers(1, 500, n)),
-                "latency_ms": pa.array(rng.uniform(100, 5000, n)), "status": pa.array(np.where(rng.random(n) < 0.01, "error", "ok")),
-                "error_type": pa.nulls(n, pa.string()), "cost_usd": pa.nulls(n, pa.float64()),
-                "request": pa.nulls(n, pa.string()), "response": pa.nulls(n, pa.string()), "metadata": pa.array(["{}"] * n),
+                "model": pa.array(np.array(MODELS)[rng.integers(0, 5, n)]),
+                "provider": pa.array(["openai"] * n),
+                "prompt_tokens": pa.array(rng.integers(20, 2000, n)),
+                "completion_tokens": pa.array(rng.integers(1, 500, n)),
+                "latency_ms": pa.array(rng.uniform(100, 5000, n)),
+                "status": pa.array(np.where(rng.random(n) < 0.01, "error", "ok")),
+                "error_type": pa.nulls(n, pa.string()),
+                "cost_usd": pa.nulls(n, pa.float64()),
+                "request": pa.nulls(n, pa.string()),
+                "response": pa.nulls(n, pa.string()),
+                "metadata": pa.array(["{}"] * n),
             }
             writer.write_table(pa.table(columns, schema=USAGE_SCHEMA))
 
@@ -90,8 +97,15 @@ def measure_audit(path: str, persist: bool, duplicates: bool = True) -> dict:
     started, cpu = time.perf_counter(), cpu_seconds()
     plan = Plan(audit=AuditPlan(check_duplicate_ids=duplicates))
     result = audit_logs([path], plan, workspace_root=workspace, persist_rows=persist)
-    return {"seconds": time.perf_counter() - started, "cpu_s": cpu_seconds() - cpu, "imports_s": imports, "read": result.read,
-            "accepted": result.accepted, "groups": result.costs.num_rows, "unpriced": result.unpriced_models}
+    return {
+        "seconds": time.perf_counter() - started,
+        "cpu_s": cpu_seconds() - cpu,
+        "imports_s": imports,
+        "read": result.read,
+        "accepted": result.accepted,
+        "groups": result.costs.num_rows,
+        "unpriced": result.unpriced_models,
+    }
 
 
 def warm_duplicate_check() -> None:
@@ -108,14 +122,19 @@ def child(kind: str, path: str) -> None:
     """Run one measurement and print it with this process's peak RSS."""
     import resource
 
-    out = measure_baseline(path) if kind == "baseline" else \
-        measure_audit(path, persist=kind == "audit+rows", duplicates=kind != "audit-no-dups")
+    out = (
+        measure_baseline(path)
+        if kind == "baseline"
+        else measure_audit(path, persist=kind == "audit+rows", duplicates=kind != "audit-no-dups")
+    )
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(out))
 
 
 def run_child(kind: str, path: Path) -> dict:
-    done = subprocess.run([sys.executable, __file__, "--child", kind, str(path)], capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        [sys.executable, __file__, "--child", kind, str(path)], capture_output=True, text=True, check=True
+    )
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -124,14 +143,19 @@ KINDS = ("baseline", "audit", "audit-no-dups", "audit+rows")
 
 def median_run(runs: list[dict]) -> dict:
     """Each measured figure's median over the rounds (other fields from the first round)."""
-    return {**runs[0], **{key: statistics.median(r[key] for r in runs) for key in ("seconds", "cpu_s", "peak_rss_mb")}}
+    return {
+        **runs[0],
+        **{key: statistics.median(r[key] for r in runs) for key in ("seconds", "cpu_s", "peak_rss_mb")},
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=10_000_000)
     parser.add_argument("--keep", type=Path, help="Reuse/keep the generated file in this folder.")
-    parser.add_argument("--rounds", type=int, default=3, help="Rounds of every side, interleaved; medians are shown.")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="Rounds of every side, interleaved; medians are shown."
+    )
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -142,7 +166,9 @@ def main() -> None:
     if not path.exists():
         started = time.perf_counter()
         generate(path, args.rows)
-        print(f"generated {args.rows:,} rows ({path.stat().st_size / 1e6:.0f} MB) in {time.perf_counter() - started:.1f} s")
+        print(
+            f"generated {args.rows:,} rows ({path.stat().st_size / 1e6:.0f} MB) in {time.perf_counter() - started:.1f} s"
+        )
     load_before = os.getloadavg()[0]
     # Rounds interleave the sides, so a burst of load on the shared cores hits all of them alike.
     rounds = [{kind: run_child(kind, path) for kind in KINDS} for _ in range(args.rounds)]
@@ -155,16 +181,24 @@ def main() -> None:
 
 def report(rows: int, runs: dict[str, dict]) -> None:
     base, audit = runs["baseline"], runs["audit"]
-    names = {"baseline": "DuckDB GROUP BY (baseline)", "audit": "audit (full contract)",
-             "audit-no-dups": "audit, duplicate-id check off", "audit+rows": "audit + canonical rows out"}
+    names = {
+        "baseline": "DuckDB GROUP BY (baseline)",
+        "audit": "audit (full contract)",
+        "audit-no-dups": "audit, duplicate-id check off",
+        "audit+rows": "audit + canonical rows out",
+    }
     print(f"\n{rows:,} canonical usage rows")
     print(f"{'':32}{'time s':>9}{'x base':>9}{'cpu s':>9}{'x base':>9}{'peak MB':>10}{'x base':>9}")
     for kind, m in runs.items():
-        print(f"{names[kind]:32}{m['seconds']:9.2f}{m['seconds'] / base['seconds']:9.2f}"
-              f"{m['cpu_s']:9.2f}{m['cpu_s'] / base['cpu_s']:9.2f}"
-              f"{m['peak_rss_mb']:10.0f}{m['peak_rss_mb'] / base['peak_rss_mb']:9.2f}")
-    print(f"audit read {audit['read']:,}, accepted {audit['accepted']:,}, {audit['groups']} cost groups, "
-          f"unpriced models: {audit['unpriced'] or 'none'}; imports before the clock: {audit['imports_s']:.1f} s")
+        print(
+            f"{names[kind]:32}{m['seconds']:9.2f}{m['seconds'] / base['seconds']:9.2f}"
+            f"{m['cpu_s']:9.2f}{m['cpu_s'] / base['cpu_s']:9.2f}"
+            f"{m['peak_rss_mb']:10.0f}{m['peak_rss_mb'] / base['peak_rss_mb']:9.2f}"
+        )
+    print(
+        f"audit read {audit['read']:,}, accepted {audit['accepted']:,}, {audit['groups']} cost groups, "
+        f"unpriced models: {audit['unpriced'] or 'none'}; imports before the clock: {audit['imports_s']:.1f} s"
+    )
     for kind in ("audit", "audit-no-dups"):
         m = runs[kind]
         ok = m["seconds"] <= 1.5 * base["seconds"] and m["peak_rss_mb"] <= 2048

@@ -21,20 +21,40 @@ from workhorse.tasks.common.engines import VLLMServer, cpu_flags, engine_dtype, 
 from workhorse.workspace import Workspace
 
 LABELS = ["billing", "technical", "account", "shipping"]
-SCHEMA = {"type": "object", "required": ["invoice_number", "vendor", "total"],
-          "properties": {"invoice_number": {"type": "string"}, "vendor": {"type": "string"},
-                         "total": {"type": "number"}}}
+SCHEMA = {
+    "type": "object",
+    "required": ["invoice_number", "vendor", "total"],
+    "properties": {
+        "invoice_number": {"type": "string"},
+        "vendor": {"type": "string"},
+        "total": {"type": "number"},
+    },
+}
 
 
 def request(index: int, kind: str) -> dict:
     if kind == "choice":
-        return {"messages": [{"role": "user", "content": f"Route ticket {index}: my card was charged twice for "
-                                                         f"order {index}. Answer with one label."}],
-                "extra_body": {"structured_outputs": {"choice": LABELS}}, "max_tokens": 8}
-    return {"messages": [{"role": "user", "content": f"Extract JSON: invoice INV-{index} from Acme GmbH, "
-                                                     f"total 12{index}.50 EUR."}],
-            "response_format": {"type": "json_schema", "json_schema": {"name": "invoice", "schema": SCHEMA}},
-            "max_tokens": 64}
+        return {
+            "messages": [
+                {
+                    "role": "user",
+                    "content": f"Route ticket {index}: my card was charged twice for "
+                    f"order {index}. Answer with one label.",
+                }
+            ],
+            "extra_body": {"structured_outputs": {"choice": LABELS}},
+            "max_tokens": 8,
+        }
+    return {
+        "messages": [
+            {
+                "role": "user",
+                "content": f"Extract JSON: invoice INV-{index} from Acme GmbH, total 12{index}.50 EUR.",
+            }
+        ],
+        "response_format": {"type": "json_schema", "json_schema": {"name": "invoice", "schema": SCHEMA}},
+        "max_tokens": 64,
+    }
 
 
 async def items_per_s(server: VLLMServer, count: int, kind: str, concurrency: int = 8) -> float:
@@ -44,8 +64,13 @@ async def items_per_s(server: VLLMServer, count: int, kind: str, concurrency: in
 
     async def one(index: int) -> None:
         async with gate:
-            await litellm.acompletion(model=server.litellm_model, api_base=server.api_base, api_key="none",
-                                      temperature=0, **request(index, kind))
+            await litellm.acompletion(
+                model=server.litellm_model,
+                api_base=server.api_base,
+                api_key="none",
+                temperature=0,
+                **request(index, kind),
+            )
 
     started = time.perf_counter()
     await asyncio.gather(*(one(i) for i in range(count)))
@@ -57,7 +82,10 @@ async def measure(model_dir: Path, dtype: str, cache: Path) -> dict[str, float]:
     try:
         await items_per_s(server, 2, "choice")  # warm-up: the first grammar of each kind is compiled
         await items_per_s(server, 2, "json")
-        return {"choice": await items_per_s(server, 40, "choice"), "json": await items_per_s(server, 16, "json")}
+        return {
+            "choice": await items_per_s(server, 40, "choice"),
+            "json": await items_per_s(server, 16, "json"),
+        }
     finally:
         server.stop()
 
@@ -69,13 +97,17 @@ def main() -> None:
     cache = Path(tempfile.mkdtemp(prefix="workhorse-bench-dtype-"))
     model_dir = prepare_embedded_model(Workspace.resolve(cache / "ws").root / "models")
     bf16_flags = sorted(cpu_flags() & {"avx512f", "avx512_bf16", "amx_bf16"})
-    print(f"CPU flags that matter: {' '.join(bf16_flags) or 'none (AVX2 at most)'}; engine_dtype() = {engine_dtype()}")
+    print(
+        f"CPU flags that matter: {' '.join(bf16_flags) or 'none (AVX2 at most)'}; engine_dtype() = {engine_dtype()}"
+    )
     for _ in range(args.rounds):
         bf16 = asyncio.run(measure(model_dir, "bfloat16", cache))
         fp32 = asyncio.run(measure(model_dir, "float32", cache))
         for kind in ("choice", "json"):
-            print(f"{kind:>6}: bfloat16 {bf16[kind]:.2f} items/s, float32 {fp32[kind]:.2f} items/s "
-                  f"-> float32 is {fp32[kind] / bf16[kind]:.1f}x")
+            print(
+                f"{kind:>6}: bfloat16 {bf16[kind]:.2f} items/s, float32 {fp32[kind]:.2f} items/s "
+                f"-> float32 is {fp32[kind] / bf16[kind]:.1f}x"
+            )
 
 
 if __name__ == "__main__":

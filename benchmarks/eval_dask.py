@@ -54,8 +54,16 @@ def timed_eval(root: Path, **execution) -> tuple[float, dict]:
     from workhorse.flows.evaluate import parallel_eval
 
     started = time.perf_counter()
-    summary = asyncio.run(parallel_eval(use_case="banking", workspace=str(root), plan=str(root / "workhorse.yaml"),
-                                        variants=["zero-shot"], replay=False, **execution))
+    summary = asyncio.run(
+        parallel_eval(
+            use_case="banking",
+            workspace=str(root),
+            plan=str(root / "workhorse.yaml"),
+            variants=["zero-shot"],
+            replay=False,
+            **execution,
+        )
+    )
     return time.perf_counter() - started, summary
 
 
@@ -64,8 +72,10 @@ def scored(summary: dict) -> tuple[list[tuple], dict]:
     depend on the runner."""
     import pyarrow.parquet as pq
 
-    return sorted((s["model"], s["prompt_variant"], s["item_id"], s["prediction"], s["value"])
-                  for s in pq.read_table(summary["scores"]).to_pylist()), summary["verdict"]
+    return sorted(
+        (s["model"], s["prompt_variant"], s["item_id"], s["prediction"], s["value"])
+        for s in pq.read_table(summary["scores"]).to_pylist()
+    ), summary["verdict"]
 
 
 def start_cluster(workers: int):
@@ -102,8 +112,12 @@ def measure(template: Path, scratch: Path, rounds: int) -> tuple[dict[str, list[
     rows = banking_rows(4000)  # spread over the file: its first rows are all one label
     warm_up = new_workspace(scratch / "warm-up", rows[:: len(rows) // WARM_UP_ITEMS], _candidates(template))
     clusters = {"dask, 1 worker": start_cluster(1), "dask, 2 workers": start_cluster(2)}
-    runners = {"threads": {"task_runner": "threads"},
-               **{name: {"task_runner": "dask", "dask_address": c.scheduler_address} for name, c in clusters.items()}}
+    runners = {
+        "threads": {"task_runner": "threads"},
+        **{
+            name: {"task_runner": "dask", "dask_address": c.scheduler_address} for name, c in clusters.items()
+        },
+    }
     seconds: dict[str, list[float]] = {name: [] for name in runners}
     scores: dict[str, list] = {}
     try:
@@ -111,7 +125,9 @@ def measure(template: Path, scratch: Path, rounds: int) -> tuple[dict[str, list[
             timed_eval(fresh_copy(warm_up, scratch / f"warm-{number}"), **execution)
         for round_number in range(rounds):
             for number, (name, execution) in enumerate(runners.items()):
-                wall_s, summary = timed_eval(fresh_copy(template, scratch / f"run-{round_number}-{number}"), **execution)
+                wall_s, summary = timed_eval(
+                    fresh_copy(template, scratch / f"run-{round_number}-{number}"), **execution
+                )
                 seconds[name].append(wall_s)
                 scores[name] = scored(summary)
     finally:
@@ -138,17 +154,23 @@ def main() -> None:
     flow(lambda: None, name="warm-up")()  # the temporary Prefect server starts here, off the clock
     with FakeServerProcess(ServerConfig(latency_s=LATENCY_S)) as server, tempfile.TemporaryDirectory() as tmp:
         os.environ["OPENAI_API_BASE"] = server.url  # the incumbent's endpoint
-        candidates = [{"model": f"openai/candidate-{name}", "api_base": server.url, "hosting": ["api"]}
-                      for name in ("a", "b")]
+        candidates = [
+            {"model": f"openai/candidate-{name}", "api_base": server.url, "hosting": ["api"]}
+            for name in ("a", "b")
+        ]
         template = new_workspace(Path(tmp) / "template", banking_rows(arguments.items), candidates)
         seconds, scores = measure(template, Path(tmp), arguments.rounds)
     median = {name: statistics.median(values) for name, values in seconds.items()}
-    print(f"{len(scores['threads'][0])} requests per run, fake server at {LATENCY_S * 1000:.0f} ms latency, "
-          f"{os.cpu_count()} cores; load average (1, 5, 15 min) before {_load(load_before)}, after {_load(os.getloadavg())}")
+    print(
+        f"{len(scores['threads'][0])} requests per run, fake server at {LATENCY_S * 1000:.0f} ms latency, "
+        f"{os.cpu_count()} cores; load average (1, 5, 15 min) before {_load(load_before)}, after {_load(os.getloadavg())}"
+    )
     for name, wall_s in median.items():
         print(f"{name:>16}: {wall_s:6.1f} s  (rounds: {', '.join(f'{v:.1f}' for v in seconds[name])})")
-    print(f"dask 2 workers / 1 worker speed-up = {median['dask, 1 worker'] / median['dask, 2 workers']:.2f}x"
-          f"  (target >= 1.6)")
+    print(
+        f"dask 2 workers / 1 worker speed-up = {median['dask, 1 worker'] / median['dask, 2 workers']:.2f}x"
+        f"  (target >= 1.6)"
+    )
     print(f"dask 2 workers / threads speed-up  = {median['threads'] / median['dask, 2 workers']:.2f}x")
     same = scores["threads"] == scores["dask, 1 worker"] == scores["dask, 2 workers"]
     print(f"identical answers and scores across the three runners: {same}")

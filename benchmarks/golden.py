@@ -23,8 +23,13 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 DATASETS = REPO.parent / "shared" / "datasets"
-PII = ["reach me at {first}.{last}@example.com", "call me on +44 20 7946 {n:04d}", "card 4111 1111 1111 1111",
-       "IBAN DE89 3704 0044 0532 0130 00", "my number is (415) 555-{n:04d}"]
+PII = [
+    "reach me at {first}.{last}@example.com",
+    "call me on +44 20 7946 {n:04d}",
+    "card 4111 1111 1111 1111",
+    "IBAN DE89 3704 0044 0532 0130 00",
+    "my number is (415) 555-{n:04d}",
+]
 NOISE = [" please", " thanks!", "??", " asap"]
 
 
@@ -42,11 +47,24 @@ def synthetic_log(rows: int, seed: int = 7):
         if rng.random() < 0.05:
             text += " " + rng.choice(PII).format(first="ann", last=f"lee{i}", n=i % 10_000)
         answer = row["category"] if rng.random() > 0.03 else "I think this is about your card."
-        out.append({"request_id": f"req-{i:06d}", "ts": start + timedelta(seconds=260 * i), "use_case": "ticket-routing",
-                    "model": "openai/gpt-4o-mini", "provider": "openai", "prompt_tokens": 40, "completion_tokens": 4,
-                    "latency_ms": 350.0, "status": "ok" if rng.random() > 0.02 else "error", "error_type": None,
-                    "cost_usd": None, "request": json.dumps([{"role": "user", "content": text}]), "response": answer,
-                    "metadata": "{}"})
+        out.append(
+            {
+                "request_id": f"req-{i:06d}",
+                "ts": start + timedelta(seconds=260 * i),
+                "use_case": "ticket-routing",
+                "model": "openai/gpt-4o-mini",
+                "provider": "openai",
+                "prompt_tokens": 40,
+                "completion_tokens": 4,
+                "latency_ms": 350.0,
+                "status": "ok" if rng.random() > 0.02 else "error",
+                "error_type": None,
+                "cost_usd": None,
+                "request": json.dumps([{"role": "user", "content": text}]),
+                "response": answer,
+                "metadata": "{}",
+            }
+        )
     return pa.Table.from_pylist(out)
 
 
@@ -63,15 +81,28 @@ def run(rows: int, sample: int, workspace: Path) -> dict:
     labels = json.loads((DATASETS / "banking77" / "categories.json").read_text())
     spec = GoldenSpec("ticket-routing", "classification", labels=labels)
     started = time.perf_counter()
-    report = refresh_golden(workspace, spec, [SourceSpec("usage_log")],
-                            RefreshOptions(sample=SampleOptions(size=sample), max_bad_ratio=0.2))
+    report = refresh_golden(
+        workspace,
+        spec,
+        [SourceSpec("usage_log")],
+        RefreshOptions(sample=SampleOptions(size=sample), max_bad_ratio=0.2),
+    )
     wall = time.perf_counter() - started
-    return {"log_rows": rows, "sample_size": sample, "rows_in": sum(report.rows_in.values()),
-            "exact_duplicates": report.exact_duplicates, "near_duplicates": report.near_duplicates,
-            "scrubbed": report.scrubbed, "quarantined": report.quarantined,
-            "quarantine_reasons": report.quarantine_reasons, "items": report.counts["items"],
-            "by_split": report.counts["by_split"], "silver": report.counts["silver"],
-            "stages_s": report.timings, "wall_s": round(wall, 3)}
+    return {
+        "log_rows": rows,
+        "sample_size": sample,
+        "rows_in": sum(report.rows_in.values()),
+        "exact_duplicates": report.exact_duplicates,
+        "near_duplicates": report.near_duplicates,
+        "scrubbed": report.scrubbed,
+        "quarantined": report.quarantined,
+        "quarantine_reasons": report.quarantine_reasons,
+        "items": report.counts["items"],
+        "by_split": report.counts["by_split"],
+        "silver": report.counts["silver"],
+        "stages_s": report.timings,
+        "wall_s": round(wall, 3),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -37,8 +37,14 @@ async def bare_litellm(url: str, count: int) -> None:
 
     async def one(index: int):
         async with gate:
-            return await litellm.acompletion(model="openai/fake", api_base=url, api_key="sk-bench",
-                                             messages=messages(index), max_tokens=8, max_retries=0)
+            return await litellm.acompletion(
+                model="openai/fake",
+                api_base=url,
+                api_key="sk-bench",
+                messages=messages(index),
+                max_tokens=8,
+                max_retries=0,
+            )
 
     await asyncio.gather(*(one(i) for i in range(count)))
 

@@ -21,16 +21,32 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: tests.support is not installed
+sys.path.insert(
+    0, str(Path(__file__).resolve().parents[1])
+)  # run as a script: tests.support is not installed
 
 
 def traffic_rows(count: int) -> list[dict]:
     from workhorse.tasks.common.traffic_log import make_row
 
-    return [make_row(use_case="bench", model="openai/m", provider="openai", prompt_tokens=40, completion_tokens=4,
-                     latency_ms=120.0, status="ok", cost_usd=1e-5, request='[{"role":"user","content":"hi"}]',
-                     response="billing", rollout_stage="25", arm="candidate" if i % 4 == 0 else "incumbent",
-                     metadata={"bucket": i % 100}) for i in range(count)]
+    return [
+        make_row(
+            use_case="bench",
+            model="openai/m",
+            provider="openai",
+            prompt_tokens=40,
+            completion_tokens=4,
+            latency_ms=120.0,
+            status="ok",
+            cost_usd=1e-5,
+            request='[{"role":"user","content":"hi"}]',
+            response="billing",
+            rollout_stage="25",
+            arm="candidate" if i % 4 == 0 else "incumbent",
+            metadata={"bucket": i % 100},
+        )
+        for i in range(count)
+    ]
 
 
 def time_logger(ws, rows: list[dict]) -> float:
@@ -53,7 +69,7 @@ def time_bare_inserts(ws, rows: list[dict]) -> float:
         records = [_as_record(r) for r in rows]
         for start in range(0, len(records), 500):
             with connection.transaction():
-                connection.executemany(sql, records[start:start + 500])
+                connection.executemany(sql, records[start : start + 500])
         return time.perf_counter() - started
 
 
@@ -83,13 +99,20 @@ def bench_backend(name: str, ws, rows: int, transitions: int) -> dict:
             return
         routing.advance(ws, "bench", SimpleNamespace(outcome="pass", version=state.version, reason="bench"))
 
-    return {"backend": name, "rows": rows, "logger_s": logged, "bare_s": bare,
-            "advance_per_s": per_second(one_advance, transitions),
-            "weight_reads_per_s": per_second(lambda: routing.current_weights(ws, "bench"), transitions)}
+    return {
+        "backend": name,
+        "rows": rows,
+        "logger_s": logged,
+        "bare_s": bare,
+        "advance_per_s": per_second(one_advance, transitions),
+        "weight_reads_per_s": per_second(lambda: routing.current_weights(ws, "bench"), transitions),
+    }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rows", type=int, default=20_000)
     parser.add_argument("--transitions", type=int, default=200)
     args = parser.parse_args()
@@ -103,13 +126,19 @@ def main() -> None:
         server = stack.enter_context(PostgresServer())
         results = [bench_backend("sqlite", Workspace.resolve(root / "sqlite"), args.rows, args.transitions)]
         os.environ["WORKHORSE_STATE_URL"] = server.url
-        results.append(bench_backend("postgresql", Workspace.resolve(root / "pg"), args.rows, args.transitions))
+        results.append(
+            bench_backend("postgresql", Workspace.resolve(root / "pg"), args.rows, args.transitions)
+        )
         del os.environ["WORKHORSE_STATE_URL"]
 
-    print(f"{'backend':<11} {'rows':>7} {'logger s':>9} {'bare s':>7} {'ratio':>6} {'advance/s':>10} {'reads/s':>8}")
+    print(
+        f"{'backend':<11} {'rows':>7} {'logger s':>9} {'bare s':>7} {'ratio':>6} {'advance/s':>10} {'reads/s':>8}"
+    )
     for r in results:
-        print(f"{r['backend']:<11} {r['rows']:>7} {r['logger_s']:>9.2f} {r['bare_s']:>7.2f} "
-              f"{r['logger_s'] / r['bare_s']:>5.2f}x {r['advance_per_s']:>10.0f} {r['weight_reads_per_s']:>8.0f}")
+        print(
+            f"{r['backend']:<11} {r['rows']:>7} {r['logger_s']:>9.2f} {r['bare_s']:>7.2f} "
+            f"{r['logger_s'] / r['bare_s']:>5.2f}x {r['advance_per_s']:>10.0f} {r['weight_reads_per_s']:>8.0f}"
+        )
     print(f"load average: {os.getloadavg()[0]:.1f} (2 cores)")
 
 

@@ -16,10 +16,14 @@ class ModelEndpoint(Block):
     _description = "A LiteLLM model string with its endpoint, key, concurrency, timeout and prices."
 
     model: str = Field(description="LiteLLM model string, e.g. hosted_vllm/smollm2-135m-instruct.")
-    api_base: Optional[str] = Field(None, description="Base URL of an OpenAI-compatible server; None for the provider's.")
+    api_base: Optional[str] = Field(
+        None, description="Base URL of an OpenAI-compatible server; None for the provider's."
+    )
     api_key: Optional[SecretStr] = Field(None, description="API key of the endpoint (a secret).")
     max_concurrency: int = Field(16, ge=1, description="Requests in flight at once against this endpoint.")
     timeout_s: float = Field(60.0, gt=0, description="Seconds before one request is abandoned.")
-    input_cost_per_token: Optional[float] = Field(None, ge=0, description="USD per prompt token (self-hosted: set it).")
+    input_cost_per_token: Optional[float] = Field(
+        None, ge=0, description="USD per prompt token (self-hosted: set it)."
+    )
     output_cost_per_token: Optional[float] = Field(None, ge=0, description="USD per completion token.")
     hosting: str = Field("api", description="api | batch | self_hosted: how the model is served.")

@@ -21,5 +21,7 @@ class SlackAlerts(Block):
     _description = "Slack incoming webhook for workhorse monitoring and rollout alerts."
 
     webhook_url: SecretStr = Field(description="Slack incoming webhook URL (a secret: it grants posting).")
-    channel: Optional[str] = Field(None, description="Channel override, e.g. #llm-migration (legacy webhooks only).")
+    channel: Optional[str] = Field(
+        None, description="Channel override, e.g. #llm-migration (legacy webhooks only)."
+    )
     mention: Optional[str] = Field(None, description="Who to ping on an alert, e.g. <!here> or <@U123>.")

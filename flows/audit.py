@@ -22,21 +22,38 @@ def publish(result, plan: Plan, report: str) -> None:
     """Table artifacts (billed months; run-rate per use case) and a markdown artifact (summary with reasons)."""
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-    create_table_artifact(key="usage-audit-billed", table=billed_rows(result),
-                          description="Billed spend per calendar month × use case × model (partial months marked)")
+    create_table_artifact(
+        key="usage-audit-billed",
+        table=billed_rows(result),
+        description="Billed spend per calendar month × use case × model (partial months marked)",
+    )
     window = result.window
-    basis = f"per run-rate month, {window.label()}" + (f"; {window.warning()}" if window.extrapolated else "") \
-        if window else "no accepted rows"
-    create_table_artifact(key="usage-audit", table=use_case_rows(result, plan),
-                          description=f"Spend, verdicts and the cheapest fitting option per use case ({basis})")
-    create_markdown_artifact(key="usage-audit-summary", markdown=audit_markdown(result, plan) + f"\nReport: {report}\n",
-                             description="Usage audit summary")
+    basis = (
+        f"per run-rate month, {window.label()}" + (f"; {window.warning()}" if window.extrapolated else "")
+        if window
+        else "no accepted rows"
+    )
+    create_table_artifact(
+        key="usage-audit",
+        table=use_case_rows(result, plan),
+        description=f"Spend, verdicts and the cheapest fitting option per use case ({basis})",
+    )
+    create_markdown_artifact(
+        key="usage-audit-summary",
+        markdown=audit_markdown(result, plan) + f"\nReport: {report}\n",
+        description="Usage audit summary",
+    )
 
 
 @flow(name="usage-audit", log_prints=True)
-def usage_audit(logs: list[str] | None = None, plan: str | dict | None = None, workspace: str | None = None,
-                format: str | None = None, max_bad_row_ratio: float | None = None,
-                spend_logs_db: SpendLogsDb | None = None) -> AuditSummary:
+def usage_audit(
+    logs: list[str] | None = None,
+    plan: str | dict | None = None,
+    workspace: str | None = None,
+    format: str | None = None,
+    max_bad_row_ratio: float | None = None,
+    spend_logs_db: SpendLogsDb | None = None,
+) -> AuditSummary:
     """Audit LLM usage logs: billed spend per calendar month, use case and model; the run-rate
     over the log window, and savings per candidate and hosting per run-rate month.
 
@@ -54,8 +71,15 @@ def usage_audit(logs: list[str] | None = None, plan: str | dict | None = None, w
     report = write_report(result, chosen, str(folder / "report.html"))
     publish(result, chosen, report)
     summary = summarize(result, report, tables)
-    logger.info("read %s rows, accepted %s, quarantined %s; %s; %s; report: %s", summary.read, summary.accepted,
-                summary.quarantined, summary.billed_text(), summary.run_rate_text(), report)
+    logger.info(
+        "read %s rows, accepted %s, quarantined %s; %s; %s; report: %s",
+        summary.read,
+        summary.accepted,
+        summary.quarantined,
+        summary.billed_text(),
+        summary.run_rate_text(),
+        report,
+    )
     if summary.run_rate and summary.run_rate["warning"]:
         logger.warning("run-rate and projections: %s", summary.run_rate["warning"])
     for name in summary.unpriced_models:

@@ -17,7 +17,12 @@ from prefect import flow, get_run_logger
 from prefect.utilities.annotations import quote
 
 from workhorse.config import plan_workspace
-from workhorse.tasks.evaluate.matrix import PromptPlan, choose_variants, confirmation_requests, tuning_requests
+from workhorse.tasks.evaluate.matrix import (
+    PromptPlan,
+    choose_variants,
+    confirmation_requests,
+    tuning_requests,
+)
 from workhorse.tasks.evaluate.run import (
     EvalContext,
     contenders_from_plan,
@@ -36,12 +41,22 @@ from workhorse.tasks.golden.versions import load_golden
 
 
 @flow(name="parallel-eval", log_prints=True)
-async def parallel_eval(use_case: str, workspace: str | None = None, plan: str | dict | None = None,
-                  models: list[str] | None = None, hostings: list[str] | None = None,
-                  variants: list[str] | None = None, shard_size: int = 200, replay: bool = True,
-                  run_id: str | None = None, engine_api_base: str | None = None,
-                  task_runner: Literal["threads", "dask"] | None = None, dask_address: str | None = None,
-                  dask_workers: int | None = None, batch_engine: str | None = None) -> dict:
+async def parallel_eval(
+    use_case: str,
+    workspace: str | None = None,
+    plan: str | dict | None = None,
+    models: list[str] | None = None,
+    hostings: list[str] | None = None,
+    variants: list[str] | None = None,
+    shard_size: int = 200,
+    replay: bool = True,
+    run_id: str | None = None,
+    engine_api_base: str | None = None,
+    task_runner: Literal["threads", "dask"] | None = None,
+    dask_address: str | None = None,
+    dask_workers: int | None = None,
+    batch_engine: str | None = None,
+) -> dict:
     """Evaluate the plan's incumbent and candidates for one use case and give a verdict.
 
     ``engine_api_base``: an embedded-model vLLM server already running (the playbook shares
@@ -56,13 +71,15 @@ async def parallel_eval(use_case: str, workspace: str | None = None, plan: str |
     items = load_golden(ws, use_case)
     dev, test = [i for i in items if i.split == "dev"], [i for i in items if i.split == "test"]
     run_id = run_id or f"eval-{use_case}-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}"
-    incumbent, candidates, skipped = contenders_from_plan(plan, use_case, models, hostings,
-                                                          variants or plan.eval.variants, ws.root)
+    incumbent, candidates, skipped = contenders_from_plan(
+        plan, use_case, models, hostings, variants or plan.eval.variants, ws.root
+    )
     for reason in skipped:
         logger.warning(reason)
     execution = execution_from(plan, task_runner, dask_address, dask_workers)
-    with EvalContext(ws, run_id, shard_size, engine_api_base, execution, key_blocks_for(plan, use_case),
-                     batch_engine) as context:
+    with EvalContext(
+        ws, run_id, shard_size, engine_api_base, execution, key_blocks_for(plan, use_case), batch_engine
+    ) as context:
         prompts = PromptPlan.from_dev(dev, plan.eval.tuning_items)
         dev_rows = await generate(context, tuning_requests(candidates, prompts), phase="dev")
         store_responses(ws, run_id, quote(dev_rows))  # paid answers on disk before anything can fail
@@ -77,5 +94,16 @@ async def parallel_eval(use_case: str, workspace: str | None = None, plan: str |
     test_scores = score_responses(quote(items), quote(test_rows), scorer_options(plan, use_case))
     verdict = decide(plan, use_case, incumbent, candidates, chosen, quote(test_scores), quote(test_rows), ws)
     task_type, labels = items[0].task_type, list(items[0].labels or [])
-    return publish_results(ws, run_id, use_case, task_type, labels, quote(dev_rows + test_rows),
-                           quote(dev_scores + test_scores), chosen, verdict, skipped, throughput)
+    return publish_results(
+        ws,
+        run_id,
+        use_case,
+        task_type,
+        labels,
+        quote(dev_rows + test_rows),
+        quote(dev_scores + test_scores),
+        chosen,
+        verdict,
+        skipped,
+        throughput,
+    )

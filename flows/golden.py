@@ -21,15 +21,20 @@ def publish(reports) -> None:
     """Markdown (counts, cleaning, diff) and table artifacts for the Prefect UI."""
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-    create_markdown_artifact(key="golden-refresh", markdown=summary_markdown(reports),
-                             description="Golden sets: counts, cleaning and diff per use case")
-    create_table_artifact(key="golden-counts", table=summary_rows(reports),
-                          description="Golden set counts per use case")
+    create_markdown_artifact(
+        key="golden-refresh",
+        markdown=summary_markdown(reports),
+        description="Golden sets: counts, cleaning and diff per use case",
+    )
+    create_table_artifact(
+        key="golden-counts", table=summary_rows(reports), description="Golden set counts per use case"
+    )
 
 
 @flow(name="golden-dataset-refresh", log_prints=True)
-def golden_dataset_refresh(plan: str | dict | None = None, workspace: str | None = None,
-                           use_cases: list[str] | None = None) -> list[dict]:
+def golden_dataset_refresh(
+    plan: str | dict | None = None, workspace: str | None = None, use_cases: list[str] | None = None
+) -> list[dict]:
     """Refresh the golden sets of the plan's use cases (all, or those named)."""
     logger = get_run_logger()
     chosen_plan = plan_from(plan, Workspace.resolve(workspace).root)
@@ -39,17 +44,28 @@ def golden_dataset_refresh(plan: str | dict | None = None, workspace: str | None
     if unknown:
         raise ConfigError(f"use case(s) {unknown} are not in the plan")
     chosen = [entry for entry in every if not use_cases or entry[0].use_case in use_cases]
-    states = {spec.use_case: refresh_golden_set(workspace, spec, sources, options, return_state=True)
-              for spec, sources, options in chosen}
+    states = {
+        spec.use_case: refresh_golden_set(workspace, spec, sources, options, return_state=True)
+        for spec, sources, options in chosen
+    }
     reports = [state.result() for state in states.values() if state.is_completed()]
     failed = {name: state for name, state in states.items() if not state.is_completed()}
     publish(reports)
     for report in reports:
-        logger.info("%s: v%s (%s), %s items, %s quarantined; dedup kept %s, removed %s exact, %s near, "
-                    "%s conflicting references resolved, %s kept for review", report.use_case, report.version,
-                    "new" if report.created else "unchanged", report.counts.get("items"), report.quarantined,
-                    report.dedup_kept, report.exact_duplicates, report.near_duplicates, report.conflicts_resolved,
-                    report.conflicts_kept)
+        logger.info(
+            "%s: v%s (%s), %s items, %s quarantined; dedup kept %s, removed %s exact, %s near, "
+            "%s conflicting references resolved, %s kept for review",
+            report.use_case,
+            report.version,
+            "new" if report.created else "unchanged",
+            report.counts.get("items"),
+            report.quarantined,
+            report.dedup_kept,
+            report.exact_duplicates,
+            report.near_duplicates,
+            report.conflicts_resolved,
+            report.conflicts_kept,
+        )
         for warning in report.warnings:
             logger.warning("%s: %s", report.use_case, warning)
     if failed:

@@ -20,9 +20,13 @@ from workhorse.tasks.evaluate.run import evaluated_use_cases, hostings_for
 
 
 @flow(name="migration-playbook", log_prints=True)
-async def migration_playbook(plan: str | dict | None = None, logs: list[str] | None = None,
-                             workspace: str | None = None, engine_api_base: str | None = None,
-                             batch_engine: str | None = None) -> dict:
+async def migration_playbook(
+    plan: str | dict | None = None,
+    logs: list[str] | None = None,
+    workspace: str | None = None,
+    engine_api_base: str | None = None,
+    batch_engine: str | None = None,
+) -> dict:
     """Audit ``logs``, refresh the golden sets and evaluate each workhorse use case of the plan.
 
     ``engine_api_base`` / ``batch_engine``: a running server and offline engine for the embedded
@@ -41,7 +45,11 @@ async def migration_playbook(plan: str | dict | None = None, logs: list[str] | N
         evaluations = {}
         for use_case in evaluated_use_cases(loaded, ws):
             evaluations[use_case] = await parallel_eval(
-                use_case=use_case, workspace=str(ws.root), plan=plan,
-                hostings=hostings_for(loaded.use_cases[use_case].latency), engine_api_base=engines.api_base,
-                batch_engine=engines.batch_folder)
+                use_case=use_case,
+                workspace=str(ws.root),
+                plan=plan,
+                hostings=hostings_for(loaded.use_cases[use_case].latency),
+                engine_api_base=engines.api_base,
+                batch_engine=engines.batch_folder,
+            )
     return {"workspace": str(ws.root), "audit": audit, "golden": golden, "evaluations": evaluations}

@@ -14,12 +14,22 @@ from pydantic import SecretStr
 import workhorse  # noqa: F401  (offline defaults before anything imports LiteLLM)
 from workhorse.config import plan_workspace
 from workhorse.tasks.monitor.alerts import resolve_webhook_url
-from workhorse.tasks.monitor.window import alert_results, migrated_use_cases, reevaluation_result, summary_dict
+from workhorse.tasks.monitor.window import (
+    alert_results,
+    migrated_use_cases,
+    reevaluation_result,
+    summary_dict,
+)
 
 
 @flow(name="weekly-reevaluation", log_prints=True)
-async def weekly_reevaluation(workspace: str | None = None, plan: str | dict | None = None, use_cases: list[str] | None = None,
-                        refresh_golden: bool = True, slack_webhook_url: SecretStr | None = None) -> dict:
+async def weekly_reevaluation(
+    workspace: str | None = None,
+    plan: str | dict | None = None,
+    use_cases: list[str] | None = None,
+    refresh_golden: bool = True,
+    slack_webhook_url: SecretStr | None = None,
+) -> dict:
     """Golden refresh + eval per migrated use case, then one guardrail result per use case."""
     from prefect.runtime import flow_run
 
@@ -32,13 +42,22 @@ async def weekly_reevaluation(workspace: str | None = None, plan: str | dict | N
     results, verdicts = [], {}
     for use_case, model in migrated.items():
         if refresh_golden:
-            state = golden_dataset_refresh(plan=plan, workspace=str(ws.root), use_cases=[use_case], return_state=True)
+            state = golden_dataset_refresh(
+                plan=plan, workspace=str(ws.root), use_cases=[use_case], return_state=True
+            )
             if not state.is_completed():  # evaluate on the last good version rather than not at all
-                logger.warning("%s: golden refresh failed (%s); evaluating the previous version", use_case, state.message)
+                logger.warning(
+                    "%s: golden refresh failed (%s); evaluating the previous version", use_case, state.message
+                )
         summary = await parallel_eval(use_case, workspace=str(ws.root), plan=plan)
         verdicts[use_case] = (summary.get("verdict") or {}).get("decision")
         results.append(reevaluation_result(use_case, model, summary))
-    alerted = alert_results(ws, loaded, results, webhook_url=resolve_webhook_url(slack_webhook_url, loaded),
-                            flow_run_url=flow_run.ui_url)
+    alerted = alert_results(
+        ws,
+        loaded,
+        results,
+        webhook_url=resolve_webhook_url(slack_webhook_url, loaded),
+        flow_run_url=flow_run.ui_url,
+    )
     logger.info("re-evaluated %s: %s", sorted(migrated) or "none (nothing migrated)", verdicts)
     return {"verdicts": verdicts, **summary_dict(alerted)}

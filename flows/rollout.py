@@ -41,10 +41,15 @@ def control_step(use_case: str, workspace: str | None = None, plan: str | dict |
 
 def summary(workspace: str, use_case: str, analysis: Analysis | None, transition: Transition | None) -> dict:
     state = current_state(workspace, use_case)
-    return {"use_case": use_case, "stage": state.stage, "weights": state.weights, "reason": state.reason,
-            "outcome": analysis.outcome if analysis else "idle",
-            "analysis": analysis.evidence() if analysis else None,
-            "transition": transition.as_dict() if transition else None}
+    return {
+        "use_case": use_case,
+        "stage": state.stage,
+        "weights": state.weights,
+        "reason": state.reason,
+        "outcome": analysis.outcome if analysis else "idle",
+        "analysis": analysis.evidence() if analysis else None,
+        "transition": transition.as_dict() if transition else None,
+    }
 
 
 @flow(name="staged-rollout", log_prints=True)
@@ -56,8 +61,11 @@ def staged_rollout(use_case: str, workspace: str | None = None, plan: str | dict
     analysis = analyze_step(ws, use_case, plan)
     transition = apply_analysis(ws, use_case, analysis) if analysis else None
     result = summary(ws, use_case, analysis, transition)
-    create_markdown_artifact(key=artifact_key(use_case), markdown=rollout_markdown(result),
-                             description=f"Rollout of {use_case}: state and evidence")
+    create_markdown_artifact(
+        key=artifact_key(use_case),
+        markdown=rollout_markdown(result),
+        description=f"Rollout of {use_case}: state and evidence",
+    )
     print(f"{use_case}: {result['outcome']} -> {result['stage']} ({result['reason']})")
     return result
 

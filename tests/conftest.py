@@ -15,8 +15,19 @@ from workhorse.workspace import Workspace
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = REPO.parent / "shared" / "datasets"
-PROVIDER_KEY_PREFIXES = ("OPENAI_", "ANTHROPIC_", "AZURE_", "GEMINI_", "GROQ_", "TOGETHER", "MISTRAL_",
-                         "COHERE_", "HOSTED_VLLM_", "SLACK_", "WORKHORSE_SLACK")
+PROVIDER_KEY_PREFIXES = (
+    "OPENAI_",
+    "ANTHROPIC_",
+    "AZURE_",
+    "GEMINI_",
+    "GROQ_",
+    "TOGETHER",
+    "MISTRAL_",
+    "COHERE_",
+    "HOSTED_VLLM_",
+    "SLACK_",
+    "WORKHORSE_SLACK",
+)
 
 
 @pytest.fixture(autouse=True)
@@ -28,7 +39,9 @@ def isolated_workspace(tmp_path, monkeypatch) -> Workspace:
     root = tmp_path / "workspace"
     monkeypatch.setenv("WORKHORSE_WORKSPACE", str(root))
     # Converted model weights are shared: converting them per test would cost 25 s each.
-    monkeypatch.setenv("WORKHORSE_MODEL_CACHE", os.environ.get("WORKHORSE_MODEL_CACHE", str(REPO / ".workhorse" / "models")))
+    monkeypatch.setenv(
+        "WORKHORSE_MODEL_CACHE", os.environ.get("WORKHORSE_MODEL_CACHE", str(REPO / ".workhorse" / "models"))
+    )
     return Workspace.resolve(root)
 
 
@@ -48,7 +61,9 @@ def fake_openai_server():
     """Factory: ``fake_openai_server(latency=0.05, faults=Faults(server_error=0.1), seed=1)``."""
     started: list[FakeServerProcess] = []
 
-    def start(latency: float = 0.0, faults: Faults | None = None, seed: int = 0, **options) -> FakeServerProcess:
+    def start(
+        latency: float = 0.0, faults: Faults | None = None, seed: int = 0, **options
+    ) -> FakeServerProcess:
         config = ServerConfig(latency_s=latency, faults=faults or Faults(), seed=seed, **options)
         server = FakeServerProcess(config)
         started.append(server)

@@ -48,7 +48,9 @@ def test_stored_costs_match_tokens_times_the_price_map(audited):
     catalog = pricing.PriceCatalog()
     for row in pq.read_table(summary.tables["cost_by_month"]).to_pylist():
         price = catalog.price(row["model"], row["hosting"])
-        expected = (row["logged_cost_usd"] or 0) + price.cost(row["unlogged_prompt_tokens"], row["unlogged_completion_tokens"])
+        expected = (row["logged_cost_usd"] or 0) + price.cost(
+            row["unlogged_prompt_tokens"], row["unlogged_completion_tokens"]
+        )
         assert row["cost_usd"] == pytest.approx(expected)
         assert row["unpriced_tokens"] == 0
 
@@ -57,16 +59,25 @@ def test_projections_follow_the_plan_and_latency(audited):
     summary, _ = audited
     plan = load_plan(ACME / "workhorse.yaml")
     rows = pq.read_table(summary.tables["projections"]).to_pylist()
-    assert {r["use_case"] for r in rows} == {"ticket-routing", "review-sentiment", "invoice-extraction", "call-summaries"}
+    assert {r["use_case"] for r in rows} == {
+        "ticket-routing",
+        "review-sentiment",
+        "invoice-extraction",
+        "call-summaries",
+    }
     assert {r["candidate"] for r in rows} == {c.model for c in plan.candidates}
     catalog = pricing.PriceCatalog()
     use_cases = {r["use_case"]: r for r in pq.read_table(summary.tables["use_cases"]).to_pylist()}
     for row in rows:
         if row["hosting"] == "api":
             uc = use_cases[row["use_case"]]
-            expected = catalog.price(row["candidate"]).cost(uc["monthly_prompt_tokens"], uc["monthly_completion_tokens"])
+            expected = catalog.price(row["candidate"]).cost(
+                uc["monthly_prompt_tokens"], uc["monthly_completion_tokens"]
+            )
             assert row["projected_monthly_usd"] == pytest.approx(expected)
-            assert row["saving_pct"] == pytest.approx((row["current_monthly_usd"] - expected) / row["current_monthly_usd"] * 100)
+            assert row["saving_pct"] == pytest.approx(
+                (row["current_monthly_usd"] - expected) / row["current_monthly_usd"] * 100
+            )
         if row["use_case"] == "ticket-routing" and row["hosting"] == "batch":
             assert not row["fits_latency"]
 
@@ -77,16 +88,23 @@ def test_verdicts_carry_reasons(audited):
     assert verdicts["research-agent"]["workload"] == "frontier"
     assert verdicts["invoice-extraction"]["workload"] == "workhorse"
     # call-summaries has no latency in the plan: inferred from office-hours traffic
-    assert verdicts["call-summaries"]["latency"] == "realtime" and "hours of the day" in verdicts["call-summaries"]["latency_reason"]
+    assert (
+        verdicts["call-summaries"]["latency"] == "realtime"
+        and "hours of the day" in verdicts["call-summaries"]["latency_reason"]
+    )
     assert all(v["workload_reason"] and v["latency_reason"] for v in verdicts.values())
 
 
 def test_summary_totals_match_the_stored_tables(audited):
     summary, _ = audited
     use_cases = pq.read_table(summary.tables["use_cases"]).to_pylist()
-    assert summary.run_rate_monthly_usd == pytest.approx(sum(u["monthly_cost_usd"] for u in use_cases), abs=0.01)
+    assert summary.run_rate_monthly_usd == pytest.approx(
+        sum(u["monthly_cost_usd"] for u in use_cases), abs=0.01
+    )
     assert 0 < summary.run_rate_projected_usd < summary.run_rate_monthly_usd
-    assert {u["basis"] for u in use_cases} == {"run-rate month"} and summary.run_rate["label"].startswith("run-rate over")
+    assert {u["basis"] for u in use_cases} == {"run-rate month"} and summary.run_rate["label"].startswith(
+        "run-rate over"
+    )
 
 
 def test_billed_months_are_the_cost_groups_summed_not_scaled_by_time(audited):
@@ -97,7 +115,9 @@ def test_billed_months_are_the_cost_groups_summed_not_scaled_by_time(audited):
     costs = pq.read_table(summary.tables["cost_by_month"]).to_pylist()
     [june] = summary.billed_months
     assert (june["month"], june["coverage"], june["partial"]) == ("2025-06", "2025-06", False)
-    assert june["spend_usd"] == pytest.approx(sum(r["cost_usd"] for r in costs) / plan.audit.log_sample_rate, abs=0.005)
+    assert june["spend_usd"] == pytest.approx(
+        sum(r["cost_usd"] for r in costs) / plan.audit.log_sample_rate, abs=0.005
+    )
     billed = pq.read_table(summary.tables["billed_by_month"]).to_pylist()
     assert {(r["use_case"], r["model"]) for r in billed} == {(r["use_case"], r["model"]) for r in costs}
     assert summary.billed_text() == f"billed ${june['spend_usd']:,.2f} in 2025-06"
@@ -111,12 +131,17 @@ def test_report_and_artifacts(audited):
     summary, _ = audited
     html = Path(summary.report).read_text()
     assert "<svg" in html and "research-agent" in html and "Break-even" in html and "<script" not in html
-    assert "Billed spend per calendar month" in html and "Per run-rate month: run-rate over 2025-06-01" in html
+    assert (
+        "Billed spend per calendar month" in html and "Per run-rate month: run-rate over 2025-06-01" in html
+    )
 
     async def artifacts():
         async with get_client() as client:
-            return await client.read_artifacts(artifact_filter=ArtifactFilter(
-                key=ArtifactFilterKey(any_=["usage-audit", "usage-audit-billed", "usage-audit-summary"])))
+            return await client.read_artifacts(
+                artifact_filter=ArtifactFilter(
+                    key=ArtifactFilterKey(any_=["usage-audit", "usage-audit-billed", "usage-audit-summary"])
+                )
+            )
 
     # Other tests' audits share the session's server: keep this flow run's artifacts, found by the
     # audit's run id in its markdown summary.
@@ -134,43 +159,80 @@ def test_the_flow_fails_past_the_bad_row_ratio(acme_logs, prefect_server, tmp_pa
     from workhorse.flows.audit import usage_audit
 
     with pytest.raises(ContractError, match=r"broke the usage_log contract, more than the allowed 0\.0%"):
-        usage_audit(logs=acme_logs, plan=str(ACME / "workhorse.yaml"), workspace=str(tmp_path), max_bad_row_ratio=0.0)
+        usage_audit(
+            logs=acme_logs, plan=str(ACME / "workhorse.yaml"), workspace=str(tmp_path), max_bad_row_ratio=0.0
+        )
     assert len(list((tmp_path / "quarantine").glob("*.parquet"))) == 1
 
 
 # --------------------------------------------------------------------------- judgement, plain
 
 
-@pytest.mark.parametrize("evidence, workload, reason", [
-    ({"sampled": 50, "tool_share": 0.6, "mean_messages": 7}, "frontier", "agentic"),
-    ({"sampled": 50, "tool_share": 0.0, "mean_messages": 9}, "frontier", "agentic"),
-    ({"sampled": 50, "json_share": 0.95, "mean_messages": 2}, "workhorse", "JSON"),
-    ({"sampled": 50, "distinct_responses": 4, "mean_response_chars": 8}, "workhorse", "4 distinct short answers"),
-    ({"sampled": 50, "distinct_responses": 900, "mean_response_chars": 300, "mean_completion_tokens": 80}, "workhorse", "short"),
-    ({"sampled": 50, "distinct_responses": 900, "mean_response_chars": 5000, "mean_completion_tokens": 1500}, "frontier", "long"),
-    ({"sampled": 0}, "unknown", "no successful calls"),
-])
+@pytest.mark.parametrize(
+    "evidence, workload, reason",
+    [
+        ({"sampled": 50, "tool_share": 0.6, "mean_messages": 7}, "frontier", "agentic"),
+        ({"sampled": 50, "tool_share": 0.0, "mean_messages": 9}, "frontier", "agentic"),
+        ({"sampled": 50, "json_share": 0.95, "mean_messages": 2}, "workhorse", "JSON"),
+        (
+            {"sampled": 50, "distinct_responses": 4, "mean_response_chars": 8},
+            "workhorse",
+            "4 distinct short answers",
+        ),
+        (
+            {
+                "sampled": 50,
+                "distinct_responses": 900,
+                "mean_response_chars": 300,
+                "mean_completion_tokens": 80,
+            },
+            "workhorse",
+            "short",
+        ),
+        (
+            {
+                "sampled": 50,
+                "distinct_responses": 900,
+                "mean_response_chars": 5000,
+                "mean_completion_tokens": 1500,
+            },
+            "frontier",
+            "long",
+        ),
+        ({"sampled": 0}, "unknown", "no successful calls"),
+    ],
+)
 def test_workload_from_evidence(evidence, workload, reason):
     verdict, why = workload_from_evidence(evidence)
     assert verdict == workload and reason in why
 
 
-@pytest.mark.parametrize("case, evidence, expected", [
-    (UseCase(task_type="classification"), {"sampled": 9, "tool_share": 0.9}, ("workhorse", "task_type classification")),
-    (UseCase(task_type="generation", workload="frontier"), {}, ("frontier", "set in workhorse.yaml")),
-    (UseCase(task_type="generation"), {"sampled": 9, "json_share": 1.0}, ("workhorse", "JSON")),
-])
+@pytest.mark.parametrize(
+    "case, evidence, expected",
+    [
+        (
+            UseCase(task_type="classification"),
+            {"sampled": 9, "tool_share": 0.9},
+            ("workhorse", "task_type classification"),
+        ),
+        (UseCase(task_type="generation", workload="frontier"), {}, ("frontier", "set in workhorse.yaml")),
+        (UseCase(task_type="generation"), {"sampled": 9, "json_share": 1.0}, ("workhorse", "JSON")),
+    ],
+)
 def test_plan_before_evidence(case, evidence, expected):
     verdict = classify_use_case("x", Plan(use_cases={"x": case}), evidence)
     assert (verdict.workload, expected[1] in verdict.workload_reason) == (expected[0], True)
 
 
-@pytest.mark.parametrize("latency, evidence, expected", [
-    ("batch", {"active_hours": 20}, "batch"),
-    (None, {"batch_share": 0.9, "active_hours": 24}, "batch"),
-    (None, {"active_hours": 3}, "batch"),
-    (None, {"active_hours": 16}, "realtime"),
-])
+@pytest.mark.parametrize(
+    "latency, evidence, expected",
+    [
+        ("batch", {"active_hours": 20}, "batch"),
+        (None, {"batch_share": 0.9, "active_hours": 24}, "batch"),
+        (None, {"active_hours": 3}, "batch"),
+        (None, {"active_hours": 16}, "realtime"),
+    ],
+)
 def test_latency_need(latency, evidence, expected):
     plan = Plan(use_cases={"x": UseCase(task_type="qa", latency=latency)})
     assert classify_use_case("x", plan, evidence).latency == expected

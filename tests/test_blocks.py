@@ -14,8 +14,9 @@ from workhorse.tasks.common.runner import ModelSpec
 from workhorse.tasks.monitor.alerts import EVENT_BREACHED, resolve_webhook_url
 
 
-@pytest.mark.parametrize("block, slug", [(SlackAlerts, "workhorse-slack-alerts"),
-                                         (ModelEndpoint, "workhorse-model-endpoint")])
+@pytest.mark.parametrize(
+    "block, slug", [(SlackAlerts, "workhorse-slack-alerts"), (ModelEndpoint, "workhorse-model-endpoint")]
+)
 def test_every_field_is_described_and_the_slug_is_stable(block, slug):
     assert block.get_block_type_slug() == slug
     missing = [name for name, info in block.model_fields.items() if not info.description]
@@ -23,18 +24,34 @@ def test_every_field_is_described_and_the_slug_is_stable(block, slug):
 
 
 def test_an_endpoint_block_becomes_the_runners_model_spec_and_hides_its_key():
-    block = ModelEndpoint(model="hosted_vllm/smollm2", api_base="http://127.0.0.1:8000/v1", api_key=SecretStr("sk-x"),
-                          max_concurrency=4, timeout_s=30, input_cost_per_token=1e-7, output_cost_per_token=2e-7,
-                          hosting="self_hosted")
+    block = ModelEndpoint(
+        model="hosted_vllm/smollm2",
+        api_base="http://127.0.0.1:8000/v1",
+        api_key=SecretStr("sk-x"),
+        max_concurrency=4,
+        timeout_s=30,
+        input_cost_per_token=1e-7,
+        output_cost_per_token=2e-7,
+        hosting="self_hosted",
+    )
     spec = ModelSpec.from_endpoint(block)
-    assert (spec.model, spec.api_base, spec.api_key, spec.max_concurrency, spec.timeout_s, spec.hosting,
-            spec.input_cost_per_token, spec.output_cost_per_token) == (
-        "hosted_vllm/smollm2", "http://127.0.0.1:8000/v1", "sk-x", 4, 30.0, "self_hosted", 1e-7, 2e-7)
+    assert (
+        spec.model,
+        spec.api_base,
+        spec.api_key,
+        spec.max_concurrency,
+        spec.timeout_s,
+        spec.hosting,
+        spec.input_cost_per_token,
+        spec.output_cost_per_token,
+    ) == ("hosted_vllm/smollm2", "http://127.0.0.1:8000/v1", "sk-x", 4, 30.0, "self_hosted", 1e-7, 2e-7)
     assert "sk-x" not in repr(block) and "sk-x" not in repr(spec)
 
 
 @pytest.mark.parametrize("in_plan, expected", [(None, "http://block"), ("http://plan", "http://plan")])
-def test_a_saved_block_sits_between_the_plan_and_the_environment(prefect_server, monkeypatch, in_plan, expected):
+def test_a_saved_block_sits_between_the_plan_and_the_environment(
+    prefect_server, monkeypatch, in_plan, expected
+):
     name = f"test-{uuid.uuid4().hex[:8]}"
     SlackAlerts(webhook_url=SecretStr("http://block"), channel="#llm-migration").save(name)
     monkeypatch.setenv("WORKHORSE_SLACK_WEBHOOK_URL", "http://env")
@@ -57,10 +74,17 @@ def guardrail_automation(deployment_id):
             expect={"workhorse.guardrail.breached"},
             match={"prefect.resource.id": "workhorse.use-case.*", "workhorse.severity": "critical"},
             for_each={"prefect.resource.id"},  # one firing per use case
-            posture=Posture.Reactive, threshold=1, within=0,
+            posture=Posture.Reactive,
+            threshold=1,
+            within=0,
         ),
-        actions=[RunDeployment(source="selected", deployment_id=deployment_id,
-                               parameters={"use_case": "{{ event.resource.name }}"})],
+        actions=[
+            RunDeployment(
+                source="selected",
+                deployment_id=deployment_id,
+                parameters={"use_case": "{{ event.resource.name }}"},
+            )
+        ],
     )
 
 

@@ -27,36 +27,61 @@ def chromium_present():
 
 
 def leaderboard_line(model: str, variant: str, split: str, score: float, cost: float | None) -> dict:
-    return {"model": model, "hosting": "api" if cost else "self_hosted", "prompt_variant": variant, "split": split,
-            "items": 30, "accuracy": score, "score": score, "macro_f1": score - 0.02, "error_rate": 0.0,
-            "latency_p50_ms": 120.0, "latency_p95_ms": 310.0, "cost_per_1k_items": cost,
-            "cost_per_correct": cost / (score * 1000) if cost else None}
+    return {
+        "model": model,
+        "hosting": "api" if cost else "self_hosted",
+        "prompt_variant": variant,
+        "split": split,
+        "items": 30,
+        "accuracy": score,
+        "score": score,
+        "macro_f1": score - 0.02,
+        "error_rate": 0.0,
+        "latency_p50_ms": 120.0,
+        "latency_p95_ms": 310.0,
+        "cost_per_1k_items": cost,
+        "cost_per_correct": cost / (score * 1000) if cost else None,
+    }
 
 
 def synthetic_eval_summary() -> dict:
     """A two-arm classification run as the eval flow summarises it (numbers invented, shape real)."""
-    leaderboard = [leaderboard_line("gpt-4o-mini", "as-logged", "test", 0.90, 0.085),
-                   leaderboard_line("hosted_vllm/smollm2-135m-instruct", "constrained", "test", 0.86, None),
-                   leaderboard_line("deepinfra/Qwen/Qwen3-14B", "zero-shot", "test", 0.88, 0.021),
-                   leaderboard_line("deepinfra/Qwen/Qwen3-14B", "zero-shot", "dev", 0.87, 0.021)]
-    return {"use_case": "ticket-routing", "task_type": "classification", "run_id": "eval-browser-check",
-            "verdict": {"decision": "migrate", "reason": "Qwen3-14B within the 2-point margin at a quarter of the cost"},
-            "leaderboard": leaderboard, "skipped": ["batch hosting: realtime use case"],
-            "tokens_per_s": {"hosted_vllm/smollm2-135m-instruct": 341.5}}
+    leaderboard = [
+        leaderboard_line("gpt-4o-mini", "as-logged", "test", 0.90, 0.085),
+        leaderboard_line("hosted_vllm/smollm2-135m-instruct", "constrained", "test", 0.86, None),
+        leaderboard_line("deepinfra/Qwen/Qwen3-14B", "zero-shot", "test", 0.88, 0.021),
+        leaderboard_line("deepinfra/Qwen/Qwen3-14B", "zero-shot", "dev", 0.87, 0.021),
+    ]
+    return {
+        "use_case": "ticket-routing",
+        "task_type": "classification",
+        "run_id": "eval-browser-check",
+        "verdict": {
+            "decision": "migrate",
+            "reason": "Qwen3-14B within the 2-point margin at a quarter of the cost",
+        },
+        "leaderboard": leaderboard,
+        "skipped": ["batch hosting: realtime use case"],
+        "tokens_per_s": {"hosted_vllm/smollm2-135m-instruct": 341.5},
+    }
 
 
 def synthetic_scores() -> list[dict]:
     pairs = [(ref, pred) for ref in LABELS for pred in LABELS] * 3
-    return [{"model": model, "prompt_variant": variant, "split": "test", "reference": ref, "prediction": pred}
-            for model, variant in [("gpt-4o-mini", "as-logged"), ("deepinfra/Qwen/Qwen3-14B", "zero-shot")]
-            for ref, pred in pairs]
+    return [
+        {"model": model, "prompt_variant": variant, "split": "test", "reference": ref, "prediction": pred}
+        for model, variant in [("gpt-4o-mini", "as-logged"), ("deepinfra/Qwen/Qwen3-14B", "zero-shot")]
+        for ref, pred in pairs
+    ]
 
 
 @pytest.fixture
 def eval_report(tmp_path) -> Path:
     from workhorse.tasks.evaluate.report import write_eval_report
 
-    return write_eval_report(tmp_path / "eval-report.html", synthetic_eval_summary(), synthetic_scores(), LABELS)
+    return write_eval_report(
+        tmp_path / "eval-report.html", synthetic_eval_summary(), synthetic_scores(), LABELS
+    )
 
 
 @pytest.fixture
@@ -112,9 +137,11 @@ def test_audit_report_renders_its_charts_and_tables(audit_report, tmp_path):
 def test_the_check_sees_console_errors_and_empty_charts(tmp_path):
     """The check is not vacuous: a failing script, a missing image and an empty chart are all seen."""
     page_file = tmp_path / "broken.html"
-    page_file.write_text("<!doctype html><html><head><title>broken</title></head><body>"
-                         "<svg id='empty' width='0' height='0'></svg><img src='missing.png'>"
-                         "<script>console.error('chart data missing'); undefinedFunction();</script></body></html>")
+    page_file.write_text(
+        "<!doctype html><html><head><title>broken</title></head><body>"
+        "<svg id='empty' width='0' height='0'></svg><img src='missing.png'>"
+        "<script>console.error('chart data missing'); undefinedFunction();</script></body></html>"
+    )
     page = render_report(page_file)
 
     assert page.svg("empty") == {"id": "empty", "width": 0, "height": 0, "shapes": 0}

@@ -20,12 +20,15 @@ OPENAI_KEY = "sk-test-0123456789abcdefSECRET"
 VLLM_BASE = "http://127.0.0.1:8000/v1"
 
 
-@pytest.mark.parametrize("secret, shown", [
-    (SLACK_URL, "https://hooks.slack.com/…(redacted)"),
-    (OPENAI_KEY, "sk-…(redacted)"),
-    ("short", "…(redacted)"),
-    (None, "(empty)"),
-])
+@pytest.mark.parametrize(
+    "secret, shown",
+    [
+        (SLACK_URL, "https://hooks.slack.com/…(redacted)"),
+        (OPENAI_KEY, "sk-…(redacted)"),
+        ("short", "…(redacted)"),
+        (None, "(empty)"),
+    ],
+)
 def test_mask_keeps_only_what_identifies_the_system(secret, shown):
     from workhorse.block_setup import mask
 
@@ -41,7 +44,9 @@ def test_blocks_init_saves_from_the_environment_without_echoing_secrets(prefect_
     monkeypatch.setenv("HOSTED_VLLM_API_BASE", VLLM_BASE)
     result = CliRunner().invoke(app, ["blocks", "init"])
     assert result.exit_code == 0, result.output
-    assert SLACK_URL not in result.output and OPENAI_KEY not in result.output and "s3cr3t" not in result.output
+    assert (
+        SLACK_URL not in result.output and OPENAI_KEY not in result.output and "s3cr3t" not in result.output
+    )
     assert "workhorse-slack-alerts/default: https://hooks.slack.com/…(redacted)" in result.output
     assert "workhorse-model-endpoint/openai: gpt-4o-mini, key sk-…(redacted)" in result.output
     assert SlackAlerts.load("default").webhook_url.get_secret_value() == SLACK_URL
@@ -61,7 +66,9 @@ def test_blocks_register_puts_every_type_on_the_server(prefect_server):
     with get_client(sync_client=True) as client:
         for slug in ("workhorse-slack-alerts", "workhorse-model-endpoint"):
             assert slug in result.output
-            schema = client.get_most_recent_block_schema_for_block_type(client.read_block_type_by_slug(slug).id)
+            schema = client.get_most_recent_block_schema_for_block_type(
+                client.read_block_type_by_slug(slug).id
+            )
             assert schema is not None and schema.fields["properties"]
 
 
@@ -93,8 +100,14 @@ def read_export_line(process: subprocess.Popen, timeout_s: float) -> str:
 def test_ui_serves_a_healthy_api_on_localhost_until_ctrl_c(tmp_path):
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home")}
     env.pop("PREFECT_API_URL", None)
-    process = subprocess.Popen([sys.executable, "-m", "workhorse.cli", "ui"], env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "workhorse.cli", "ui"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         api_url = read_export_line(process, timeout_s=120)
         assert api_url.startswith("http://127.0.0.1:") and api_url.endswith("/api")

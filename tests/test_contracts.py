@@ -22,9 +22,20 @@ from workhorse.tasks.common.contracts import (
     write_quarantine,
 )
 
-GOOD = {"request_id": "r1", "ts": "2025-03-01T10:00:00Z", "use_case": "ticket-routing", "model": "gpt-4o-mini",
-        "prompt_tokens": 120, "completion_tokens": 3, "status": "ok", "latency_ms": 420.0, "cost_usd": None,
-        "request": '[{"role": "user", "content": "hi"}]', "response": "billing", "metadata": "{}"}
+GOOD = {
+    "request_id": "r1",
+    "ts": "2025-03-01T10:00:00Z",
+    "use_case": "ticket-routing",
+    "model": "gpt-4o-mini",
+    "prompt_tokens": 120,
+    "completion_tokens": 3,
+    "status": "ok",
+    "latency_ms": 420.0,
+    "cost_usd": None,
+    "request": '[{"role": "user", "content": "hi"}]',
+    "response": "billing",
+    "metadata": "{}",
+}
 
 
 def rows_table(*overrides: dict) -> pa.Table:
@@ -38,17 +49,20 @@ def one(e_type: str, **kwargs) -> Contract:
     return Contract("t", (Expectation(e_type, kwargs),))
 
 
-@pytest.mark.parametrize("override, broken", [
-    ({}, None),
-    ({"prompt_tokens": -5}, "expect_column_values_to_be_between(prompt_tokens, min=0)"),
-    ({"completion_tokens": -1}, "expect_column_values_to_be_between(completion_tokens, min=0)"),
-    ({"ts": "2025-03-01 10:00:00"}, "expect_column_values_to_be_timezone_aware(ts)"),
-    ({"ts": "yesterday+01"}, "expect_column_values_to_be_of_type(ts, type=TIMESTAMP WITH TIME ZONE)"),
-    ({"status": "timeout"}, "expect_column_values_to_be_in_set(status, set=ok|error)"),
-    ({"model": None}, "expect_column_values_to_not_be_null(model)"),
-    ({"metadata": "{not json"}, "expect_column_values_to_be_json_parseable(metadata)"),
-    ({"latency_ms": -3.0}, "expect_column_values_to_be_between(latency_ms, min=0)"),
-])
+@pytest.mark.parametrize(
+    "override, broken",
+    [
+        ({}, None),
+        ({"prompt_tokens": -5}, "expect_column_values_to_be_between(prompt_tokens, min=0)"),
+        ({"completion_tokens": -1}, "expect_column_values_to_be_between(completion_tokens, min=0)"),
+        ({"ts": "2025-03-01 10:00:00"}, "expect_column_values_to_be_timezone_aware(ts)"),
+        ({"ts": "yesterday+01"}, "expect_column_values_to_be_of_type(ts, type=TIMESTAMP WITH TIME ZONE)"),
+        ({"status": "timeout"}, "expect_column_values_to_be_in_set(status, set=ok|error)"),
+        ({"model": None}, "expect_column_values_to_not_be_null(model)"),
+        ({"metadata": "{not json"}, "expect_column_values_to_be_json_parseable(metadata)"),
+        ({"latency_ms": -3.0}, "expect_column_values_to_be_between(latency_ms, min=0)"),
+    ],
+)
 def test_usage_contract_names_the_broken_expectation(override, broken):
     table = rows_table({}, override)
     result = validate_table(table, load_contract("usage_log"))
@@ -61,7 +75,9 @@ def test_usage_contract_names_the_broken_expectation(override, broken):
         assert result.quarantined.column("request_id")[0].as_py() == "r1"
 
 
-@pytest.mark.parametrize("cell, ok", [("12", True), ("12.5", False), ("abc", False), ("-0", True), (None, True)])
+@pytest.mark.parametrize(
+    "cell, ok", [("12", True), ("12.5", False), ("abc", False), ("-0", True), (None, True)]
+)
 def test_types_are_checked_per_row_and_accepted_rows_are_cast(cell, ok):
     table = pa.table({"n": [cell, "7"]})
     result = validate_table(table, one("expect_column_values_to_be_of_type", column="n", type_="BIGINT"))
@@ -72,11 +88,15 @@ def test_types_are_checked_per_row_and_accepted_rows_are_cast(cell, ok):
 
 def test_every_failed_expectation_of_a_row_is_listed():
     table = rows_table({"prompt_tokens": -1, "status": "weird", "ts": "2025-03-01 10:00"})
-    reasons = validate_table(table, load_contract("usage_log")).quarantined.column("_reason")[0].as_py().split("; ")
+    reasons = (
+        validate_table(table, load_contract("usage_log")).quarantined.column("_reason")[0].as_py().split("; ")
+    )
     assert len(reasons) == 3
-    assert {r.split("(")[0] for r in reasons} == {"expect_column_values_to_be_between",
-                                                   "expect_column_values_to_be_in_set",
-                                                   "expect_column_values_to_be_timezone_aware"}
+    assert {r.split("(")[0] for r in reasons} == {
+        "expect_column_values_to_be_between",
+        "expect_column_values_to_be_in_set",
+        "expect_column_values_to_be_timezone_aware",
+    }
 
 
 def test_duplicates_quarantine_every_copy_and_keep_input_order():
@@ -109,7 +129,10 @@ def test_empty_table_is_a_table_failure():
         enforce_bad_row_ratio(result, 1.0, "empty.jsonl")
 
 
-@pytest.mark.parametrize("bad, max_ratio, fails", [(1, 0.2, False), (1, 0.19, True), (0, 0.0, False), (4, 0.75, True), (5, 0.99, True)])
+@pytest.mark.parametrize(
+    "bad, max_ratio, fails",
+    [(1, 0.2, False), (1, 0.19, True), (0, 0.0, False), (4, 0.75, True), (5, 0.99, True)],
+)
 def test_bad_row_ratio_policy(bad, max_ratio, fails):
     table = rows_table(*([{"prompt_tokens": -1}] * bad + [{}] * (5 - bad)))
     result = validate_table(table, load_contract("usage_log"))
@@ -121,11 +144,14 @@ def test_bad_row_ratio_policy(bad, max_ratio, fails):
         enforce_bad_row_ratio(result, max_ratio, "acme.jsonl")
 
 
-@pytest.mark.parametrize("values, arrow_type, failing", [
-    (["2025-01-01T00:00:00Z", "2025-01-01T00:00:00+02:00", "2025-01-01 00:00:00"], pa.string(), [2]),
-    ([0, 1], pa.timestamp("us", tz="UTC"), []),
-    ([0, 1], pa.timestamp("us"), [0, 1]),
-])
+@pytest.mark.parametrize(
+    "values, arrow_type, failing",
+    [
+        (["2025-01-01T00:00:00Z", "2025-01-01T00:00:00+02:00", "2025-01-01 00:00:00"], pa.string(), [2]),
+        ([0, 1], pa.timestamp("us", tz="UTC"), []),
+        ([0, 1], pa.timestamp("us"), [0, 1]),
+    ],
+)
 def test_timezone_awareness_by_type_or_suffix(values, arrow_type, failing):
     table = pa.table({"ts": pa.array(values, arrow_type), "i": range(len(values))})
     result = validate_table(table, one("expect_column_values_to_be_timezone_aware", column="ts"), cast=False)
@@ -140,9 +166,13 @@ def test_without_drops_a_check():
 
 def test_python_row_check_plugs_in():
     contract = load_contract("usage_log").with_row_check(
-        "response_is_a_label", ["use_case", "response"],
-        lambda use_case, response: use_case != "ticket-routing" or response in {"billing", "technical"})
-    table = rows_table({}, {"response": "a long sentence"}, {"use_case": "summaries", "response": "free text"})
+        "response_is_a_label",
+        ["use_case", "response"],
+        lambda use_case, response: use_case != "ticket-routing" or response in {"billing", "technical"},
+    )
+    table = rows_table(
+        {}, {"response": "a long sentence"}, {"use_case": "summaries", "response": "free text"}
+    )
     result = validate_table(table, contract)
     assert result.quarantined.column("request_id").to_pylist() == ["r1"]
     assert result.quarantined.column("_reason")[0].as_py() == "response_is_a_label(use_case, response)"
@@ -159,15 +189,24 @@ def test_json_schema_expectation_runs_as_python_predicate():
 def test_one_connection_compiles_a_contract_with_python_checks_twice():
     # The audit compiles its contract twice on one connection (without, then with, uniqueness).
     schema = {"type": "object", "required": ["total"]}
-    contract = Contract("t", (Expectation("expect_column_values_to_match_json_schema",
-                                          {"column": "out", "json_schema": schema}),
-                              Expectation("expect_column_values_to_be_unique", {"column": "id"})))
+    contract = Contract(
+        "t",
+        (
+            Expectation(
+                "expect_column_values_to_match_json_schema", {"column": "out", "json_schema": schema}
+            ),
+            Expectation("expect_column_values_to_be_unique", {"column": "id"}),
+        ),
+    )
     con = connect()
     con.register("t", pa.table({"id": [1, 2, 2], "out": ['{"total": 1}', "{}", '{"total": 2}']}))
     first = check_relation(con, "t", contract.without("expect_column_values_to_be_unique"))
     second = check_relation(con, "t", contract)
     assert first.failure_counts()[1] == {contract.expectations[0].label: 1}
-    assert second.failure_counts()[1] == {contract.expectations[0].label: 1, contract.expectations[1].label: 2}
+    assert second.failure_counts()[1] == {
+        contract.expectations[0].label: 1,
+        contract.expectations[1].label: 2,
+    }
 
 
 @pytest.mark.parametrize("suffix", [".parquet", ".jsonl"])
@@ -193,10 +232,13 @@ def test_relation_backend_counts_without_materialising(tmp_path):
     assert len(pq.read_table(checked.write_quarantine(tmp_path / "q.parquet"))) == 2
 
 
-@pytest.mark.parametrize("data, message", [
-    ({"expectations": []}, "not a GX suite"),
-    ({"name": "x", "expectations": [{"type": "expect_magic", "kwargs": {}}]}, "expect_magic"),
-])
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"expectations": []}, "not a GX suite"),
+        ({"name": "x", "expectations": [{"type": "expect_magic", "kwargs": {}}]}, "expect_magic"),
+    ],
+)
 def test_bad_contract_files_are_config_errors(data, message):
     with pytest.raises(ConfigError, match=message):
         contract_from_dict(data)
@@ -210,14 +252,28 @@ def test_unknown_contract_name():
 def test_vectorised_verdict_agrees_with_great_expectations():
     """GX's own verdict on the same rows, expectation by expectation (types aside: GX checks dtypes)."""
     usage = load_contract("usage_log")
-    naive = Expectation("expect_column_values_to_match_regex", {"column": "ts", "regex": r"(Z|[+-][0-9]{2}(:?[0-9]{2})?)$"})
+    naive = Expectation(
+        "expect_column_values_to_match_regex", {"column": "ts", "regex": r"(Z|[+-][0-9]{2}(:?[0-9]{2})?)$"}
+    )
     # GX checks dtypes rather than cells, has no timezone expectation, and fails the whole table
     # for an absent optional column (we treat it as NULLs): compare on everything else.
-    kept = tuple(e for e in usage.expectations if e.type != "expect_column_values_to_be_of_type"
-                 and "workhorse_only" not in e.meta and e.column in (None, *GOOD))
+    kept = tuple(
+        e
+        for e in usage.expectations
+        if e.type != "expect_column_values_to_be_of_type"
+        and "workhorse_only" not in e.meta
+        and e.column in (None, *GOOD)
+    )
     contract = Contract("agree", kept + (naive,))
-    table = rows_table({}, {"model": None}, {"prompt_tokens": -3, "metadata": "{x"}, {"status": "bad", "latency_ms": -1.0},
-                       {"ts": "2025-03-01 10:00:00"}, {"request_id": "r1"}, {"cost_usd": 0.5})
+    table = rows_table(
+        {},
+        {"model": None},
+        {"prompt_tokens": -3, "metadata": "{x"},
+        {"status": "bad", "latency_ms": -1.0},
+        {"ts": "2025-03-01 10:00:00"},
+        {"request_id": "r1"},
+        {"cost_usd": 0.5},
+    )
     table = table.append_column("position", pa.array(range(table.num_rows)))
     ours = validate_table(table, contract, cast=False)
     theirs = validate_with_gx(table, contract)

@@ -55,11 +55,25 @@ def write_logged_use_cases(workspace, plan) -> None:
     for name in USE_CASES:
         labels = list(plan.use_cases[name].labels)
         spec = GoldenSpec(name, "classification", labels=labels)
-        items = [spec.item([{"role": "user", "content": f"{name} message {i}: {' '.join(T.WORDS[i % 7:i % 7 + 12])}"}],
-                           labels[i % len(labels)], source="log", label_origin="incumbent") for i in range(40)]
+        items = [
+            spec.item(
+                [{"role": "user", "content": f"{name} message {i}: {' '.join(T.WORDS[i % 7 : i % 7 + 12])}"}],
+                labels[i % len(labels)],
+                source="log",
+                label_origin="incumbent",
+            )
+            for i in range(40)
+        ]
         write_version(workspace, name, items, [{"kind": "test"}])
-        usage += T.stream(name, "gpt-4o-mini", datetime(2026, 11, 2, tzinfo=timezone.utc), 60, 40,
-                          latency_ms=REPLAYED_MS, jitter=0.0)
+        usage += T.stream(
+            name,
+            "gpt-4o-mini",
+            datetime(2026, 11, 2, tzinfo=timezone.utc),
+            60,
+            40,
+            latency_ms=REPLAYED_MS,
+            jitter=0.0,
+        )
     import pyarrow.parquet as pq
 
     workspace.subdir("usage")
@@ -73,7 +87,9 @@ def test_a_slow_engine_tells_the_intended_story(isolated_workspace, prefect_serv
     write_logged_use_cases(ws, plan)
     engine = fake_openai_server(**ENGINE)  # answers one of the offered labels, like constrained decoding
     started = time.monotonic()
-    rollouts = [rollout_with_live_traffic.fn(ws, plan, scenario, engine.url) for scenario in ROLLOUT_SCENARIOS]
+    rollouts = [
+        rollout_with_live_traffic.fn(ws, plan, scenario, engine.url) for scenario in ROLLOUT_SCENARIOS
+    ]
     monitoring = watch_demo_traffic.fn(ws, str(plan_file))
     console = Console(record=True, width=400, file=io.StringIO())
     print_rollouts(console, rollouts)
@@ -92,11 +108,16 @@ def test_a_slow_engine_tells_the_intended_story(isolated_workspace, prefect_serv
     opened = [c["key"] for c in monitoring["incidents"] if c["change"] == "opened"]
     assert any(key.startswith("ticket-routing|") and key.endswith("|error_rate") for key in opened), opened
     assert monitoring["messages"] and any("error_rate" in str(m) for m in monitoring["messages"])
-    assert "None" not in summary and "not the intended story" not in summary and "no incident opened" not in summary
+    assert (
+        "None" not in summary
+        and "not the intended story" not in summary
+        and "no incident opened" not in summary
+    )
     assert "reverted 1 control-loop run(s) after it" in summary
 
 
 # --- the latency guardrail, derived from measured latencies -------------------------------------
+
 
 def guardrails_for(engine_s: float | None, incumbent_s: float | None):
     plan = load_plan(ACME)
@@ -104,15 +125,18 @@ def guardrails_for(engine_s: float | None, incumbent_s: float | None):
     return RolloutPolicy.model_validate(demo_policy(plan, latency)).guardrails, text
 
 
-@pytest.mark.parametrize("engine_s, candidate_p95_s, status", [
-    (1.8, 1.8, "pass"),        # a CPU engine answering at its measured speed
-    (1.8, 3.2, "pass"),        # noise within the headroom
-    (1.8, 5.0, "fail"),        # beyond 2x what the engine measured
-    (1.8, 8.0, "critical"),    # beyond the plan's 4x, of the engine's own latency
-    (0.2, 0.2, "pass"),        # a GPU engine faster than the API: the plan's own tolerances...
-    (0.2, 1.0, "fail"),        # ... so 1.4x the incumbent fails
-    (0.2, 3.5, "critical"),    # ... and 5x reverts at once
-])
+@pytest.mark.parametrize(
+    "engine_s, candidate_p95_s, status",
+    [
+        (1.8, 1.8, "pass"),  # a CPU engine answering at its measured speed
+        (1.8, 3.2, "pass"),  # noise within the headroom
+        (1.8, 5.0, "fail"),  # beyond 2x what the engine measured
+        (1.8, 8.0, "critical"),  # beyond the plan's 4x, of the engine's own latency
+        (0.2, 0.2, "pass"),  # a GPU engine faster than the API: the plan's own tolerances...
+        (0.2, 1.0, "fail"),  # ... so 1.4x the incumbent fails
+        (0.2, 3.5, "critical"),  # ... and 5x reverts at once
+    ],
+)
 def test_the_latency_guardrail_scales_with_the_measured_engine(engine_s, candidate_p95_s, status):
     guardrails, text = guardrails_for(engine_s, 0.7)
     rng = np.random.default_rng(0)

@@ -34,19 +34,26 @@ def flow_of(spec):
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
 def test_entrypoint_resolves_and_the_flow_accepts_every_parameter(spec):
     signature = inspect.signature(flow_of(spec).fn).parameters
-    assert set(spec.parameters) <= set(signature), f"{spec.name}: unknown {set(spec.parameters) - set(signature)}"
+    assert set(spec.parameters) <= set(signature), (
+        f"{spec.name}: unknown {set(spec.parameters) - set(signature)}"
+    )
     required = {name for name, p in signature.items() if p.default is inspect.Parameter.empty}
-    assert required <= set(spec.parameters), f"{spec.name}: missing required {required - set(spec.parameters)}"
+    assert required <= set(spec.parameters), (
+        f"{spec.name}: missing required {required - set(spec.parameters)}"
+    )
 
 
-@pytest.mark.parametrize("flow_name, kind, every", [
-    ("usage-audit", "cron", "0 6 * * 1"),                  # weekly
-    ("golden-dataset-refresh", "cron", "0 2 * * *"),       # nightly
-    ("parallel-eval", "cron", "0 4 * * 6"),                # weekly
-    ("staged-rollout", "interval", 300),                   # control loop every 5 minutes
-    ("monitoring", "interval", 300),
-    ("weekly-reevaluation", "cron", "0 5 * * 0"),
-])
+@pytest.mark.parametrize(
+    "flow_name, kind, every",
+    [
+        ("usage-audit", "cron", "0 6 * * 1"),  # weekly
+        ("golden-dataset-refresh", "cron", "0 2 * * *"),  # nightly
+        ("parallel-eval", "cron", "0 4 * * 6"),  # weekly
+        ("staged-rollout", "interval", 300),  # control loop every 5 minutes
+        ("monitoring", "interval", 300),
+        ("weekly-reevaluation", "cron", "0 5 * * 0"),
+    ],
+)
 def test_each_flow_has_its_documented_schedule(flow_name, kind, every):
     chosen = [spec for spec in SPECS if flow_of(spec).name == flow_name]
     assert chosen, f"no deployment of {flow_name}"
@@ -71,7 +78,9 @@ def test_secrets_come_only_from_block_references():
         signature = inspect.signature(flow_of(spec).fn).parameters
         for name, value in spec.parameters.items():
             if "SecretStr" in str(signature[name].annotation):
-                assert block_reference(value), f"{spec.name}.{name} must be a {{{{ prefect.blocks… }}}} reference"
+                assert block_reference(value), (
+                    f"{spec.name}.{name} must be a {{{{ prefect.blocks… }}}} reference"
+                )
 
 
 def save_slack_block(url: str) -> None:
@@ -90,10 +99,21 @@ def test_prefect_deploy_all_registers_every_deployment_on_a_process_pool(prefect
     with get_client(sync_client=True) as client:
         if not any(pool.name == "workhorse" for pool in client.read_work_pools()):
             client.create_work_pool(WorkPoolCreate(name="workhorse", type="process"))
-    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PREFECT_CLI_PROMPT": "false",
-           "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    done = subprocess.run([sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all"], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=300)
+    env = {
+        **os.environ,
+        "PREFECT_API_URL": PREFECT_API_URL.value(),
+        "PREFECT_CLI_PROMPT": "false",
+        "PREFECT_HOME": str(tmp_path / "prefect-home"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     with get_client(sync_client=True) as client:
         deployed = {d.name: d for d in client.read_deployments() if d.work_pool_name == "workhorse"}
         for deployment in deployed.values():  # the served deployments of other tests reuse these names
@@ -106,6 +126,7 @@ def test_prefect_deploy_all_registers_every_deployment_on_a_process_pool(prefect
 
 
 # --- each deployment runs once ---------------------------------------------------------------
+
 
 def acme_logs(out: Path) -> list[str]:
     spec = importlib.util.spec_from_file_location("acme_generate", ACME / "generate.py")
@@ -152,7 +173,9 @@ def flow_run_artifacts(flow_run_id) -> set[str]:
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
     with get_client(sync_client=True) as client:
-        found = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
     return {artifact.key for artifact in found}
 
 
@@ -161,7 +184,10 @@ EXPECTED_ARTIFACTS = {
     "weekly-audit": {"usage-audit", "usage-audit-summary"},
     "nightly-golden-refresh": {"golden-refresh", "golden-counts"},
     "weekly-eval-ticket-routing": {"eval-ticket-routing-leaderboard", "eval-ticket-routing-verdict"},
-    "weekly-eval-invoice-extraction": {"eval-invoice-extraction-leaderboard", "eval-invoice-extraction-verdict"},
+    "weekly-eval-invoice-extraction": {
+        "eval-invoice-extraction-leaderboard",
+        "eval-invoice-extraction-verdict",
+    },
     "rollout-ticket-routing": {"rollout-ticket-routing"},
     "rollout-invoice-extraction": {"rollout-invoice-extraction"},
     "monitoring": {"monitoring-window", "monitoring-metrics"},
@@ -169,8 +195,9 @@ EXPECTED_ARTIFACTS = {
 }
 
 
-def test_each_deployment_runs_once_to_completed_with_its_artifacts(prefect_server, fake_openai_server, isolated_workspace,
-                                                                    tmp_path, monkeypatch):
+def test_each_deployment_runs_once_to_completed_with_its_artifacts(
+    prefect_server, fake_openai_server, isolated_workspace, tmp_path, monkeypatch
+):
     from prefect.deployments import run_deployment
     from prefect.settings import PREFECT_API_URL
 
@@ -182,8 +209,12 @@ def test_each_deployment_runs_once_to_completed_with_its_artifacts(prefect_serve
     monkeypatch.setenv("OPENAI_API_BASE", fake.url)  # the incumbent, where replay has no logged answer
     root = str(isolated_workspace.root)
     plan = str(small_acme_plan(tmp_path / "workhorse.yaml", fake.url))
-    overrides = {"workspace": root, "plan": plan, "logs": acme_logs(tmp_path / "logs"),
-                 "slack_webhook_url": "http://127.0.0.1:9/never-called"}
+    overrides = {
+        "workspace": root,
+        "plan": plan,
+        "logs": acme_logs(tmp_path / "logs"),
+        "slack_webhook_url": "http://127.0.0.1:9/never-called",
+    }
     save_slack_block("http://127.0.0.1:9/never-called")
     deployments = build_deployments(PROJECT_FILE, overrides=overrides, with_schedules=False)
     states = {}

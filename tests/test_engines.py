@@ -22,8 +22,12 @@ from workhorse.tasks.evaluate.prompts import PromptTask, render
 
 pytestmark = pytest.mark.integration
 
-SENTIMENT = [("I loved every minute of it, wonderful!", "positive"), ("Terrible, it broke on day one.", "negative"),
-             ("Fantastic quality, highly recommended.", "positive"), ("Awful service, never again.", "negative")]
+SENTIMENT = [
+    ("I loved every minute of it, wonderful!", "positive"),
+    ("Terrible, it broke on day one.", "negative"),
+    ("Fantastic quality, highly recommended.", "positive"),
+    ("Awful service, never again.", "negative"),
+]
 
 
 def sentiment_task(text: str) -> PromptTask:
@@ -38,12 +42,19 @@ def test_prepare_is_idempotent(embedded_model_dir):
 
 
 def test_server_answers_through_litellm_with_a_choice_constraint(vllm_server, isolated_workspace):
-    spec = ModelSpec(model=vllm_server.litellm_model, api_base=vllm_server.api_base, hosting="self_hosted",
-                     max_concurrency=4, timeout_s=120)
+    spec = ModelSpec(
+        model=vllm_server.litellm_model,
+        api_base=vllm_server.api_base,
+        hosting="self_hosted",
+        max_concurrency=4,
+        timeout_s=120,
+    )
     requests = []
     for index, (text, _) in enumerate(SENTIMENT):
         messages, params = render("constrained", sentiment_task(text), "self_hosted")
-        requests.append(ModelRequest(f"s{index}", spec, messages, {"max_tokens": 5, "temperature": 0, **params}))
+        requests.append(
+            ModelRequest(f"s{index}", spec, messages, {"max_tokens": 5, "temperature": 0, **params})
+        )
     rows = asyncio.run(Runner(isolated_workspace, "server-run").run(requests))
     assert all(r.error_type is None for r in rows)
     assert {r.output for r in rows} <= {"positive", "negative"}  # the constraint held on the real server
@@ -56,11 +67,18 @@ def test_one_offline_engine_answers_several_batches(embedded_model_dir, tmp_path
     schema = {"type": "object", "properties": {"sentiment": {"type": "string"}}, "required": ["sentiment"]}
     with OfflineEngine(embedded_model_dir, tmp_path) as engine:
         pid = engine.process.pid
-        result = run_offline_batch(embedded_model_dir, conversations,
-                                   BatchParams(max_tokens=5, choice=["positive", "negative"]), engine=str(engine.folder))
-        mixed = run_offline_batch(embedded_model_dir, conversations[:2],
-                                  [BatchParams(max_tokens=24, json_schema=schema), BatchParams(max_tokens=5, choice=["yes", "no"])],
-                                  engine=str(engine.folder))
+        result = run_offline_batch(
+            embedded_model_dir,
+            conversations,
+            BatchParams(max_tokens=5, choice=["positive", "negative"]),
+            engine=str(engine.folder),
+        )
+        mixed = run_offline_batch(
+            embedded_model_dir,
+            conversations[:2],
+            [BatchParams(max_tokens=24, json_schema=schema), BatchParams(max_tokens=5, choice=["yes", "no"])],
+            engine=str(engine.folder),
+        )
         assert engine.process.pid == pid and engine.process.poll() is None  # the same engine, still up
     assert len(result.outputs) == len(SENTIMENT)
     assert set(result.outputs) <= {"positive", "negative"}
@@ -72,8 +90,12 @@ def test_one_offline_engine_answers_several_batches(embedded_model_dir, tmp_path
 
 def test_a_batch_without_an_engine_starts_its_own(embedded_model_dir, tmp_path):
     conversations = [render("constrained", sentiment_task(text), "batch")[0] for text, _ in SENTIMENT[:2]]
-    result = run_offline_batch(embedded_model_dir, conversations, BatchParams(max_tokens=5, choice=["positive", "negative"]),
-                               cache_root=tmp_path)
+    result = run_offline_batch(
+        embedded_model_dir,
+        conversations,
+        BatchParams(max_tokens=5, choice=["positive", "negative"]),
+        cache_root=tmp_path,
+    )
     assert set(result.outputs) <= {"positive", "negative"} and len(result.outputs) == 2
     assert result.wall_s > result.generate_s > 0  # the engine's start is in the wall time, not the generation
 
@@ -98,9 +120,14 @@ def _live_group_members(group: int, wait_s: float) -> list[str]:
     """Processes of the group that are not zombies, after waiting up to wait_s for them to go."""
     deadline = time.monotonic() + wait_s
     while True:
-        listing = subprocess.run(["ps", "-e", "-o", "pgid=,stat=,pid="], capture_output=True, text=True).stdout
-        live = [pid for pgid, stat, pid in (line.split() for line in listing.splitlines())
-                if pgid == str(group) and not stat.startswith("Z")]
+        listing = subprocess.run(
+            ["ps", "-e", "-o", "pgid=,stat=,pid="], capture_output=True, text=True
+        ).stdout
+        live = [
+            pid
+            for pgid, stat, pid in (line.split() for line in listing.splitlines())
+            if pgid == str(group) and not stat.startswith("Z")
+        ]
         if not live or time.monotonic() > deadline:
             return live
         time.sleep(0.2)

@@ -21,7 +21,16 @@ PER_INTENT = 8
 BLOCK_KEY = "sk-dask-block-canary-41c7e2"
 ENV_KEY = "sk-dask-env-canary-9d03aa"
 # What identifies a response and what the model answered; latency and the cached flag may differ.
-SAME = ("item_id", "model", "prompt_variant", "output", "error_type", "prompt_tokens", "completion_tokens", "cost_usd")
+SAME = (
+    "item_id",
+    "model",
+    "prompt_variant",
+    "output",
+    "error_type",
+    "prompt_tokens",
+    "completion_tokens",
+    "cost_usd",
+)
 
 
 def golden_workspace(root: Path, shared_datasets: Path, plan: dict) -> Workspace:
@@ -38,8 +47,11 @@ def golden_workspace(root: Path, shared_datasets: Path, plan: dict) -> Workspace
         writer.writeheader()
         writer.writerows(chosen)
     workspace = Workspace.resolve(root)
-    refresh_golden(workspace, GoldenSpec("banking", "classification", labels=INTENTS),
-                   [SourceSpec("labels", str(labels), {"input": "text", "reference": "category"})])
+    refresh_golden(
+        workspace,
+        GoldenSpec("banking", "classification", labels=INTENTS),
+        [SourceSpec("labels", str(labels), {"input": "text", "reference": "category"})],
+    )
     (root / "workhorse.yaml").write_text(yaml.safe_dump(plan))
     return workspace
 
@@ -47,12 +59,15 @@ def golden_workspace(root: Path, shared_datasets: Path, plan: dict) -> Workspace
 def plan_for(env_server, block_server) -> dict:
     """The incumbent keyed by the environment, a self-hosted candidate (whose `choice` constraint
     the fake answers with a label, so some answers are right), and a candidate keyed by a block."""
-    return {"incumbent": "openai/incumbent",
-            "use_cases": {"banking": {"task_type": "classification", "labels": INTENTS}},
-            "candidates": [{"model": "hosted_vllm/candidate-local", "api_base": env_server.url,
-                            "hosting": ["self_hosted"]},
-                           {"model": "openai/candidate-block", "endpoint": "dask-test-endpoint"}],
-            "quality_policy": {"min_items": 5}}
+    return {
+        "incumbent": "openai/incumbent",
+        "use_cases": {"banking": {"task_type": "classification", "labels": INTENTS}},
+        "candidates": [
+            {"model": "hosted_vllm/candidate-local", "api_base": env_server.url, "hosting": ["self_hosted"]},
+            {"model": "openai/candidate-block", "endpoint": "dask-test-endpoint"},
+        ],
+        "quality_policy": {"min_items": 5},
+    }
 
 
 @pytest.fixture
@@ -61,11 +76,15 @@ def servers(prefect_server, fake_openai_server, monkeypatch):
     from workhorse.blocks.endpoints import ModelEndpoint
 
     def start(faults: Faults | None = None):
-        env_server, block_server = fake_openai_server(faults=faults, seed=3), fake_openai_server(faults=faults, seed=4)
+        env_server, block_server = (
+            fake_openai_server(faults=faults, seed=3),
+            fake_openai_server(faults=faults, seed=4),
+        )
         monkeypatch.setenv("OPENAI_API_KEY", ENV_KEY)
         monkeypatch.setenv("OPENAI_API_BASE", env_server.url)  # the incumbent answers there too
         ModelEndpoint(model="openai/candidate-block", api_base=block_server.url, api_key=BLOCK_KEY).save(
-            "dask-test-endpoint", overwrite=True)
+            "dask-test-endpoint", overwrite=True
+        )
         return env_server, block_server
 
     return start
@@ -75,14 +94,24 @@ def evaluate(workspace: Workspace, shard_size: int = 10, **execution) -> dict:
     """Small shards, so that each arm is split and both workers get some."""
     from workhorse.flows.evaluate import parallel_eval
 
-    return asyncio.run(parallel_eval(use_case="banking", workspace=str(workspace.root),
-                                     variants=["zero-shot", "constrained"], shard_size=shard_size, replay=False,
-                                     run_id="eval-dask-test", **execution))
+    return asyncio.run(
+        parallel_eval(
+            use_case="banking",
+            workspace=str(workspace.root),
+            variants=["zero-shot", "constrained"],
+            shard_size=shard_size,
+            replay=False,
+            run_id="eval-dask-test",
+            **execution,
+        )
+    )
 
 
 def splits(workspace: Workspace) -> tuple[set[str], set[str]]:
     golden = pq.read_table(next((workspace.root / "golden" / "banking").glob("v*.parquet"))).to_pylist()
-    return {g["item_id"] for g in golden if g["split"] == "dev"}, {g["item_id"] for g in golden if g["split"] == "test"}
+    return {g["item_id"] for g in golden if g["split"] == "dev"}, {
+        g["item_id"] for g in golden if g["split"] == "test"
+    }
 
 
 def stored(summary: dict, name: str, columns: tuple[str, ...]) -> list[tuple]:
@@ -94,7 +123,9 @@ def test_dask_gives_the_thread_runners_responses_scores_and_verdict(servers, sha
     plan = plan_for(env_server, block_server)
     workspace = golden_workspace(tmp_path / "threads", shared_datasets, plan)
     threads = evaluate(workspace)
-    dask = evaluate(golden_workspace(tmp_path / "dask", shared_datasets, plan), task_runner="dask", dask_workers=2)
+    dask = evaluate(
+        golden_workspace(tmp_path / "dask", shared_datasets, plan), task_runner="dask", dask_workers=2
+    )
 
     responses = stored(threads, "responses", SAME)
     assert responses == stored(dask, "responses", SAME)
@@ -107,9 +138,13 @@ def test_dask_gives_the_thread_runners_responses_scores_and_verdict(servers, sha
     assert 0 < sum(r[SAME.index("output")] in INTENTS for r in responses) < len(responses)
     # The block's key reached its server only through the worker's own lookup of the block.
     assert {r["auth"] for r in block_server.records()} == {f"Bearer {BLOCK_KEY}"}
-    assert f"Bearer {ENV_KEY}" in {r["auth"] for r in env_server.records()}  # the incumbent's, from the environment
+    assert f"Bearer {ENV_KEY}" in {
+        r["auth"] for r in env_server.records()
+    }  # the incumbent's, from the environment
     checkpoints = list((Path(dask["responses"]).parent).glob("checkpoint-*.jsonl"))
-    assert len(checkpoints) > 2 and sum(len(p.read_text().splitlines()) for p in checkpoints) == len(responses)
+    assert len(checkpoints) > 2 and sum(len(p.read_text().splitlines()) for p in checkpoints) == len(
+        responses
+    )
 
 
 def test_every_item_is_accounted_for_under_faults_on_dask(servers, shared_datasets, tmp_path):
@@ -147,13 +182,19 @@ def test_shard_jobs_carry_no_api_key(tmp_path):
         sealed(requests, {})
 
 
-@pytest.mark.parametrize("plan_eval, parameters, expected", [
-    ({}, {}, ("threads", None, 2)),
-    ({"task_runner": "dask", "dask_workers": 3}, {}, ("dask", None, 3)),
-    ({"task_runner": "dask", "dask_address": "tcp://plan:8786"}, {"task_runner": "threads"},
-     ("threads", "tcp://plan:8786", 2)),
-    ({"task_runner": "threads"}, {"task_runner": "dask", "dask_workers": 4}, ("dask", None, 4)),
-])
+@pytest.mark.parametrize(
+    "plan_eval, parameters, expected",
+    [
+        ({}, {}, ("threads", None, 2)),
+        ({"task_runner": "dask", "dask_workers": 3}, {}, ("dask", None, 3)),
+        (
+            {"task_runner": "dask", "dask_address": "tcp://plan:8786"},
+            {"task_runner": "threads"},
+            ("threads", "tcp://plan:8786", 2),
+        ),
+        ({"task_runner": "threads"}, {"task_runner": "dask", "dask_workers": 4}, ("dask", None, 4)),
+    ],
+)
 def test_task_runner_comes_from_the_flow_parameter_then_the_plan(plan_eval, parameters, expected):
     from workhorse.config import parse_plan
     from workhorse.tasks.evaluate.run import execution_from
@@ -171,8 +212,9 @@ def test_a_wrong_eval_section_names_the_key(plan_eval):
         parse_plan({"eval": plan_eval})
 
 
-def test_a_worker_killed_mid_shard_costs_no_item_and_no_second_payment(prefect_server, fake_openai_server,
-                                                                       shared_datasets, tmp_path, monkeypatch):
+def test_a_worker_killed_mid_shard_costs_no_item_and_no_second_payment(
+    prefect_server, fake_openai_server, shared_datasets, tmp_path, monkeypatch
+):
     """Dask reruns the lost shard elsewhere; the shard resumes from its checkpoint, so the answers
     its first attempt got are not paid for again, and every item still gets exactly one row."""
     import os
@@ -185,15 +227,27 @@ def test_a_worker_killed_mid_shard_costs_no_item_and_no_second_payment(prefect_s
     server = fake_openai_server(latency=0.01, pause_after_successes=12)
     monkeypatch.setenv("OPENAI_API_KEY", ENV_KEY)
     monkeypatch.setenv("OPENAI_API_BASE", server.url)
-    plan = {"incumbent": "openai/incumbent", "quality_policy": {"min_items": 5},
-            "use_cases": {"banking": {"task_type": "classification", "labels": INTENTS}},
-            "candidates": [{"model": "hosted_vllm/candidate-local", "api_base": server.url, "hosting": ["self_hosted"]}]}
+    plan = {
+        "incumbent": "openai/incumbent",
+        "quality_policy": {"min_items": 5},
+        "use_cases": {"banking": {"task_type": "classification", "labels": INTENTS}},
+        "candidates": [
+            {"model": "hosted_vllm/candidate-local", "api_base": server.url, "hosting": ["self_hosted"]}
+        ],
+    }
     workspace = golden_workspace(tmp_path / "killed", shared_datasets, plan)
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0") as cluster, \
-            Client(cluster) as client:
+    with (
+        LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0"
+        ) as cluster,
+        Client(cluster) as client,
+    ):
         outcome: dict = {}
-        flow = threading.Thread(target=lambda: outcome.update(summary=evaluate(
-            workspace, task_runner="dask", dask_address=cluster.scheduler_address)))
+        flow = threading.Thread(
+            target=lambda: outcome.update(
+                summary=evaluate(workspace, task_runner="dask", dask_address=cluster.scheduler_address)
+            )
+        )
         flow.start()
         victim = _worker_holding_a_shard(client, server)
         os.kill(client.run(os.getpid, workers=[victim])[victim], signal.SIGKILL)
@@ -203,7 +257,9 @@ def test_a_worker_killed_mid_shard_costs_no_item_and_no_second_payment(prefect_s
     assert "summary" in outcome, "the flow did not finish after losing a worker"
 
     records = server.records()
-    assert any(r["outcome"] == "client_gone" for r in records), "no answer was lost with the worker: not mid-shard"
+    assert any(r["outcome"] == "client_gone" for r in records), (
+        "no answer was lost with the worker: not mid-shard"
+    )
     paid = [r for r in records if r["outcome"] == "ok"]
     responses = pq.read_table(outcome["summary"]["responses"]).to_pylist()
     dev, test = splits(workspace)
@@ -223,7 +279,9 @@ def _worker_holding_a_shard(client, server, timeout_s: float = 60.0) -> str:
 
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        successes = json.loads(urllib.request.urlopen(f"{server.base}/_records", timeout=10).read())["successes"]
+        successes = json.loads(urllib.request.urlopen(f"{server.base}/_records", timeout=10).read())[
+            "successes"
+        ]
         busy = [address for address, keys in client.processing().items() if keys]
         if successes >= 12 and busy:
             time.sleep(0.5)  # the rest of the shard's requests arrive and are held

@@ -15,7 +15,13 @@ import yaml
 
 from tests.support.eval_kit import LABELS, evaluate, make_items, plan_file, scripted
 from workhorse.tasks.common.runner import EvalResponse, ModelSpec
-from workhorse.tasks.evaluate.matrix import AS_LOGGED, Contender, build_requests, few_shot_examples, replay_incumbent
+from workhorse.tasks.evaluate.matrix import (
+    AS_LOGGED,
+    Contender,
+    build_requests,
+    few_shot_examples,
+    replay_incumbent,
+)
 from workhorse.tasks.golden.sources import GoldenSpec
 from workhorse.tasks.golden.versions import write_version
 
@@ -29,15 +35,18 @@ def golden(isolated_workspace):
     return items
 
 
-def test_verdicts_follow_quality_and_variant_is_tuned_on_dev_only(prefect_server, golden, isolated_workspace,
-                                                                     fake_openai_server, tmp_path, monkeypatch):
+def test_verdicts_follow_quality_and_variant_is_tuned_on_dev_only(
+    prefect_server, golden, isolated_workspace, fake_openai_server, tmp_path, monkeypatch
+):
     incumbent = fake_openai_server(answers=scripted(golden, 0.85, seed=1))
     good = fake_openai_server(answers=scripted(golden, 0.97, seed=2))
     poor = fake_openai_server(answers=scripted(golden, 0.3, seed=3))
     monkeypatch.setenv("OPENAI_API_KEY", CANARY)
     monkeypatch.setenv("OPENAI_API_BASE", incumbent.url)
-    plan = plan_file(tmp_path, [{"model": "openai/good", "api_base": good.url},
-                                {"model": "openai/poor", "api_base": poor.url}])
+    plan = plan_file(
+        tmp_path,
+        [{"model": "openai/good", "api_base": good.url}, {"model": "openai/poor", "api_base": poor.url}],
+    )
 
     summary = evaluate(isolated_workspace, plan, variants=["zero-shot", "few-shot"])
 
@@ -46,23 +55,34 @@ def test_verdicts_follow_quality_and_variant_is_tuned_on_dev_only(prefect_server
     responses = pq.read_table(summary["responses"]).to_pylist()
     by_id = {item.item_id: item for item in golden}
     for model in ("openai/good", "openai/poor"):
-        dev_variants = {r["prompt_variant"] for r in responses if r["model"] == model and by_id[r["item_id"]].split == "dev"}
-        test_variants = {r["prompt_variant"] for r in responses if r["model"] == model and by_id[r["item_id"]].split == "test"}
+        dev_variants = {
+            r["prompt_variant"]
+            for r in responses
+            if r["model"] == model and by_id[r["item_id"]].split == "dev"
+        }
+        test_variants = {
+            r["prompt_variant"]
+            for r in responses
+            if r["model"] == model and by_id[r["item_id"]].split == "test"
+        }
         assert dev_variants == {"zero-shot", "few-shot"}
         assert test_variants == {summary["chosen_variants"][model]["variant"]}
     # The incumbent answered only test items, with its production prompt.
     incumbent_rows = [r for r in responses if r["model"] == "openai/incumbent-model"]
     assert {by_id[r["item_id"]].split for r in incumbent_rows} == {"test"}
     assert {r["prompt_variant"] for r in incumbent_rows} == {AS_LOGGED}
-    poor_line = next(a for a in summary["leaderboard"] if a["model"] == "openai/poor" and a["split"] == "test")
+    poor_line = next(
+        a for a in summary["leaderboard"] if a["model"] == "openai/poor" and a["split"] == "test"
+    )
     assert poor_line["accuracy"] < 0.5
     for path in isolated_workspace.root.rglob("*"):
         if path.is_file():
             assert CANARY.encode() not in path.read_bytes(), path
 
 
-def test_logged_incumbent_answers_are_replayed_not_paid(prefect_server, isolated_workspace, fake_openai_server,
-                                                        tmp_path, monkeypatch):
+def test_logged_incumbent_answers_are_replayed_not_paid(
+    prefect_server, isolated_workspace, fake_openai_server, tmp_path, monkeypatch
+):
     items = make_items(logged_model="gpt-4o-mini")
     write_version(isolated_workspace, "routing", items, [{"kind": "test"}])
     incumbent = fake_openai_server()
@@ -78,7 +98,9 @@ def test_logged_incumbent_answers_are_replayed_not_paid(prefect_server, isolated
     assert rows and all(r["hosting"] == "replay" and r["cached"] for r in rows)
 
 
-def test_candidates_without_credentials_are_skipped_and_said(prefect_server, golden, isolated_workspace, tmp_path):
+def test_candidates_without_credentials_are_skipped_and_said(
+    prefect_server, golden, isolated_workspace, tmp_path
+):
     plan = plan_file(tmp_path, [{"model": "deepinfra/Qwen/Qwen3-14B", "hosting": ["api"]}])
     summary = evaluate(isolated_workspace, plan)
     assert summary["verdict"]["decision"] == "inconclusive"
@@ -86,11 +108,14 @@ def test_candidates_without_credentials_are_skipped_and_said(prefect_server, gol
     assert any("replay" in reason for reason in summary["skipped"])
 
 
-def test_batch_hosting_writes_openai_batch_files(prefect_server, golden, isolated_workspace, fake_openai_server,
-                                                 tmp_path, monkeypatch):
+def test_batch_hosting_writes_openai_batch_files(
+    prefect_server, golden, isolated_workspace, fake_openai_server, tmp_path, monkeypatch
+):
     server = fake_openai_server(answers=scripted(golden, 0.9, seed=5))
     monkeypatch.setenv("OPENAI_API_KEY", CANARY)
-    plan = plan_file(tmp_path, [{"model": "openai/gpt-4o-mini", "api_base": server.url, "hosting": ["batch"]}])
+    plan = plan_file(
+        tmp_path, [{"model": "openai/gpt-4o-mini", "api_base": server.url, "hosting": ["batch"]}]
+    )
     summary = evaluate(isolated_workspace, plan, variants=["zero-shot"])
     files = sorted((isolated_workspace.run_dir(summary["run_id"]) / "batch").glob("*.jsonl"))
     assert [f.name for f in files] == ["openai_gpt-4o-mini-dev.jsonl", "openai_gpt-4o-mini-test.jsonl"]
@@ -101,9 +126,14 @@ def test_batch_hosting_writes_openai_batch_files(prefect_server, golden, isolate
 
     batch_price = litellm.model_cost["gpt-4o-mini"]["input_cost_per_token_batches"]
     rows = [r for r in pq.read_table(summary["responses"]).to_pylist() if r["hosting"] == "batch"]
-    assert all(r["cost_usd"] == pytest.approx(r["prompt_tokens"] * batch_price + r["completion_tokens"]
-                                              * litellm.model_cost["gpt-4o-mini"]["output_cost_per_token_batches"])
-               for r in rows)
+    assert all(
+        r["cost_usd"]
+        == pytest.approx(
+            r["prompt_tokens"] * batch_price
+            + r["completion_tokens"] * litellm.model_cost["gpt-4o-mini"]["output_cost_per_token_batches"]
+        )
+        for r in rows
+    )
 
 
 def test_few_shot_examples_come_from_dev_and_cover_labels(golden):
@@ -113,24 +143,33 @@ def test_few_shot_examples_come_from_dev_and_cover_labels(golden):
     assert {e.reference for e in examples} == set(LABELS)
     contender = Contender("candidate", ModelSpec(model="m"), ("few-shot",))
     request = build_requests(contender, "few-shot", [examples[0]], examples)[0]
-    assert examples[0].input[-1]["content"] not in [m["content"] for m in request.messages[:-1]]  # never its own answer
+    assert examples[0].input[-1]["content"] not in [
+        m["content"] for m in request.messages[:-1]
+    ]  # never its own answer
 
 
 def test_replay_only_matches_the_logged_model():
     items = make_items(10, logged_model="gpt-4o-mini")
-    same, rest = replay_incumbent(Contender("incumbent", ModelSpec(model="openai/gpt-4o-mini"), ()), items, "r")
+    same, rest = replay_incumbent(
+        Contender("incumbent", ModelSpec(model="openai/gpt-4o-mini"), ()), items, "r"
+    )
     other, remaining = replay_incumbent(Contender("incumbent", ModelSpec(model="gpt-4o"), ()), items, "r")
     assert len(same) == 10 and rest == [] and other == [] and len(remaining) == 10
 
 
-def test_candidate_key_and_endpoint_come_from_a_model_endpoint_block(prefect_server, golden, isolated_workspace,
-                                                                     fake_openai_server, tmp_path):
+def test_candidate_key_and_endpoint_come_from_a_model_endpoint_block(
+    prefect_server, golden, isolated_workspace, fake_openai_server, tmp_path
+):
     from workhorse.blocks.endpoints import ModelEndpoint
 
     server = fake_openai_server(answers=scripted(golden, 0.9, seed=6))
     block_key = "sk-canary-block-91be"
-    ModelEndpoint(model="openai/from-block", api_base=server.url, api_key=block_key).save("eval-test", overwrite=True)
-    plan = plan_file(tmp_path, [{"model": "openai/from-block", "endpoint": "eval-test"}])  # no key in the environment
+    ModelEndpoint(model="openai/from-block", api_base=server.url, api_key=block_key).save(
+        "eval-test", overwrite=True
+    )
+    plan = plan_file(
+        tmp_path, [{"model": "openai/from-block", "endpoint": "eval-test"}]
+    )  # no key in the environment
 
     summary = evaluate(isolated_workspace, plan, variants=["zero-shot"])
 
@@ -141,7 +180,9 @@ def test_candidate_key_and_endpoint_come_from_a_model_endpoint_block(prefect_ser
             assert block_key.encode() not in path.read_bytes(), path
 
 
-def test_a_missing_endpoint_block_is_a_clear_config_error(prefect_server, golden, isolated_workspace, tmp_path):
+def test_a_missing_endpoint_block_is_a_clear_config_error(
+    prefect_server, golden, isolated_workspace, tmp_path
+):
     from workhorse.errors import ConfigError
 
     plan = plan_file(tmp_path, [{"model": "openai/x", "endpoint": "no-such-block"}])
@@ -149,8 +190,9 @@ def test_a_missing_endpoint_block_is_a_clear_config_error(prefect_server, golden
         evaluate(isolated_workspace, plan)
 
 
-def test_weekly_reevaluation_alerts_once_when_a_migrated_model_falls_behind(prefect_server, golden, isolated_workspace,
-                                                                             fake_openai_server, tmp_path, monkeypatch):
+def test_weekly_reevaluation_alerts_once_when_a_migrated_model_falls_behind(
+    prefect_server, golden, isolated_workspace, fake_openai_server, tmp_path, monkeypatch
+):
     from workhorse.flows.reevaluate import weekly_reevaluation
     from workhorse.testing.slack_receiver import SlackReceiver
 
@@ -164,8 +206,13 @@ def test_weekly_reevaluation_alerts_once_when_a_migrated_model_falls_behind(pref
 
     with SlackReceiver() as slack:
         monkeypatch.setenv("WORKHORSE_SLACK_WEBHOOK_URL", slack.url)
-        result = asyncio.run(weekly_reevaluation(workspace=str(isolated_workspace.root),
-                                                 plan=str(tmp_path / "workhorse.yaml"), refresh_golden=False))
+        result = asyncio.run(
+            weekly_reevaluation(
+                workspace=str(isolated_workspace.root),
+                plan=str(tmp_path / "workhorse.yaml"),
+                refresh_golden=False,
+            )
+        )
         assert result["verdicts"] == {"routing": "keep"}
         assert len(slack.messages) == 1 and "routing" in json.dumps(slack.messages[0])
 
@@ -177,11 +224,32 @@ def test_replayed_rows_carry_the_logged_tokens_latency_and_cost(isolated_workspa
     from workhorse.tasks.evaluate.run import replay_for
 
     spec = GoldenSpec("routing", "classification", labels=LABELS)
-    items = [spec.item([{"role": "user", "content": f"logged {i}"}], "alpha", source="usage_log",
-                       label_origin="incumbent", metadata={"model": "gpt-4o-mini", "request_id": f"req-{i}"})
-             for i in range(3)]
-    logged = [{"request_id": "req-0", "prompt_tokens": 40, "completion_tokens": 2, "latency_ms": 650.0, "cost_usd": 7.2e-06},
-              {"request_id": "req-1", "prompt_tokens": 55, "completion_tokens": 3, "latency_ms": 700.0, "cost_usd": None}]
+    items = [
+        spec.item(
+            [{"role": "user", "content": f"logged {i}"}],
+            "alpha",
+            source="usage_log",
+            label_origin="incumbent",
+            metadata={"model": "gpt-4o-mini", "request_id": f"req-{i}"},
+        )
+        for i in range(3)
+    ]
+    logged = [
+        {
+            "request_id": "req-0",
+            "prompt_tokens": 40,
+            "completion_tokens": 2,
+            "latency_ms": 650.0,
+            "cost_usd": 7.2e-06,
+        },
+        {
+            "request_id": "req-1",
+            "prompt_tokens": 55,
+            "completion_tokens": 3,
+            "latency_ms": 700.0,
+            "cost_usd": None,
+        },
+    ]
     pq.write_table(pa.Table.from_pylist(logged), isolated_workspace.subdir("usage") / "usage_log.parquet")
     incumbent = Contender("incumbent", ModelSpec(model="gpt-4o-mini"), (AS_LOGGED,))
 
@@ -193,11 +261,15 @@ def test_replayed_rows_carry_the_logged_tokens_latency_and_cost(isolated_workspa
     import litellm
 
     prices = litellm.model_cost["gpt-4o-mini"]  # no logged spend: priced from the logged tokens
-    assert second.cost_usd == pytest.approx(55 * prices["input_cost_per_token"] + 3 * prices["output_cost_per_token"])
+    assert second.cost_usd == pytest.approx(
+        55 * prices["input_cost_per_token"] + 3 * prices["output_cost_per_token"]
+    )
     assert third.cost_usd is None and third.prompt_tokens is None  # not in the log: unknown, not zero
 
 
-@pytest.mark.parametrize("count, size", [(0, 200), (1, 200), (200, 200), (201, 200), (804, 200), (10, 3), (5, 0)])
+@pytest.mark.parametrize(
+    "count, size", [(0, 200), (1, 200), (200, 200), (201, 200), (804, 200), (10, 3), (5, 0)]
+)
 def test_shards_keep_every_request_in_order_and_are_as_equal_as_they_can_be(count, size):
     from workhorse.tasks.evaluate.matrix import shards
 
@@ -216,14 +288,30 @@ ENTITIES_SCHEMA = {"type": "array", "items": {"type": "string"}}
 
 def extraction_items(references, schema=ENTITIES_SCHEMA):
     spec = GoldenSpec("extract", "extraction", json_schema=schema)
-    return [spec.item([{"role": "user", "content": f"note {i}"}], reference, source="test", label_origin="human")
-            for i, reference in enumerate(references)]
+    return [
+        spec.item([{"role": "user", "content": f"note {i}"}], reference, source="test", label_origin="human")
+        for i, reference in enumerate(references)
+    ]
 
 
 def answered(items, outputs, error_type=None):
-    return [EvalResponse(run_id="r", item_id=item.item_id, model="m", hosting="api", prompt_variant="v",
-                         output=output, latency_ms=1.0, prompt_tokens=1, completion_tokens=1, cost_usd=0.0,
-                         error_type=error_type, cached=False) for item, output in zip(items, outputs)]
+    return [
+        EvalResponse(
+            run_id="r",
+            item_id=item.item_id,
+            model="m",
+            hosting="api",
+            prompt_variant="v",
+            output=output,
+            latency_ms=1.0,
+            prompt_tokens=1,
+            completion_tokens=1,
+            cost_usd=0.0,
+            error_type=error_type,
+            cached=False,
+        )
+        for item, output in zip(items, outputs)
+    ]
 
 
 def test_score_rows_take_list_references_as_text_or_as_values():
@@ -244,26 +332,39 @@ def test_a_scoring_error_is_that_items_error_class_and_the_rest_are_scored(tmp_p
 
     good, broken, failed = extraction_items([["Acme"], ["Acme"], ["Acme"]])
     broken = replace(broken, json_schema={"type": "array", "items": {"type": "strnig"}})  # jsonschema chokes
-    rows = answered([good, broken], ['["Acme"]', '["Acme"]']) + answered([failed], [None], error_type="timeout")
+    rows = answered([good, broken], ['["Acme"]', '["Acme"]']) + answered(
+        [failed], [None], error_type="timeout"
+    )
 
     scores = score_rows([good, broken, failed], rows)
 
     by_id = {row["item_id"]: row for row in scores}
     assert (by_id[good.item_id]["correct"], by_id[good.item_id]["error_type"]) == (True, None)
     row = by_id[broken.item_id]
-    assert (row["correct"], row["value"], row["error_type"], row["prediction"]) == (False, 0.0, "scoring_error", None)
+    assert (row["correct"], row["value"], row["error_type"], row["prediction"]) == (
+        False,
+        0.0,
+        "scoring_error",
+        None,
+    )
     assert json.loads(row["details"])["scoring_error"].startswith("UnknownType: Unknown type 'strnig'")
     assert by_id[failed.item_id]["error_type"] == "timeout"  # the call's own error is kept
     pq.write_table(pa.Table.from_pylist(scores), tmp_path / "scores.parquet")
     assert pq.read_table(tmp_path / "scores.parquet").column("error_type").to_pylist() == [
-        None, "scoring_error", "timeout"]
+        None,
+        "scoring_error",
+        "timeout",
+    ]
 
 
-@pytest.mark.parametrize("options, value", [
-    (None, 1.0),                              # multiset: the same three names
-    ({"list_order": "multiset"}, 1.0),
-    ({"list_order": "ordered"}, 2 / 3),       # longest common subsequence 2 of 3 both ways
-])
+@pytest.mark.parametrize(
+    "options, value",
+    [
+        (None, 1.0),  # multiset: the same three names
+        ({"list_order": "multiset"}, 1.0),
+        ({"list_order": "ordered"}, 2 / 3),  # longest common subsequence 2 of 3 both ways
+    ],
+)
 def test_score_rows_pass_the_use_cases_list_order_to_the_scorer(options, value):
     from workhorse.tasks.evaluate.matrix import score_rows
 
@@ -280,35 +381,61 @@ def test_an_unknown_list_order_fails_before_any_item_is_scored():
         score_rows(items, answered(items, ['["a"]']), {"list_order": "alphabetical"})
 
 
-def test_an_array_schema_extraction_runs_to_a_verdict_and_a_report(prefect_server, isolated_workspace,
-                                                                     fake_openai_server, tmp_path, monkeypatch):
-    lines_schema = {"type": "array", "items": {"type": "object", "required": ["sku", "qty"],
-                                               "properties": {"sku": {"type": "string"}, "qty": {"type": "integer"}}}}
+def test_an_array_schema_extraction_runs_to_a_verdict_and_a_report(
+    prefect_server, isolated_workspace, fake_openai_server, tmp_path, monkeypatch
+):
+    lines_schema = {
+        "type": "array",
+        "items": {
+            "type": "object",
+            "required": ["sku", "qty"],
+            "properties": {"sku": {"type": "string"}, "qty": {"type": "integer"}},
+        },
+    }
     rng = random.Random(3)
-    references = [[{"sku": f"SKU-{rng.randint(100, 999)}", "qty": rng.randint(1, 5)} for _ in range(rng.randint(1, 3))]
-                  for _ in range(80)]
+    references = [
+        [{"sku": f"SKU-{rng.randint(100, 999)}", "qty": rng.randint(1, 5)} for _ in range(rng.randint(1, 3))]
+        for _ in range(80)
+    ]
     items = extraction_items(references, lines_schema)
-    items = [replace_input(item, f"order {i}: " + "; ".join(f"{line['qty']} of {line['sku']}" for line in reference))
-             for i, (item, reference) in enumerate(zip(items, references))]
+    items = [
+        replace_input(
+            item, f"order {i}: " + "; ".join(f"{line['qty']} of {line['sku']}" for line in reference)
+        )
+        for i, (item, reference) in enumerate(zip(items, references))
+    ]
     write_version(isolated_workspace, "extract", items, [{"kind": "test"}])
     text = {item.item_id: item.input[-1]["content"] for item in items}
     incumbent = fake_openai_server(answers={text[i.item_id]: i.reference for i in items})
     # The candidate drops the last line of every third order.
-    candidate = fake_openai_server(answers={text[i.item_id]: json.dumps(json.loads(i.reference)[:-1] if n % 3 == 0
-                                                                        else json.loads(i.reference))
-                                            for n, i in enumerate(items)})
+    candidate = fake_openai_server(
+        answers={
+            text[i.item_id]: json.dumps(
+                json.loads(i.reference)[:-1] if n % 3 == 0 else json.loads(i.reference)
+            )
+            for n, i in enumerate(items)
+        }
+    )
     monkeypatch.setenv("OPENAI_API_KEY", CANARY)
     monkeypatch.setenv("OPENAI_API_BASE", incumbent.url)
-    plan = {"incumbent": "openai/incumbent-model",
-            "use_cases": {"extract": {"task_type": "extraction", "json_schema": lines_schema}},
-            "candidates": [{"model": "openai/cand", "api_base": candidate.url}],
-            "quality_policy": {"min_items": 20, "non_inferiority_margin": 0.05}}
+    plan = {
+        "incumbent": "openai/incumbent-model",
+        "use_cases": {"extract": {"task_type": "extraction", "json_schema": lines_schema}},
+        "candidates": [{"model": "openai/cand", "api_base": candidate.url}],
+        "quality_policy": {"min_items": 20, "non_inferiority_margin": 0.05},
+    }
     (tmp_path / "workhorse.yaml").write_text(yaml.safe_dump(plan))
 
     from workhorse.flows.evaluate import parallel_eval
 
-    summary = asyncio.run(parallel_eval(use_case="extract", workspace=str(isolated_workspace.root),
-                                        plan=str(tmp_path / "workhorse.yaml"), variants=["zero-shot"]))
+    summary = asyncio.run(
+        parallel_eval(
+            use_case="extract",
+            workspace=str(isolated_workspace.root),
+            plan=str(tmp_path / "workhorse.yaml"),
+            variants=["zero-shot"],
+        )
+    )
 
     assert summary["verdict"]["decision"] == "keep", summary["verdict"]["reason"]  # a third of orders wrong
     scores = pq.read_table(summary["scores"]).to_pylist()
@@ -328,8 +455,9 @@ def replace_input(item, text):
     return replace(item, input=messages, item_id=item_id, split=split_for(item_id))
 
 
-def test_prompt_tuning_uses_at_most_the_plans_tuning_items(prefect_server, golden, isolated_workspace,
-                                                           fake_openai_server, tmp_path, monkeypatch):
+def test_prompt_tuning_uses_at_most_the_plans_tuning_items(
+    prefect_server, golden, isolated_workspace, fake_openai_server, tmp_path, monkeypatch
+):
     candidate = fake_openai_server(answers=scripted(golden, 0.9, seed=6))
     monkeypatch.setenv("OPENAI_API_KEY", CANARY)
     plan = plan_file(tmp_path, [{"model": "openai/cand", "api_base": candidate.url}])
@@ -342,29 +470,51 @@ def test_prompt_tuning_uses_at_most_the_plans_tuning_items(prefect_server, golde
     summary = evaluate(isolated_workspace, plan, variants=["zero-shot", "few-shot"])
 
     by_id = {item.item_id: item for item in golden}
-    dev_rows = [r for r in pq.read_table(summary["responses"]).to_pylist() if by_id[r["item_id"]].split == "dev"]
+    dev_rows = [
+        r for r in pq.read_table(summary["responses"]).to_pylist() if by_id[r["item_id"]].split == "dev"
+    ]
     dev_ids = sorted(i.item_id for i in golden if i.split == "dev")
     for variant in ("zero-shot", "few-shot"):
         assert sorted(r["item_id"] for r in dev_rows if r["prompt_variant"] == variant) == dev_ids[:10]
-    test_rows = [r for r in pq.read_table(summary["responses"]).to_pylist()
-                 if r["model"] == "openai/cand" and by_id[r["item_id"]].split == "test"]
+    test_rows = [
+        r
+        for r in pq.read_table(summary["responses"]).to_pylist()
+        if r["model"] == "openai/cand" and by_id[r["item_id"]].split == "test"
+    ]
     assert len(test_rows) == sum(i.split == "test" for i in golden)  # the verdict still sees all of test
 
 
-def test_the_embedded_model_served_and_batched_answers_each_prompt_once(isolated_workspace, fake_openai_server,
-                                                                        monkeypatch):
+def test_the_embedded_model_served_and_batched_answers_each_prompt_once(
+    isolated_workspace, fake_openai_server, monkeypatch
+):
     """Same model, same prompt: the batch arm takes the served answer at its own price, and the
     engine is asked once (two engines on one CPU would compute it twice, side by side)."""
     import workhorse.tasks.evaluate.run as eval_run
 
     items = make_items(9)
     engine = fake_openai_server(answers=scripted(items, 1.0, seed=7))
-    served = Contender("candidate", ModelSpec(model=eval_run.EMBEDDED_LITELLM, name="smollm2 (self_hosted)",
-                                              hosting="self_hosted", input_cost_per_token=2e-6,
-                                              output_cost_per_token=2e-6), ("zero-shot",))
-    batched = Contender("candidate", ModelSpec(model=eval_run.EMBEDDED_LITELLM, name="smollm2 (batch)",
-                                               hosting="batch", input_cost_per_token=1e-6,
-                                               output_cost_per_token=1e-6), ("zero-shot",))
+    served = Contender(
+        "candidate",
+        ModelSpec(
+            model=eval_run.EMBEDDED_LITELLM,
+            name="smollm2 (self_hosted)",
+            hosting="self_hosted",
+            input_cost_per_token=2e-6,
+            output_cost_per_token=2e-6,
+        ),
+        ("zero-shot",),
+    )
+    batched = Contender(
+        "candidate",
+        ModelSpec(
+            model=eval_run.EMBEDDED_LITELLM,
+            name="smollm2 (batch)",
+            hosting="batch",
+            input_cost_per_token=1e-6,
+            output_cost_per_token=1e-6,
+        ),
+        ("zero-shot",),
+    )
     requests = build_requests(served, "zero-shot", items) + build_requests(batched, "zero-shot", items)
     monkeypatch.setattr(eval_run, "run_offline_shard", lambda *a, **k: pytest.fail("the offline engine ran"))
 
@@ -374,10 +524,15 @@ def test_the_embedded_model_served_and_batched_answers_each_prompt_once(isolated
     assert len(engine.records()) == len(items)  # one call per prompt, not two
     by_arm = {(r.model, r.item_id): r for r in rows}
     for item in items:
-        alone, twin = by_arm[("smollm2 (self_hosted)", item.item_id)], by_arm[("smollm2 (batch)", item.item_id)]
+        alone, twin = (
+            by_arm[("smollm2 (self_hosted)", item.item_id)],
+            by_arm[("smollm2 (batch)", item.item_id)],
+        )
         assert twin.output == alone.output == item.reference and twin.hosting == "batch"
         tokens = twin.prompt_tokens + twin.completion_tokens
-        assert twin.cost_usd == pytest.approx(tokens * 1e-6) and alone.cost_usd == pytest.approx(tokens * 2e-6)
+        assert twin.cost_usd == pytest.approx(tokens * 1e-6) and alone.cost_usd == pytest.approx(
+            tokens * 2e-6
+        )
         assert twin.latency_ms is None and alone.latency_ms is not None
 
 
@@ -385,15 +540,28 @@ def test_the_answer_budget_comes_from_dev_references_within_the_task_types_room(
     from workhorse.tasks.evaluate.matrix import MAX_TOKENS, answer_budget
 
     spec = GoldenSpec("invoices", "extraction", json_schema={"type": "object"})
-    dev = [spec.item([{"role": "user", "content": f"invoice {i}"}], {"total": i, "vendor": "x" * 30},
-                     source="t", label_origin="human") for i in range(5)]
+    dev = [
+        spec.item(
+            [{"role": "user", "content": f"invoice {i}"}],
+            {"total": i, "vendor": "x" * 30},
+            source="t",
+            label_origin="human",
+        )
+        for i in range(5)
+    ]
     longest = max(len(item.reference) for item in dev)
     assert answer_budget(dev) == 2 * -(-longest // 3) + 16 < MAX_TOKENS["extraction"]
-    long = [spec.item([{"role": "user", "content": "y"}], {"v": "z" * 2000}, source="t", label_origin="human")]
+    long = [
+        spec.item([{"role": "user", "content": "y"}], {"v": "z" * 2000}, source="t", label_origin="human")
+    ]
     assert answer_budget(long) == MAX_TOKENS["extraction"]  # never above the task type's room
     assert answer_budget([]) is None
-    request = build_requests(Contender("candidate", ModelSpec(model="openai/x"), ("zero-shot",)), "zero-shot",
-                             dev[:1], max_tokens=answer_budget(dev))[0]
+    request = build_requests(
+        Contender("candidate", ModelSpec(model="openai/x"), ("zero-shot",)),
+        "zero-shot",
+        dev[:1],
+        max_tokens=answer_budget(dev),
+    )[0]
     assert request.params["max_tokens"] == answer_budget(dev)
 
 

@@ -30,8 +30,11 @@ from workhorse.tasks.golden.sources import ColumnMapping, SampleOptions, import_
 from workhorse.tasks.golden.versions import golden_dir, versions, write_new
 
 SLOTS = ["people", "time", "date", "first_name", "last_name"]
-BOOKING_SCHEMA = {"type": "object", "properties": {slot: {"type": "string"} for slot in SLOTS},
-                  "additionalProperties": False}
+BOOKING_SCHEMA = {
+    "type": "object",
+    "properties": {slot: {"type": "string"} for slot in SLOTS},
+    "additionalProperties": False,
+}
 LENIENT = RefreshOptions(max_bad_ratio=0.5)
 
 
@@ -75,8 +78,9 @@ CONTRACT_CASES = [
 
 
 @pytest.mark.parametrize("task_type,bad_reference,check", CONTRACT_CASES)
-def test_contract_quarantines_bad_rows_with_row_and_reason(isolated_workspace, shared_datasets, banking, tmp_path,
-                                                           task_type, bad_reference, check):
+def test_contract_quarantines_bad_rows_with_row_and_reason(
+    isolated_workspace, shared_datasets, banking, tmp_path, task_type, bad_reference, check
+):
     rows, labels = banking
     if task_type == "extraction":
         with open(shared_datasets / "restaurant8k_slots" / "test.jsonl", encoding="utf-8") as handle:
@@ -86,8 +90,12 @@ def test_contract_quarantines_bad_rows_with_row_and_reason(isolated_workspace, s
         good = rows[:60]
     bad = {"text": "Please route this odd request to someone", "category": bad_reference}
     path = write_csv(tmp_path / "labels.csv", good[:30] + [bad] + good[30:])
-    spec = GoldenSpec("uc", task_type, labels=labels if task_type == "classification" else None,
-                      json_schema=BOOKING_SCHEMA if task_type == "extraction" else None)
+    spec = GoldenSpec(
+        "uc",
+        task_type,
+        labels=labels if task_type == "classification" else None,
+        json_schema=BOOKING_SCHEMA if task_type == "extraction" else None,
+    )
     report = refresh_golden(isolated_workspace, spec, [label_source(path)], LENIENT)
     quarantined = quarantine_rows(isolated_workspace, "uc")
     assert [row["reference"] for row in quarantined] == [bad_reference.strip() and bad_reference or None]
@@ -102,10 +110,16 @@ def test_contract_quarantines_bad_rows_with_row_and_reason(isolated_workspace, s
 
 def test_contract_rejects_duplicate_ids_unknown_task_and_bad_split(banking, tmp_path):
     rows, labels = banking
-    items = import_label_file(write_csv(tmp_path / "b.csv", rows[:20]), GoldenSpec("uc", "classification", labels=labels),
-                              ColumnMapping(input="text", reference="category"))
-    broken = [replace(items[1], item_id=items[0].item_id), replace(items[2], task_type="translation"),
-              replace(items[3], split="train")]
+    items = import_label_file(
+        write_csv(tmp_path / "b.csv", rows[:20]),
+        GoldenSpec("uc", "classification", labels=labels),
+        ColumnMapping(input="text", reference="category"),
+    )
+    broken = [
+        replace(items[1], item_id=items[0].item_id),
+        replace(items[2], task_type="translation"),
+        replace(items[3], split="train"),
+    ]
     result, table_failures = validate_items(items_to_table(items[4:] + [items[0]] + broken))
     reasons = {row["item_id"]: row["_reason"] for row in result.quarantined.to_pylist()}
     assert result.accepted_count == len(items) - 4
@@ -119,7 +133,9 @@ def test_an_empty_split_fails_the_refresh_and_stores_nothing(isolated_workspace,
     rows, labels = banking
     path = write_csv(tmp_path / "one.csv", rows[:1])
     with pytest.raises(ContractError, match="no accepted item in split"):
-        refresh_golden(isolated_workspace, GoldenSpec("tiny", "classification", labels=labels), [label_source(path)])
+        refresh_golden(
+            isolated_workspace, GoldenSpec("tiny", "classification", labels=labels), [label_source(path)]
+        )
     assert versions(isolated_workspace, "tiny") == []
 
 
@@ -127,18 +143,28 @@ def test_too_many_bad_rows_fail_the_refresh(isolated_workspace, banking, tmp_pat
     rows, labels = banking
     path = write_csv(tmp_path / "b.csv", [dict(row, category="wrong") for row in rows[:10]] + rows[10:20])
     with pytest.raises(ContractError, match="10 of 20 rows"):
-        refresh_golden(isolated_workspace, GoldenSpec("uc", "classification", labels=labels), [label_source(path)])
+        refresh_golden(
+            isolated_workspace, GoldenSpec("uc", "classification", labels=labels), [label_source(path)]
+        )
     assert len(quarantine_rows(isolated_workspace, "uc")) == 10 and versions(isolated_workspace, "uc") == []
 
 
 # ---------------------------------------------------------------- dedup counts and warnings
 
-DEDUP_KEYS = ("dedup_kept", "exact_duplicates", "near_duplicates", "conflicts_resolved", "conflicts_kept",
-              "conflicting_references")
+DEDUP_KEYS = (
+    "dedup_kept",
+    "exact_duplicates",
+    "near_duplicates",
+    "conflicts_resolved",
+    "conflicts_kept",
+    "conflicting_references",
+)
 
 
 def write_jsonl(path, items):
-    path.write_text("".join(json.dumps({"input": item.input, "reference": item.reference}) + "\n" for item in items))
+    path.write_text(
+        "".join(json.dumps({"input": item.input, "reference": item.reference}) + "\n" for item in items)
+    )
     return path
 
 
@@ -148,35 +174,57 @@ def test_questions_over_shared_contexts_all_reach_the_golden_set(isolated_worksp
     from tests.support.golden_kit import QA, shared_context_items
 
     items = shared_context_items()
-    report = refresh_golden(isolated_workspace, QA, [SourceSpec("labels", str(write_jsonl(tmp_path / "qa.jsonl", items)))])
+    report = refresh_golden(
+        isolated_workspace, QA, [SourceSpec("labels", str(write_jsonl(tmp_path / "qa.jsonl", items)))]
+    )
     manifest = read_manifest(isolated_workspace, "report-qa")
     assert report.counts["items"] == len(load_golden(isolated_workspace, "report-qa")) == 50
-    assert {key: manifest["refresh"][key] for key in DEDUP_KEYS} == dict.fromkeys(DEDUP_KEYS, 0) | {"dedup_kept": 50}
+    assert {key: manifest["refresh"][key] for key in DEDUP_KEYS} == dict.fromkeys(DEDUP_KEYS, 0) | {
+        "dedup_kept": 50
+    }
     assert manifest["warnings"] == report.warnings == []
 
 
 @pytest.mark.parametrize("max_share,warned", [(None, True), (0.25, False)])
-def test_dedup_counts_and_the_share_warning_reach_manifest_and_summary(isolated_workspace, tmp_path, max_share, warned):
+def test_dedup_counts_and_the_share_warning_reach_manifest_and_summary(
+    isolated_workspace, tmp_path, max_share, warned
+):
     from tests.support.golden_kit import shared_context_items, with_duplicates
 
     path = write_jsonl(tmp_path / "qa.jsonl", with_duplicates(shared_context_items()))  # 67 rows, 15 removed
-    golden = {"sources": [{"kind": "labels", "path": str(path)}]} | ({"max_duplicate_share": max_share} if max_share else {})
-    spec, sources, options = specs_from_plan({"use_cases": {"report-qa": {"task_type": "qa", "golden": golden}}})[0]
+    golden = {"sources": [{"kind": "labels", "path": str(path)}]} | (
+        {"max_duplicate_share": max_share} if max_share else {}
+    )
+    spec, sources, options = specs_from_plan(
+        {"use_cases": {"report-qa": {"task_type": "qa", "golden": golden}}}
+    )[0]
     assert options.max_duplicate_share == (max_share or 0.2)
     report = refresh_golden(isolated_workspace, spec, sources, options)
     manifest = read_manifest(isolated_workspace, "report-qa")
     assert report.counts["items"] == 52  # 50 questions + 2 conflicting references kept for review
     assert [manifest["refresh"][key] for key in DEDUP_KEYS] == [52, 4, 10, 1, 2, 3]
     assert sorted({example["kind"] for example in manifest["refresh"]["dedup_examples"]}) == [
-        "conflicts_kept", "conflicts_resolved", "exact", "near"]
+        "conflicts_kept",
+        "conflicts_resolved",
+        "exact",
+        "near",
+    ]
     assert len(manifest["warnings"]) == len(report.warnings) == int(warned)
     row = summary_rows([report])[0]
-    assert (row["dedup_kept"], row["exact"], row["near"], row["conflicts_resolved"], row["conflicts_kept"]) == (52, 4, 10, 1, 2)
+    assert (
+        row["dedup_kept"],
+        row["exact"],
+        row["near"],
+        row["conflicts_resolved"],
+        row["conflicts_kept"],
+    ) == (52, 4, 10, 1, 2)
     assert row["warnings"] == report.warnings
     markdown = summary_markdown([report])
     assert "- dedup: 52 kept; removed 4 exact, 10 near, 1 conflicting references resolved" in markdown
     if warned:
-        assert report.warnings[0].startswith("dedup removed 15 of 67 rows (22%, more than golden.max_duplicate_share 20%)")
+        assert report.warnings[0].startswith(
+            "dedup removed 15 of 67 rows (22%, more than golden.max_duplicate_share 20%)"
+        )
         assert f"- **warning:** {report.warnings[0]}" in markdown
         index = json.loads((golden_dir(isolated_workspace, "report-qa") / "manifest.json").read_text())
         assert index["versions"][-1]["warnings"] == report.warnings
@@ -209,7 +257,9 @@ def test_seeded_pii_never_reaches_a_stored_file(isolated_workspace, banking, tmp
     rows, labels = banking
     values = [value for kind in SEEDED for value in SEEDED[kind]]
     seeded = [dict(rows[i], text=f"{rows[i]['text']} Contact: {value}") for i, value in enumerate(values)]
-    seeded.append(dict(rows[20], text=f"my card {values[4]} was charged twice", category="not_a_label"))  # quarantined
+    seeded.append(
+        dict(rows[20], text=f"my card {values[4]} was charged twice", category="not_a_label")
+    )  # quarantined
     seeded.append(dict(rows[21], text=f"order {LUHN_INVALID} never arrived"))
     label_file = write_csv(tmp_path / "labels.csv", seeded + rows[30:90])
     logs = usage_rows(40)
@@ -218,8 +268,12 @@ def test_seeded_pii_never_reaches_a_stored_file(isolated_workspace, banking, tmp
     usage = tmp_path / "usage.parquet"
     __import__("pyarrow.parquet").parquet.write_table(usage_table(logs), usage)
     spec = GoldenSpec("routing", "classification", labels=labels + ["card_arrival"])
-    report = refresh_golden(isolated_workspace, spec, [label_source(label_file), SourceSpec("usage_log", str(usage))],
-                            RefreshOptions(sample=SampleOptions(size=100)))
+    report = refresh_golden(
+        isolated_workspace,
+        spec,
+        [label_source(label_file), SourceSpec("usage_log", str(usage))],
+        RefreshOptions(sample=SampleOptions(size=100)),
+    )
 
     assert report.scrubbed == {"email": 4, "phone": 4, "card": 4 + 1, "iban": 4}  # +1: the quarantined row
     files = list(stored_texts(isolated_workspace.root))
@@ -236,6 +290,7 @@ def test_seeded_pii_never_reaches_a_stored_file(isolated_workspace, banking, tmp
 
 # ---------------------------------------------------------------- versions
 
+
 def test_same_inputs_same_version_and_hash(isolated_workspace, banking, tmp_path):
     rows, labels = banking
     spec = GoldenSpec("routing", "classification", labels=labels)
@@ -244,13 +299,23 @@ def test_same_inputs_same_version_and_hash(isolated_workspace, banking, tmp_path
     v1 = (golden_dir(isolated_workspace, "routing") / "v1.parquet").read_bytes()
     second = refresh_golden(isolated_workspace, spec, sources)
     assert (first.version, first.created) == (1, True) and (second.version, second.created) == (1, False)
-    assert first.content_hash == second.content_hash == read_manifest(isolated_workspace, "routing")["content_hash"]
-    assert sorted(os.listdir(golden_dir(isolated_workspace, "routing"))) == ["manifest.json", "v1.manifest.json", "v1.parquet"]
+    assert (
+        first.content_hash
+        == second.content_hash
+        == read_manifest(isolated_workspace, "routing")["content_hash"]
+    )
+    assert sorted(os.listdir(golden_dir(isolated_workspace, "routing"))) == [
+        "manifest.json",
+        "v1.manifest.json",
+        "v1.parquet",
+    ]
     assert first.quarantine_path is None and not (isolated_workspace.root / "quarantine").exists()
     assert (golden_dir(isolated_workspace, "routing") / "v1.parquet").read_bytes() == v1
 
 
-def test_added_removed_and_relabelled_rows_make_the_next_version_with_a_correct_diff(isolated_workspace, banking, tmp_path):
+def test_added_removed_and_relabelled_rows_make_the_next_version_with_a_correct_diff(
+    isolated_workspace, banking, tmp_path
+):
     rows, labels = banking
     spec = GoldenSpec("routing", "classification", labels=labels)
     refresh_golden(isolated_workspace, spec, [label_source(write_csv(tmp_path / "v1.csv", rows[:100]))])
@@ -258,10 +323,15 @@ def test_added_removed_and_relabelled_rows_make_the_next_version_with_a_correct_
     v1_bytes = (golden_dir(isolated_workspace, "routing") / "v1.parquet").read_bytes()
 
     changed = [dict(row) for row in rows[5:160]]  # rows 0-4 removed, 100-159 added
-    changed[0]["category"] = "lost_or_stolen_card" if changed[0]["category"] != "lost_or_stolen_card" else "card_arrival"
+    changed[0]["category"] = (
+        "lost_or_stolen_card" if changed[0]["category"] != "lost_or_stolen_card" else "card_arrival"
+    )
     # A different test fraction would move items if splits were recomputed: stored ones must not move.
-    report = refresh_golden(isolated_workspace, replace(spec, test_fraction=0.9),
-                            [label_source(write_csv(tmp_path / "v2.csv", changed))])
+    report = refresh_golden(
+        isolated_workspace,
+        replace(spec, test_fraction=0.9),
+        [label_source(write_csv(tmp_path / "v2.csv", changed))],
+    )
     v2 = {item.item_id: item for item in load_golden(isolated_workspace, "routing")}
     detail = read_manifest(isolated_workspace, "routing", 2)["diff"]["detail"]
 
@@ -269,8 +339,15 @@ def test_added_removed_and_relabelled_rows_make_the_next_version_with_a_correct_
     assert set(detail["added"]) == v2.keys() - v1.keys() and len(detail["added"]) == 60
     assert set(detail["removed"]) == v1.keys() - v2.keys() and len(detail["removed"]) == 5
     relabelled_id = next(i for i in v2 if v2[i].text == changed[0]["text"])
-    assert detail["relabelled"] == [{"item_id": relabelled_id, "before": rows[5]["category"], "after": changed[0]["category"],
-                                     "origin_before": "human", "origin_after": "human"}]
+    assert detail["relabelled"] == [
+        {
+            "item_id": relabelled_id,
+            "before": rows[5]["category"],
+            "after": changed[0]["category"],
+            "origin_before": "human",
+            "origin_after": "human",
+        }
+    ]
     assert detail["split_changed"] == []
     assert all(v2[i].split == v1[i].split for i in v1.keys() & v2.keys())
     new_test_share = sum(v2[i].split == "test" for i in detail["added"]) / 60
@@ -283,8 +360,11 @@ def test_added_removed_and_relabelled_rows_make_the_next_version_with_a_correct_
 
 def test_dev_items_hold_only_dev(isolated_workspace, banking, tmp_path):
     rows, labels = banking
-    refresh_golden(isolated_workspace, GoldenSpec("routing", "classification", labels=labels),
-                   [label_source(write_csv(tmp_path / "b.csv", rows[:80]))])
+    refresh_golden(
+        isolated_workspace,
+        GoldenSpec("routing", "classification", labels=labels),
+        [label_source(write_csv(tmp_path / "b.csv", rows[:80]))],
+    )
     everything = load_golden(isolated_workspace, "routing")
     dev = dev_items(isolated_workspace, "routing")
     assert dev and {item.split for item in dev} == {"dev"}
@@ -295,8 +375,11 @@ def test_versions_are_never_overwritten_and_edits_are_detected(isolated_workspac
     import pyarrow.parquet as pq
 
     rows, labels = banking
-    refresh_golden(isolated_workspace, GoldenSpec("routing", "classification", labels=labels),
-                   [label_source(write_csv(tmp_path / "b.csv", rows[:40]))])
+    refresh_golden(
+        isolated_workspace,
+        GoldenSpec("routing", "classification", labels=labels),
+        [label_source(write_csv(tmp_path / "b.csv", rows[:40]))],
+    )
     folder = golden_dir(isolated_workspace, "routing")
     with pytest.raises(VersionExistsError):
         write_new(folder / "v1.parquet", b"not a golden set")
@@ -315,6 +398,8 @@ def test_an_orphan_version_file_is_skipped_not_reused(isolated_workspace, bankin
     folder = golden_dir(isolated_workspace, "routing")
     folder.mkdir(parents=True)
     (folder / "v1.parquet").write_bytes(b"left by a crash before its manifest")
-    report = refresh_golden(isolated_workspace, spec, [label_source(write_csv(tmp_path / "b.csv", rows[:30]))])
+    report = refresh_golden(
+        isolated_workspace, spec, [label_source(write_csv(tmp_path / "b.csv", rows[:30]))]
+    )
     assert report.version == 2 and versions(isolated_workspace, "routing") == [2]
     assert (folder / "v1.parquet").read_bytes() == b"left by a crash before its manifest"

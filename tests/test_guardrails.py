@@ -17,22 +17,50 @@ from workhorse.tasks.rollout import state as routing
 from workhorse.tasks.rollout.guardrails import analyze_rollout, error_rate_check, latency_check, validator_for
 
 UC = "ticket-routing"
-POLICY = {"steps": [5, 10, 100], "bake_time": 0, "min_requests": 100, "failure_limit": 1,
-          "consecutive_error_limit": 1, "inconclusive_limit": 1}
+POLICY = {
+    "steps": [5, 10, 100],
+    "bake_time": 0,
+    "min_requests": 100,
+    "failure_limit": 1,
+    "consecutive_error_limit": 1,
+    "inconclusive_limit": 1,
+}
 
 
-def write_traffic(ws, n_inc: int, n_cand: int, *, err_inc=0.01, err_cand=0.01, lat_inc=200.0, lat_cand=200.0,
-                  seed=0, stage="5"):
+def write_traffic(
+    ws,
+    n_inc: int,
+    n_cand: int,
+    *,
+    err_inc=0.01,
+    err_cand=0.01,
+    lat_inc=200.0,
+    lat_cand=200.0,
+    seed=0,
+    stage="5",
+):
     """Lognormal latencies and Bernoulli errors per arm, as a router would log them."""
     rng = np.random.default_rng(seed)
     with TrafficLogger(ws) as log:
-        for arm, n, err, lat in (("incumbent", n_inc, err_inc, lat_inc), ("candidate", n_cand, err_cand, lat_cand)):
+        for arm, n, err, lat in (
+            ("incumbent", n_inc, err_inc, lat_inc),
+            ("candidate", n_cand, err_cand, lat_cand),
+        ):
             for _ in range(n):
                 failed = rng.random() < err
-                log.log(make_row(use_case=UC, model=arm, arm=arm, rollout_stage=stage,
-                                 status="error" if failed else "ok", error_type="server_error" if failed else None,
-                                 latency_ms=float(lat * rng.lognormal(0, 0.3)), response=None if failed else "billing",
-                                 cost_usd=0.0001))
+                log.log(
+                    make_row(
+                        use_case=UC,
+                        model=arm,
+                        arm=arm,
+                        rollout_stage=stage,
+                        status="error" if failed else "ok",
+                        error_type="server_error" if failed else None,
+                        latency_ms=float(lat * rng.lognormal(0, 0.3)),
+                        response=None if failed else "billing",
+                        cost_usd=0.0001,
+                    )
+                )
 
 
 def at_five_percent(ws):
@@ -42,19 +70,23 @@ def at_five_percent(ws):
 
 def loop_once(ws):
     """One control-loop run: analyse, then apply."""
-    analysis = analyze_rollout(ws, UC, validator=validator_for(UseCase(task_type="classification",
-                                                                       labels=["billing", "technical"])))
+    analysis = analyze_rollout(
+        ws, UC, validator=validator_for(UseCase(task_type="classification", labels=["billing", "technical"]))
+    )
     return analysis, routing.advance(ws, UC, analysis, notify=lambda payload: None)
 
 
-@pytest.mark.parametrize("traffic, outcome, stage_after", [
-    (dict(n_inc=400, n_cand=120, err_cand=0.6), "critical", "reverted"),             # error spike: at once
-    (dict(n_inc=400, n_cand=120, lat_cand=2000.0), "critical", "reverted"),          # 10x p95: at once
-    (dict(n_inc=400, n_cand=120, lat_cand=400.0), "fail", "5"),                      # 2x p95: counted first
-    (dict(n_inc=400, n_cand=120, err_cand=0.10), "fail", "5"),                       # 10 % vs 1 %: counted
-    (dict(n_inc=400, n_cand=120, err_cand=0.02, lat_cand=210.0, seed=3), "pass", "10"),  # noise: passes
-    (dict(n_inc=400, n_cand=30), "inconclusive", "5"),                               # too few: never a pass
-])
+@pytest.mark.parametrize(
+    "traffic, outcome, stage_after",
+    [
+        (dict(n_inc=400, n_cand=120, err_cand=0.6), "critical", "reverted"),  # error spike: at once
+        (dict(n_inc=400, n_cand=120, lat_cand=2000.0), "critical", "reverted"),  # 10x p95: at once
+        (dict(n_inc=400, n_cand=120, lat_cand=400.0), "fail", "5"),  # 2x p95: counted first
+        (dict(n_inc=400, n_cand=120, err_cand=0.10), "fail", "5"),  # 10 % vs 1 %: counted
+        (dict(n_inc=400, n_cand=120, err_cand=0.02, lat_cand=210.0, seed=3), "pass", "10"),  # noise: passes
+        (dict(n_inc=400, n_cand=30), "inconclusive", "5"),  # too few: never a pass
+    ],
+)
 def test_one_analysis_of_generated_traffic(isolated_workspace, traffic, outcome, stage_after):
     ws = isolated_workspace
     at_five_percent(ws)
@@ -104,11 +136,14 @@ def test_only_the_current_step_window_counts(isolated_workspace):
     assert analysis.outcome == "pass"
 
 
-@pytest.mark.parametrize("cand, inc, status", [
-    (["ok"] * 95 + ["error"] * 5, ["ok"] * 99 + ["error"], "inconclusive"),  # excess without significance
-    (["ok"] * 80 + ["error"] * 20, ["ok"] * 990 + ["error"] * 10, "fail"),
-    (["ok"] * 100, ["ok"] * 90 + ["error"] * 10, "pass"),                    # better than the incumbent
-])
+@pytest.mark.parametrize(
+    "cand, inc, status",
+    [
+        (["ok"] * 95 + ["error"] * 5, ["ok"] * 99 + ["error"], "inconclusive"),  # excess without significance
+        (["ok"] * 80 + ["error"] * 20, ["ok"] * 990 + ["error"] * 10, "fail"),
+        (["ok"] * 100, ["ok"] * 90 + ["error"] * 10, "pass"),  # better than the incumbent
+    ],
+)
 def test_error_rate_grades(cand, inc, status):
     g = Guardrails(critical_error_rate=0.5)
     assert error_rate_check(cand, inc, g).status == status
@@ -119,7 +154,9 @@ def test_latency_needs_an_effect_not_only_significance():
 
     rng = np.random.default_rng(0)
     inc = list(rng.normal(200, 5, 2000))
-    slightly_slower = list(rng.normal(210, 5, 2000))  # slower on every call (highly significant), 5 %: tolerated
+    slightly_slower = list(
+        rng.normal(210, 5, 2000)
+    )  # slower on every call (highly significant), 5 %: tolerated
     assert mannwhitneyu(slightly_slower, inc, alternative="greater").pvalue < 1e-6
     assert latency_check(slightly_slower, inc, Guardrails()).status == "pass"
 
@@ -141,25 +178,44 @@ def test_latency_grades_by_the_share_of_calls_beyond_the_tolerated_p95(slow_shar
     rng = np.random.default_rng(2)
     inc = list(rng.uniform(100, 200, 400))
     n_slow = round(200 * slow_share)
-    cand = list(rng.uniform(100, 200, 200 - n_slow)) + list(rng.uniform(400, 500, n_slow))  # 400+: 2x-2.5x p95
+    cand = list(rng.uniform(100, 200, 200 - n_slow)) + list(
+        rng.uniform(400, 500, n_slow)
+    )  # 400+: 2x-2.5x p95
     check = latency_check(cand, inc, Guardrails(latency_critical_ratio=2.0 if status == "critical" else 4.0))
     assert check.status == status
     # the p-value is the binomial tail of the slower calls, recomputed independently
     tolerated = max(np.percentile(inc, 95) * 1.25, np.percentile(inc, 95) + 50)
     slower = sum(c > tolerated for c in cand)
-    tail = sum(math.comb(200, k) * 0.05 ** k * 0.95 ** (200 - k) for k in range(slower, 201))
+    tail = sum(math.comb(200, k) * 0.05**k * 0.95 ** (200 - k) for k in range(slower, 201))
     if status != "critical":
         assert check.p_value == pytest.approx(tail, rel=1e-6)
 
 
-@pytest.mark.parametrize("use_case, text, valid", [
-    (UseCase(task_type="classification", labels=["billing", "technical"]), " Billing.", True),
-    (UseCase(task_type="classification", labels=["billing", "technical"]), "I think billing", False),
-    (UseCase(task_type="extraction", json_schema={"type": "object", "required": ["total"],
-                                                  "properties": {"total": {"type": "number"}}}), '{"total": 3}', True),
-    (UseCase(task_type="extraction", json_schema={"type": "object", "required": ["total"]}), '{"sum": 3}', False),
-    (UseCase(task_type="extraction", json_schema={"type": "object"}), "not json", False),
-])
+@pytest.mark.parametrize(
+    "use_case, text, valid",
+    [
+        (UseCase(task_type="classification", labels=["billing", "technical"]), " Billing.", True),
+        (UseCase(task_type="classification", labels=["billing", "technical"]), "I think billing", False),
+        (
+            UseCase(
+                task_type="extraction",
+                json_schema={
+                    "type": "object",
+                    "required": ["total"],
+                    "properties": {"total": {"type": "number"}},
+                },
+            ),
+            '{"total": 3}',
+            True,
+        ),
+        (
+            UseCase(task_type="extraction", json_schema={"type": "object", "required": ["total"]}),
+            '{"sum": 3}',
+            False,
+        ),
+        (UseCase(task_type="extraction", json_schema={"type": "object"}), "not json", False),
+    ],
+)
 def test_validators_follow_the_use_case_contract(use_case, text, valid):
     assert validator_for(use_case)(text) is valid
 
@@ -169,12 +225,28 @@ def test_invalid_outputs_and_shadow_disagreement_fail(isolated_workspace):
     routing.start_rollout(ws, UC, "gpt-4o-mini", "cand", {**POLICY, "steps": ["shadow", 100]})
     with TrafficLogger(ws) as log:
         for i in range(150):
-            inc = make_row(use_case=UC, model="i", arm="incumbent", rollout_stage="shadow", status="ok",
-                           latency_ms=100.0, response="billing")
+            inc = make_row(
+                use_case=UC,
+                model="i",
+                arm="incumbent",
+                rollout_stage="shadow",
+                status="ok",
+                latency_ms=100.0,
+                response="billing",
+            )
             log.log(inc)
-            log.log(make_row(use_case=UC, model="c", arm="shadow", rollout_stage="shadow", status="ok",
-                             latency_ms=100.0, response="technical" if i % 2 else "I cannot say",
-                             metadata={"shadow_of": inc["request_id"]}))
+            log.log(
+                make_row(
+                    use_case=UC,
+                    model="c",
+                    arm="shadow",
+                    rollout_stage="shadow",
+                    status="ok",
+                    latency_ms=100.0,
+                    response="technical" if i % 2 else "I cannot say",
+                    metadata={"shadow_of": inc["request_id"]},
+                )
+            )
     analysis, _ = loop_once(ws)
     statuses = {c.name: c.status for c in analysis.checks}
     assert statuses["validity"] == "fail" and statuses["agreement"] == "fail"
@@ -185,11 +257,20 @@ def test_traffic_logger_loses_no_row_under_200_concurrent_callers(isolated_works
     ws = isolated_workspace
     barrier = threading.Barrier(200)
     with TrafficLogger(ws, batch_size=64) as log:
+
         def caller(i: int) -> None:
             barrier.wait()
             for j in range(10):
-                log.log(make_row(use_case=UC, model="m", arm="incumbent", status="ok", request_id=f"{i}-{j}",
-                                 metadata={"api_key": "sk-canary-123", "caller": i}))
+                log.log(
+                    make_row(
+                        use_case=UC,
+                        model="m",
+                        arm="incumbent",
+                        status="ok",
+                        request_id=f"{i}-{j}",
+                        metadata={"api_key": "sk-canary-123", "caller": i},
+                    )
+                )
 
         threads = [threading.Thread(target=caller, args=(i,)) for i in range(200)]
         for thread in threads:

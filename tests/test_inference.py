@@ -38,8 +38,15 @@ def successful_keys(server) -> Counter:
 
 
 def test_fault_matrix_accounts_for_every_request(fake_openai_server, isolated_workspace):
-    faults = Faults(server_error=0.10, rate_limit=0.05, hang=0.02, malformed=0.01, reset=0.01,
-                    retry_after_s=0.05, hang_s=5)
+    faults = Faults(
+        server_error=0.10,
+        rate_limit=0.05,
+        hang=0.02,
+        malformed=0.01,
+        reset=0.01,
+        retry_after_s=0.05,
+        hang_s=5,
+    )
     server = fake_openai_server(faults=faults, seed=7)
     requests = requests_for(server, 1000, timeout_s=1.0)
     runner, rows = run(isolated_workspace, requests)
@@ -70,9 +77,12 @@ def test_retries_wait_at_least_retry_after(fake_openai_server, isolated_workspac
     by_key: dict[str, list[dict]] = {}
     for record in server.records():
         by_key.setdefault(record["key"], []).append(record)
-    gaps = [later["t"] - earlier["t"]
-            for attempts in by_key.values()
-            for earlier, later in zip(attempts, attempts[1:]) if earlier["outcome"] == "rate_limit"]
+    gaps = [
+        later["t"] - earlier["t"]
+        for attempts in by_key.values()
+        for earlier, later in zip(attempts, attempts[1:])
+        if earlier["outcome"] == "rate_limit"
+    ]
     assert gaps, "the seed must produce some 429s"
     assert min(gaps) >= 0.4 - 0.01  # never sooner than the server asked (backoff alone is ≤ 0.05 s)
 
@@ -102,8 +112,11 @@ def test_duplicate_requests_in_one_run_are_paid_once(fake_openai_server, isolate
 
 def test_non_retryable_errors_are_not_retried(isolated_workspace):
     spec = ModelSpec(model="openai/fake", api_base="http://127.0.0.1:9/v1", api_key="x", timeout_s=2)
-    runner, rows = run(isolated_workspace, [ModelRequest(item_id="a", model=spec, messages=[{"role": "user", "content": "x"}])],
-                       retry=RetryPolicy(max_attempts=3, base_delay_s=0.01, max_delay_s=0.02))
+    runner, rows = run(
+        isolated_workspace,
+        [ModelRequest(item_id="a", model=spec, messages=[{"role": "user", "content": "x"}])],
+        retry=RetryPolicy(max_attempts=3, base_delay_s=0.01, max_delay_s=0.02),
+    )
     # Port 9 (discard) refuses connections: retried to the bound, then recorded, not raised.
     assert rows[0].error_type == "connection" and rows[0].attempts == 3
 
@@ -129,16 +142,25 @@ def test_killed_run_resumes_without_paying_twice(fake_openai_server, isolated_wo
     script = tmp_path / "runner_child.py"
     script.write_text(KILL_SCRIPT)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    child = subprocess.Popen([sys.executable, str(script), server.url, str(isolated_workspace.root)], env=env,
-                             stdout=subprocess.PIPE, text=True)
+    child = subprocess.Popen(
+        [sys.executable, str(script), server.url, str(isolated_workspace.root)],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     checkpoint = isolated_workspace.run_dir("killed-run") / "checkpoint.jsonl"
     _wait_for_lines(checkpoint, 150)
     child.send_signal(signal.SIGKILL)
     child.wait()
     server.release()
 
-    completed = subprocess.run([sys.executable, str(script), server.url, str(isolated_workspace.root)], env=env,
-                               capture_output=True, text=True, timeout=120)
+    completed = subprocess.run(
+        [sys.executable, str(script), server.url, str(isolated_workspace.root)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert completed.returncode == 0, completed.stderr[-2000:]
     assert completed.stdout.strip().splitlines()[-1] == "400"
     successes = successful_keys(server)
@@ -184,18 +206,25 @@ def test_cost_uses_explicit_prices_then_the_price_map():
     assert call_cost(ModelSpec(model="hosted_vllm/unknown-model"), 1000, 500) is None  # unpriced, not $0
 
 
-@pytest.mark.parametrize("error, expected", [
-    (asyncio.TimeoutError(), "timeout"),
-    (ConnectionResetError("reset by peer"), "connection"),
-    (ValueError("Expecting value: line 1 column 1"), "bad_response"),
-])
+@pytest.mark.parametrize(
+    "error, expected",
+    [
+        (asyncio.TimeoutError(), "timeout"),
+        (ConnectionResetError("reset by peer"), "connection"),
+        (ValueError("Expecting value: line 1 column 1"), "bad_response"),
+    ],
+)
 def test_classify_plain_exceptions(error, expected):
     assert classify(error).error_type == expected
 
 
 def test_request_key_ignores_endpoint_but_not_params():
-    a = ModelRequest("1", ModelSpec(model="m", api_base="http://127.0.0.1:1/v1"), [{"role": "user", "content": "x"}])
-    b = ModelRequest("1", ModelSpec(model="m", api_base="http://127.0.0.1:2/v1"), [{"role": "user", "content": "x"}])
+    a = ModelRequest(
+        "1", ModelSpec(model="m", api_base="http://127.0.0.1:1/v1"), [{"role": "user", "content": "x"}]
+    )
+    b = ModelRequest(
+        "1", ModelSpec(model="m", api_base="http://127.0.0.1:2/v1"), [{"role": "user", "content": "x"}]
+    )
     c = ModelRequest("1", ModelSpec(model="m"), [{"role": "user", "content": "x"}], params={"temperature": 1})
     assert a.cache_key == b.cache_key != c.cache_key
     assert request_key({"model": "m", "messages": [1]}) != request_key({"model": "m", "messages": [2]})

@@ -10,8 +10,12 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 # Folder → installed package, as pyproject's package-dir maps them.
-PACKAGES = {"src/workhorse": "workhorse", "flows": "workhorse.flows", "tasks": "workhorse.tasks",
-            "blocks": "workhorse.blocks"}
+PACKAGES = {
+    "src/workhorse": "workhorse",
+    "flows": "workhorse.flows",
+    "tasks": "workhorse.tasks",
+    "blocks": "workhorse.blocks",
+}
 TEST_KIT = ("workhorse.testing", "tests", "examples")
 RULES = [  # (modules under, may not import)
     ("workhorse", TEST_KIT),
@@ -68,9 +72,12 @@ def test_a_planted_forbidden_import_is_caught(tmp_path):
         (tmp_path / folder).mkdir(parents=True)
     (tmp_path / "tasks" / "rollout").mkdir()
     (tmp_path / "tasks" / "rollout" / "guard.py").write_text(
-        "def f():\n    from workhorse.flows.rollout import staged_rollout\n    import workhorse.testing.fake_openai\n")
+        "def f():\n    from workhorse.flows.rollout import staged_rollout\n    import workhorse.testing.fake_openai\n"
+    )
     (tmp_path / "blocks" / "slack.py").write_text("from workhorse.tasks.common import runner\n")
-    (tmp_path / "src/workhorse" / "cli.py").write_text("from tests.support import acme\nimport workhorse.flows.audit\n")
+    (tmp_path / "src/workhorse" / "cli.py").write_text(
+        "from tests.support import acme\nimport workhorse.flows.audit\n"
+    )
     assert forbidden_imports(modules(tmp_path)) == [
         "workhorse.blocks.slack imports workhorse.tasks.common (workhorse.blocks may not import workhorse.tasks)",
         "workhorse.blocks.slack imports workhorse.tasks.common.runner (workhorse.blocks may not import workhorse.tasks)",

@@ -26,37 +26,69 @@ from workhorse.testing import traffic as T
 from workhorse.testing.slack_receiver import SlackReceiver
 
 LABELS = ["billing", "technical", "account", "shipping"]
-INVOICE_SCHEMA = {"type": "object", "required": ["invoice_number", "vendor", "currency", "total"],
-                  "properties": {"invoice_number": {"type": "string"}, "vendor": {"type": "string"},
-                                 "currency": {"type": "string", "enum": ["EUR", "USD", "GBP"]},
-                                 "total": {"type": "number"}}}
-PLAN = {"incumbent": "gpt-4o-mini", "owner": "Priya (platform)", "alerts": {"slack_channel": "#llm-migration"},
-        "use_cases": {"ticket-routing": {"task_type": "classification", "labels": LABELS, "owner": "Dana"},
-                      "invoice-extraction": {"task_type": "extraction", "json_schema": INVOICE_SCHEMA}}}
+INVOICE_SCHEMA = {
+    "type": "object",
+    "required": ["invoice_number", "vendor", "currency", "total"],
+    "properties": {
+        "invoice_number": {"type": "string"},
+        "vendor": {"type": "string"},
+        "currency": {"type": "string", "enum": ["EUR", "USD", "GBP"]},
+        "total": {"type": "number"},
+    },
+}
+PLAN = {
+    "incumbent": "gpt-4o-mini",
+    "owner": "Priya (platform)",
+    "alerts": {"slack_channel": "#llm-migration"},
+    "use_cases": {
+        "ticket-routing": {"task_type": "classification", "labels": LABELS, "owner": "Dana"},
+        "invoice-extraction": {"task_type": "extraction", "json_schema": INVOICE_SCHEMA},
+    },
+}
 T0 = datetime(2026, 11, 2, 9, 0, tzinfo=timezone.utc)
 FAST = {"backoff_s": 0.01}
 
 
 def invoice(rng, i) -> str:
-    return json.dumps({"invoice_number": f"INV-{i}", "vendor": "Acme", "currency": rng.choice(["EUR", "USD", "GBP"]),
-                       "total": round(rng.uniform(10, 900), 2)})
+    return json.dumps(
+        {
+            "invoice_number": f"INV-{i}",
+            "vendor": "Acme",
+            "currency": rng.choice(["EUR", "USD", "GBP"]),
+            "total": round(rng.uniform(10, 900), 2),
+        }
+    )
 
 
 def broken_invoice(bad: int):
-    return lambda rng, i: "Sorry, I could not read that invoice." if i % 5 == 0 and i < bad * 5 else invoice(rng, i)
+    return lambda rng, i: (
+        "Sorry, I could not read that invoice." if i % 5 == 0 and i < bad * 5 else invoice(rng, i)
+    )
 
 
 def golden_items(use_case: str, n: int = 200) -> list[GoldenItem]:
     rng = random.Random(use_case)
     items = []
     for i in range(n):
-        messages = [{"role": "user", "content": " ".join(rng.choice(T.WORDS) for _ in range(rng.randint(20, 60)))}]
+        messages = [
+            {"role": "user", "content": " ".join(rng.choice(T.WORDS) for _ in range(rng.randint(20, 60)))}
+        ]
         item_id = make_item_id(use_case, messages)
         classification = use_case == "ticket-routing"
-        items.append(GoldenItem(item_id, use_case, "classification" if classification else "extraction", messages,
-                                LABELS[i % 4] if classification else invoice(rng, i), split_for(item_id), "test",
-                                "human", LABELS if classification else None,
-                                None if classification else INVOICE_SCHEMA))
+        items.append(
+            GoldenItem(
+                item_id,
+                use_case,
+                "classification" if classification else "extraction",
+                messages,
+                LABELS[i % 4] if classification else invoice(rng, i),
+                split_for(item_id),
+                "test",
+                "human",
+                LABELS if classification else None,
+                None if classification else INVOICE_SCHEMA,
+            )
+        )
     return items
 
 
@@ -84,13 +116,21 @@ def window(start: datetime, fault: str | None = None, seed: int = 0) -> list[dic
         extraction["answer"] = broken_invoice(20)
     if fault == "drift":
         routing["input_words"] = (150, 200)
-    return (T.stream("ticket-routing", "gpt-4o-mini", start, 15, 100, **routing)
-            + T.stream("invoice-extraction", "gpt-4o-mini", start, 15, 100, **extraction))
+    return T.stream("ticket-routing", "gpt-4o-mini", start, 15, 100, **routing) + T.stream(
+        "invoice-extraction", "gpt-4o-mini", start, 15, 100, **extraction
+    )
 
 
 def run(workspace, plan, rows, minute: int, slack, **options):
-    return monitor_window(workspace, plan, T.table(rows), now=T0 + timedelta(minutes=minute),
-                          webhook_url=slack.url, delivery=FAST, **options)
+    return monitor_window(
+        workspace,
+        plan,
+        T.table(rows),
+        now=T0 + timedelta(minutes=minute),
+        webhook_url=slack.url,
+        delivery=FAST,
+        **options,
+    )
 
 
 def rows_of(rows, use_case):
@@ -143,14 +183,35 @@ def test_a_fault_alerts_once_stays_quiet_in_cooldown_and_resolves_once(workspace
 def test_the_cooldown_ends_in_one_reminder_and_escalation_alerts_at_once(workspace, plan):
     with SlackReceiver() as slack:
         run(workspace, plan, window(T0), 15, slack)
-        warning = T.stream("ticket-routing", "gpt-4o-mini", T0 + timedelta(minutes=15), 15, 100, errors=8,
-                           answer=T.labels_answer(LABELS))
+        warning = T.stream(
+            "ticket-routing",
+            "gpt-4o-mini",
+            T0 + timedelta(minutes=15),
+            15,
+            100,
+            errors=8,
+            answer=T.labels_answer(LABELS),
+        )
         run(workspace, plan, warning, 30, slack)
-        critical = T.stream("ticket-routing", "gpt-4o-mini", T0 + timedelta(minutes=30), 15, 100, errors=40,
-                            answer=T.labels_answer(LABELS))
+        critical = T.stream(
+            "ticket-routing",
+            "gpt-4o-mini",
+            T0 + timedelta(minutes=30),
+            15,
+            100,
+            errors=40,
+            answer=T.labels_answer(LABELS),
+        )
         run(workspace, plan, critical, 45, slack)
-        late = T.stream("ticket-routing", "gpt-4o-mini", T0 + timedelta(minutes=100), 15, 100, errors=40,
-                        answer=T.labels_answer(LABELS))
+        late = T.stream(
+            "ticket-routing",
+            "gpt-4o-mini",
+            T0 + timedelta(minutes=100),
+            15,
+            100,
+            errors=40,
+            answer=T.labels_answer(LABELS),
+        )
         run(workspace, plan, late, 115, slack)
     headers = [m["blocks"][0]["text"]["text"] for m in slack.messages]
     assert ["WARNING" in headers[0], "(escalated)" in headers[1], "(reminder)" in headers[2]] == [True] * 3
@@ -162,12 +223,26 @@ def test_no_traffic_is_its_own_state_and_never_resolves_an_incident(workspace, p
         run(workspace, plan, window(T0), 15, slack)
         run(workspace, plan, window(T0 + timedelta(minutes=15), "errors"), 30, slack)
         silent = run(workspace, plan, [], 45, slack)
-        trickle = run(workspace, plan, T.stream("ticket-routing", "gpt-4o-mini", T0 + timedelta(minutes=45), 15, 5,
-                                                answer=T.labels_answer(LABELS)), 60, slack)
+        trickle = run(
+            workspace,
+            plan,
+            T.stream(
+                "ticket-routing",
+                "gpt-4o-mini",
+                T0 + timedelta(minutes=45),
+                15,
+                5,
+                answer=T.labels_answer(LABELS),
+            ),
+            60,
+            slack,
+        )
     states = {r["key"]: r["state"] for r in silent.results}
     assert states["ticket-routing|gpt-4o-mini|error_rate"] == "no_data"
     assert {m["state"] for m in silent.metrics} == {"no traffic in window"}
-    assert {r["key"]: r["state"] for r in trickle.results}["ticket-routing|gpt-4o-mini|error_rate"] == "insufficient"
+    assert {r["key"]: r["state"] for r in trickle.results}[
+        "ticket-routing|gpt-4o-mini|error_rate"
+    ] == "insufficient"
     assert len(slack.messages) == 1  # the opening alert only: silence is not a recovery
     assert len(incidents.open_incidents(open_state_db(workspace))) == 1
 
@@ -193,17 +268,32 @@ def test_slack_silence_without_a_webhook_keeps_the_alert_queued(workspace, plan)
     assert len(incidents.pending_deliveries(open_state_db(workspace))) == 1
 
 
-@pytest.mark.parametrize("failing_model, reverted", [("deepinfra/Qwen/Qwen3-14B", True), ("gpt-4o-mini", False)])
-def test_a_critical_breach_during_a_rollout_reverts_the_candidate_only(prefect_server, workspace, plan, failing_model,
-                                                                     reverted):
+@pytest.mark.parametrize(
+    "failing_model, reverted", [("deepinfra/Qwen/Qwen3-14B", True), ("gpt-4o-mini", False)]
+)
+def test_a_critical_breach_during_a_rollout_reverts_the_candidate_only(
+    prefect_server, workspace, plan, failing_model, reverted
+):
     from workhorse.tasks.rollout.state import current_state, start_rollout
 
     start_rollout(workspace, "ticket-routing", "gpt-4o-mini", "deepinfra/Qwen/Qwen3-14B")
     start = T0 + timedelta(minutes=15)
     arms = {"gpt-4o-mini": "incumbent", "deepinfra/Qwen/Qwen3-14B": "candidate"}
-    rows = [row for model, arm in arms.items()
-            for row in T.stream("ticket-routing", model, start, 15, 60, arm=arm, stage="5",
-                                errors=25 if model == failing_model else 0, answer=T.labels_answer(LABELS))]
+    rows = [
+        row
+        for model, arm in arms.items()
+        for row in T.stream(
+            "ticket-routing",
+            model,
+            start,
+            15,
+            60,
+            arm=arm,
+            stage="5",
+            errors=25 if model == failing_model else 0,
+            answer=T.labels_answer(LABELS),
+        )
+    ]
     with SlackReceiver() as slack:
         summary = run(workspace, plan, rows, 30, slack)
         again = run(workspace, plan, rows, 30, slack)
@@ -219,10 +309,19 @@ def test_a_critical_breach_during_a_rollout_reverts_the_candidate_only(prefect_s
 def test_shadow_agreement_is_measured_on_paired_requests(workspace, plan):
     start = T0 + timedelta(minutes=15)
     prompts = [f"my parcel number {i} is late again" for i in range(60)]
-    incumbent = T.stream("ticket-routing", "gpt-4o-mini", start, 15, 60, prompts=prompts,
-                         answer=lambda rng, i: LABELS[i % 4])
-    shadow = T.stream("ticket-routing", "hosted_vllm/smollm2", start, 15, 60, prompts=prompts, arm="shadow",
-                      answer=lambda rng, i: LABELS[i % 4] if i % 10 < 7 else LABELS[(i + 1) % 4])
+    incumbent = T.stream(
+        "ticket-routing", "gpt-4o-mini", start, 15, 60, prompts=prompts, answer=lambda rng, i: LABELS[i % 4]
+    )
+    shadow = T.stream(
+        "ticket-routing",
+        "hosted_vllm/smollm2",
+        start,
+        15,
+        60,
+        prompts=prompts,
+        arm="shadow",
+        answer=lambda rng, i: LABELS[i % 4] if i % 10 < 7 else LABELS[(i + 1) % 4],
+    )
     with SlackReceiver() as slack:
         summary = run(workspace, plan, incumbent + shadow, 30, slack)
     row = next(m for m in summary.metrics if m["model"] == "hosted_vllm/smollm2")
@@ -242,7 +341,12 @@ def captured_events(monkeypatch):
 
     def events(name: str) -> list:
         worker.drain()
-        return [e for client in AssertingEventsClient.all for e in getattr(client, "events", []) if e.event == name]
+        return [
+            e
+            for client in AssertingEventsClient.all
+            for e in getattr(client, "events", [])
+            if e.event == name
+        ]
 
     yield events
     worker.drain()
@@ -253,7 +357,9 @@ def read_artifacts(flow_run_id) -> list[str]:
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
     with get_client(sync_client=True) as client:
-        found = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
     return [json.dumps(a.data) if not isinstance(a.data, str) else a.data for a in found]
 
 
@@ -270,7 +376,8 @@ def read_run_logs(flow_run_id) -> str:
 
 @pytest.mark.parametrize("source", ["parameter", "environment"])
 def test_the_flow_publishes_events_and_artifacts_and_never_reveals_the_webhook(
-        prefect_server, workspace, captured_events, caplog, monkeypatch, tmp_path, source):
+    prefect_server, workspace, captured_events, caplog, monkeypatch, tmp_path, source
+):
     import logging
 
     import pyarrow.parquet as pq
@@ -291,8 +398,12 @@ def test_the_flow_publishes_events_and_artifacts_and_never_reveals_the_webhook(
         secret = slack.url
         if source == "environment":
             monkeypatch.setenv("WORKHORSE_SLACK_WEBHOOK_URL", secret)
-        options = dict(workspace=str(workspace.root), plan=str(plan_file), traffic_path=str(path),
-                       slack_webhook_url=SecretStr(secret) if source == "parameter" else None)
+        options = dict(
+            workspace=str(workspace.root),
+            plan=str(plan_file),
+            traffic_path=str(path),
+            slack_webhook_url=SecretStr(secret) if source == "parameter" else None,
+        )
         monitoring(now=T0 + timedelta(minutes=15), **options)
         slack.fail_next(3, 500)  # the error path must not leak the URL either
         state = monitoring(now=T0 + timedelta(minutes=30), return_state=True, **options)
@@ -300,14 +411,22 @@ def test_the_flow_publishes_events_and_artifacts_and_never_reveals_the_webhook(
     assert result["opened"] == ["ticket-routing|gpt-4o-mini|error_rate"] and result["pending"] == 1
     breached = captured_events("workhorse.guardrail.breached")
     assert [(e.resource.id, e.payload["rule"], e.payload["value"]) for e in breached] == [
-        ("workhorse.use-case.ticket-routing", "error_rate", 0.3)]
+        ("workhorse.use-case.ticket-routing", "error_rate", 0.3)
+    ]
     artifacts = read_artifacts(state.state_details.flow_run_id)
     run_logs = read_run_logs(state.state_details.flow_run_id)
-    assert any("30.0%" in a for a in artifacts) and any("ticket-routing|gpt-4o-mini|error_rate" in a for a in artifacts)
+    assert any("30.0%" in a for a in artifacts) and any(
+        "ticket-routing|gpt-4o-mini|error_rate" in a for a in artifacts
+    )
     stored = b"".join(p.read_bytes() for p in workspace.root.glob("state.db*"))
     token = secret.split("/services/")[1]
-    for where, text in {"logs": caplog.text, "run logs": run_logs, "artifacts": " ".join(artifacts),
-                        "result": json.dumps(result), "state.db": stored.decode("latin-1")}.items():
+    for where, text in {
+        "logs": caplog.text,
+        "run logs": run_logs,
+        "artifacts": " ".join(artifacts),
+        "result": json.dumps(result),
+        "state.db": stored.decode("latin-1"),
+    }.items():
         assert token not in text, where
     # The logs were captured: the scan above looked at real text.
     assert "1 opened" in caplog.text and "window" in run_logs

@@ -35,26 +35,58 @@ def test_the_wheel_installs_the_cards_layout_as_one_package(tmp_path):
             shutil.copytree(REPO / name, checkout / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy(REPO / name, checkout / name)
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet",
-                    "-w", str(tmp_path / "dist"), str(checkout)], check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--quiet",
+            "-w",
+            str(tmp_path / "dist"),
+            str(checkout),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     wheel = next((tmp_path / "dist").glob("workhorse-*.whl"))
     with zipfile.ZipFile(wheel) as archive:
         files = archive.namelist()
         archive.extractall(tmp_path / "site")
     top = {name.split("/")[0] for name in files if not name.split("/")[0].endswith(".dist-info")}
     assert top == {"workhorse"}
-    for path in ("workhorse/flows/audit.py", "workhorse/tasks/evaluate/run.py", "workhorse/blocks/slack.py",
-                 "workhorse/data_contracts/usage_log.json", "workhorse/cli.py", "workhorse/testing/fake_openai.py"):
+    for path in (
+        "workhorse/flows/audit.py",
+        "workhorse/tasks/evaluate/run.py",
+        "workhorse/blocks/slack.py",
+        "workhorse/data_contracts/usage_log.json",
+        "workhorse/cli.py",
+        "workhorse/testing/fake_openai.py",
+    ):
         assert path in files
     # From a folder outside the repository, with the unpacked wheel first on the path: every
     # module imports from the wheel's files, not from the checkout.
-    done = subprocess.run([sys.executable, "-c", IMPORT_EVERYTHING], cwd=tmp_path, capture_output=True, text=True,
-                          env={"PYTHONPATH": str(tmp_path / "site"), "PATH": "/usr/bin:/bin",
-                               "HOME": str(tmp_path)}, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", IMPORT_EVERYTHING],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(tmp_path / "site"), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     import json
 
     imported = dict(json.loads(done.stdout.strip().splitlines()[-1]))
-    assert {"workhorse.flows.audit", "workhorse.tasks.evaluate.run", "workhorse.tasks.golden.refresh",
-            "workhorse.tasks.rollout.state", "workhorse.tasks.monitor.window", "workhorse.blocks.slack"} <= set(imported)
+    assert {
+        "workhorse.flows.audit",
+        "workhorse.tasks.evaluate.run",
+        "workhorse.tasks.golden.refresh",
+        "workhorse.tasks.rollout.state",
+        "workhorse.tasks.monitor.window",
+        "workhorse.blocks.slack",
+    } <= set(imported)
     assert all(path.startswith(str(tmp_path / "site")) for path in imported.values())

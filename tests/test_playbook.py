@@ -25,7 +25,9 @@ def test_batch_hosting_only_where_the_latency_need_allows(latency, batch_evaluat
 def test_only_workhorse_use_cases_with_a_golden_set_are_evaluated(isolated_workspace):
     plan = load_plan(ACME / "workhorse.yaml")
     spec = GoldenSpec("review-sentiment", "classification", labels=["positive", "negative", "neutral"])
-    item = spec.item([{"role": "user", "content": "Lovely kettle"}], "positive", source="t", label_origin="human")
+    item = spec.item(
+        [{"role": "user", "content": "Lovely kettle"}], "positive", source="t", label_origin="human"
+    )
     write_version(isolated_workspace, "review-sentiment", [item], [{"kind": "test"}])
     assert evaluated_use_cases(plan, isolated_workspace) == ["review-sentiment"]
     assert plan.use_cases["research-agent"].workload == "frontier"
@@ -34,8 +36,13 @@ def test_only_workhorse_use_cases_with_a_golden_set_are_evaluated(isolated_works
 def test_replay_serves_the_logged_answer_for_each_logged_request():
     spec = GoldenSpec("routing", "classification", labels=["a", "b"])
     silver = spec.item([{"role": "user", "content": "first"}], "a", source="log", label_origin="incumbent")
-    relabelled = spec.item([{"role": "user", "content": "second"}], "b", source="log", label_origin="human",
-                           metadata={"incumbent_output": "a"})
+    relabelled = spec.item(
+        [{"role": "user", "content": "second"}],
+        "b",
+        source="log",
+        label_origin="human",
+        metadata={"incumbent_output": "a"},
+    )
     # A human relabel is what the incumbent should have said; the replay keeps what it did say.
     assert replayed_answers([silver, relabelled]) == {"first": "a", "second": "a"}
 
@@ -55,21 +62,33 @@ def test_example_logs_are_generated_into_the_workspace(isolated_workspace):
     assert all(Path(p).parent == isolated_workspace.root / "logs" for p in paths)
 
 
-@pytest.mark.parametrize("hosting, needed", [(["self_hosted", "batch"], False), (["batch"], True),
-                                             (["self_hosted"], False)])
+@pytest.mark.parametrize(
+    "hosting, needed", [(["self_hosted", "batch"], False), (["batch"], True), (["self_hosted"], False)]
+)
 def test_an_offline_engine_starts_only_for_a_batch_arm_without_a_served_twin(hosting, needed):
     from workhorse.config import Plan
     from workhorse.tasks.common.engines import needs_batch_engine
 
-    plan = Plan.model_validate({"incumbent": "gpt-4o-mini",
-                                "use_cases": {"reviews": {"task_type": "classification", "labels": ["a", "b"],
-                                                          "latency": "batch"}},
-                                "candidates": [{"model": "hosted_vllm/smollm2-135m-instruct", "hosting": hosting}]})
+    plan = Plan.model_validate(
+        {
+            "incumbent": "gpt-4o-mini",
+            "use_cases": {
+                "reviews": {"task_type": "classification", "labels": ["a", "b"], "latency": "batch"}
+            },
+            "candidates": [{"model": "hosted_vllm/smollm2-135m-instruct", "hosting": hosting}],
+        }
+    )
     assert needs_batch_engine(plan) is needed
 
 
-@pytest.mark.parametrize("flags, kind", [("fpu sse2 avx avx2 avx512f avx512bw", "avx512"), ("fpu avx avx2 fma", "avx2"),
-                                         ("fpu sse4_2", "neither")])
+@pytest.mark.parametrize(
+    "flags, kind",
+    [
+        ("fpu sse2 avx avx2 avx512f avx512bw", "avx512"),
+        ("fpu avx avx2 fma", "avx2"),
+        ("fpu sse4_2", "neither"),
+    ],
+)
 def test_the_demo_names_the_cpus_vector_extensions(flags, kind):
     from examples.acme.demo import cpu_vector_extensions
 
@@ -77,13 +96,16 @@ def test_the_demo_names_the_cpus_vector_extensions(flags, kind):
     assert found == kind and avx == sorted(f for f in flags.split() if f.startswith("avx"))
 
 
-@pytest.mark.parametrize("flags, cpu_build, dtype", [
-    ("fpu avx avx2 fma", True, "float32"),                          # AVX2 only: bf16 is emulated, 4-6x slower
-    ("fpu avx avx2 avx512f avx512bw", True, "float32"),             # AVX-512 without its bf16 extension
-    ("fpu avx avx2 avx512f avx512_bf16", True, "bfloat16"),         # native bf16
-    ("fpu avx avx2 amx_bf16 amx_tile", True, "bfloat16"),
-    ("fpu avx avx2 fma", False, "bfloat16"),                        # the GPU build of vLLM
-])
+@pytest.mark.parametrize(
+    "flags, cpu_build, dtype",
+    [
+        ("fpu avx avx2 fma", True, "float32"),  # AVX2 only: bf16 is emulated, 4-6x slower
+        ("fpu avx avx2 avx512f avx512bw", True, "float32"),  # AVX-512 without its bf16 extension
+        ("fpu avx avx2 avx512f avx512_bf16", True, "bfloat16"),  # native bf16
+        ("fpu avx avx2 amx_bf16 amx_tile", True, "bfloat16"),
+        ("fpu avx avx2 fma", False, "bfloat16"),  # the GPU build of vLLM
+    ],
+)
 def test_the_engine_runs_bf16_only_where_the_hardware_computes_it(flags, cpu_build, dtype, monkeypatch):
     from workhorse.tasks.common.engines import engine_dtype
 

@@ -24,9 +24,12 @@ def test_playbook_api_figure_from_the_price_map(cost_map):
 
     entry = cost_map["gpt-4o-mini"]
     cost = pricing.PriceCatalog().price("gpt-4o-mini").cost(500_000_000, 100_000_000)
-    assert cost == pytest.approx(500e6 * entry["input_cost_per_token"] + 100e6 * entry["output_cost_per_token"])
-    assert cost == pytest.approx(sum(litellm.cost_per_token("gpt-4o-mini", prompt_tokens=500_000_000,
-                                                            completion_tokens=100_000_000)))
+    assert cost == pytest.approx(
+        500e6 * entry["input_cost_per_token"] + 100e6 * entry["output_cost_per_token"]
+    )
+    assert cost == pytest.approx(
+        sum(litellm.cost_per_token("gpt-4o-mini", prompt_tokens=500_000_000, completion_tokens=100_000_000))
+    )
     assert f"${cost:.2f}" == "$135.00"
 
 
@@ -35,7 +38,9 @@ def test_playbook_batch_figure(cost_map):
     entry = cost_map["gpt-4o-mini"]
     price = pricing.PriceCatalog().price("gpt-4o-mini", "batch")
     cost = price.cost(500_000_000, 100_000_000)
-    assert cost == pytest.approx(500e6 * entry["input_cost_per_token_batches"] + 100e6 * entry["output_cost_per_token_batches"])
+    assert cost == pytest.approx(
+        500e6 * entry["input_cost_per_token_batches"] + 100e6 * entry["output_cost_per_token_batches"]
+    )
     assert f"${cost:.2f}" == "$67.50" and price.source == "litellm batch"
 
 
@@ -71,7 +76,10 @@ def test_unknown_model_is_unpriced_with_a_warning_not_zero(caplog):
     assert sum("acme-internal-llm" in r.message for r in caplog.records) == 1  # once, not per row
     table = catalog.prices_table(["acme-internal-llm", "gpt-4o-mini"])
     rows = {r["model"]: r for r in table.to_pylist()}
-    assert rows["acme-internal-llm"]["input_per_token"] is None and rows["acme-internal-llm"]["price_source"] == "unpriced"
+    assert (
+        rows["acme-internal-llm"]["input_per_token"] is None
+        and rows["acme-internal-llm"]["price_source"] == "unpriced"
+    )
     assert rows["gpt-4o-mini"]["input_per_token"] > 0
 
 
@@ -84,7 +92,11 @@ def test_overrides_win_over_the_map():
 def test_measured_throughput_replaces_the_configured_one(isolated_workspace):
     model = "hosted_vllm/smollm2-135m-instruct"
     plan = Plan(self_hosting=SelfHostingPlan(gpu_hourly_usd=2.0, tokens_per_hour=158_760))
-    assert catalog_for(plan, isolated_workspace.root).price(model, "self_hosted").source.startswith("self-hosted (configured")
+    assert (
+        catalog_for(plan, isolated_workspace.root)
+        .price(model, "self_hosted")
+        .source.startswith("self-hosted (configured")
+    )
     pricing.record_throughput(isolated_workspace.root, model, tokens_per_s=100.0)
     price = catalog_for(plan, isolated_workspace.root).price(model, "self_hosted")
     assert price.output_per_token == pytest.approx(2.0 / 360_000)
@@ -104,13 +116,16 @@ def test_shortlist_is_open_weight_priced_ranked_and_diverse(cost_map):
     assert len(families) == len(shortlist)
 
 
-@pytest.mark.parametrize("current, variable, fixed, one_off, month", [
-    (5_000, 1_000, 0, 20_000, 5),        # 4,000/month repays 20,000 in month 5
-    (5_000, 1_000, 0, 20_001, 6),        # a dollar more needs another month
-    (10_000, 500, 3_500, 30_000, 5),     # fixed costs eat into the saving: 6,000/month
-    (135, 12, 0, 0, 1),                  # no one-off: pays from the first month
-    (135, 20, 4_000, 10_000, None),      # the playbook's warning: low volume never pays for GPUs
-])
+@pytest.mark.parametrize(
+    "current, variable, fixed, one_off, month",
+    [
+        (5_000, 1_000, 0, 20_000, 5),  # 4,000/month repays 20,000 in month 5
+        (5_000, 1_000, 0, 20_001, 6),  # a dollar more needs another month
+        (10_000, 500, 3_500, 30_000, 5),  # fixed costs eat into the saving: 6,000/month
+        (135, 12, 0, 0, 1),  # no one-off: pays from the first month
+        (135, 20, 4_000, 10_000, None),  # the playbook's warning: low volume never pays for GPUs
+    ],
+)
 def test_break_even_month(current, variable, fixed, one_off, month):
     view = pricing.total_cost_view(current, variable, fixed_monthly_usd=fixed, one_off_usd=one_off)
     assert view.break_even_month == month
@@ -118,11 +133,16 @@ def test_break_even_month(current, variable, fixed, one_off, month):
     if month is None:
         assert view.reason.startswith("never")
     else:  # the cumulative saving covers the one-off exactly in that month, not before
-        assert month * view.net_monthly_saving_usd >= one_off > (month - 1) * view.net_monthly_saving_usd or one_off == 0
+        assert (
+            month * view.net_monthly_saving_usd >= one_off > (month - 1) * view.net_monthly_saving_usd
+            or one_off == 0
+        )
 
 
 def test_fixed_monthly_cost_of_self_hosting():
-    plan = SelfHostingPlan(gpu_hourly_usd=2.0, gpus=2, engineering_fte=1.0, fte_monthly_usd=12_000, other_fixed_monthly_usd=300)
+    plan = SelfHostingPlan(
+        gpu_hourly_usd=2.0, gpus=2, engineering_fte=1.0, fte_monthly_usd=12_000, other_fixed_monthly_usd=300
+    )
     assert plan.fixed_monthly_usd == pytest.approx(2.0 * 730 * 2 + 12_000 + 300)
 
 

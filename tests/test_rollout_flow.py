@@ -19,8 +19,9 @@ def alerts():
     routing.remove_revert_notifier(sent.append)
 
 
-def test_a_healthy_candidate_is_promoted_one_step_per_loop_run(isolated_workspace, prefect_server,
-                                                               fake_openai_server, alerts):
+def test_a_healthy_candidate_is_promoted_one_step_per_loop_run(
+    isolated_workspace, prefect_server, fake_openai_server, alerts
+):
     ws = isolated_workspace
     result = demo(ws, fake_openai_server(), fake_openai_server())
     print("promote path, requests per step:", result.requests_per_step, "runs:", result.control_runs)
@@ -33,27 +34,42 @@ def test_a_healthy_candidate_is_promoted_one_step_per_loop_run(isolated_workspac
         assert min(step["evidence"]["counts"].values()) >= POLICY["min_requests"]
 
 
-@pytest.mark.parametrize("fault, at_stage", [
-    (lambda server: server.control(down=True), "25"),  # the candidate's endpoint starts failing
-    # The candidate slows down by 3 s. Critical means p95 above 2.5x the incumbent's, and a stall of the
-    # shared CI cores once raised the incumbent's p95 of a step to ~0.7 s: a 1 s fault then merely passed.
-    (lambda server: server.control(latency_s=3.0), "10"),
-])
-def test_a_candidate_that_breaks_is_reverted_in_the_first_loop_run(isolated_workspace, prefect_server,
-                                                                  fake_openai_server, alerts, fault, at_stage):
+@pytest.mark.parametrize(
+    "fault, at_stage",
+    [
+        (lambda server: server.control(down=True), "25"),  # the candidate's endpoint starts failing
+        # The candidate slows down by 3 s. Critical means p95 above 2.5x the incumbent's, and a stall of the
+        # shared CI cores once raised the incumbent's p95 of a step to ~0.7 s: a 1 s fault then merely passed.
+        (lambda server: server.control(latency_s=3.0), "10"),
+    ],
+)
+def test_a_candidate_that_breaks_is_reverted_in_the_first_loop_run(
+    isolated_workspace, prefect_server, fake_openai_server, alerts, fault, at_stage
+):
     from prefect.client.orchestration import get_client
 
     ws = isolated_workspace
     cand_server = fake_openai_server()
-    result = demo(ws, fake_openai_server(), cand_server, fault=lambda: fault(cand_server), fault_at_stage=at_stage)
-    print(f"revert path (fault at {at_stage}): runs from fault to revert {result.runs_from_fault_to_revert}, "
-          f"requests per step {result.requests_per_step}")
+    result = demo(
+        ws, fake_openai_server(), cand_server, fault=lambda: fault(cand_server), fault_at_stage=at_stage
+    )
+    print(
+        f"revert path (fault at {at_stage}): runs from fault to revert {result.runs_from_fault_to_revert}, "
+        f"requests per step {result.requests_per_step}"
+    )
     assert result.final_stage == "reverted" and result.runs_from_fault_to_revert == 1
     assert result.steps[-1]["outcome"] == "critical"
-    assert routing.current_weights(ws, UC) | {"version": 0} == {"incumbent": 100, "candidate": 0, "shadow": False,
-                                                                "stage": "reverted", "version": 0}
+    assert routing.current_weights(ws, UC) | {"version": 0} == {
+        "incumbent": 100,
+        "candidate": 0,
+        "shadow": False,
+        "stage": "reverted",
+        "version": 0,
+    }
     assert len(alerts) == 1 and alerts[0]["evidence"]["outcome"] == "critical"
-    assert [s["failed"] for s in result.steps] == [0] * len(result.steps)  # fallback: users never saw the fault
+    assert [s["failed"] for s in result.steps] == [0] * len(
+        result.steps
+    )  # fallback: users never saw the fault
     markdown = _artifact(get_client, UC)
     assert "reverted" in markdown and "critical" in markdown and CANARY not in markdown
     assert all(CANARY not in str(v) for row in read_traffic(ws, UC).to_pylist() for v in row.values())
@@ -66,8 +82,11 @@ def _artifact(get_client, use_case: str) -> str:
 
     async def latest():
         async with get_client() as client:
-            found = await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[
-                f"rollout-{use_case}"])), limit=1, sort="CREATED_DESC")
+            found = await client.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[f"rollout-{use_case}"])),
+                limit=1,
+                sort="CREATED_DESC",
+            )
             return found[0].data
 
     return asyncio.run(latest())

@@ -24,8 +24,12 @@ MESSAGES = [[{"role": "user", "content": f"my parcel {i} is late"}] for i in ran
 
 
 async def send(router: Router, n: int, keys=None) -> list:
-    answers = await asyncio.gather(*(router.complete(MESSAGES[i % len(MESSAGES)], key=(keys or {}).get(i, f"user-{i}"))
-                                     for i in range(n)))
+    answers = await asyncio.gather(
+        *(
+            router.complete(MESSAGES[i % len(MESSAGES)], key=(keys or {}).get(i, f"user-{i}"))
+            for i in range(n)
+        )
+    )
     await router.aclose()
     return answers
 
@@ -127,7 +131,9 @@ async def through_litellm(router, n: int) -> list[str]:
 
 
 @pytest.mark.parametrize("percent", [25])
-def test_exported_config_splits_traffic_by_the_weights(isolated_workspace, fake_openai_server, monkeypatch, percent):
+def test_exported_config_splits_traffic_by_the_weights(
+    isolated_workspace, fake_openai_server, monkeypatch, percent
+):
     ws = isolated_workspace
     inc_server, cand_server = fake_openai_server(), fake_openai_server()
     at_weight(ws, percent)

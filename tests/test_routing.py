@@ -28,8 +28,14 @@ from workhorse.tasks.rollout.state import (
     start_rollout,
 )
 
-POLICY = {"steps": ["shadow", 5, 10, 25, 50, 100], "bake_time": 0, "min_requests": 1,
-          "failure_limit": 1, "consecutive_error_limit": 1, "inconclusive_limit": 1}
+POLICY = {
+    "steps": ["shadow", 5, 10, 25, 50, 100],
+    "bake_time": 0,
+    "min_requests": 1,
+    "failure_limit": 1,
+    "consecutive_error_limit": 1,
+    "inconclusive_limit": 1,
+}
 pytestmark = pytest.mark.usefixtures("state_backend")
 
 UC = "ticket-routing"
@@ -42,8 +48,12 @@ def started(ws, policy=POLICY):
 
 def verdict(ws, outcome: str, reason: str = "test"):
     """An analysis as the guardrails would hand it over, on the current version."""
-    return SimpleNamespace(outcome=outcome, version=current_state(ws, UC).version, reason=reason,
-                           evidence=lambda: {"outcome": outcome})
+    return SimpleNamespace(
+        outcome=outcome,
+        version=current_state(ws, UC).version,
+        reason=reason,
+        evidence=lambda: {"outcome": outcome},
+    )
 
 
 def assert_consistent(ws):
@@ -52,8 +62,11 @@ def assert_consistent(ws):
     assert [h["version"] for h in steps] == list(range(1, state.version + 1))
     if steps:
         last = steps[-1]
-        assert (last["to_stage"], last["candidate_weight"], bool(last["shadow"])) == \
-               (state.stage, state.candidate_weight, state.shadow)
+        assert (last["to_stage"], last["candidate_weight"], bool(last["shadow"])) == (
+            state.stage,
+            state.candidate_weight,
+            state.shadow,
+        )
     weights = current_weights(ws, UC)
     assert weights["incumbent"] + weights["candidate"] == 100
     assert 0 <= weights["candidate"] <= 100
@@ -63,27 +76,40 @@ def test_passing_analyses_walk_every_step_to_promoted(isolated_workspace):
     ws = isolated_workspace
     assert current_weights(ws, UC)["incumbent"] == 100  # before anything: the incumbent
     started(ws)
-    seen = [(current_state(ws, UC).stage, current_weights(ws, UC)["candidate"], current_weights(ws, UC)["shadow"])]
+    seen = [
+        (current_state(ws, UC).stage, current_weights(ws, UC)["candidate"], current_weights(ws, UC)["shadow"])
+    ]
     while current_state(ws, UC).stage != "promoted":
         advance(ws, UC, verdict(ws, "pass"))
         weights = current_weights(ws, UC)
         seen.append((weights["stage"], weights["candidate"], weights["shadow"]))
         assert_consistent(ws)
-    assert seen == [("shadow", 0, True), ("5", 5, False), ("10", 10, False), ("25", 25, False),
-                    ("50", 50, False), ("promoted", 100, False)]
+    assert seen == [
+        ("shadow", 0, True),
+        ("5", 5, False),
+        ("10", 10, False),
+        ("25", 25, False),
+        ("50", 50, False),
+        ("promoted", 100, False),
+    ]
     assert advance(ws, UC, verdict(ws, "pass")).changed is False  # promoted stays promoted
 
 
-@pytest.mark.parametrize("outcomes, final_stage, failures", [
-    (["fail"], "25", 1),                         # one failure is within failure_limit=1
-    (["fail", "fail"], "reverted", 2),           # two in a row exceed consecutive_error_limit=1
-    (["fail", "pass", "fail"], "reverted", 2),   # not consecutive, but failures total > failure_limit
-    (["critical"], "reverted", 0),               # a critical breach reverts at once
-    (["inconclusive"], "25", 0),                 # within inconclusive_limit=1
-    (["inconclusive", "inconclusive"], "paused", 0),
-    (["wait", "wait", "wait"], "25", 0),         # bake time not over: nothing happens
-])
-def test_counters_decide_between_staying_pausing_and_reverting(isolated_workspace, outcomes, final_stage, failures):
+@pytest.mark.parametrize(
+    "outcomes, final_stage, failures",
+    [
+        (["fail"], "25", 1),  # one failure is within failure_limit=1
+        (["fail", "fail"], "reverted", 2),  # two in a row exceed consecutive_error_limit=1
+        (["fail", "pass", "fail"], "reverted", 2),  # not consecutive, but failures total > failure_limit
+        (["critical"], "reverted", 0),  # a critical breach reverts at once
+        (["inconclusive"], "25", 0),  # within inconclusive_limit=1
+        (["inconclusive", "inconclusive"], "paused", 0),
+        (["wait", "wait", "wait"], "25", 0),  # bake time not over: nothing happens
+    ],
+)
+def test_counters_decide_between_staying_pausing_and_reverting(
+    isolated_workspace, outcomes, final_stage, failures
+):
     ws = isolated_workspace
     started(ws)
     for _ in range(3):
@@ -95,12 +121,19 @@ def test_counters_decide_between_staying_pausing_and_reverting(isolated_workspac
             # a pass moves on; bring it back to the step under test to keep counting there
             assert current_state(ws, UC).stage == "50"
     state = current_state(ws, UC)
-    assert state.stage == (final_stage if "pass" not in outcomes else {"25": "50"}.get(final_stage, final_stage))
+    assert state.stage == (
+        final_stage if "pass" not in outcomes else {"25": "50"}.get(final_stage, final_stage)
+    )
     assert state.failures == failures
     assert_consistent(ws)
     if final_stage == "reverted":
-        assert current_weights(ws, UC) | {"version": 0} == {"incumbent": 100, "candidate": 0, "shadow": False,
-                                                            "stage": "reverted", "version": 0}
+        assert current_weights(ws, UC) | {"version": 0} == {
+            "incumbent": 100,
+            "candidate": 0,
+            "shadow": False,
+            "stage": "reverted",
+            "version": 0,
+        }
 
 
 def test_pause_resume_promote_abort_and_restart(isolated_workspace):
@@ -120,8 +153,15 @@ def test_pause_resume_promote_abort_and_restart(isolated_workspace):
     with pytest.raises(RolloutError):
         start_rollout(ws, "other", "a", "b", POLICY) and start_rollout(ws, "other", "a", "c", POLICY)
     assert started(ws).stage == "shadow"  # a reverted use case can start again
-    assert [h["action"] for h in history(ws, UC)] == ["start", "advance", "pause", "resume", "promote", "abort",
-                                                      "start"]
+    assert [h["action"] for h in history(ws, UC)] == [
+        "start",
+        "advance",
+        "pause",
+        "resume",
+        "promote",
+        "abort",
+        "start",
+    ]
     assert_consistent(ws)
 
 
@@ -163,8 +203,12 @@ else:
 
 
 def run_child(ws, action: str, crash_at: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", CHILD, str(ws.root), action, crash_at], capture_output=True,
-                          text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-c", CHILD, str(ws.root), action, crash_at],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 @pytest.mark.parametrize("action", ["advance", "revert"])
@@ -179,13 +223,18 @@ def test_sigkill_between_writing_the_weight_and_recording_it_keeps_the_old_state
     assert (after.stage, after.version, after.candidate_weight) == (before.stage, before.version, 5)
     assert_consistent(ws)
     # The interrupted transition can simply be run again.
-    (advance(ws, UC, manual=True) if action == "advance" else revert(ws, UC, "again", {}, notify=lambda p: None))
+    (
+        advance(ws, UC, manual=True)
+        if action == "advance"
+        else revert(ws, UC, "again", {}, notify=lambda p: None)
+    )
     assert current_state(ws, UC).stage == ("10" if action == "advance" else "reverted")
     assert_consistent(ws)
 
 
 def test_sigkill_after_the_revert_commit_leaves_the_alert_pending_and_the_next_revert_sends_it(
-        isolated_workspace, monkeypatch):
+    isolated_workspace, monkeypatch
+):
     ws = isolated_workspace
     started(ws)
     child = run_child(ws, "revert", "after_revert_commit")
@@ -245,12 +294,18 @@ def test_concurrent_advances_from_processes_never_skip_or_double_a_step(isolated
     ws = isolated_workspace
     state = started(ws)
     start_at = time.time() + 2.0
-    children = [subprocess.Popen([sys.executable, "-c", PROCESS_CHILD, str(ws.root), str(state.version), str(start_at),
-                                  f"p{i}"], stdout=subprocess.PIPE, text=True) for i in range(4)]
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", PROCESS_CHILD, str(ws.root), str(state.version), str(start_at), f"p{i}"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(4)
+    ]
     changed = sum(int(child.communicate(timeout=60)[0]) for child in children)
     steps = history(ws, UC)
     assert changed == len(steps) - 1  # every applied advance is one history row (beyond the start)
-    assert [h["to_stage"] for h in steps] == ["shadow", "5", "10", "25", "50", "promoted"][:len(steps)]
+    assert [h["to_stage"] for h in steps] == ["shadow", "5", "10", "25", "50", "promoted"][: len(steps)]
     assert current_state(ws, UC).stage == "promoted"  # 20 attempts, exactly 5 steps applied
     assert_consistent(ws)
 
@@ -259,9 +314,11 @@ def test_the_database_refuses_weights_that_are_not_one_known_split(isolated_work
     ws = isolated_workspace
     started(ws)
     with store.connect(ws) as connection:
-        for update in ("UPDATE rollout_state SET candidate_weight = 150",
-                       "UPDATE rollout_state SET stage = 'reverted', candidate_weight = 30",
-                       "UPDATE rollout_state SET stage = 'promoted', candidate_weight = 50"):
+        for update in (
+            "UPDATE rollout_state SET candidate_weight = 150",
+            "UPDATE rollout_state SET stage = 'reverted', candidate_weight = 30",
+            "UPDATE rollout_state SET stage = 'promoted', candidate_weight = 50",
+        ):
             with pytest.raises((sqlite3.IntegrityError, psycopg.IntegrityError)):
                 connection.execute(update)
     assert current_state(ws, UC).stage == "shadow"

@@ -16,15 +16,48 @@ from workhorse.tasks.common.runner import EvalResponse
 from workhorse.tasks.evaluate.matrix import score_rows
 from workhorse.tasks.golden.refresh import GoldenSpec, RefreshOptions, SourceSpec, load_golden, refresh_golden
 
-LINES_SCHEMA = {"type": "array", "items": {
-    "type": "object", "required": ["product", "quantity"], "additionalProperties": False,
-    "properties": {"product": {"type": "string"}, "quantity": {"type": "integer", "minimum": 1}}}}
+LINES_SCHEMA = {
+    "type": "array",
+    "items": {
+        "type": "object",
+        "required": ["product", "quantity"],
+        "additionalProperties": False,
+        "properties": {"product": {"type": "string"}, "quantity": {"type": "integer", "minimum": 1}},
+    },
+}
 ENTITIES_SCHEMA = {"type": "array", "items": {"type": "string"}}
-PRODUCTS = ["walnut desk", "oak shelf", "steel lamp", "linen curtain", "wool rug", "glass vase", "cedar bench",
-            "copper kettle", "bamboo tray", "marble coaster"]
-COMPANIES = ["Acme", "Globex", "Initech", "Umbrella", "Hooli", "Stark Industries", "Wayne Enterprises", "Soylent"]
-OPENINGS = ["Could you ship", "We would like", "Please add to our basket", "Our studio needs", "Kindly reserve",
-            "For the new office send", "I am ordering", "Put me down for"]
+PRODUCTS = [
+    "walnut desk",
+    "oak shelf",
+    "steel lamp",
+    "linen curtain",
+    "wool rug",
+    "glass vase",
+    "cedar bench",
+    "copper kettle",
+    "bamboo tray",
+    "marble coaster",
+]
+COMPANIES = [
+    "Acme",
+    "Globex",
+    "Initech",
+    "Umbrella",
+    "Hooli",
+    "Stark Industries",
+    "Wayne Enterprises",
+    "Soylent",
+]
+OPENINGS = [
+    "Could you ship",
+    "We would like",
+    "Please add to our basket",
+    "Our studio needs",
+    "Kindly reserve",
+    "For the new office send",
+    "I am ordering",
+    "Put me down for",
+]
 
 
 def order_rows(count: int) -> list[dict]:
@@ -32,11 +65,17 @@ def order_rows(count: int) -> list[dict]:
     rng = random.Random(16)
     rows = []
     for number in range(count):
-        lines = [{"product": product, "quantity": rng.randint(1, 9)}
-                 for product in rng.sample(PRODUCTS, rng.randint(1, 3))]
+        lines = [
+            {"product": product, "quantity": rng.randint(1, 9)}
+            for product in rng.sample(PRODUCTS, rng.randint(1, 3))
+        ]
         wanted = " and ".join(f"{line['quantity']} x {line['product']}" for line in lines)
-        rows.append({"text": f"{OPENINGS[number % len(OPENINGS)]} {wanted}, reference order {number}.",
-                     "lines": lines})
+        rows.append(
+            {
+                "text": f"{OPENINGS[number % len(OPENINGS)]} {wanted}, reference order {number}.",
+                "lines": lines,
+            }
+        )
     return rows
 
 
@@ -47,9 +86,13 @@ def mention_rows(count: int) -> list[dict]:
     for number in range(count):
         names = rng.sample(COMPANIES, rng.randint(1, 3))
         names += names[:1] if number % 4 == 0 else []
-        rows.append({"text": f"Note {number}: " + ", then ".join(f"{name} called back about item {rng.randint(1, 99)}"
-                                                                 for name in names),
-                     "lines": names})
+        rows.append(
+            {
+                "text": f"Note {number}: "
+                + ", then ".join(f"{name} called back about item {rng.randint(1, 99)}" for name in names),
+                "lines": names,
+            }
+        )
     return rows
 
 
@@ -67,21 +110,31 @@ def write_csv(path, rows):
     return path
 
 
-@pytest.mark.parametrize("make_rows, schema, writer, suffix", [
-    (order_rows, LINES_SCHEMA, write_jsonl, "jsonl"),   # list values of objects in JSONL
-    (mention_rows, ENTITIES_SCHEMA, write_csv, "csv"),  # list text of strings in a CSV cell
-], ids=["line-items-jsonl", "entities-csv"])
-def test_golden_refresh_stores_list_references_under_an_array_schema(isolated_workspace, tmp_path, make_rows,
-                                                                     schema, writer, suffix):
+@pytest.mark.parametrize(
+    "make_rows, schema, writer, suffix",
+    [
+        (order_rows, LINES_SCHEMA, write_jsonl, "jsonl"),  # list values of objects in JSONL
+        (mention_rows, ENTITIES_SCHEMA, write_csv, "csv"),  # list text of strings in a CSV cell
+    ],
+    ids=["line-items-jsonl", "entities-csv"],
+)
+def test_golden_refresh_stores_list_references_under_an_array_schema(
+    isolated_workspace, tmp_path, make_rows, schema, writer, suffix
+):
     rows = make_rows(40)
-    bad = {"text": "Could you ship something nice for the lobby, whatever you think fits best.",
-           "lines": {"product": "walnut desk", "quantity": 1}}  # an object where the schema wants an array
+    bad = {
+        "text": "Could you ship something nice for the lobby, whatever you think fits best.",
+        "lines": {"product": "walnut desk", "quantity": 1},
+    }  # an object where the schema wants an array
     path = writer(tmp_path / f"labels.{suffix}", rows + [bad])
     spec = GoldenSpec("orders", "extraction", json_schema=schema)
 
-    report = refresh_golden(isolated_workspace, spec,
-                            [SourceSpec("labels", str(path), mapping={"input": "text", "reference": "lines"})],
-                            RefreshOptions(max_bad_ratio=0.1))
+    report = refresh_golden(
+        isolated_workspace,
+        spec,
+        [SourceSpec("labels", str(path), mapping={"input": "text", "reference": "lines"})],
+        RefreshOptions(max_bad_ratio=0.1),
+    )
 
     stored = load_golden(isolated_workspace, "orders")
     assert report.accepted == len(stored) == len(rows) and report.quarantined == 1
@@ -96,18 +149,37 @@ def test_golden_refresh_stores_list_references_under_an_array_schema(isolated_wo
 def test_scores_of_list_answers_publish_as_a_table(isolated_workspace, tmp_path):
     rows = order_rows(30)
     path = write_jsonl(tmp_path / "labels.jsonl", rows)
-    refresh_golden(isolated_workspace, GoldenSpec("orders", "extraction", json_schema=LINES_SCHEMA),
-                   [SourceSpec("labels", str(path), mapping={"input": "text", "reference": "lines"})])
+    refresh_golden(
+        isolated_workspace,
+        GoldenSpec("orders", "extraction", json_schema=LINES_SCHEMA),
+        [SourceSpec("labels", str(path), mapping={"input": "text", "reference": "lines"})],
+    )
     items = load_golden(isolated_workspace, "orders")
     answers = {}
     for number, item in enumerate(items):
         lines = json.loads(item.reference)
-        answers[item.item_id] = {0: json.dumps(lines[::-1]),  # right, in another order
-                                 1: json.dumps(lines + [{"product": "spare part", "quantity": 1}]),  # one extra
-                                 2: json.dumps(lines)[:-1]}[number % 3]  # cut off: not JSON
-    responses = [EvalResponse(run_id="r", item_id=item_id, model="m", hosting="api", prompt_variant="v",
-                              output=output, latency_ms=1.0, prompt_tokens=1, completion_tokens=1, cost_usd=0.0,
-                              error_type=None, cached=False) for item_id, output in answers.items()]
+        answers[item.item_id] = {
+            0: json.dumps(lines[::-1]),  # right, in another order
+            1: json.dumps(lines + [{"product": "spare part", "quantity": 1}]),  # one extra
+            2: json.dumps(lines)[:-1],
+        }[number % 3]  # cut off: not JSON
+    responses = [
+        EvalResponse(
+            run_id="r",
+            item_id=item_id,
+            model="m",
+            hosting="api",
+            prompt_variant="v",
+            output=output,
+            latency_ms=1.0,
+            prompt_tokens=1,
+            completion_tokens=1,
+            cost_usd=0.0,
+            error_type=None,
+            cached=False,
+        )
+        for item_id, output in answers.items()
+    ]
 
     scores = score_rows(items, responses)
 

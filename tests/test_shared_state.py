@@ -74,9 +74,24 @@ asyncio.run(main())
 
 def run_replicas(ws: Workspace, incumbent_url: str, candidate_url: str, count: int = 4) -> list[dict]:
     go = ws.root / "go"
-    children = [subprocess.Popen([sys.executable, "-c", REPLICA, str(ws.root), str(i), str(go), incumbent_url,
-                                  candidate_url, str(REFRESH_S)], stdout=subprocess.PIPE, text=True)
-                for i in range(count)]
+    children = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                REPLICA,
+                str(ws.root),
+                str(i),
+                str(go),
+                incumbent_url,
+                candidate_url,
+                str(REFRESH_S),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(count)
+    ]
     for child in children:  # imports take seconds on 2 cores: start the race only when all are up
         assert child.stdout.readline().strip() == "ready"
     go.touch()
@@ -90,7 +105,8 @@ def run_replicas(ws: Workspace, incumbent_url: str, candidate_url: str, count: i
 
 @pytest.mark.usefixtures("state_backend")
 def test_four_replicas_share_one_history_and_none_routes_by_stale_weights_after_the_revert(
-        isolated_workspace, fake_openai_server):
+    isolated_workspace, fake_openai_server
+):
     ws = isolated_workspace
     incumbent, candidate = fake_openai_server(latency=0.005), fake_openai_server(latency=0.005)
     routing.start_rollout(ws, UC, "openai/fake-incumbent", "openai/fake-candidate", {"steps": STEPS})
@@ -101,7 +117,7 @@ def test_four_replicas_share_one_history_and_none_routes_by_stale_weights_after_
     passes = [s for s in steps if s["action"] == "analysis:pass"]
     assert len(passes) == sum(r["advanced"] for r in reports)  # every applied advance is one row
     expected = ["shadow"] + [str(p) for p in STEPS[1:-1]] + ["promoted"]
-    assert [s["to_stage"] for s in steps[:-1]] == expected[:len(steps) - 1]  # never skipped a step
+    assert [s["to_stage"] for s in steps[:-1]] == expected[: len(steps) - 1]  # never skipped a step
     assert steps[-1]["to_stage"] == "reverted" and routing.current_weights(ws, UC)["incumbent"] == 100
 
     rows = read_traffic(ws, UC).to_pylist()
@@ -113,8 +129,11 @@ def test_four_replicas_share_one_history_and_none_routes_by_stale_weights_after_
     visible_by = reverted_at + REFRESH_S + READ_MARGIN_S
     after = [r for r in answered if r["ts"].timestamp() > visible_by]
     assert len({json.loads(r["metadata"])["key_hash"] for r in after}) > 20  # every replica kept routing
-    stale = [(r["ts"].timestamp() - reverted_at, r["arm"], r["rollout_stage"]) for r in after
-             if r["arm"] != "incumbent" or r["rollout_stage"] != "reverted"]
+    stale = [
+        (r["ts"].timestamp() - reverted_at, r["arm"], r["rollout_stage"])
+        for r in after
+        if r["arm"] != "incumbent" or r["rollout_stage"] != "reverted"
+    ]
     assert stale == []
 
 
@@ -134,16 +153,22 @@ def test_a_password_in_the_plan_is_refused_and_never_shown(tmp_path):
     with pytest.raises(ConfigError) as refused:
         parse_plan({"state_url": "postgresql://app:hunter2-canary@db.internal/workhorse"})
     assert "hunter2-canary" not in str(refused.value)
-    assert parse_plan({"state_url": "postgresql://app:${PGPASS}@db/workhorse"}).state_url.endswith("@db/workhorse")
-    assert describe("postgresql://app:hunter2-canary@db.internal:5432/workhorse?password=x") == \
-        "postgresql://app@db.internal:5432/workhorse"
+    assert parse_plan({"state_url": "postgresql://app:${PGPASS}@db/workhorse"}).state_url.endswith(
+        "@db/workhorse"
+    )
+    assert (
+        describe("postgresql://app:hunter2-canary@db.internal:5432/workhorse?password=x")
+        == "postgresql://app@db.internal:5432/workhorse"
+    )
 
 
 def test_an_unreachable_state_database_is_a_clear_error_without_the_password(monkeypatch, isolated_workspace):
     from tests.support.postgres import free_port
 
     monkeypatch.setenv("PGPASS_CANARY", "hunter2-canary")
-    monkeypatch.setenv("WORKHORSE_STATE_URL", f"postgresql://app:${{PGPASS_CANARY}}@127.0.0.1:{free_port()}/x")
+    monkeypatch.setenv(
+        "WORKHORSE_STATE_URL", f"postgresql://app:${{PGPASS_CANARY}}@127.0.0.1:{free_port()}/x"
+    )
     with pytest.raises(ConnectionError) as failed:
         routing.current_state(isolated_workspace, UC)
     assert "cannot reach the state database postgresql://app@127.0.0.1" in str(failed.value)

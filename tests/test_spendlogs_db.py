@@ -32,22 +32,38 @@ LEAKS = ["sk-live-", "sk-proxy-", *KEY_HASHES]
 
 def broken(i: int, kind: str, **changes) -> dict:
     """A row a proxy can really hold that the usage_log contract must refuse."""
-    row = {"request_id": f"broken-{kind}-{i}", "call_type": "acompletion", "api_key": KEY_HASHES[0], "spend": 0.001,
-           "prompt_tokens": 100, "completion_tokens": 5, "startTime": datetime(2025, 5, 10, 12, 0, i),
-           "endTime": datetime(2025, 5, 10, 12, 0, i, 500_000), "model": "gpt-4o-mini", "model_group": "gpt-4o-mini",
-           "custom_llm_provider": "openai", "status": "success", "request_tags": '["use_case:ticket-routing"]',
-           "metadata": json.dumps({"tags": ["use_case:ticket-routing"], "user_api_key": KEY_HASHES[0]}),
-           "messages": '[{"role": "user", "content": "hi"}]', "response": '{"choices": []}'}
+    row = {
+        "request_id": f"broken-{kind}-{i}",
+        "call_type": "acompletion",
+        "api_key": KEY_HASHES[0],
+        "spend": 0.001,
+        "prompt_tokens": 100,
+        "completion_tokens": 5,
+        "startTime": datetime(2025, 5, 10, 12, 0, i),
+        "endTime": datetime(2025, 5, 10, 12, 0, i, 500_000),
+        "model": "gpt-4o-mini",
+        "model_group": "gpt-4o-mini",
+        "custom_llm_provider": "openai",
+        "status": "success",
+        "request_tags": '["use_case:ticket-routing"]',
+        "metadata": json.dumps({"tags": ["use_case:ticket-routing"], "user_api_key": KEY_HASHES[0]}),
+        "messages": '[{"role": "user", "content": "hi"}]',
+        "response": '{"choices": []}',
+    }
     return {**row, **changes}
 
 
-MALFORMED = [row for i in range(4) for row in (
-    broken(i, "tokens", prompt_tokens=-5),
-    broken(i, "model", model="", model_group=None),
-    broken(i, "clock", endTime=datetime(2025, 5, 10, 11, 59, i)),
-    broken(i, "spend", spend=-0.01),
-    broken(i, "status", status="pending"),
-)]
+MALFORMED = [
+    row
+    for i in range(4)
+    for row in (
+        broken(i, "tokens", prompt_tokens=-5),
+        broken(i, "model", model="", model_group=None),
+        broken(i, "clock", endTime=datetime(2025, 5, 10, 11, 59, i)),
+        broken(i, "spend", spend=-0.01),
+        broken(i, "status", status="pending"),
+    )
+]
 
 
 def fresh_database(server) -> str:
@@ -70,6 +86,7 @@ def fill(url: str, rows: int, extra: list[dict] = ()) -> None:
 
 def peak_rss_growth_mb(call):
     """Run ``call`` and return (its result, how far it raised this process's peak RSS, in MB)."""
+
     def rss(field: str) -> int:
         return int(re.search(rf"{field}:\s+(\d+)", Path("/proc/self/status").read_text()).group(1))
 
@@ -88,20 +105,33 @@ def million(postgres_server, tmp_path_factory):
     csv = tmp_path_factory.mktemp("export") / "spend_logs.csv"
     with psycopg.connect(url) as conn:
         spendlogs.export_csv(conn, csv)
-        table_mb = conn.execute("SELECT pg_total_relation_size('\"LiteLLM_SpendLogs\"')").fetchone()[0] / 2**20
-    print(f"\nfilled {ROWS:,} rows and exported {csv.stat().st_size / 2**20:.0f} MB of CSV in {time.perf_counter() - started:.1f} s")
+        table_mb = (
+            conn.execute("SELECT pg_total_relation_size('\"LiteLLM_SpendLogs\"')").fetchone()[0] / 2**20
+        )
+    print(
+        f"\nfilled {ROWS:,} rows and exported {csv.stat().st_size / 2**20:.0f} MB of CSV in {time.perf_counter() - started:.1f} s"
+    )
     return url, csv, table_mb
 
 
 def cost_cells(result) -> dict:
-    return {(r["month"], r["use_case"], r["model"], r["hosting"]):
-            (r["requests"], r["errors"], r["prompt_tokens"], r["completion_tokens"], r["cost_usd"])
-            for r in result.costs.to_pylist()}
+    return {
+        (r["month"], r["use_case"], r["model"], r["hosting"]): (
+            r["requests"],
+            r["errors"],
+            r["prompt_tokens"],
+            r["completion_tokens"],
+            r["cost_usd"],
+        )
+        for r in result.costs.to_pylist()
+    }
 
 
 def projection_cells(result) -> dict:
-    return {(r["use_case"], r["candidate"], r["hosting"]): (r["current_monthly_usd"], r["projected_monthly_usd"])
-            for r in result.projections.to_pylist()}
+    return {
+        (r["use_case"], r["candidate"], r["hosting"]): (r["current_monthly_usd"], r["projected_monthly_usd"])
+        for r in result.projections.to_pylist()
+    }
 
 
 def quarantined(result) -> set:
@@ -114,29 +144,46 @@ def assert_same_money(ours: dict, theirs: dict) -> None:
         *counts, cost = values
         *their_counts, their_cost = theirs[key]
         assert counts == their_counts, key
-        assert cost == pytest.approx(their_cost, abs=0.005), key  # to the cent (float sums differ in order only)
+        assert cost == pytest.approx(their_cost, abs=0.005), (
+            key
+        )  # to the cent (float sums differ in order only)
 
 
 def test_a_million_rows_audit_from_the_database_as_from_their_csv_export(million, tmp_path):
     url, csv, table_mb = million
     started = time.perf_counter()
     staged, peak_mb = peak_rss_growth_mb(lambda: stage_spend_logs(SpendLogsDb(url=url), tmp_path / "run"))
-    print(f"\nDB read: {staged.rows:,} rows in {time.perf_counter() - started:.1f} s, peak RSS +{peak_mb:.0f} MB "
-          f"(table {table_mb:.0f} MB)")
+    print(
+        f"\nDB read: {staged.rows:,} rows in {time.perf_counter() - started:.1f} s, peak RSS +{peak_mb:.0f} MB "
+        f"(table {table_mb:.0f} MB)"
+    )
     # A read that held the rows as Python objects would need several times the table's size.
     assert staged.rows == ROWS and peak_mb < table_mb / 2
     from_db = audit_logs([staged.path], Plan(), workspace_root=tmp_path / "db", persist_rows=False)
     from_csv = audit_logs([csv], Plan(), workspace_root=tmp_path / "csv", persist_rows=False)
-    print(f"audit of the staged rows {from_db.seconds['total']:.1f} s, of the CSV export {from_csv.seconds['total']:.1f} s")
-    assert (from_db.read, from_db.accepted, from_db.quarantined) == (from_csv.read, from_csv.accepted, from_csv.quarantined)
+    print(
+        f"audit of the staged rows {from_db.seconds['total']:.1f} s, of the CSV export {from_csv.seconds['total']:.1f} s"
+    )
+    assert (from_db.read, from_db.accepted, from_db.quarantined) == (
+        from_csv.read,
+        from_csv.accepted,
+        from_csv.quarantined,
+    )
     assert (from_db.read, from_db.quarantined) == (ROWS, len(MALFORMED))
     assert quarantined(from_db) == quarantined(from_csv)
     assert {rid for rid, _ in quarantined(from_db)} == {row["request_id"] for row in MALFORMED}
     assert_same_money(cost_cells(from_db), cost_cells(from_csv))
-    assert {k[1] for k in cost_cells(from_db)} >= {"ticket-routing", "invoice-extraction", "call-summaries",
-                                                   "support-agent", "unassigned"}
-    assert_same_money({k: (v[0],) for k, v in projection_cells(from_db).items()},
-                      {k: (v[0],) for k, v in projection_cells(from_csv).items()})
+    assert {k[1] for k in cost_cells(from_db)} >= {
+        "ticket-routing",
+        "invoice-extraction",
+        "call-summaries",
+        "support-agent",
+        "unassigned",
+    }
+    assert_same_money(
+        {k: (v[0],) for k, v in projection_cells(from_db).items()},
+        {k: (v[0],) for k, v in projection_cells(from_csv).items()},
+    )
     for key, (_, projected) in projection_cells(from_db).items():
         assert projected == pytest.approx(projection_cells(from_csv)[key][1], abs=0.005), key
     assert {v.workload for v in from_db.verdicts.values()} == {v.workload for v in from_csv.verdicts.values()}
@@ -148,21 +195,27 @@ def test_the_staged_file_holds_no_secret(million, tmp_path):
     assert pq.read_schema(staged.path).names == STAGING_SCHEMA.names  # never api_key, proxy_server_request...
     con = duckdb.connect()
     leaks = " OR ".join(f"contains(metadata, '{leak}')" for leak in LEAKS)
-    counts = con.sql(f"SELECT count(*), count(*) FILTER (WHERE {leaks}), "
-                     f"count(*) FILTER (WHERE contains(metadata, '[redacted]')) FROM '{staged.path}'").fetchall()[0]
+    counts = con.sql(
+        f"SELECT count(*), count(*) FILTER (WHERE {leaks}), "
+        f"count(*) FILTER (WHERE contains(metadata, '[redacted]')) FROM '{staged.path}'"
+    ).fetchall()[0]
     assert counts[0] > 50_000 and counts[1] == 0 and counts[2] == counts[0]
 
 
 def test_only_rows_of_the_window_are_read(postgres_url, tmp_path):
-    edges = [broken(0, "at-since", startTime=datetime(2025, 5, 1), endTime=datetime(2025, 5, 1, 0, 0, 1)),
-             broken(0, "at-until", startTime=datetime(2025, 6, 1), endTime=datetime(2025, 6, 1, 0, 0, 1))]
+    edges = [
+        broken(0, "at-since", startTime=datetime(2025, 5, 1), endTime=datetime(2025, 5, 1, 0, 0, 1)),
+        broken(0, "at-until", startTime=datetime(2025, 6, 1), endTime=datetime(2025, 6, 1, 0, 0, 1)),
+    ]
     fill(postgres_url, 5_000, edges)
     # 02:00 at +02:00 is midnight UTC: an offset is honoured, not dropped.
     source = SpendLogsDb(url=postgres_url, since="2025-05-01T02:00:00+02:00", until="2025-06-01")
     staged = stage_spend_logs(source, tmp_path)
     with psycopg.connect(postgres_url) as conn:
         inside = conn.execute("""SELECT count(*) FROM "LiteLLM_SpendLogs"
-                                 WHERE "startTime" >= '2025-05-01' AND "startTime" < '2025-06-01'""").fetchone()[0]
+                                 WHERE "startTime" >= '2025-05-01' AND "startTime" < '2025-06-01'""").fetchone()[
+            0
+        ]
     ids = set(pq.read_table(staged.path, columns=["request_id"]).column("request_id").to_pylist())
     starts = pq.read_table(staged.path, columns=["startTime"]).column("startTime").to_pylist()
     assert staged.rows == inside < 5_000 and "broken-at-since-0" in ids and "broken-at-until-0" not in ids
@@ -179,10 +232,16 @@ def _unreachable(url: str) -> str:
     return re.sub(r":\d+/", f":{free_port()}/", url)
 
 
-@pytest.mark.parametrize("make_url, expected", [
-    (_missing_table, 'no table "LiteLLM_SpendLogs" in the default schema of postgresql://postgres@127.0.0.1'),
-    (_unreachable, "cannot read the LiteLLM database postgresql://postgres@127.0.0.1"),
-])
+@pytest.mark.parametrize(
+    "make_url, expected",
+    [
+        (
+            _missing_table,
+            'no table "LiteLLM_SpendLogs" in the default schema of postgresql://postgres@127.0.0.1',
+        ),
+        (_unreachable, "cannot read the LiteLLM database postgresql://postgres@127.0.0.1"),
+    ],
+)
 def test_a_wrong_database_is_a_clear_error_without_the_password(postgres_url, tmp_path, make_url, expected):
     url = make_url(postgres_url).replace("postgres@", f"postgres:{PASSWORD}@")
     with pytest.raises(DataError) as caught:
@@ -193,7 +252,9 @@ def test_a_wrong_database_is_a_clear_error_without_the_password(postgres_url, tm
 
 
 def test_a_malformed_url_is_refused_without_quoting_it(tmp_path):
-    with pytest.raises(ConfigError, match="neither a postgresql:// URL nor a libpq connection string") as caught:
+    with pytest.raises(
+        ConfigError, match="neither a postgresql:// URL nor a libpq connection string"
+    ) as caught:
         stage_spend_logs(SpendLogsDb(url=f"host=db password={PASSWORD} port"), tmp_path)
     assert PASSWORD not in str(caught.value)
 
@@ -205,14 +266,24 @@ def test_password_references_are_expanded_only_to_connect(postgres_url, tmp_path
         stage_spend_logs(SpendLogsDb(url=url), tmp_path)
     monkeypatch.setenv("WH_TEST_PGPASSWORD", PASSWORD)
     assert stage_spend_logs(SpendLogsDb(url=url), tmp_path).rows == 100
-    assert describe_url(url.replace("${WH_TEST_PGPASSWORD}", PASSWORD)).startswith("postgresql://postgres@127.0.0.1:")
+    assert describe_url(url.replace("${WH_TEST_PGPASSWORD}", PASSWORD)).startswith(
+        "postgresql://postgres@127.0.0.1:"
+    )
 
 
 def test_a_plan_refuses_a_literal_password_but_takes_a_reference():
     with pytest.raises(ConfigError, match="must not hold a password"):
         parse_plan({"audit": {"spend_logs_db": {"url": f"postgresql://litellm:{PASSWORD}@db/litellm"}}})
-    plan = parse_plan({"audit": {"spend_logs_db": {"url": "postgresql://litellm:${LITELLM_DB_PASSWORD}@db/litellm",
-                                                   "since": "2025-05-01"}}})
+    plan = parse_plan(
+        {
+            "audit": {
+                "spend_logs_db": {
+                    "url": "postgresql://litellm:${LITELLM_DB_PASSWORD}@db/litellm",
+                    "since": "2025-05-01",
+                }
+            }
+        }
+    )
     assert plan.audit.spend_logs_db.since == datetime(2025, 5, 1)
 
 
@@ -222,7 +293,9 @@ def readable(path: Path) -> bytes:
     return path.read_bytes()
 
 
-def test_cli_audits_the_database_and_no_file_or_prefect_run_holds_the_password(postgres_url, prefect_server, tmp_path):
+def test_cli_audits_the_database_and_no_file_or_prefect_run_holds_the_password(
+    postgres_url, prefect_server, tmp_path
+):
     from prefect.client.orchestration import get_client
 
     from workhorse.cli import app
@@ -233,12 +306,26 @@ def test_cli_audits_the_database_and_no_file_or_prefect_run_holds_the_password(p
         conn.execute('GRANT SELECT ON "LiteLLM_SpendLogs" TO auditor')
     url = postgres_url.replace("postgres@", f"auditor:{PASSWORD}@")
     workspace = tmp_path / "ws"
-    result = CliRunner().invoke(app, ["audit", "--from-db", url, "--since", "2025-04-01", "--until", "2025-07-01",
-                                      "--workspace", str(workspace)])
+    result = CliRunner().invoke(
+        app,
+        [
+            "audit",
+            "--from-db",
+            url,
+            "--since",
+            "2025-04-01",
+            "--until",
+            "2025-07-01",
+            "--workspace",
+            str(workspace),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "read 3,001 rows: 3,000 accepted, 1 quarantined" in result.output and PASSWORD not in result.output
     written = [p for p in workspace.rglob("*") if p.is_file()]
-    assert any(p.name == "usage_log.parquet" for p in written) and not list(workspace.glob("runs/spendlogs-*"))
+    assert any(p.name == "usage_log.parquet" for p in written) and not list(
+        workspace.glob("runs/spendlogs-*")
+    )
     for path in written:  # parquet is compressed: compare its values, not its bytes
         data = readable(path)
         assert PASSWORD.encode() not in data, path

@@ -41,14 +41,29 @@ REQUESTS = [[{"role": "user", "content": f"where is order {i}?"}] for i in range
 
 
 @pytest.mark.parametrize("candidate", [0, 50])  # 0: shadow, every call also reaches the candidate
-def test_the_candidate_never_has_more_calls_in_flight_than_its_pace(isolated_workspace, fake_openai_server, candidate):
+def test_the_candidate_never_has_more_calls_in_flight_than_its_pace(
+    isolated_workspace, fake_openai_server, candidate
+):
     inc_server, cand_server = fake_openai_server(latency=0.3), fake_openai_server(latency=0.3)
-    router = Router(isolated_workspace, UC, ModelSpec("openai/a", api_base=inc_server.url, api_key="k"),
-                    ModelSpec("openai/b", api_base=cand_server.url, api_key="k"))
-    weights = {"candidate": candidate, "incumbent": 100 - candidate, "shadow": not candidate, "stage": str(candidate)}
+    router = Router(
+        isolated_workspace,
+        UC,
+        ModelSpec("openai/a", api_base=inc_server.url, api_key="k"),
+        ModelSpec("openai/b", api_base=cand_server.url, api_key="k"),
+    )
+    weights = {
+        "candidate": candidate,
+        "incumbent": 100 - candidate,
+        "shadow": not candidate,
+        "stage": str(candidate),
+    }
     router.weights = lambda: weights  # a fixed step, without a rollout in the state store
 
-    keys = keys_in_pattern([i % 2 == 0 for i in range(24)], 50) if candidate else [uuid.uuid4().hex for _ in range(24)]
+    keys = (
+        keys_in_pattern([i % 2 == 0 for i in range(24)], 50)
+        if candidate
+        else [uuid.uuid4().hex for _ in range(24)]
+    )
 
     async def step():
         try:
@@ -60,7 +75,9 @@ def test_the_candidate_never_has_more_calls_in_flight_than_its_pace(isolated_wor
     records = cand_server.records()
     assert len(records) == (24 if not candidate else stats.by_arm["candidate"]) and stats.answered == 24
     assert max(r["in_flight"] for r in records) <= 2
-    if candidate:  # beside a step's candidate calls the incumbent's are not held back (in shadow the waves are)
+    if (
+        candidate
+    ):  # beside a step's candidate calls the incumbent's are not held back (in shadow the waves are)
         assert max(r["in_flight"] for r in inc_server.records()) > 2
 
 
@@ -78,8 +95,12 @@ def test_calls_reach_both_arms_in_arrival_order(isolated_workspace, fake_openai_
     # Every fourth key goes to the candidate: its calls must be spread over the step like the keys,
     # not all sent first beside a full incumbent load (which biased the latency guardrail).
     inc_server, cand_server = fake_openai_server(latency=0.05), fake_openai_server(latency=0.05)
-    router = Router(isolated_workspace, UC, ModelSpec("openai/a", api_base=inc_server.url, api_key="k"),
-                    ModelSpec("openai/b", api_base=cand_server.url, api_key="k"))
+    router = Router(
+        isolated_workspace,
+        UC,
+        ModelSpec("openai/a", api_base=inc_server.url, api_key="k"),
+        ModelSpec("openai/b", api_base=cand_server.url, api_key="k"),
+    )
     weights = {"candidate": 25, "incumbent": 75, "shadow": False, "stage": "25"}
     router.weights = lambda: weights
     keys = keys_in_pattern([i % 4 == 3 for i in range(40)], 25)
@@ -91,8 +112,10 @@ def test_calls_reach_both_arms_in_arrival_order(isolated_workspace, fake_openai_
             await router.aclose()
 
     asyncio.run(step())
-    answered = sorted([(r["t"], "candidate") for r in cand_server.records()]
-                      + [(r["t"], "incumbent") for r in inc_server.records()])
+    answered = sorted(
+        [(r["t"], "candidate") for r in cand_server.records()]
+        + [(r["t"], "incumbent") for r in inc_server.records()]
+    )
     arms = [arm for _, arm in answered]
     assert arms[:20].count("candidate") in (4, 5, 6) and arms[20:].count("candidate") in (4, 5, 6)
 
@@ -105,4 +128,6 @@ def test_the_probe_paces_the_traffic_where_the_engine_saturates(fake_openai_serv
     print("probe:", found.describe())
     assert found.pace == pace
     assert found.paced_latency_s < 1.5 * found.latency_s[1]  # at its pace nothing waits inside the engine
-    assert max(r["in_flight"] for r in engine.records()) == (4 if slots else MAX_PACE)  # it stopped at saturation
+    assert max(r["in_flight"] for r in engine.records()) == (
+        4 if slots else MAX_PACE
+    )  # it stopped at saturation

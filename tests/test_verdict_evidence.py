@@ -38,7 +38,8 @@ def always_right(items) -> dict[str, str]:
 
 
 def test_an_incumbent_whose_every_call_failed_is_not_evaluated_never_scored_zero(
-        prefect_server, promptfoo_golden, isolated_workspace, fake_openai_server, tmp_path, monkeypatch):
+    prefect_server, promptfoo_golden, isolated_workspace, fake_openai_server, tmp_path, monkeypatch
+):
     down = fake_openai_server(faults=Faults(server_error=1.0))
     candidate = fake_openai_server(answers=always_right(promptfoo_golden))
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
@@ -56,7 +57,8 @@ def test_an_incumbent_whose_every_call_failed_is_not_evaluated_never_scored_zero
 
 
 def test_no_key_and_nothing_logged_is_inconclusive_unless_the_plan_sets_an_absolute_bar(
-        prefect_server, promptfoo_golden, isolated_workspace, fake_openai_server, tmp_path, monkeypatch):
+    prefect_server, promptfoo_golden, isolated_workspace, fake_openai_server, tmp_path, monkeypatch
+):
     candidate = fake_openai_server(answers=scripted(promptfoo_golden, 0.97, seed=2))
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
     incumbent = "anthropic/claude-3-haiku-20240307"  # no ANTHROPIC_API_KEY here, nothing logged
@@ -66,17 +68,26 @@ def test_no_key_and_nothing_logged_is_inconclusive_unless_the_plan_sets_an_absol
     assert without_bar["decision"] == "inconclusive"
     assert "no logged answers" in without_bar["reason"] and "min_score" in without_bar["reason"]
 
-    plan = plan_file(tmp_path, [{"model": "openai/good", "api_base": candidate.url}], incumbent=incumbent,
-                     quality_policy={"min_score": 0.9})
+    plan = plan_file(
+        tmp_path,
+        [{"model": "openai/good", "api_base": candidate.url}],
+        incumbent=incumbent,
+        quality_policy={"min_score": 0.9},
+    )
     with_bar = evaluate(isolated_workspace, plan, variants=["zero-shot"])["verdict"]
     chosen = with_bar["candidates"][0]
     assert with_bar["decision"] == "migrate" and chosen["against"] == "min_score", with_bar["reason"]
     assert "absolute bar" in with_bar["reason"] and "90.0%" in with_bar["reason"]
     assert chosen["ci_low"] >= 0.9
     # Against the bar the number is the candidate's own accuracy, recomputed here from its stored scores.
-    summary = json.loads((isolated_workspace.run_dir(newest_run(isolated_workspace)) / "verdict.json").read_text())
-    scores = [r for r in pq.read_table(summary["scores"]).to_pylist()
-              if r["model"] == "openai/good" and r["split"] == "test"]
+    summary = json.loads(
+        (isolated_workspace.run_dir(newest_run(isolated_workspace)) / "verdict.json").read_text()
+    )
+    scores = [
+        r
+        for r in pq.read_table(summary["scores"]).to_pylist()
+        if r["model"] == "openai/good" and r["split"] == "test"
+    ]
     assert chosen["diff"] == pytest.approx(sum(r["correct"] for r in scores) / len(scores))
 
 
@@ -87,24 +98,46 @@ def newest_run(workspace) -> str:
 
 
 def test_three_candidates_get_three_verdicts_in_verdict_json_and_the_cli(
-        prefect_server, isolated_workspace, fake_openai_server, tmp_path, monkeypatch):
+    prefect_server, isolated_workspace, fake_openai_server, tmp_path, monkeypatch
+):
     from workhorse.cli import app
 
     items = make_items(logged_model="gpt-4o-mini")
     write_version(isolated_workspace, "routing", items, [{"kind": "test"}])
-    servers = {name: fake_openai_server(answers=scripted(items, accuracy, seed))
-               for name, accuracy, seed in (("good", 1.0, 1), ("fair", 0.93, 2), ("poor", 0.3, 3))}
+    servers = {
+        name: fake_openai_server(answers=scripted(items, accuracy, seed))
+        for name, accuracy, seed in (("good", 1.0, 1), ("fair", 0.93, 2), ("poor", 0.3, 3))
+    }
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
-    overrides = {"openai/good": {"input_cost_per_token": 1e-7, "output_cost_per_token": 4e-7},
-                 "openai/poor": {"input_cost_per_token": 5e-8, "output_cost_per_token": 2e-7}}
-    plan = plan_file(tmp_path, [{"model": f"openai/{name}", "api_base": server.url} for name, server in servers.items()],
-                     incumbent="gpt-4o-mini", pricing={"overrides": overrides})
+    overrides = {
+        "openai/good": {"input_cost_per_token": 1e-7, "output_cost_per_token": 4e-7},
+        "openai/poor": {"input_cost_per_token": 5e-8, "output_cost_per_token": 2e-7},
+    }
+    plan = plan_file(
+        tmp_path,
+        [{"model": f"openai/{name}", "api_base": server.url} for name, server in servers.items()],
+        incumbent="gpt-4o-mini",
+        pricing={"overrides": overrides},
+    )
 
-    result = CliRunner().invoke(app, ["eval", "routing", "--plan", plan, "--variant", "zero-shot",
-                                      "--workspace", str(isolated_workspace.root)])
+    result = CliRunner().invoke(
+        app,
+        [
+            "eval",
+            "routing",
+            "--plan",
+            plan,
+            "--variant",
+            "zero-shot",
+            "--workspace",
+            str(isolated_workspace.root),
+        ],
+    )
 
     assert result.exit_code == 0, result.output
-    verdict = json.loads((isolated_workspace.run_dir(newest_run(isolated_workspace)) / "verdict.json").read_text())
+    verdict = json.loads(
+        (isolated_workspace.run_dir(newest_run(isolated_workspace)) / "verdict.json").read_text()
+    )
     candidates = {c["model"]: c for c in verdict["verdict"]["candidates"]}
     assert set(candidates) == {"openai/good", "openai/fair", "openai/poor"}
     assert candidates["openai/poor"]["decision"] == "keep" and candidates["openai/poor"]["ci_high"] < -0.05
@@ -125,7 +158,8 @@ def test_three_candidates_get_three_verdicts_in_verdict_json_and_the_cli(
 
 
 def test_a_crash_in_scoring_keeps_the_paid_answers_and_the_rerun_makes_no_call(
-        prefect_server, isolated_workspace, fake_openai_server, tmp_path, monkeypatch):
+    prefect_server, isolated_workspace, fake_openai_server, tmp_path, monkeypatch
+):
     import workhorse.tasks.evaluate.run as eval_run
 
     items = make_items(logged_model="gpt-4o-mini")
@@ -136,7 +170,9 @@ def test_a_crash_in_scoring_keeps_the_paid_answers_and_the_rerun_makes_no_call(
 
     real_scorer, calls = eval_run.score_rows, []
 
-    def broken_scorer(items, rows, options=None):  # scores dev, then breaks on the test phase: every answer is paid by then
+    def broken_scorer(
+        items, rows, options=None
+    ):  # scores dev, then breaks on the test phase: every answer is paid by then
         calls.append(len(rows))
         if len(calls) > 1:
             raise RuntimeError("scorer bug")
@@ -163,15 +199,25 @@ def test_a_fully_cached_rerun_starts_no_engine(isolated_workspace, monkeypatch):
     from workhorse.tasks.evaluate.matrix import Contender, build_requests
 
     items = make_items(12)
-    served = Contender("candidate", eval_run.ModelSpec(model=eval_run.EMBEDDED_LITELLM, hosting="self_hosted"),
-                       ("zero-shot",))
-    batched = Contender("candidate", eval_run.ModelSpec(model=eval_run.EMBEDDED_LITELLM, name="smollm2 (batch)",
-                                                        hosting="batch"), ("zero-shot",))
+    served = Contender(
+        "candidate",
+        eval_run.ModelSpec(model=eval_run.EMBEDDED_LITELLM, hosting="self_hosted"),
+        ("zero-shot",),
+    )
+    batched = Contender(
+        "candidate",
+        eval_run.ModelSpec(model=eval_run.EMBEDDED_LITELLM, name="smollm2 (batch)", hosting="batch"),
+        ("zero-shot",),
+    )
     requests = build_requests(served, "zero-shot", items) + build_requests(batched, "zero-shot", items)
     cache = ResponseCache(isolated_workspace)
     for request in requests:
-        cache.put(request.cache_key, response_row(request, "earlier", output="alpha", prompt_tokens=9,
-                                                  completion_tokens=1, latency_ms=5.0))
+        cache.put(
+            request.cache_key,
+            response_row(
+                request, "earlier", output="alpha", prompt_tokens=9, completion_tokens=1, latency_ms=5.0
+            ),
+        )
     cache.close()
 
     def no_engine(*args, **kwargs):
@@ -180,7 +226,10 @@ def test_a_fully_cached_rerun_starts_no_engine(isolated_workspace, monkeypatch):
     monkeypatch.setattr(eval_run.EvalContext, "server_base", no_engine)
     monkeypatch.setattr(eval_run, "run_offline_shard", no_engine)
     with eval_run.EvalContext(isolated_workspace, "eval-cached", shard_size=50) as context:
-        rows = asyncio.run(eval_run.generate.fn(context, requests, phase="test")
-                           if hasattr(eval_run.generate, "fn") else eval_run.generate(context, requests, "test"))
+        rows = asyncio.run(
+            eval_run.generate.fn(context, requests, phase="test")
+            if hasattr(eval_run.generate, "fn")
+            else eval_run.generate(context, requests, "test")
+        )
 
     assert len(rows) == len(requests) and all(r.cached and r.output == "alpha" for r in rows)

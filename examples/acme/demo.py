@@ -37,10 +37,14 @@ def print_machine(console: Console) -> None:
     kind, flags = cpu_vector_extensions()
     import os
 
-    note = {"avx512": "AVX-512", "avx2": "AVX2 only, no AVX-512", "neither": "no AVX2: vLLM will be slow"}[kind]
-    console.print(f"CPU: {note} ({' '.join(flags) or 'no AVX flags'}), {os.cpu_count()} cores; expect about "
-                  f"{EXPECTED_MINUTES[kind]} min after set-up (on 2 cores; see the README's table per CPU class); "
-                  f"the engine runs in {engine_dtype()}")
+    note = {"avx512": "AVX-512", "avx2": "AVX2 only, no AVX-512", "neither": "no AVX2: vLLM will be slow"}[
+        kind
+    ]
+    console.print(
+        f"CPU: {note} ({' '.join(flags) or 'no AVX flags'}), {os.cpu_count()} cores; expect about "
+        f"{EXPECTED_MINUTES[kind]} min after set-up (on 2 cores; see the README's table per CPU class); "
+        f"the engine runs in {engine_dtype()}"
+    )
 
 
 def run_demo(example_dir: Path, workspace: Path | None, console: Console) -> dict:
@@ -61,11 +65,17 @@ def run_demo(example_dir: Path, workspace: Path | None, console: Console) -> dic
 def print_summary(console: Console, summary: dict, wall_s: float) -> None:
     audit = summary["audit"]
     console.rule("workhorse demo: Acme's migration playbook")
-    console.print(f"[bold]1 · audit[/]  {audit.read} log rows read = {audit.accepted} accepted + "
-                  f"{audit.quarantined} quarantined; {audit.billed_text()}; {audit.run_rate_text()}")
-    console.print("[bold]2 · golden sets[/]  " + ", ".join(
-        f"{row['use_case']} v{row['version']} ({row['items']} items, {row['pii_scrubbed']} PII scrubbed)"
-        for row in summary["golden"]))
+    console.print(
+        f"[bold]1 · audit[/]  {audit.read} log rows read = {audit.accepted} accepted + "
+        f"{audit.quarantined} quarantined; {audit.billed_text()}; {audit.run_rate_text()}"
+    )
+    console.print(
+        "[bold]2 · golden sets[/]  "
+        + ", ".join(
+            f"{row['use_case']} v{row['version']} ({row['items']} items, {row['pii_scrubbed']} PII scrubbed)"
+            for row in summary["golden"]
+        )
+    )
     console.print(variant_table(summary["evaluations"]))
     console.print(verdict_table(summary["evaluations"]))
     print_verdicts(console, summary["evaluations"])
@@ -95,21 +105,29 @@ def print_rollouts(console: Console, rollouts: list[dict]) -> None:
 
     for rollout in rollouts:
         steps = " → ".join(f"{stage} ({calls} req)" for stage, calls in rollout["requests_per_step"].items())
-        line = (f"[bold]4 · rollout[/]  {rollout['use_case']}: {steps} ⇒ [bold]{rollout['final_stage']}[/] "
-                f"after {rollout['control_runs']} control-loop runs")
+        line = (
+            f"[bold]4 · rollout[/]  {rollout['use_case']}: {steps} ⇒ [bold]{rollout['final_stage']}[/] "
+            f"after {rollout['control_runs']} control-loop runs"
+        )
         after = rollout.get("runs_from_fault_to_revert")
         if rollout.get("fault"):
             line += f"; fault: {rollout['fault']}"
             line += f", reverted {after} control-loop run(s) after it" if after is not None else ""
         if after is None and (rollout.get("fault") or rollout["final_stage"] != "promoted"):
             last = (rollout.get("steps") or [None])[-1]
-            why = (f"the last control-loop run, at {last['stage']}, was {last['outcome']} ⇒ {last['to_stage']}: "
-                   f"{escape(last.get('reason') or 'no reason given')}" if last else "no control-loop run took place")
+            why = (
+                f"the last control-loop run, at {last['stage']}, was {last['outcome']} ⇒ {last['to_stage']}: "
+                f"{escape(last.get('reason') or 'no reason given')}"
+                if last
+                else "no control-loop run took place"
+            )
             line += f"; [yellow]not the intended story[/]: {why}"
         console.print(line)
         if rollout.get("latency_guardrail"):
             probe = (rollout.get("probe") or {}).get("engine")
-            console.print("   " + escape(rollout["latency_guardrail"] + (f"; engine probe: {probe}" if probe else "")))
+            console.print(
+                "   " + escape(rollout["latency_guardrail"] + (f"; engine probe: {probe}" if probe else ""))
+            )
 
 
 def print_monitoring(console: Console, monitoring: dict | None) -> None:
@@ -118,9 +136,13 @@ def print_monitoring(console: Console, monitoring: dict | None) -> None:
     if not monitoring:
         return
     changes = monitoring.get("incidents") or []
-    opened = [c["key"] for c in changes if c.get("change") == "opened"] or list(monitoring.get("opened") or [])
-    console.print(f"[bold]5 · monitoring[/]  {monitoring['windows']} window(s); incidents opened: "
-                  f"{', '.join(opened) or 'none'}; Slack messages: {len(monitoring['messages'])}")
+    opened = [c["key"] for c in changes if c.get("change") == "opened"] or list(
+        monitoring.get("opened") or []
+    )
+    console.print(
+        f"[bold]5 · monitoring[/]  {monitoring['windows']} window(s); incidents opened: "
+        f"{', '.join(opened) or 'none'}; Slack messages: {len(monitoring['messages'])}"
+    )
     if not opened and monitoring.get("quiet_reason"):
         console.print(f"   [yellow]no incident opened[/]: {monitoring['quiet_reason']}")
     for message in monitoring["messages"][:2]:
@@ -131,9 +153,15 @@ def main() -> None:
     import argparse
 
     parser = argparse.ArgumentParser(description="Acme's migration playbook with the embedded model.")
-    parser.add_argument("--workspace", "-w", type=Path, default=None, help="Workspace directory (default ./.workhorse).")
-    parser.add_argument("--example", type=Path, default=Path(__file__).resolve().parent,
-                        help="The example folder (its workhorse.yaml and generate.py).")
+    parser.add_argument(
+        "--workspace", "-w", type=Path, default=None, help="Workspace directory (default ./.workhorse)."
+    )
+    parser.add_argument(
+        "--example",
+        type=Path,
+        default=Path(__file__).resolve().parent,
+        help="The example folder (its workhorse.yaml and generate.py).",
+    )
     args = parser.parse_args()
     run_demo(args.example, args.workspace, Console(width=None if sys.stdout.isatty() else 120))
 

@@ -16,8 +16,9 @@ from workhorse.tasks.monitor.rules import monitor_settings
 from workhorse.tasks.monitor.window import MonitorSummary, monitor_window, summary_dict
 
 
-def run_demo_monitoring(workspace, plan=None, traffic: pa.Table | None = None, webhook_url: str | None = None,
-                        console=None) -> dict:
+def run_demo_monitoring(
+    workspace, plan=None, traffic: pa.Table | None = None, webhook_url: str | None = None, console=None
+) -> dict:
     """Monitoring at the end of ``make demo``: consecutive windows over ``traffic`` (default: a
     healthy window then a candidate error burst), posted to ``webhook_url`` or to a local Slack
     receiver started here; prints every message. Returns the last window's summary dict plus
@@ -30,13 +31,19 @@ def run_demo_monitoring(workspace, plan=None, traffic: pa.Table | None = None, w
     traffic = error_burst_traffic(plan) if traffic is None else traffic
     with SlackReceiver() as receiver:
         url = webhook_url or receiver.url
-        summaries = [monitor_window(ws, plan, traffic, now=end, webhook_url=url, delivery={"backoff_s": 0.05})
-                     for end in demo_window_ends(traffic, settings.window_minutes)]
+        summaries = [
+            monitor_window(ws, plan, traffic, now=end, webhook_url=url, delivery={"backoff_s": 0.05})
+            for end in demo_window_ends(traffic, settings.window_minutes)
+        ]
         messages = receiver.messages if webhook_url is None else [m for s in summaries for m in s.messages]
     _print_demo(console, summaries, messages)
-    return {**summary_dict(summaries[-1]), "windows": len(summaries), "messages": messages,
-            "incidents": [c for s in summaries for c in s.changes if c["change"]],
-            "quiet_reason": quiet_reason(summaries)}
+    return {
+        **summary_dict(summaries[-1]),
+        "windows": len(summaries),
+        "messages": messages,
+        "incidents": [c for s in summaries for c in s.changes if c["change"]],
+        "quiet_reason": quiet_reason(summaries),
+    }
 
 
 def demo_window_ends(traffic: pa.Table, minutes: int, most: int = 8) -> list[datetime]:
@@ -69,8 +76,9 @@ def quiet_reason(summaries: list[MonitorSummary]) -> str | None:
     states = ", ".join(f"{n} {state}" for state, n in Counter(r["state"] for r in results).items())
     rates = [r for r in results if r["rule"] == "error_rate" and r["value"] is not None]
     worst = max(rates, key=lambda r: r["value"], default=None)
-    return f"no rule breached ({states})" + (f"; highest error rate {worst['key']} {worst['value']:.1%} "
-                                             f"({worst['detail']})" if worst else "")
+    return f"no rule breached ({states})" + (
+        f"; highest error rate {worst['key']} {worst['value']:.1%} ({worst['detail']})" if worst else ""
+    )
 
 
 def error_burst_traffic(plan) -> pa.Table:
@@ -78,8 +86,10 @@ def error_burst_traffic(plan) -> pa.Table:
     classification use case (the incumbent stays healthy)."""
     from workhorse.testing import traffic as generated
 
-    name, case = next(((n, c) for n, c in plan.use_cases.items() if c.task_type == "classification"),
-                      ("ticket-routing", None))
+    name, case = next(
+        ((n, c) for n, c in plan.use_cases.items() if c.task_type == "classification"),
+        ("ticket-routing", None),
+    )
     labels = list(case.labels) if case else ["billing", "technical"]
     candidate = (plan.candidates_for(name) or [None])[0]
     model = candidate.model if candidate else "hosted_vllm/smollm2-135m-instruct"
@@ -88,15 +98,26 @@ def error_burst_traffic(plan) -> pa.Table:
     rows = []
     for index, window_start in enumerate((start, start + timedelta(minutes=15))):
         rows += generated.stream(name, plan.incumbent, window_start, 15, 80, answer=answer, seed=index)
-        rows += generated.stream(name, model, window_start, 15, 40, answer=answer, seed=index, arm="candidate",
-                                 errors=12 if index else 0)
+        rows += generated.stream(
+            name,
+            model,
+            window_start,
+            15,
+            40,
+            answer=answer,
+            seed=index,
+            arm="candidate",
+            errors=12 if index else 0,
+        )
     return generated.table(rows)
 
 
 def _print_demo(console, summaries: list[MonitorSummary], messages: list[dict]) -> None:
     say = console.print if console is not None else print
     last = summaries[-1]
-    say(f"Monitoring: {len(summaries)} window(s), last {last.window_start:%H:%M}–{last.window_end:%H:%M} UTC, "
-        f"{len(last.breaches)} breach(es), {len(messages)} Slack message(s)")
+    say(
+        f"Monitoring: {len(summaries)} window(s), last {last.window_start:%H:%M}–{last.window_end:%H:%M} UTC, "
+        f"{len(last.breaches)} breach(es), {len(messages)} Slack message(s)"
+    )
     for message in messages:
         say("--- Slack ---\n" + message_text(message))

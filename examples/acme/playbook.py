@@ -26,7 +26,10 @@ from workhorse.tasks.golden.versions import load_golden
 from workhorse.workspace import Workspace
 
 # One rollout that should go all the way, one whose candidate endpoint breaks at 25 %.
-ROLLOUT_SCENARIOS = [Scenario("review-sentiment", fault_at_stage=None), Scenario("ticket-routing", fault_at_stage="25")]
+ROLLOUT_SCENARIOS = [
+    Scenario("review-sentiment", fault_at_stage=None),
+    Scenario("ticket-routing", fault_at_stage="25"),
+]
 
 
 def generate_example_logs(out_dir: Path) -> list[str]:
@@ -41,11 +44,19 @@ async def acme_demo(example_dir: str = "examples/acme", workspace: str | None = 
     ws, plan = plan_workspace(Workspace.resolve(workspace).root, plan_file)
     with embedded_engines(plan, ws) as engines:  # loading while the logs are written and audited
         logs = generate_example_logs(ws.subdir("logs"))
-        summary = await migration_playbook(plan=plan_file, logs=logs, workspace=str(ws.root),
-                                           engine_api_base=engines.api_base, batch_engine=engines.batch_folder)
+        summary = await migration_playbook(
+            plan=plan_file,
+            logs=logs,
+            workspace=str(ws.root),
+            engine_api_base=engines.api_base,
+            batch_engine=engines.batch_folder,
+        )
         # These drive their own event loops (traffic, control loop): run them off the flow's loop.
-        rollouts = [await asyncio.to_thread(rollout_with_live_traffic, ws, plan, scenario, engines.api_base)
-                    for scenario in ROLLOUT_SCENARIOS if scenario.use_case in summary["evaluations"]]
+        rollouts = [
+            await asyncio.to_thread(rollout_with_live_traffic, ws, plan, scenario, engines.api_base)
+            for scenario in ROLLOUT_SCENARIOS
+            if scenario.use_case in summary["evaluations"]
+        ]
     monitoring = await asyncio.to_thread(watch_demo_traffic, ws, plan_file)
     return summary | {"rollouts": rollouts, "monitoring": monitoring}
 
@@ -58,8 +69,9 @@ def control_loop_run(use_case: str, workspace: str) -> dict:
 @task(name="rollout-with-live-traffic", cache_policy=NO_CACHE)
 def rollout_with_live_traffic(ws: Workspace, plan, scenario: Scenario, engine_api_base: str) -> dict:
     """Staged rollout of the embedded model on replayed Acme traffic, each control-loop run a flow run."""
-    return run_scenario(ws, plan, scenario, load_golden(ws, scenario.use_case), engine_api_base,
-                        control=control_loop_run)
+    return run_scenario(
+        ws, plan, scenario, load_golden(ws, scenario.use_case), engine_api_base, control=control_loop_run
+    )
 
 
 @task(name="watch-demo-traffic", cache_policy=NO_CACHE)

@@ -32,10 +32,24 @@ class EndpointEnv:
 
 ENDPOINTS = (
     EndpointEnv("openai", "WORKHORSE_OPENAI_MODEL", "gpt-4o-mini", "OPENAI_API_KEY", "OPENAI_API_BASE"),
-    EndpointEnv("anthropic", "WORKHORSE_ANTHROPIC_MODEL", "anthropic/claude-3-5-haiku-latest", "ANTHROPIC_API_KEY", None),
-    EndpointEnv("deepinfra", "WORKHORSE_DEEPINFRA_MODEL", "deepinfra/Qwen/Qwen3-14B", "DEEPINFRA_API_KEY", None),
-    EndpointEnv("vllm", "WORKHORSE_VLLM_MODEL", "hosted_vllm/smollm2-135m-instruct", "HOSTED_VLLM_API_KEY",
-                "HOSTED_VLLM_API_BASE", hosting="self_hosted"),
+    EndpointEnv(
+        "anthropic",
+        "WORKHORSE_ANTHROPIC_MODEL",
+        "anthropic/claude-3-5-haiku-latest",
+        "ANTHROPIC_API_KEY",
+        None,
+    ),
+    EndpointEnv(
+        "deepinfra", "WORKHORSE_DEEPINFRA_MODEL", "deepinfra/Qwen/Qwen3-14B", "DEEPINFRA_API_KEY", None
+    ),
+    EndpointEnv(
+        "vllm",
+        "WORKHORSE_VLLM_MODEL",
+        "hosted_vllm/smollm2-135m-instruct",
+        "HOSTED_VLLM_API_KEY",
+        "HOSTED_VLLM_API_BASE",
+        hosting="self_hosted",
+    ),
 )
 
 
@@ -54,8 +68,11 @@ def block_classes() -> list[type]:
 
     import workhorse.blocks as module
 
-    return [obj for _, obj in inspect.getmembers(module, inspect.isclass)
-            if issubclass(obj, Block) and obj.__module__.startswith("workhorse.blocks")]
+    return [
+        obj
+        for _, obj in inspect.getmembers(module, inspect.isclass)
+        if issubclass(obj, Block) and obj.__module__.startswith("workhorse.blocks")
+    ]
 
 
 def register_blocks() -> list[str]:
@@ -92,8 +109,11 @@ def _save_slack(env: Mapping[str, str], overwrite: bool) -> SavedBlock | None:
     url = env.get(WEBHOOK_ENV)
     if not url:
         return None
-    SlackAlerts(webhook_url=url, channel=env.get("WORKHORSE_SLACK_CHANNEL"),
-                mention=env.get("WORKHORSE_SLACK_MENTION")).save(SLACK_BLOCK, overwrite=overwrite)
+    SlackAlerts(
+        webhook_url=url,
+        channel=env.get("WORKHORSE_SLACK_CHANNEL"),
+        mention=env.get("WORKHORSE_SLACK_MENTION"),
+    ).save(SLACK_BLOCK, overwrite=overwrite)
     return SavedBlock(SlackAlerts.get_block_type_slug(), SLACK_BLOCK, mask(url))
 
 
@@ -105,6 +125,10 @@ def _save_endpoint(spec: EndpointEnv, env: Mapping[str, str], overwrite: bool) -
     if not key and not base:
         return None
     model = env.get(spec.model_env) or spec.default_model
-    ModelEndpoint(model=model, api_base=base, api_key=key, hosting=spec.hosting).save(spec.block, overwrite=overwrite)
-    shown = f"{model}, key {mask(key) if key else '(none)'}" + (f", base {base if '@' not in base else mask(base)}" if base else "")
+    ModelEndpoint(model=model, api_base=base, api_key=key, hosting=spec.hosting).save(
+        spec.block, overwrite=overwrite
+    )
+    shown = f"{model}, key {mask(key) if key else '(none)'}" + (
+        f", base {base if '@' not in base else mask(base)}" if base else ""
+    )
     return SavedBlock(ModelEndpoint.get_block_type_slug(), spec.block, shown)

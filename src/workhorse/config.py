@@ -45,8 +45,13 @@ GOLDEN_SOURCE_KINDS: tuple[str, ...] = get_args(GoldenSourceKind)
 
 # Which per-item number each task type is judged on: "correct" (0/1), "value", or a key of
 # ItemScore.details (see scoring.py).
-DEFAULT_PRIMARY_METRIC = {"classification": "correct", "extraction": "correct",
-                          "summarization": "rougeL", "qa": "f1", "generation": "correct"}
+DEFAULT_PRIMARY_METRIC = {
+    "classification": "correct",
+    "extraction": "correct",
+    "summarization": "rougeL",
+    "qa": "f1",
+    "generation": "correct",
+}
 
 
 class _Section(BaseModel):
@@ -60,8 +65,11 @@ class GoldenColumns(_Section):
     input: Optional[str] = Field("input", description="Column of the text (or a JSON list of messages).")
     reference: str = Field("reference", description="Column of the label or expected output.")
     id: Optional[str] = Field(None, description="Column of a row id, kept as provenance.")
-    request_id: Optional[str] = Field(None, description="Column of a logged request's id: the file labels "
-                                                        "logged requests instead of holding inputs.")
+    request_id: Optional[str] = Field(
+        None,
+        description="Column of a logged request's id: the file labels "
+        "logged requests instead of holding inputs.",
+    )
     keep: list[str] = Field(default_factory=list, description="Columns copied into the item's metadata.")
     system: Optional[str] = Field(None, description="Column of a system message put before the input.")
 
@@ -69,9 +77,14 @@ class GoldenColumns(_Section):
 class GoldenSource(_Section):
     """One input of a golden set."""
 
-    kind: GoldenSourceKind = Field(description="usage_log, labels, request_labels, openai_evals or promptfoo.")
-    path: Optional[str] = Field(None, description="The file (relative to the plan's folder); usage_log: default "
-                                                  "the workspace's usage/ folder.")
+    kind: GoldenSourceKind = Field(
+        description="usage_log, labels, request_labels, openai_evals or promptfoo."
+    )
+    path: Optional[str] = Field(
+        None,
+        description="The file (relative to the plan's folder); usage_log: default "
+        "the workspace's usage/ folder.",
+    )
     mapping: GoldenColumns = Field(default_factory=GoldenColumns, description="Columns of a label file.")
     prompt: Optional[str] = Field(None, description="promptfoo: the prompt template the variables fill.")
     input_var: Optional[str] = Field(None, description="promptfoo: the variable that holds the input.")
@@ -80,31 +93,48 @@ class GoldenSource(_Section):
 class GoldenPlan(_Section):
     """How a use case's golden set is built (``golden_dataset_refresh``)."""
 
-    sources: list[GoldenSource] = Field(default_factory=list, description="Inputs; none: sampled from the usage log.")
+    sources: list[GoldenSource] = Field(
+        default_factory=list, description="Inputs; none: sampled from the usage log."
+    )
     size: int = Field(200, ge=1, description="Items sampled from the usage log.")
-    test_fraction: float = Field(0.5, gt=0, lt=1, description="Share of items in the test split (the rest: dev).")
-    near_duplicate_threshold: float = Field(0.9, gt=0, le=1, description="Similarity from which two items are "
-                                                                       "near-duplicates.")
-    max_bad_ratio: float = Field(0.25, ge=0, le=1, description="Fail the refresh past this share of bad rows.")
-    max_duplicate_share: float = Field(0.2, ge=0, le=1, description="Warn when dedup removes more of the rows.")
+    test_fraction: float = Field(
+        0.5, gt=0, lt=1, description="Share of items in the test split (the rest: dev)."
+    )
+    near_duplicate_threshold: float = Field(
+        0.9, gt=0, le=1, description="Similarity from which two items are near-duplicates."
+    )
+    max_bad_ratio: float = Field(
+        0.25, ge=0, le=1, description="Fail the refresh past this share of bad rows."
+    )
+    max_duplicate_share: float = Field(
+        0.2, ge=0, le=1, description="Warn when dedup removes more of the rows."
+    )
 
 
 class UseCase(_Section):
     task_type: TaskType = Field(description="What the calls do; decides metrics and workhorse vs frontier.")
     workload: Optional[Literal["workhorse", "frontier"]] = Field(
-        None, description="Force the classification; else it follows task_type, then the logs' evidence.")
+        None, description="Force the classification; else it follows task_type, then the logs' evidence."
+    )
     labels: list[str] = Field(default_factory=list, description="Allowed answers of a classification.")
     json_schema: Optional[dict[str, Any]] = Field(None, description="Schema of an extraction's output.")
     list_order: Literal["multiset", "ordered"] = Field(
-        "multiset", description="How an extraction's lists are matched: as multisets, or in order "
-        "(longest common subsequence).")
+        "multiset",
+        description="How an extraction's lists are matched: as multisets, or in order "
+        "(longest common subsequence).",
+    )
     latency: Optional[Literal["realtime", "batch"]] = Field(None, description="Latency need; else inferred.")
     owner: Optional[str] = Field(None, description="The migration champion for this use case.")
     incumbent: Optional[str] = Field(None, description="Model in production, when not the plan's incumbent.")
-    candidates: list[str] = Field(default_factory=list, description="Candidate models for this use case only.")
+    candidates: list[str] = Field(
+        default_factory=list, description="Candidate models for this use case only."
+    )
     system_prompt: Optional[str] = Field(None, description="System message put before every prompt variant.")
-    golden: Optional[GoldenPlan] = Field(None, description="Golden set sources and size; a frontier use case gets "
-                                                           "a golden set only with this section.")
+    golden: Optional[GoldenPlan] = Field(
+        None,
+        description="Golden set sources and size; a frontier use case gets "
+        "a golden set only with this section.",
+    )
 
     @model_validator(mode="after")
     def _labels_for_classification(self) -> "UseCase":
@@ -116,9 +146,14 @@ class UseCase(_Section):
 class Candidate(_Section):
     model: str = Field(description="LiteLLM model string, e.g. deepinfra/Qwen/Qwen3-14B.")
     hosting: list[Hosting] = Field(default_factory=lambda: ["api"], description="Strategies to project.")
-    api_base: Optional[str] = Field(None, description="Base URL of an OpenAI-compatible server (vLLM: .../v1).")
-    endpoint: Optional[str] = Field(None, description="Name of a ModelEndpoint block with this model's key "
-                                                      "(and base URL, unless api_base is set here).")
+    api_base: Optional[str] = Field(
+        None, description="Base URL of an OpenAI-compatible server (vLLM: .../v1)."
+    )
+    endpoint: Optional[str] = Field(
+        None,
+        description="Name of a ModelEndpoint block with this model's key "
+        "(and base URL, unless api_base is set here).",
+    )
     notes: Optional[str] = Field(None, description="Free text for the reviewers of the plan.")
 
     @field_validator("hosting", mode="before")
@@ -131,7 +166,9 @@ class SelfHostingPlan(_Section):
     gpu: str = "H100"
     gpu_hourly_usd: float = Field(2.0, gt=0, description="Rent of one GPU per hour.")
     gpus: int = Field(1, ge=1)
-    tokens_per_hour: float = Field(158_760, gt=0, description="Generated tokens/hour per GPU unless measured.")
+    tokens_per_hour: float = Field(
+        158_760, gt=0, description="Generated tokens/hour per GPU unless measured."
+    )
     input_tokens_per_hour: Optional[float] = Field(None, gt=0)
     engineering_fte: float = Field(0.5, ge=0, description="People running the serving stack.")
     fte_monthly_usd: float = Field(15_000, ge=0)
@@ -141,14 +178,20 @@ class SelfHostingPlan(_Section):
     @property
     def fixed_monthly_usd(self) -> float:
         """Always-on GPUs + engineering + the rest: what self-hosting costs at any volume."""
-        return (self.gpu_hourly_usd * 730 * self.gpus + self.engineering_fte * self.fte_monthly_usd
-                + self.other_fixed_monthly_usd)
+        return (
+            self.gpu_hourly_usd * 730 * self.gpus
+            + self.engineering_fte * self.fte_monthly_usd
+            + self.other_fixed_monthly_usd
+        )
 
 
 class PricingPlan(_Section):
     overrides: dict[str, dict[str, float]] = Field(
-        default_factory=dict, description="model -> {input_cost_per_token, output_cost_per_token, ...}.")
-    batch_discount: float = Field(0.5, gt=0, le=1, description="Batch price = list x this, when the map has none.")
+        default_factory=dict, description="model -> {input_cost_per_token, output_cost_per_token, ...}."
+    )
+    batch_discount: float = Field(
+        0.5, gt=0, le=1, description="Batch price = list x this, when the map has none."
+    )
 
     @field_validator("overrides")
     @classmethod
@@ -169,23 +212,43 @@ class UseCaseRule(_Section):
 class SpendLogsDb(_Section):
     """The LiteLLM proxy's PostgreSQL database, whose ``LiteLLM_SpendLogs`` table the audit reads directly."""
 
-    url: SecretStr = Field(description="postgresql://user@host:5432/litellm (the proxy's DATABASE_URL); write the "
-                                       "password as ${VAR}, expanded at connect time, or leave it to PGPASSWORD.")
-    since: Optional[datetime] = Field(None, description='Read rows with "startTime" >= since (UTC unless it has an offset).')
-    until: Optional[datetime] = Field(None, description='Read rows with "startTime" < until (UTC unless it has an offset).')
+    url: SecretStr = Field(
+        description="postgresql://user@host:5432/litellm (the proxy's DATABASE_URL); write the "
+        "password as ${VAR}, expanded at connect time, or leave it to PGPASSWORD."
+    )
+    since: Optional[datetime] = Field(
+        None, description='Read rows with "startTime" >= since (UTC unless it has an offset).'
+    )
+    until: Optional[datetime] = Field(
+        None, description='Read rows with "startTime" < until (UTC unless it has an offset).'
+    )
 
 
 class AuditPlan(_Section):
-    max_bad_row_ratio: float = Field(0.05, ge=0, le=1, description="Fail the audit past this share of bad rows.")
-    use_case_rules: list[UseCaseRule] = Field(default_factory=list,
-                                              description="Assign a use case to rows without a use_case tag.")
-    check_duplicate_ids: bool = Field(True, description="Quarantine duplicated request ids; off saves a hash "
-                                      "of every id (the costliest check at 10M rows) when ids are known unique.")
-    log_sample_rate: float = Field(1.0, gt=0, le=1, description="Share of all calls the logs hold (costs scale by 1/x).")
-    min_coverage_days: float = Field(7.0, gt=0, description="Days between the first and last logged call below which "
-                                     "the run-rate and every projection on it are marked as an extrapolation "
-                                     "(still shown, with the reason); billed months are exact whatever the span.")
-    spend_logs_db: Optional[SpendLogsDb] = Field(None, description="Also read LiteLLM_SpendLogs from the proxy's database.")
+    max_bad_row_ratio: float = Field(
+        0.05, ge=0, le=1, description="Fail the audit past this share of bad rows."
+    )
+    use_case_rules: list[UseCaseRule] = Field(
+        default_factory=list, description="Assign a use case to rows without a use_case tag."
+    )
+    check_duplicate_ids: bool = Field(
+        True,
+        description="Quarantine duplicated request ids; off saves a hash "
+        "of every id (the costliest check at 10M rows) when ids are known unique.",
+    )
+    log_sample_rate: float = Field(
+        1.0, gt=0, le=1, description="Share of all calls the logs hold (costs scale by 1/x)."
+    )
+    min_coverage_days: float = Field(
+        7.0,
+        gt=0,
+        description="Days between the first and last logged call below which "
+        "the run-rate and every projection on it are marked as an extrapolation "
+        "(still shown, with the reason); billed months are exact whatever the span.",
+    )
+    spend_logs_db: Optional[SpendLogsDb] = Field(
+        None, description="Also read LiteLLM_SpendLogs from the proxy's database."
+    )
 
     @field_validator("spend_logs_db")
     @classmethod
@@ -199,21 +262,37 @@ class QualityPolicy(_Section):
     """The ``quality_policy`` section: what "good enough to migrate" means (see tasks/decision.py)."""
 
     model_config = ConfigDict(frozen=True)  # with _Section's extra="forbid"
-    non_inferiority_margin: float = Field(0.02, ge=0, le=1, description="How much worse than the incumbent a "
-                                          "candidate may be, absolute on the primary metric (0.02: 2 pp).")
-    min_items: int = Field(100, ge=1, description="Paired test items a candidate needs before it may migrate.")
+    non_inferiority_margin: float = Field(
+        0.02,
+        ge=0,
+        le=1,
+        description="How much worse than the incumbent a "
+        "candidate may be, absolute on the primary metric (0.02: 2 pp).",
+    )
+    min_items: int = Field(
+        100, ge=1, description="Paired test items a candidate needs before it may migrate."
+    )
     confidence: float = Field(0.95, gt=0, lt=1, description="Level of the bootstrap confidence interval.")
-    max_error_rate: float = Field(0.05, ge=0, le=1, description="Failed calls tolerated, candidate and incumbent.")
-    max_p95_latency_ms: Optional[float] = Field(None, gt=0, description="A candidate slower than this at p95 is "
-                                                                        "kept out.")
+    max_error_rate: float = Field(
+        0.05, ge=0, le=1, description="Failed calls tolerated, candidate and incumbent."
+    )
+    max_p95_latency_ms: Optional[float] = Field(
+        None, gt=0, description="A candidate slower than this at p95 is kept out."
+    )
     primary_metric: dict[str, str] = Field(
-        default_factory=lambda: dict(DEFAULT_PRIMARY_METRIC), description="task type -> the per-item number the "
-        "verdict is judged on (correct, value or a score detail such as f1); unnamed task types keep the default.")
+        default_factory=lambda: dict(DEFAULT_PRIMARY_METRIC),
+        description="task type -> the per-item number the "
+        "verdict is judged on (correct, value or a score detail such as f1); unnamed task types keep the default.",
+    )
     n_resamples: int = Field(2000, ge=100, description="Bootstrap resamples.")
     seed: int = Field(0, description="Seed of the bootstrap: the same items give the same verdict.")
     min_score: Optional[float] = Field(
-        None, ge=0, le=1, description="Absolute bar on the primary metric, used only when the incumbent "
-        "cannot be evaluated (no key and no logged answers); the verdict says it used it.")
+        None,
+        ge=0,
+        le=1,
+        description="Absolute bar on the primary metric, used only when the incumbent "
+        "cannot be evaluated (no key and no logged answers); the verdict says it used it.",
+    )
 
     @field_validator("primary_metric", mode="before")
     @classmethod
@@ -232,8 +311,9 @@ class QualityPolicy(_Section):
         try:
             return cls.model_validate(data)
         except ValidationError as error:
-            problems = ", ".join(f"{'.'.join(map(str, e['loc']))}={e.get('input')!r} ({e['msg']})"
-                                 for e in error.errors())
+            problems = ", ".join(
+                f"{'.'.join(map(str, e['loc']))}={e.get('input')!r} ({e['msg']})" for e in error.errors()
+            )
             raise ConfigError(f"quality_policy: invalid {problems}") from None
 
     def metric_for(self, task_type: str) -> str:
@@ -243,28 +323,48 @@ class QualityPolicy(_Section):
 class Guardrails(_Section):
     """Thresholds of the rollout analysis: a breach needs significance AND a minimum effect."""
 
-    alpha: float = Field(0.01, gt=0, lt=1, description="Significance level of every test (loop runs repeat tests).")
-    max_error_rate_increase: float = Field(0.02, ge=0, le=1, description="Tolerated error-rate excess (absolute).")
-    critical_error_rate: float = Field(0.25, gt=0, le=1, description="Candidate error rate that reverts at once.")
+    alpha: float = Field(
+        0.01, gt=0, lt=1, description="Significance level of every test (loop runs repeat tests)."
+    )
+    max_error_rate_increase: float = Field(
+        0.02, ge=0, le=1, description="Tolerated error-rate excess (absolute)."
+    )
+    critical_error_rate: float = Field(
+        0.25, gt=0, le=1, description="Candidate error rate that reverts at once."
+    )
     latency_p95_increase: float = Field(0.25, ge=0, description="Tolerated p95 latency excess (relative).")
     latency_min_increase_ms: float = Field(50.0, ge=0, description="Smaller p95 excesses are never a breach.")
     latency_critical_ratio: float = Field(4.0, gt=1, description="p95 ratio that reverts at once.")
-    max_invalid_rate_increase: float = Field(0.05, ge=0, le=1, description="Tolerated excess of invalid outputs.")
+    max_invalid_rate_increase: float = Field(
+        0.05, ge=0, le=1, description="Tolerated excess of invalid outputs."
+    )
     min_agreement: float = Field(0.8, ge=0, le=1, description="Shadow: least agreement with the incumbent.")
     max_cost_ratio: float = Field(1.5, gt=0, description="Candidate cost share / traffic share tolerated.")
-    min_critical_requests: int = Field(10, ge=1, description="Candidate requests needed before anything reverts.")
+    min_critical_requests: int = Field(
+        10, ge=1, description="Candidate requests needed before anything reverts."
+    )
 
 
 class RolloutPolicy(_Section):
     """Steps, bake time, minimum requests and counters of a staged rollout (Argo Rollouts' semantics)."""
 
-    steps: list[Any] = Field(default_factory=lambda: ["shadow", 5, 10, 25, 50, 100],
-                             description="'shadow' first (optional), then increasing percentages ending at 100.")
-    bake_time: float = Field(600.0, ge=0, description="Seconds (or '10m', '1h') each step runs before it can pass.")
+    steps: list[Any] = Field(
+        default_factory=lambda: ["shadow", 5, 10, 25, 50, 100],
+        description="'shadow' first (optional), then increasing percentages ending at 100.",
+    )
+    bake_time: float = Field(
+        600.0, ge=0, description="Seconds (or '10m', '1h') each step runs before it can pass."
+    )
     min_requests: int = Field(200, ge=1, description="Requests per arm in a step before it can pass.")
-    failure_limit: int = Field(1, ge=0, description="Revert when failed analyses exceed this (whole rollout).")
-    consecutive_error_limit: int = Field(1, ge=0, description="Revert when failed analyses in a row exceed this.")
-    inconclusive_limit: int = Field(2, ge=0, description="Pause when inconclusive analyses in a step exceed this.")
+    failure_limit: int = Field(
+        1, ge=0, description="Revert when failed analyses exceed this (whole rollout)."
+    )
+    consecutive_error_limit: int = Field(
+        1, ge=0, description="Revert when failed analyses in a row exceed this."
+    )
+    inconclusive_limit: int = Field(
+        2, ge=0, description="Pause when inconclusive analyses in a step exceed this."
+    )
     guardrails: Guardrails = Field(default_factory=Guardrails)
 
     @field_validator("bake_time", mode="before")
@@ -292,17 +392,28 @@ class EvalPlan(_Section):
     it) and how much of dev prompt tuning uses."""
 
     task_runner: Optional[Literal["threads", "dask"]] = Field(
-        None, description="threads (default): every shard in the flow's event loop; dask: shards on a Dask cluster.")
-    dask_address: Optional[str] = Field(None, description="Scheduler of a running Dask cluster (tcp://host:8786); "
-                                                          "else a LocalCluster is started for the run.")
-    dask_workers: Optional[int] = Field(None, ge=1, description="Worker processes of that LocalCluster, one thread "
-                                                                "each (default 2).")
+        None,
+        description="threads (default): every shard in the flow's event loop; dask: shards on a Dask cluster.",
+    )
+    dask_address: Optional[str] = Field(
+        None,
+        description="Scheduler of a running Dask cluster (tcp://host:8786); "
+        "else a LocalCluster is started for the run.",
+    )
+    dask_workers: Optional[int] = Field(
+        None, ge=1, description="Worker processes of that LocalCluster, one thread each (default 2)."
+    )
     variants: Optional[list[str]] = Field(
-        None, description="Prompt variants tuned on dev (default all: zero-shot, few-shot, constrained, "
-        "few-shot-constrained); the flow's parameter overrides it.")
+        None,
+        description="Prompt variants tuned on dev (default all: zero-shot, few-shot, constrained, "
+        "few-shot-constrained); the flow's parameter overrides it.",
+    )
     tuning_items: Optional[int] = Field(
-        None, ge=1, description="Tune prompt variants on at most this many dev items (a stable sample by item id): "
-        "enough to rank variants at a fraction of the calls; the verdict still takes the whole test split.")
+        None,
+        ge=1,
+        description="Tune prompt variants on at most this many dev items (a stable sample by item id): "
+        "enough to rank variants at a fraction of the calls; the verdict still takes the whole test split.",
+    )
 
 
 class AlertRule(_Section):
@@ -323,8 +434,12 @@ class DriftSettings(_Section):
     """Evidently-style tests: small samples by p-value, large ones by a distance (p-values of big
     samples flag differences nobody cares about)."""
 
-    alpha: float = Field(0.01, gt=0, lt=1, description="K-S / chi-squared p-value under which inputs drifted.")
-    distance: float = Field(0.1, gt=0, description="Normed Wasserstein / Jensen-Shannon limit for large samples.")
+    alpha: float = Field(
+        0.01, gt=0, lt=1, description="K-S / chi-squared p-value under which inputs drifted."
+    )
+    distance: float = Field(
+        0.1, gt=0, description="Normed Wasserstein / Jensen-Shannon limit for large samples."
+    )
     large_sample: int = Field(1000, ge=10, description="Window size from which distances replace p-values.")
     min_samples: int = Field(30, ge=5, description="Fewer window or golden samples: no drift test.")
 
@@ -345,13 +460,19 @@ class MonitorSettings(_Section):
     the keys it names (a rule of a new name needs its ``metric``)."""
 
     window_minutes: int = Field(15, ge=1, description="Length of one monitoring window.")
-    cooldown_minutes: int = Field(60, ge=0, description="An open incident re-alerts after this, or on escalation.")
-    baseline_windows: int = Field(12, ge=1, description="Earlier windows whose median p95/cost is the baseline.")
+    cooldown_minutes: int = Field(
+        60, ge=0, description="An open incident re-alerts after this, or on escalation."
+    )
+    baseline_windows: int = Field(
+        12, ge=1, description="Earlier windows whose median p95/cost is the baseline."
+    )
     drift: DriftSettings = Field(default_factory=DriftSettings)
     rules: dict[str, AlertRule] = Field(default_factory=dict, description="Rule name -> its guardrail.")
     migrated: Union[list[str], dict[str, Optional[str]]] = Field(
-        default_factory=dict, description="Use cases already served by an open model outside a rollout: a list "
-        "of names, or name -> model; the weekly re-evaluation watches them.")
+        default_factory=dict,
+        description="Use cases already served by an open model outside a rollout: a list "
+        "of names, or name -> model; the weekly re-evaluation watches them.",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -362,8 +483,11 @@ class MonitorSettings(_Section):
         for name, override in (data.get("rules") or {}).items():
             if isinstance(override, BaseModel):
                 override = override.model_dump()
-            rules[name] = {**rules.get(name, {}), **override} if isinstance(override, Mapping) else (
-                rules.get(name) if override is None else override)
+            rules[name] = (
+                {**rules.get(name, {}), **override}
+                if isinstance(override, Mapping)
+                else (rules.get(name) if override is None else override)
+            )
         return {**data, "rules": rules}
 
 
@@ -372,8 +496,11 @@ class AlertsPlan(_Section):
     the environment (see tasks/alerts.py for the precedence)."""
 
     slack_block: Optional[str] = Field(None, description="Name of the SlackAlerts block holding the webhook.")
-    slack_webhook_url: Optional[str] = Field(None, description="The webhook URL itself; prefer a block or "
-                                                               "WORKHORSE_SLACK_WEBHOOK_URL: the plan is in git.")
+    slack_webhook_url: Optional[str] = Field(
+        None,
+        description="The webhook URL itself; prefer a block or "
+        "WORKHORSE_SLACK_WEBHOOK_URL: the plan is in git.",
+    )
     slack_channel: Optional[str] = Field(None, description="Channel the messages name, e.g. #llm-migration.")
     mention: Optional[str] = Field(None, description="Put before each message, e.g. <!here> or <@U123>.")
 
@@ -395,9 +522,11 @@ class Plan(_Section):
     monitoring: MonitorSettings = Field(default_factory=MonitorSettings)
     alerts: AlertsPlan = Field(default_factory=AlertsPlan)
     state_url: Optional[str] = Field(
-        None, description="Shared state store (rollout, cache, incidents, traffic): postgresql://user@host/db; "
-                          "${VAR} is expanded at connect time, so keep the password in the environment. "
-                          "Default: the workspace's state.db (SQLite).")
+        None,
+        description="Shared state store (rollout, cache, incidents, traffic): postgresql://user@host/db; "
+        "${VAR} is expanded at connect time, so keep the password in the environment. "
+        "Default: the workspace's state.db (SQLite).",
+    )
 
     _file: Optional[Path] = PrivateAttr(None)
 
@@ -435,7 +564,9 @@ def find_plan(path: str | os.PathLike | None = None, workspace_root: Path | None
         if file.is_file():
             return file
     if path:
-        raise ConfigError(f"no migration plan at {path} (expected a {PLAN_FILE} file or a folder holding one)")
+        raise ConfigError(
+            f"no migration plan at {path} (expected a {PLAN_FILE} file or a folder holding one)"
+        )
     return None
 
 
@@ -460,8 +591,9 @@ def plan_from(plan: str | os.PathLike | dict | Plan | None, workspace_root: Path
     return load_plan(plan, workspace_root)
 
 
-def plan_workspace(workspace: str | os.PathLike | None = None,
-                   plan: str | os.PathLike | dict | Plan | None = None) -> tuple["Workspace", Plan]:
+def plan_workspace(
+    workspace: str | os.PathLike | None = None, plan: str | os.PathLike | dict | Plan | None = None
+) -> tuple["Workspace", Plan]:
     """The workspace, bound to the state store its plan names, and the plan (as ``plan_from`` reads it)."""
     from workhorse.workspace import Workspace
 
@@ -475,14 +607,18 @@ def plan_workspace(workspace: str | os.PathLike | None = None,
 MAX_PLAN_BYTES = 1 << 20  # a plan is reviewed by people in git; a bigger file is some other file
 
 
-KeyLines = Mapping[tuple[str, ...], int]  # path of a key in the document ("0" for a list's first item) -> line
+KeyLines = Mapping[
+    tuple[str, ...], int
+]  # path of a key in the document ("0" for a list's first item) -> line
 
 
 def _read_yaml(file: Path) -> tuple[Any, KeyLines]:
     """The YAML in ``file`` and the line of each key; every way it can be unreadable is a ConfigError
     naming the file."""
     if file.stat().st_size > MAX_PLAN_BYTES:
-        raise ConfigError(f"{file}: {file.stat().st_size} bytes is too big for a migration plan (limit 1 MiB)")
+        raise ConfigError(
+            f"{file}: {file.stat().st_size} bytes is too big for a migration plan (limit 1 MiB)"
+        )
     try:
         data, lines = _load_with_lines(file.read_text(encoding="utf-8"))
     except UnicodeDecodeError as error:
@@ -515,8 +651,11 @@ def _key_lines(root: yaml.Node | None) -> dict[tuple[str, ...], int]:
             continue
         seen.add(id(node))
         if isinstance(node, yaml.MappingNode):
-            pairs = [(key.value, key.start_mark.line, value) for key, value in node.value
-                     if isinstance(key, yaml.ScalarNode)]
+            pairs = [
+                (key.value, key.start_mark.line, value)
+                for key, value in node.value
+                if isinstance(key, yaml.ScalarNode)
+            ]
         else:
             pairs = [(str(i), item.start_mark.line, item) for i, item in enumerate(node.value)]
         for key, line, value in pairs:
@@ -552,7 +691,9 @@ def _problem(error: Mapping[str, Any], source: str, lines: KeyLines) -> str:
         return f"{where}: {path}: {error['msg']}"
     declared = _declared_keys(loc[:-1])
     close = difflib.get_close_matches(loc[-1], declared, n=1)
-    hint = (f"did you mean {close[0]}?" if close else f"known keys: {', '.join(declared)}") if declared else ""
+    hint = (
+        (f"did you mean {close[0]}?" if close else f"known keys: {', '.join(declared)}") if declared else ""
+    )
     return f"{where}: unknown key {path}" + (f" ({hint})" if hint else "")
 
 
@@ -570,7 +711,11 @@ def _declared_keys(path: tuple[str, ...]) -> list[str]:
         else:
             return []
     annotation = _unwrap_optional(annotation)
-    return list(annotation.model_fields) if isinstance(annotation, type) and issubclass(annotation, BaseModel) else []
+    return (
+        list(annotation.model_fields)
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel)
+        else []
+    )
 
 
 def _unwrap_optional(annotation: Any) -> Any:
@@ -580,8 +725,15 @@ def _unwrap_optional(annotation: Any) -> Any:
     return annotation
 
 
-def resolve(name: str, *, parameter: Any = None, plan_value: Any = None,
-            block: Callable[[], Any] | None = None, env: str | None = None, default: Any = None) -> Any:
+def resolve(
+    name: str,
+    *,
+    parameter: Any = None,
+    plan_value: Any = None,
+    block: Callable[[], Any] | None = None,
+    env: str | None = None,
+    default: Any = None,
+) -> Any:
     """The one precedence rule: flow parameter > workspace file > Block > environment > default.
 
     ``block`` is a callable so a Prefect Block is only loaded (an API call) when the earlier

@@ -19,6 +19,7 @@ ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 def expand(url: str) -> str:
     """``${VAR}`` references replaced from the environment; an unset one is named, never guessed."""
+
     def value(match: re.Match) -> str:
         name = match.group(1)
         if name not in os.environ:
@@ -46,7 +47,9 @@ def parse(url: str) -> dict:
     try:
         return conninfo_to_dict(split_schema(url)[0])
     except Exception:  # libpq's message quotes the string, password included: never repeated
-        raise ConfigError("the database URL is neither a postgresql:// URL nor a libpq connection string") from None
+        raise ConfigError(
+            "the database URL is neither a postgresql:// URL nor a libpq connection string"
+        ) from None
 
 
 def describe(url: str) -> str:
@@ -69,6 +72,8 @@ def refuse_literal_password(url: str | None) -> str | None:
     """For URLs in a plan, which lives in git: a ``${VAR}`` reference is fine, a password is not."""
     password = urlsplit(url).password if url and "://" in url else None
     if password and not ENV_REFERENCE.fullmatch(password):
-        raise ValueError("the URL must not hold a password: write ${VAR} (expanded at connect time), "
-                         "or use PGPASSWORD or ~/.pgpass")
+        raise ValueError(
+            "the URL must not hold a password: write ${VAR} (expanded at connect time), "
+            "or use PGPASSWORD or ~/.pgpass"
+        )
     return url

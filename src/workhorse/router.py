@@ -26,7 +26,14 @@ from typing import Any
 
 import workhorse  # noqa: F401  (offline LiteLLM price map before litellm is imported)
 from workhorse.errors import ProviderError
-from workhorse.tasks.common.runner import CallFailed, CircuitBreaker, ModelSpec, RetryPolicy, call_cost, classify
+from workhorse.tasks.common.runner import (
+    CallFailed,
+    CircuitBreaker,
+    ModelSpec,
+    RetryPolicy,
+    call_cost,
+    classify,
+)
 from workhorse.tasks.common.traffic_log import TrafficLogger, make_row
 from workhorse.tasks.rollout.state import current_weights
 from workhorse.workspace import Workspace
@@ -59,10 +66,19 @@ def bucket(use_case: str, key: str) -> int:
 class Router:
     """Route one use case's calls between the incumbent and the candidate by the rollout state."""
 
-    def __init__(self, workspace: Workspace | str | None, use_case: str, incumbent: ModelSpec,
-                 candidate: ModelSpec, *, refresh_s: float = 5.0, logger: TrafficLogger | None = None,
-                 log_payloads: bool = True, breaker_threshold: int = RetryPolicy.breaker_threshold,
-                 breaker_cooldown_s: float = RetryPolicy.breaker_cooldown_s):
+    def __init__(
+        self,
+        workspace: Workspace | str | None,
+        use_case: str,
+        incumbent: ModelSpec,
+        candidate: ModelSpec,
+        *,
+        refresh_s: float = 5.0,
+        logger: TrafficLogger | None = None,
+        log_payloads: bool = True,
+        breaker_threshold: int = RetryPolicy.breaker_threshold,
+        breaker_cooldown_s: float = RetryPolicy.breaker_cooldown_s,
+    ):
         self.workspace = workspace if isinstance(workspace, Workspace) else Workspace.resolve(workspace)
         self.use_case, self.incumbent, self.candidate = use_case, incumbent, candidate
         self.refresh_s = refresh_s
@@ -74,8 +90,10 @@ class Router:
         self._background: set[asyncio.Task] = set()
         # One breaker per arm, not per endpoint: a candidate that is down must never shut out an
         # incumbent served by the same provider.
-        self.breakers = {role: CircuitBreaker(f"{spec.label} at {spec.endpoint}", breaker_threshold, breaker_cooldown_s)
-                         for role, spec in (("incumbent", incumbent), ("candidate", candidate))}
+        self.breakers = {
+            role: CircuitBreaker(f"{spec.label} at {spec.endpoint}", breaker_threshold, breaker_cooldown_s)
+            for role, spec in (("incumbent", incumbent), ("candidate", candidate))
+        }
 
     def weights(self) -> dict:
         """The current weights, read from the state store at most every ``refresh_s`` seconds.
@@ -96,21 +114,32 @@ class Router:
         """Answer by the arm the key falls in; shadow and fallback as the module says."""
         weights = self.weights()
         key = key if key is not None else uuid.uuid4().hex
-        meta = {"bucket": bucket(self.use_case, key), "key_hash": hashlib.sha256(key.encode()).hexdigest()[:12]}
+        meta = {
+            "bucket": bucket(self.use_case, key),
+            "key_hash": hashlib.sha256(key.encode()).hexdigest()[:12],
+        }
         if self.arm_for(key, weights) == "candidate":
             answer = await self._call("candidate", self.candidate, messages, params, weights, meta)
             if answer.text is not None:
                 return answer
-            answer = await self._call("incumbent", self.incumbent, messages, params, weights,
-                                      meta | {"fallback_from": answer.request_id})
+            answer = await self._call(
+                "incumbent",
+                self.incumbent,
+                messages,
+                params,
+                weights,
+                meta | {"fallback_from": answer.request_id},
+            )
             answer.fallback = True
         else:
             answer = await self._call("incumbent", self.incumbent, messages, params, weights, meta)
             if weights["shadow"]:
                 self._shadow(messages, params, weights, meta | {"shadow_of": answer.request_id})
         if answer.text is None:
-            raise ProviderError(f"{self.use_case}: incumbent {self.incumbent.label} failed ({answer.error_type})",
-                                error_type=answer.error_type)
+            raise ProviderError(
+                f"{self.use_case}: incumbent {self.incumbent.label} failed ({answer.error_type})",
+                error_type=answer.error_type,
+            )
         return answer
 
     def _shadow(self, messages, params, weights, meta) -> None:
@@ -124,9 +153,15 @@ class Router:
             await asyncio.gather(*list(self._background), return_exceptions=True)
 
     async def _call(self, arm: str, spec: ModelSpec, messages, params, weights, meta) -> Routed:
-        row = make_row(use_case=self.use_case, model=spec.model, provider=spec.model.split("/", 1)[0],
-                       rollout_stage=weights["stage"], arm=arm, metadata=meta,
-                       request=json.dumps(messages) if self.log_payloads else None)
+        row = make_row(
+            use_case=self.use_case,
+            model=spec.model,
+            provider=spec.model.split("/", 1)[0],
+            rollout_stage=weights["stage"],
+            arm=arm,
+            metadata=meta,
+            request=json.dumps(messages) if self.log_payloads else None,
+        )
         started = time.perf_counter()
         breaker = self.breakers[BREAKER_OF_ARM[arm]]
         try:
@@ -144,15 +179,26 @@ class Router:
             raise
         breaker.record(None, probe)
         self.logger.log(self._answered(row, spec, response, text, started))
-        return Routed(text, arm, spec.model, weights["stage"], row["latency_ms"], request_id=row["request_id"])
+        return Routed(
+            text, arm, spec.model, weights["stage"], row["latency_ms"], request_id=row["request_id"]
+        )
 
     @staticmethod
     async def _request(spec: ModelSpec, messages, params) -> tuple[Any, str]:
         import litellm
 
-        litellm.suppress_debug_info = True  # else it prints a banner per failed call: noise and CPU in an outage
-        response = await litellm.acompletion(model=spec.model, messages=messages, api_base=spec.api_base,
-                                             api_key=spec.api_key, timeout=spec.timeout_s, max_retries=0, **params)
+        litellm.suppress_debug_info = (
+            True  # else it prints a banner per failed call: noise and CPU in an outage
+        )
+        response = await litellm.acompletion(
+            model=spec.model,
+            messages=messages,
+            api_base=spec.api_base,
+            api_key=spec.api_key,
+            timeout=spec.timeout_s,
+            max_retries=0,
+            **params,
+        )
         text = response.choices[0].message.content
         if text is None:
             raise ValueError("response message has no content")
@@ -161,15 +207,30 @@ class Router:
     def _failed(self, row: dict, spec: ModelSpec, error_type: str, started: float) -> Routed:
         row.update(status="error", error_type=error_type, latency_ms=(time.perf_counter() - started) * 1000)
         self.logger.log(row)
-        return Routed(None, row["arm"], spec.model, row["rollout_stage"], row["latency_ms"],
-                      request_id=row["request_id"], error_type=error_type)
+        return Routed(
+            None,
+            row["arm"],
+            spec.model,
+            row["rollout_stage"],
+            row["latency_ms"],
+            request_id=row["request_id"],
+            error_type=error_type,
+        )
 
     def _answered(self, row: dict, spec: ModelSpec, response, text: str, started: float) -> dict:
         usage = getattr(response, "usage", None)
-        prompt, completion = getattr(usage, "prompt_tokens", 0) or 0, getattr(usage, "completion_tokens", 0) or 0
-        row.update(status="ok", latency_ms=(time.perf_counter() - started) * 1000, prompt_tokens=prompt,
-                   completion_tokens=completion, cost_usd=call_cost(spec, prompt, completion),
-                   response=text if self.log_payloads else None)
+        prompt, completion = (
+            getattr(usage, "prompt_tokens", 0) or 0,
+            getattr(usage, "completion_tokens", 0) or 0,
+        )
+        row.update(
+            status="ok",
+            latency_ms=(time.perf_counter() - started) * 1000,
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            cost_usd=call_cost(spec, prompt, completion),
+            response=text if self.log_payloads else None,
+        )
         return row
 
     async def aclose(self) -> None:

@@ -38,8 +38,12 @@ class DeploymentSpec:
 def load_specs(path: str | Path = PROJECT_FILE, names: list[str] | None = None) -> list[DeploymentSpec]:
     """The deployments of a prefect.yaml (all, or those named); unknown names are an error."""
     project = yaml.safe_load(Path(path).read_text()) or {}
-    specs = [DeploymentSpec(d["name"], d["entrypoint"], dict(d.get("parameters") or {}), list(d.get("schedules") or []))
-             for d in project.get("deployments") or []]
+    specs = [
+        DeploymentSpec(
+            d["name"], d["entrypoint"], dict(d.get("parameters") or {}), list(d.get("schedules") or [])
+        )
+        for d in project.get("deployments") or []
+    ]
     unknown = sorted(set(names or ()) - {spec.name for spec in specs})
     if unknown:
         raise ValueError(f"no deployment named {unknown} in {path}; known: {[s.name for s in specs]}")
@@ -74,10 +78,16 @@ async def resolve_parameters(parameters: dict[str, Any]) -> dict[str, Any]:
     resolved = {}
     for key, value in parameters.items():
         try:
-            resolved[key] = await resolve_block_document_references(value) if block_reference(value) else value
+            resolved[key] = (
+                await resolve_block_document_references(value) if block_reference(value) else value
+            )
         except (ObjectNotFound, ValueError):
-            logger.warning("parameter %r left out: %s does not exist yet (create it with `workhorse blocks init`); "
-                           "the flow falls back to the plan or the environment", key, block_reference(value))
+            logger.warning(
+                "parameter %r left out: %s does not exist yet (create it with `workhorse blocks init`); "
+                "the flow falls back to the plan or the environment",
+                key,
+                block_reference(value),
+            )
     return resolved
 
 
@@ -89,8 +99,12 @@ def load_flow(entrypoint: str, root: Path):
     return load_flow_from_entrypoint(f"{(root / file).resolve()}:{function}")
 
 
-def build_deployments(path: str | Path = PROJECT_FILE, names: list[str] | None = None,
-                      overrides: dict[str, Any] | None = None, with_schedules: bool = True) -> list:
+def build_deployments(
+    path: str | Path = PROJECT_FILE,
+    names: list[str] | None = None,
+    overrides: dict[str, Any] | None = None,
+    with_schedules: bool = True,
+) -> list:
     """RunnerDeployments for `prefect.serve`, with ``overrides`` merged into every deployment's
     parameters where the flow accepts them (tests point the workspace elsewhere this way)."""
     import inspect
@@ -105,12 +119,15 @@ def build_deployments(path: str | Path = PROJECT_FILE, names: list[str] | None =
         extra = {k: v for k, v in (overrides or {}).items() if k in accepted}
         parameters = run_coro_as_sync(resolve_parameters({**spec.parameters, **extra}))
         schedules = [to_schedule(entry) for entry in spec.schedules] if with_schedules else None
-        deployments.append(flow.to_deployment(spec.name, parameters=parameters, schedules=schedules,
-                                              tags=["workhorse"]))
+        deployments.append(
+            flow.to_deployment(spec.name, parameters=parameters, schedules=schedules, tags=["workhorse"])
+        )
     return deployments
 
 
-def serve_project(path: str | Path = PROJECT_FILE, names: list[str] | None = None, limit: int | None = None) -> None:
+def serve_project(
+    path: str | Path = PROJECT_FILE, names: list[str] | None = None, limit: int | None = None
+) -> None:
     """Serve the deployments with their schedules until interrupted (Ctrl-C pauses their schedules).
 
     Runs from prefect.yaml's folder, as a `prefect deploy` worker would, so the relative paths

@@ -112,9 +112,11 @@ class SQLiteConnection(StateConnection):
 
 # PostgreSQL spellings of the few SQLite-isms the schemas use. Microsecond timestamps do not fit
 # PostgreSQL's 4-byte INTEGER, so every integer column is BIGINT.
-_POSTGRES_TYPES = ((re.compile(r"\bINTEGER PRIMARY KEY AUTOINCREMENT\b"), "BIGSERIAL PRIMARY KEY"),
-                   (re.compile(r"\bINTEGER\b"), "BIGINT"),
-                   (re.compile(r"\bREAL\b"), "DOUBLE PRECISION"))
+_POSTGRES_TYPES = (
+    (re.compile(r"\bINTEGER PRIMARY KEY AUTOINCREMENT\b"), "BIGSERIAL PRIMARY KEY"),
+    (re.compile(r"\bINTEGER\b"), "BIGINT"),
+    (re.compile(r"\bREAL\b"), "DOUBLE PRECISION"),
+)
 _ensured: set[tuple[str, int]] = set()  # (database, schema hash): DDL once per process
 _ensured_lock = threading.Lock()
 
@@ -144,8 +146,9 @@ class PostgresConnection(StateConnection):
         try:
             self._raw = psycopg.connect(expanded, autocommit=True, connect_timeout=10)
         except psycopg.OperationalError as error:
-            raise ConnectionError(f"cannot reach the state database {self.database}: "
-                                  f"{dburl.scrub(str(error), expanded)}") from None
+            raise ConnectionError(
+                f"cannot reach the state database {self.database}: {dburl.scrub(str(error), expanded)}"
+            ) from None
 
     def execute(self, sql: str, params: Sequence = ()) -> Any:
         return self._raw.execute(_placeholders(sql), tuple(params))

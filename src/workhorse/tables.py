@@ -8,7 +8,9 @@ from rich.table import Table
 def variant_table(evaluations: dict) -> Table:
     """What each prompt variant scored on dev: constrained decoding is what makes a tiny model usable."""
     table = Table(title="3 · evaluation — prompt variants of the candidate on dev (mean score)")
-    variants = sorted({v for e in evaluations.values() for c in e["chosen_variants"].values() for v in c["dev_scores"]})
+    variants = sorted(
+        {v for e in evaluations.values() for c in e["chosen_variants"].values() for v in c["dev_scores"]}
+    )
     table.add_column("use case")
     table.add_column("candidate")
     for variant in variants:
@@ -16,7 +18,9 @@ def variant_table(evaluations: dict) -> Table:
     table.add_column("chosen")
     for use_case, evaluation in evaluations.items():
         for candidate, choice in evaluation["chosen_variants"].items():
-            scores = [f"{choice['dev_scores'][v]:.0%}" if v in choice["dev_scores"] else "–" for v in variants]
+            scores = [
+                f"{choice['dev_scores'][v]:.0%}" if v in choice["dev_scores"] else "–" for v in variants
+            ]
             table.add_row(use_case, candidate, *scores, choice["variant"])
     return table
 
@@ -27,9 +31,15 @@ def verdict_table(evaluations: dict) -> Table:
         table.add_column(column, justify="left" if column in ("use case", "arm") else "right")
     for use_case, evaluation in evaluations.items():
         for line in (l for l in evaluation["leaderboard"] if l["split"] == "test"):
-            table.add_row(use_case, f"{line['model']} · {line['prompt_variant']}", str(line["items"]),
-                          _fmt(line["accuracy"], "{:.0%}"), _fmt(line["score"], "{:.2f}"),
-                          _fmt(line["latency_p50_ms"], "{:.0f}"), _fmt(line["cost_per_1k_items"], "${:.4f}"))
+            table.add_row(
+                use_case,
+                f"{line['model']} · {line['prompt_variant']}",
+                str(line["items"]),
+                _fmt(line["accuracy"], "{:.0%}"),
+                _fmt(line["score"], "{:.2f}"),
+                _fmt(line["latency_p50_ms"], "{:.0f}"),
+                _fmt(line["cost_per_1k_items"], "${:.4f}"),
+            )
     return table
 
 
@@ -41,10 +51,21 @@ def candidate_verdicts_table(evaluations: dict) -> Table:
     for use_case, evaluation in evaluations.items():
         for c in evaluation["verdict"].get("candidates") or []:
             bar = c.get("against") == "min_score"  # the numbers are the candidate's own, against the bar
-            diff = _fmt(c["diff"], "{:.1%}" if bar else "{:+.1%}") + (" (abs.)" if bar and c["diff"] is not None else "")
+            diff = _fmt(c["diff"], "{:.1%}" if bar else "{:+.1%}") + (
+                " (abs.)" if bar and c["diff"] is not None else ""
+            )
             ci = "–" if c["ci_low"] is None else f"{c['ci_low']:+.1%} … {c['ci_high']:+.1%}"
-            table.add_row(use_case, c["model"] + (" ★" if c["chosen"] else ""), c["hosting"], c["decision"],
-                          c["why"], diff, ci, str(c["n"]), _fmt(c["p_value"], "{:.2g}"))
+            table.add_row(
+                use_case,
+                c["model"] + (" ★" if c["chosen"] else ""),
+                c["hosting"],
+                c["decision"],
+                c["why"],
+                diff,
+                ci,
+                str(c["n"]),
+                _fmt(c["p_value"], "{:.2g}"),
+            )
     return table
 
 

@@ -43,7 +43,18 @@ def free_port(host: str = HOST) -> int:
 
 def server_command(port: int, host: str = HOST) -> list[str]:
     """`prefect server start` through this interpreter, so the venv's Prefect is the one that runs."""
-    return [sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port", str(port), "--analytics-off"]
+    return [
+        sys.executable,
+        "-m",
+        "prefect",
+        "server",
+        "start",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--analytics-off",
+    ]
 
 
 def server_env(home: Path | None) -> dict[str, str]:
@@ -68,7 +79,9 @@ def wait_healthy(api_url: str, process: subprocess.Popen, log: Path, timeout_s: 
         except OSError:
             pass  # not listening yet
         time.sleep(0.3)
-    raise ServerStartError(f"prefect server did not answer {api_url}/health within {timeout_s:.0f} s; see {log}")
+    raise ServerStartError(
+        f"prefect server did not answer {api_url}/health within {timeout_s:.0f} s; see {log}"
+    )
 
 
 def stop(process: subprocess.Popen, grace_s: float = 15.0) -> None:
@@ -84,14 +97,20 @@ def stop(process: subprocess.Popen, grace_s: float = 15.0) -> None:
 
 
 @contextmanager
-def local_prefect_server(port: int | None = None, home: Path | None = None, log: Path | None = None,
-                         timeout_s: float = 90.0) -> Iterator[LocalServer]:
+def local_prefect_server(
+    port: int | None = None, home: Path | None = None, log: Path | None = None, timeout_s: float = 90.0
+) -> Iterator[LocalServer]:
     """Run a Prefect server on 127.0.0.1 for the duration of the block; yields its URLs."""
     port = port or free_port()
     log = log or Path(os.environ.get("TMPDIR", "/tmp")) / f"workhorse-prefect-server-{port}.log"
     with log.open("ab") as sink:
-        process = subprocess.Popen(server_command(port), env=server_env(home), stdout=sink,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            server_command(port),
+            env=server_env(home),
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     server = LocalServer(f"http://{HOST}:{port}/api", f"http://{HOST}:{port}", process, log)
     try:
         wait_healthy(server.api_url, process, log, timeout_s)

@@ -70,16 +70,25 @@ def workload_from_evidence(ev: dict) -> tuple[str, str]:
         return "unknown", "no successful calls logged to judge from"
     tools, turns = ev.get("tool_share") or 0, ev.get("mean_messages") or 0
     if tools >= 0.2 or turns >= 6:
-        return "frontier", f"agentic traces: {tools:.0%} of calls carry tool calls, {turns:.1f} messages on average"
+        return (
+            "frontier",
+            f"agentic traces: {tools:.0%} of calls carry tool calls, {turns:.1f} messages on average",
+        )
     if (ev.get("json_share") or 0) >= 0.8:
         return "workhorse", f"structured extraction: {ev['json_share']:.0%} of outputs are JSON"
     distinct, chars = ev.get("distinct_responses") or 0, ev.get("mean_response_chars") or 0
     if distinct <= 20 and chars <= 40:
-        return "workhorse", f"classification: {distinct} distinct short answers ({chars:.0f} chars on average)"
+        return (
+            "workhorse",
+            f"classification: {distinct} distinct short answers ({chars:.0f} chars on average)",
+        )
     completion = ev.get("mean_completion_tokens") or 0
     if completion <= 400:
         return "workhorse", f"short single-turn outputs ({completion:.0f} tokens on average), e.g. summaries"
-    return "frontier", f"long free-form outputs ({completion:.0f} tokens on average): confirm in workhorse.yaml"
+    return (
+        "frontier",
+        f"long free-form outputs ({completion:.0f} tokens on average): confirm in workhorse.yaml",
+    )
 
 
 def _latency(name: str, plan: Plan, ev: dict) -> tuple[str, str]:
@@ -106,7 +115,9 @@ class Option:
     origin: str  # plan | shortlist
 
 
-def options_for(use_case: str, plan: Plan, verdict: Verdict, monthly_in: float, monthly_out: float) -> list[Option]:
+def options_for(
+    use_case: str, plan: Plan, verdict: Verdict, monthly_in: float, monthly_out: float
+) -> list[Option]:
     """The plan's candidates × hostings; else a shortlist from the price map plus self-hosting."""
     named = plan.candidates_for(use_case)
     if named:
@@ -123,21 +134,28 @@ def catalog_for(plan: Plan, workspace_root: Path | None) -> pricing.PriceCatalog
     models = {c.model for c in plan.candidates if "self_hosted" in c.hosting} | {SELF_HOSTED_DEFAULT}
     for model in models:
         measured = pricing.measured_tokens_per_hour(workspace_root, model) if workspace_root else None
-        hosted[model] = pricing.SelfHosting(hosting.gpu_hourly_usd, measured or hosting.tokens_per_hour,
-                                            hosting.input_tokens_per_hour, hosting.gpus,
-                                            "measured" if measured else "configured")
+        hosted[model] = pricing.SelfHosting(
+            hosting.gpu_hourly_usd,
+            measured or hosting.tokens_per_hour,
+            hosting.input_tokens_per_hour,
+            hosting.gpus,
+            "measured" if measured else "configured",
+        )
     return pricing.PriceCatalog(plan.pricing.overrides, hosted, plan.pricing.batch_discount)
 
 
-def project(use_cases: pa.Table, verdicts: dict[str, Verdict], plan: Plan,
-            catalog: pricing.PriceCatalog) -> pa.Table:
+def project(
+    use_cases: pa.Table, verdicts: dict[str, Verdict], plan: Plan, catalog: pricing.PriceCatalog
+) -> pa.Table:
     """One row per workhorse use case × option: monthly cost, savings in $ and %, fit, reason."""
     rows = []
     for uc in use_cases.to_pylist():
         verdict = verdicts[uc["use_case"]]
         if verdict.workload == "frontier":
             continue  # the playbook keeps frontier work on frontier models: nothing to project
-        for option in options_for(uc["use_case"], plan, verdict, uc["monthly_prompt_tokens"], uc["monthly_completion_tokens"]):
+        for option in options_for(
+            uc["use_case"], plan, verdict, uc["monthly_prompt_tokens"], uc["monthly_completion_tokens"]
+        ):
             rows.append(_projection_row(uc, verdict, option, catalog))
     return pa.Table.from_pylist(rows, schema=PROJECTION_SCHEMA)
 
@@ -150,18 +168,38 @@ def _projection_row(uc: dict, verdict: Verdict, option: Option, catalog: pricing
     if option.hosting == "batch" and verdict.latency == "realtime":
         fits, why = False, "realtime use case: batch hosting misses the latency need"
     saving = current - cost if cost is not None and current is not None else None
-    return {"use_case": uc["use_case"], "candidate": option.model, "hosting": option.hosting, "origin": option.origin,
-            "current_monthly_usd": current, "projected_monthly_usd": cost, "saving_usd": saving,
-            "saving_pct": (saving / current * 100) if saving is not None and current else None,
-            "fits_latency": fits, "note": why, "basis": RUN_RATE, "extrapolated": uc["extrapolated"]}
+    return {
+        "use_case": uc["use_case"],
+        "candidate": option.model,
+        "hosting": option.hosting,
+        "origin": option.origin,
+        "current_monthly_usd": current,
+        "projected_monthly_usd": cost,
+        "saving_usd": saving,
+        "saving_pct": (saving / current * 100) if saving is not None and current else None,
+        "fits_latency": fits,
+        "note": why,
+        "basis": RUN_RATE,
+        "extrapolated": uc["extrapolated"],
+    }
 
 
-PROJECTION_SCHEMA = pa.schema([
-    ("use_case", pa.string()), ("candidate", pa.string()), ("hosting", pa.string()), ("origin", pa.string()),
-    ("current_monthly_usd", pa.float64()), ("projected_monthly_usd", pa.float64()), ("saving_usd", pa.float64()),
-    ("saving_pct", pa.float64()), ("fits_latency", pa.bool_()), ("note", pa.string()),
-    ("basis", pa.string()), ("extrapolated", pa.bool_()),
-])
+PROJECTION_SCHEMA = pa.schema(
+    [
+        ("use_case", pa.string()),
+        ("candidate", pa.string()),
+        ("hosting", pa.string()),
+        ("origin", pa.string()),
+        ("current_monthly_usd", pa.float64()),
+        ("projected_monthly_usd", pa.float64()),
+        ("saving_usd", pa.float64()),
+        ("saving_pct", pa.float64()),
+        ("fits_latency", pa.bool_()),
+        ("note", pa.string()),
+        ("basis", pa.string()),
+        ("extrapolated", pa.bool_()),
+    ]
+)
 
 
 def total_cost_views(projections: pa.Table, plan: Plan) -> list[dict]:
@@ -172,11 +210,22 @@ def total_cost_views(projections: pa.Table, plan: Plan) -> list[dict]:
         if not fitting:
             continue
         fixed = plan.self_hosting.fixed_monthly_usd if hosting == "self_hosted" else 0.0
-        view = pricing.total_cost_view(sum(r["current_monthly_usd"] for r in fitting),
-                                       sum(r["projected_monthly_usd"] for r in fitting),
-                                       fixed_monthly_usd=fixed, one_off_usd=plan.self_hosting.one_off_usd)
-        views.append({"candidate": model, "hosting": hosting, "use_cases": len(fitting), **view.__dict__,
-                      "basis": RUN_RATE, "extrapolated": any(r["extrapolated"] for r in fitting)})
+        view = pricing.total_cost_view(
+            sum(r["current_monthly_usd"] for r in fitting),
+            sum(r["projected_monthly_usd"] for r in fitting),
+            fixed_monthly_usd=fixed,
+            one_off_usd=plan.self_hosting.one_off_usd,
+        )
+        views.append(
+            {
+                "candidate": model,
+                "hosting": hosting,
+                "use_cases": len(fitting),
+                **view.__dict__,
+                "basis": RUN_RATE,
+                "extrapolated": any(r["extrapolated"] for r in fitting),
+            }
+        )
     return views
 
 
@@ -224,23 +273,37 @@ class LogWindow:
     def label(self) -> str:
         """What the run-rate is: its window, its length, and the sampling it undoes."""
         span = f"{self.span_days:.1f} days" + (" (counted as 1 day)" if self.span_days < 1 else "")
-        sampled = "every call logged" if self.sample_rate >= 1 else \
-            f"logs hold {self.sample_rate * 100:g}% of calls, scaled ×{1 / self.sample_rate:g}"
-        return (f"run-rate over {_utc(self.first_ts)} → {_utc(self.last_ts)} UTC ({span} between the first and "
-                f"last row; {sampled}), scaled to a {DAYS_PER_MONTH:.2f}-day month")
+        sampled = (
+            "every call logged"
+            if self.sample_rate >= 1
+            else f"logs hold {self.sample_rate * 100:g}% of calls, scaled ×{1 / self.sample_rate:g}"
+        )
+        return (
+            f"run-rate over {_utc(self.first_ts)} → {_utc(self.last_ts)} UTC ({span} between the first and "
+            f"last row; {sampled}), scaled to a {DAYS_PER_MONTH:.2f}-day month"
+        )
 
     def warning(self) -> str | None:
         """Why the run-rate is an extrapolation, or None when the window is long enough."""
         if not self.extrapolated:
             return None
-        return (f"extrapolation: only {self.span_days:.1f} days between the first and last row, under the "
-                f"{self.min_coverage_days:g}-day minimum (audit.min_coverage_days); the run-rate and every "
-                f"projection on it assume those days are typical of a month")
+        return (
+            f"extrapolation: only {self.span_days:.1f} days between the first and last row, under the "
+            f"{self.min_coverage_days:g}-day minimum (audit.min_coverage_days); the run-rate and every "
+            f"projection on it assume those days are typical of a month"
+        )
 
     def as_dict(self) -> dict:
-        return {"first_ts": self.first_ts.isoformat(), "last_ts": self.last_ts.isoformat(), "days": self.span_days,
-                "sample_rate": self.sample_rate, "min_coverage_days": self.min_coverage_days,
-                "extrapolated": self.extrapolated, "label": self.label(), "warning": self.warning()}
+        return {
+            "first_ts": self.first_ts.isoformat(),
+            "last_ts": self.last_ts.isoformat(),
+            "days": self.span_days,
+            "sample_rate": self.sample_rate,
+            "min_coverage_days": self.min_coverage_days,
+            "extrapolated": self.extrapolated,
+            "label": self.label(),
+            "warning": self.warning(),
+        }
 
 
 def _utc(ts: datetime) -> str:
@@ -269,16 +332,30 @@ def month_coverage(month: str, window: LogWindow) -> dict:
     end = last.day if (last.year, last.month) == (year, number) else length
     days, name = end - start + 1, calendar.month_abbr[number]
     spanned = f"{start}–{end} {name}" if days > 1 else f"{start} {name}"
-    coverage = month if days >= length else f"{month} (partial: {days} day{'s' if days > 1 else ''}, {spanned})"
+    coverage = (
+        month if days >= length else f"{month} (partial: {days} day{'s' if days > 1 else ''}, {spanned})"
+    )
     return {"days_in_month": length, "days_covered": days, "partial": days < length, "coverage": coverage}
 
 
-BILLED_SCHEMA = pa.schema([
-    ("month", pa.string()), ("use_case", pa.string()), ("model", pa.string()), ("requests", pa.int64()),
-    ("prompt_tokens", pa.int64()), ("completion_tokens", pa.int64()), ("spend_usd", pa.float64()),
-    ("unpriced_tokens", pa.int64()), ("fully_priced", pa.bool_()), ("sample_rate", pa.float64()),
-    ("days_in_month", pa.int64()), ("days_covered", pa.int64()), ("partial", pa.bool_()), ("coverage", pa.string()),
-])
+BILLED_SCHEMA = pa.schema(
+    [
+        ("month", pa.string()),
+        ("use_case", pa.string()),
+        ("model", pa.string()),
+        ("requests", pa.int64()),
+        ("prompt_tokens", pa.int64()),
+        ("completion_tokens", pa.int64()),
+        ("spend_usd", pa.float64()),
+        ("unpriced_tokens", pa.int64()),
+        ("fully_priced", pa.bool_()),
+        ("sample_rate", pa.float64()),
+        ("days_in_month", pa.int64()),
+        ("days_covered", pa.int64()),
+        ("partial", pa.bool_()),
+        ("coverage", pa.string()),
+    ]
+)
 
 
 def billed_by_month(costs: pa.Table, window: LogWindow | None) -> pa.Table:
@@ -290,12 +367,22 @@ def billed_by_month(costs: pa.Table, window: LogWindow | None) -> pa.Table:
     rows = []
     rate = window.sample_rate if window else 1.0
     for (month, use_case, model), group in _group(costs.to_pylist(), ("month", "use_case", "model")).items():
-        rows.append({"month": month, "use_case": use_case, "model": model,
-                     **{k: round(sum(r[k] for r in group) / rate) for k in ("requests", "prompt_tokens", "completion_tokens")},
-                     "spend_usd": sum(r["cost_usd"] for r in group) / rate,
-                     "unpriced_tokens": round(sum(r["unpriced_tokens"] for r in group) / rate),
-                     "fully_priced": all(r["unpriced_tokens"] == 0 for r in group), "sample_rate": rate,
-                     **month_coverage(month, window)})
+        rows.append(
+            {
+                "month": month,
+                "use_case": use_case,
+                "model": model,
+                **{
+                    k: round(sum(r[k] for r in group) / rate)
+                    for k in ("requests", "prompt_tokens", "completion_tokens")
+                },
+                "spend_usd": sum(r["cost_usd"] for r in group) / rate,
+                "unpriced_tokens": round(sum(r["unpriced_tokens"] for r in group) / rate),
+                "fully_priced": all(r["unpriced_tokens"] == 0 for r in group),
+                "sample_rate": rate,
+                **month_coverage(month, window),
+            }
+        )
     return pa.Table.from_pylist(rows, schema=BILLED_SCHEMA)
 
 
@@ -303,9 +390,13 @@ def billed_months(billed: pa.Table) -> list[dict]:
     """The billed table's total per calendar month, in month order."""
     months = []
     for (month,), group in _group(billed.to_pylist(), ("month",)).items():
-        months.append({k: group[0][k] for k in ("month", "coverage", "partial", "days_covered", "days_in_month")}
-                      | {"spend_usd": sum(r["spend_usd"] for r in group),
-                         "fully_priced": all(r["fully_priced"] for r in group)})
+        months.append(
+            {k: group[0][k] for k in ("month", "coverage", "partial", "days_covered", "days_in_month")}
+            | {
+                "spend_usd": sum(r["spend_usd"] for r in group),
+                "fully_priced": all(r["fully_priced"] for r in group),
+            }
+        )
     return sorted(months, key=lambda m: m["month"])
 
 
@@ -317,16 +408,25 @@ def monthly_use_cases(costs: pa.Table, window: LogWindow | None) -> pa.Table:
     """
     rows = []
     for (use_case,), group in _group(costs.to_pylist(), ("use_case",)).items():
-        rows.append({"use_case": use_case, "requests": sum(r["requests"] for r in group),
-                     "models": ", ".join(sorted({r["model"] for r in group})),
-                     "monthly_requests": sum(r["requests"] for r in group) * window.scale,
-                     "monthly_prompt_tokens": sum(r["prompt_tokens"] for r in group) * window.scale,
-                     "monthly_completion_tokens": sum(r["completion_tokens"] for r in group) * window.scale,
-                     "monthly_cost_usd": sum(r["cost_usd"] for r in group) * window.scale,
-                     "unpriced_tokens": sum(r["unpriced_tokens"] for r in group),
-                     "fully_priced": all(r["unpriced_tokens"] == 0 for r in group), "basis": RUN_RATE,
-                     "window_start": window.first_ts, "window_end": window.last_ts, "window_days": window.span_days,
-                     "sample_rate": window.sample_rate, "extrapolated": window.extrapolated})
+        rows.append(
+            {
+                "use_case": use_case,
+                "requests": sum(r["requests"] for r in group),
+                "models": ", ".join(sorted({r["model"] for r in group})),
+                "monthly_requests": sum(r["requests"] for r in group) * window.scale,
+                "monthly_prompt_tokens": sum(r["prompt_tokens"] for r in group) * window.scale,
+                "monthly_completion_tokens": sum(r["completion_tokens"] for r in group) * window.scale,
+                "monthly_cost_usd": sum(r["cost_usd"] for r in group) * window.scale,
+                "unpriced_tokens": sum(r["unpriced_tokens"] for r in group),
+                "fully_priced": all(r["unpriced_tokens"] == 0 for r in group),
+                "basis": RUN_RATE,
+                "window_start": window.first_ts,
+                "window_end": window.last_ts,
+                "window_days": window.span_days,
+                "sample_rate": window.sample_rate,
+                "extrapolated": window.extrapolated,
+            }
+        )
     return pa.Table.from_pylist(rows)
 
 
@@ -355,10 +455,21 @@ class AuditResult:
     window: LogWindow | None = None  # what the run-rate in ``use_cases`` and the projections is scaled over
 
 
-def audit_logs(paths: Sequence[str | Path], plan: Plan, *, workspace_root: Path | None = None, fmt: str | None = None,
-               max_bad_ratio: float | None = None, persist_rows: bool = True, run_id: str | None = None) -> AuditResult:
+def audit_logs(
+    paths: Sequence[str | Path],
+    plan: Plan,
+    *,
+    workspace_root: Path | None = None,
+    fmt: str | None = None,
+    max_bad_ratio: float | None = None,
+    persist_rows: bool = True,
+    run_id: str | None = None,
+) -> AuditResult:
     """Read logs -> contract -> price -> classify -> project; big data never leaves DuckDB."""
-    started, run_id = time.perf_counter(), run_id or time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    started, run_id = (
+        time.perf_counter(),
+        run_id or time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6],
+    )
     con = contracts.connect()
     rules = [r.model_dump() for r in plan.audit.use_case_rules]
     source, logs = usage.usage_source(con, paths, fmt, rules)
@@ -372,7 +483,9 @@ def audit_logs(paths: Sequence[str | Path], plan: Plan, *, workspace_root: Path 
     _enforce(checked, result, plan, max_bad_ratio, what, workspace_root)
     catalog = catalog_for(plan, workspace_root)
     models = grouped.column("model").to_pylist()
-    result.costs = usage.price_costs(con, grouped, catalog.prices_table(models), catalog.prices_table(models, "batch"))
+    result.costs = usage.price_costs(
+        con, grouped, catalog.prices_table(models), catalog.prices_table(models, "batch")
+    )
     result.unpriced_models = sorted({r["model"] for r in result.costs.to_pylist() if r["unpriced_tokens"]})
     _judge(con, checked, result, plan, catalog, read)
     if persist_rows and workspace_root:
@@ -399,9 +512,12 @@ def checked_costs(con, source: str, contract: contracts.Contract) -> tuple[contr
 
     columns = contracts.source_columns(con, source)  # described once for the three uses below
     with ThreadPoolExecutor(1) as pool:
-        scan = pool.submit(contracts.find_duplicates, contracts.connect(con.cursor()), source, contract, columns)
+        scan = pool.submit(
+            contracts.find_duplicates, contracts.connect(con.cursor()), source, contract, columns
+        )
         hopeful = usage.checked_cost_by_month(
-            contracts.check_relation(con, source, contract.without(contracts.UNIQUE), columns=columns))
+            contracts.check_relation(con, source, contract.without(contracts.UNIQUE), columns=columns)
+        )
         duplicates = scan.result()
     checked = contracts.check_relation(con, source, contract, duplicates, columns)
     if any(found.num_rows for found in duplicates.values()):
@@ -411,12 +527,29 @@ def checked_costs(con, source: str, contract: contracts.Contract) -> tuple[contr
 
 def _partial(run_id: str, read: int, quarantined: int, failures: dict, logs) -> AuditResult:
     empty = pa.table({})
-    return AuditResult(run_id, read, read - quarantined, quarantined, failures, empty, empty, {}, empty, [],
-                       [str(log.path) for log in logs])
+    return AuditResult(
+        run_id,
+        read,
+        read - quarantined,
+        quarantined,
+        failures,
+        empty,
+        empty,
+        {},
+        empty,
+        [],
+        [str(log.path) for log in logs],
+    )
 
 
-def _enforce(checked, result: AuditResult, plan: Plan, max_bad_ratio: float | None, what: str,
-             workspace_root: Path | None) -> None:
+def _enforce(
+    checked,
+    result: AuditResult,
+    plan: Plan,
+    max_bad_ratio: float | None,
+    what: str,
+    workspace_root: Path | None,
+) -> None:
     """Write the quarantine (when rows failed), then fail past the bad-row ratio."""
     if result.quarantined and workspace_root:
         path = Path(workspace_root) / "quarantine" / f"usage_log-{result.run_id}.parquet"
@@ -427,8 +560,9 @@ def _enforce(checked, result: AuditResult, plan: Plan, max_bad_ratio: float | No
     from collections import Counter
 
     try:
-        contracts.check_ratio("usage_log", result.read, result.quarantined, Counter(result.failures),
-                              failed_tables, ratio, what)
+        contracts.check_ratio(
+            "usage_log", result.read, result.quarantined, Counter(result.failures), failed_tables, ratio, what
+        )
     except Exception as error:
         raise type(error)(f"{error}{where}") from None
     if result.read == 0:
@@ -458,10 +592,20 @@ def write_audit_tables(result: AuditResult, folder: Path) -> dict[str, str]:
     import pyarrow.parquet as pq
 
     folder.mkdir(parents=True, exist_ok=True)
-    verdicts = pa.Table.from_pylist([v.__dict__ for v in result.verdicts.values()]) if result.verdicts else pa.table({})
+    verdicts = (
+        pa.Table.from_pylist([v.__dict__ for v in result.verdicts.values()])
+        if result.verdicts
+        else pa.table({})
+    )
     costs = result.costs.drop_columns([c for c in result.costs.column_names if c.startswith("ev_")])
-    tables = {"billed_by_month": result.billed, "cost_by_month": costs, "use_cases": result.use_cases, "verdicts": verdicts,
-              "projections": result.projections, "total_cost": pa.Table.from_pylist(result.total_cost)}
+    tables = {
+        "billed_by_month": result.billed,
+        "cost_by_month": costs,
+        "use_cases": result.use_cases,
+        "verdicts": verdicts,
+        "projections": result.projections,
+        "total_cost": pa.Table.from_pylist(result.total_cost),
+    }
     paths = {}
     for name, table in tables.items():
         paths[name] = str(folder / f"{name}.parquet")
@@ -498,19 +642,28 @@ class AuditSummary:
         """'billed $135.00 in 2026-10 (partial: 16 days, 5–20 Oct)'; the latest ``months`` of them."""
         shown = [f"${m['spend_usd']:,.2f} in {m['coverage']}" for m in self.billed_months[-months:]]
         earlier = len(self.billed_months) - len(shown)
-        return "billed " + (", ".join(shown) or "nothing") + (f" (+{earlier} earlier months)" if earlier > 0 else "")
+        return (
+            "billed "
+            + (", ".join(shown) or "nothing")
+            + (f" (+{earlier} earlier months)" if earlier > 0 else "")
+        )
 
     def run_rate_text(self) -> str:
         """The run-rate and the cheapest options' projection, each saying what it is."""
         if not self.run_rate:
             return "no run-rate: no accepted rows"
         window = self.run_rate
-        extrapolated = (f", an extrapolation: under the {window['min_coverage_days']:g}-day minimum"
-                        if window["extrapolated"] else "")
-        return (f"run-rate ${self.run_rate_monthly_usd:,.2f}/month over {window['days']:.1f} days of logs "
-                f"({window['first_ts'][:10]} → {window['last_ts'][:10]}{extrapolated}), "
-                f"${self.run_rate_projected_usd:,.2f}/month with the cheapest fitting options "
-                f"(saving ${self.run_rate_saving_usd:,.2f} per run-rate month)")
+        extrapolated = (
+            f", an extrapolation: under the {window['min_coverage_days']:g}-day minimum"
+            if window["extrapolated"]
+            else ""
+        )
+        return (
+            f"run-rate ${self.run_rate_monthly_usd:,.2f}/month over {window['days']:.1f} days of logs "
+            f"({window['first_ts'][:10]} → {window['last_ts'][:10]}{extrapolated}), "
+            f"${self.run_rate_projected_usd:,.2f}/month with the cheapest fitting options "
+            f"(saving ${self.run_rate_saving_usd:,.2f} per run-rate month)"
+        )
 
 
 def summarize(result: AuditResult, report: str, tables: dict[str, str]) -> AuditSummary:
@@ -520,19 +673,43 @@ def summarize(result: AuditResult, report: str, tables: dict[str, str]) -> Audit
     best = best_options(result)
     cases = result.use_cases.to_pylist()
     current = sum(c["monthly_cost_usd"] for c in cases)
-    projected = sum(best[c["use_case"]]["projected_monthly_usd"] if c["use_case"] in best else c["monthly_cost_usd"]
-                    for c in cases)
-    rows = [{"use_case": c["use_case"], "workload": result.verdicts[c["use_case"]].workload,
-             "run_rate_monthly_usd": round(c["monthly_cost_usd"], 2),
-             "best_option": f"{best[c['use_case']]['candidate']} ({best[c['use_case']]['hosting']})" if c["use_case"] in best else None,
-             "run_rate_projected_usd": round(best[c["use_case"]]["projected_monthly_usd"], 2) if c["use_case"] in best else None}
-            for c in cases]
+    projected = sum(
+        best[c["use_case"]]["projected_monthly_usd"] if c["use_case"] in best else c["monthly_cost_usd"]
+        for c in cases
+    )
+    rows = [
+        {
+            "use_case": c["use_case"],
+            "workload": result.verdicts[c["use_case"]].workload,
+            "run_rate_monthly_usd": round(c["monthly_cost_usd"], 2),
+            "best_option": f"{best[c['use_case']]['candidate']} ({best[c['use_case']]['hosting']})"
+            if c["use_case"] in best
+            else None,
+            "run_rate_projected_usd": round(best[c["use_case"]]["projected_monthly_usd"], 2)
+            if c["use_case"] in best
+            else None,
+        }
+        for c in cases
+    ]
     months = [{**m, "spend_usd": round(m["spend_usd"], 2)} for m in billed_months(result.billed)]
     billed = [{**r, "spend_usd": round(r["spend_usd"], 2)} for r in result.billed.to_pylist()]
-    return AuditSummary(result.run_id, result.read, result.accepted, result.quarantined, months, billed,
-                        result.window.as_dict() if result.window else None, round(current, 2), round(projected, 2),
-                        round(current - projected, 2), rows, result.unpriced_models, report, tables,
-                        str(result.quarantine_path) if result.quarantine_path else None)
+    return AuditSummary(
+        result.run_id,
+        result.read,
+        result.accepted,
+        result.quarantined,
+        months,
+        billed,
+        result.window.as_dict() if result.window else None,
+        round(current, 2),
+        round(projected, 2),
+        round(current - projected, 2),
+        rows,
+        result.unpriced_models,
+        report,
+        tables,
+        str(result.quarantine_path) if result.quarantine_path else None,
+    )
 
 
 # --------------------------------------------------------------------------- Prefect tasks
@@ -542,8 +719,9 @@ from prefect.cache_policies import NONE as NO_CACHE  # noqa: E402  (inputs are t
 
 
 @task(name="audit-usage-logs", cache_policy=NO_CACHE)
-def audit_usage_logs(paths: list[str], plan: Plan, workspace_root: str, fmt: str | None,
-                     max_bad_ratio: float | None) -> AuditResult:
+def audit_usage_logs(
+    paths: list[str], plan: Plan, workspace_root: str, fmt: str | None, max_bad_ratio: float | None
+) -> AuditResult:
     """Read, validate, price, classify and project; fails past the bad-row ratio."""
     return audit_logs(paths, plan, workspace_root=Path(workspace_root), fmt=fmt, max_bad_ratio=max_bad_ratio)
 

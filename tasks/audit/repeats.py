@@ -43,7 +43,7 @@ def repeated_hashes(hashes: np.ndarray) -> np.ndarray:
     _count_by_top_bits(hashes, shift, starts[1:])
     np.cumsum(starts, out=starts)
     _move_into_partitions(hashes, shift, starts)
-    return np.unique(hashes[:_repeats_to_front(hashes, starts)])
+    return np.unique(hashes[: _repeats_to_front(hashes, starts)])
 
 
 @numba.njit(nogil=True, cache=True)

@@ -39,13 +39,24 @@ STAGING_FILE = f"{TABLE}.parquet"
 # What the LiteLLM adapter reads, with the Prisma schema's exact (case-sensitive) names. Text
 # casts keep jsonb as its JSON text and timestamps as PostgreSQL prints them, exactly what a
 # ``COPY ... TO CSV`` export holds, so both paths parse the same strings.
-STAGING_SCHEMA = pa.schema([
-    ("request_id", pa.string()), ("startTime", pa.string()), ("endTime", pa.string()),
-    ("model", pa.string()), ("model_group", pa.string()), ("custom_llm_provider", pa.string()),
-    ("prompt_tokens", pa.int64()), ("completion_tokens", pa.int64()), ("spend", pa.float64()),
-    ("status", pa.string()), ("metadata", pa.string()), ("request_tags", pa.string()),
-    ("messages", pa.string()), ("response", pa.string()),
-])
+STAGING_SCHEMA = pa.schema(
+    [
+        ("request_id", pa.string()),
+        ("startTime", pa.string()),
+        ("endTime", pa.string()),
+        ("model", pa.string()),
+        ("model_group", pa.string()),
+        ("custom_llm_provider", pa.string()),
+        ("prompt_tokens", pa.int64()),
+        ("completion_tokens", pa.int64()),
+        ("spend", pa.float64()),
+        ("status", pa.string()),
+        ("metadata", pa.string()),
+        ("request_tags", pa.string()),
+        ("messages", pa.string()),
+        ("response", pa.string()),
+    ]
+)
 REQUIRED = ("request_id", "startTime", "endTime", "model", "prompt_tokens", "completion_tokens", "spend")
 SQL_TYPES = {pa.string(): "text", pa.int64(): "bigint", pa.float64(): "double precision"}
 
@@ -64,15 +75,21 @@ def table_columns(conn, schema: str | None, shown: str) -> set[str]:
     """The spend-log table's columns; a clear error when the table (or a needed column) is missing."""
     rows = conn.execute(
         "SELECT column_name FROM information_schema.columns WHERE table_name = %s "
-        "AND table_schema = coalesce(%s, current_schema())", (TABLE, schema)).fetchall()
+        "AND table_schema = coalesce(%s, current_schema())",
+        (TABLE, schema),
+    ).fetchall()
     found = {r[0] for r in rows}
     where = f'schema "{schema}"' if schema else "the default schema"
     if not found:
-        raise DataError(f'no table "{TABLE}" in {where} of {shown}: is this the LiteLLM proxy\'s database '
-                        "(DATABASE_URL), and has the proxy started once to create its tables?")
+        raise DataError(
+            f'no table "{TABLE}" in {where} of {shown}: is this the LiteLLM proxy\'s database '
+            "(DATABASE_URL), and has the proxy started once to create its tables?"
+        )
     missing = [c for c in REQUIRED if c not in found]
     if missing:
-        raise DataError(f'"{TABLE}" in {shown} lacks the columns {", ".join(missing)}: not a LiteLLM spend log')
+        raise DataError(
+            f'"{TABLE}" in {shown} lacks the columns {", ".join(missing)}: not a LiteLLM spend log'
+        )
     return found
 
 
@@ -83,14 +100,17 @@ def select_query(columns: set[str], schema: str | None, since: datetime | None, 
     picked = []
     for field in STAGING_SCHEMA:
         cast = sql.SQL(SQL_TYPES[field.type])
-        value = sql.SQL("{}::{}").format(sql.Identifier(field.name), cast) if field.name in columns \
+        value = (
+            sql.SQL("{}::{}").format(sql.Identifier(field.name), cast)
+            if field.name in columns
             else sql.SQL("NULL::{}").format(cast)
+        )
         picked.append(sql.SQL("{} AS {}").format(value, sql.Identifier(field.name)))
     table = sql.Identifier(schema, TABLE) if schema else sql.Identifier(TABLE)
     bounds, params = [], []
     for bound, operator in ((since, ">="), (until, "<")):
         if bound is not None:
-            bounds.append(sql.SQL('{} {} %s').format(sql.Identifier("startTime"), sql.SQL(operator)))
+            bounds.append(sql.SQL("{} {} %s").format(sql.Identifier("startTime"), sql.SQL(operator)))
             params.append(utc_naive(bound))
     where = sql.SQL(" WHERE ") + sql.SQL(" AND ").join(bounds) if bounds else sql.SQL("")
     return sql.SQL("SELECT {} FROM {}{}").format(sql.SQL(", ").join(picked), table, where), params
@@ -110,7 +130,9 @@ def chunk_table(rows: Sequence[tuple]) -> pa.Table:
 
 def redact_json(column: pa.ChunkedArray) -> pa.ChunkedArray:
     """The audit's own redaction patterns (RE2, like DuckDB's), applied before anything is written."""
-    escaped = pc.replace_substring_regex(column, "(?i)" + usage.ESCAPED_SECRET_PAIR, usage.ESCAPED_REDACTED_PAIR)
+    escaped = pc.replace_substring_regex(
+        column, "(?i)" + usage.ESCAPED_SECRET_PAIR, usage.ESCAPED_REDACTED_PAIR
+    )
     keyed = pc.replace_substring_regex(escaped, "(?i)" + usage.SECRET_PAIR, usage.REDACTED_PAIR)
     return pc.replace_substring_regex(keyed, usage.SECRET_VALUE, "[redacted]")
 
@@ -149,7 +171,9 @@ def stage_spend_logs(source: SpendLogsDb, folder: Path, chunk_rows: int = CHUNK_
     try:
         with psycopg.connect(url, connect_timeout=10, application_name="workhorse-audit") as conn:
             conn.read_only = True  # an audit never writes to the proxy's database
-            query, params = select_query(table_columns(conn, schema, shown), schema, source.since, source.until)
+            query, params = select_query(
+                table_columns(conn, schema, shown), schema, source.since, source.until
+            )
             with conn.cursor(name=f"workhorse_spend_logs_{uuid.uuid4().hex[:8]}") as cursor:
                 cursor.execute(query, params)
                 rows = stream_to_parquet(cursor, path, chunk_rows)
@@ -172,7 +196,9 @@ def window_text(source: SpendLogsDb) -> str:
 
 
 @contextmanager
-def staged_spend_logs(source: SpendLogsDb | None, workspace_root: Path, fmt: str | None) -> Iterator[list[str]]:
+def staged_spend_logs(
+    source: SpendLogsDb | None, workspace_root: Path, fmt: str | None
+) -> Iterator[list[str]]:
     """The staging file's path (none without a source) for the audit, deleted once the audit is done.
 
     The staged rows are a raw copy; what the audit keeps lives in ``usage/`` and ``quarantine/``.
@@ -200,6 +226,12 @@ from prefect.cache_policies import NONE as NO_CACHE  # noqa: E402  (the source h
 def read_spend_logs_db(source: SpendLogsDb, folder: str) -> StagedSpendLogs:
     """Stream the window's LiteLLM_SpendLogs rows from PostgreSQL into a staging Parquet file."""
     staged = stage_spend_logs(source, Path(folder))
-    get_run_logger().info("read %s rows of %s from %s (startTime in %s) in %.1f s", f"{staged.rows:,}", TABLE,
-                          staged.source, window_text(source), staged.seconds)
+    get_run_logger().info(
+        "read %s rows of %s from %s (startTime in %s) in %.1f s",
+        f"{staged.rows:,}",
+        TABLE,
+        staged.source,
+        window_text(source),
+        staged.seconds,
+    )
     return staged

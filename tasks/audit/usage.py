@@ -28,13 +28,24 @@ import pyarrow as pa
 from workhorse.errors import DataError
 from workhorse.tasks.common.contracts import lit, q
 
-USAGE_SCHEMA = pa.schema([
-    ("request_id", pa.string()), ("ts", pa.timestamp("us", tz="UTC")), ("use_case", pa.string()),
-    ("model", pa.string()), ("provider", pa.string()), ("prompt_tokens", pa.int64()),
-    ("completion_tokens", pa.int64()), ("latency_ms", pa.float64()), ("status", pa.string()),
-    ("error_type", pa.string()), ("cost_usd", pa.float64()), ("request", pa.string()),
-    ("response", pa.string()), ("metadata", pa.string()),
-])
+USAGE_SCHEMA = pa.schema(
+    [
+        ("request_id", pa.string()),
+        ("ts", pa.timestamp("us", tz="UTC")),
+        ("use_case", pa.string()),
+        ("model", pa.string()),
+        ("provider", pa.string()),
+        ("prompt_tokens", pa.int64()),
+        ("completion_tokens", pa.int64()),
+        ("latency_ms", pa.float64()),
+        ("status", pa.string()),
+        ("error_type", pa.string()),
+        ("cost_usd", pa.float64()),
+        ("request", pa.string()),
+        ("response", pa.string()),
+        ("metadata", pa.string()),
+    ]
+)
 CANONICAL_COLUMNS = tuple(USAGE_SCHEMA.names)
 SOURCE_LINE = "_source_line"  # JSONL only: the raw line, so a malformed one is quarantined as it was
 VALID_LINE = "_valid_line"  # the same line when it parses, else NULL: JSON functions never see bad input
@@ -86,8 +97,9 @@ def _mostly_binary(head: bytes) -> bool:
         return error.start < len(head) - 4  # a multibyte char cut at the buffer's end is still text
 
 
-def detect_format(path: str | Path, fmt: str | None = None,
-                  con: duckdb.DuckDBPyConnection | None = None) -> LogFile:
+def detect_format(
+    path: str | Path, fmt: str | None = None, con: duckdb.DuckDBPyConnection | None = None
+) -> LogFile:
     """The container from the bytes and the format from the column names (or ``fmt``);
     ``con`` describes parquet and CSV files (a new database otherwise: ~20 ms)."""
     path = Path(path)
@@ -109,12 +121,20 @@ def _first_json_keys(path: Path) -> set[str]:
         except (ValueError, RecursionError):  # RecursionError: JSON nested thousands deep
             continue  # the malformed line is the contract's business, not detection's
         if isinstance(record, dict):
-            return set(record) | {f"response.{k}" for k in (record.get("response") or {}) if isinstance(record.get("response"), dict)}
+            return set(record) | {
+                f"response.{k}"
+                for k in (record.get("response") or {})
+                if isinstance(record.get("response"), dict)
+            }
     return set()
 
 
 def _format_from_keys(keys: set[str]) -> str:
-    if {"startTime", "spend"} <= keys or {"model_group", "custom_llm_provider"} & keys and "startTime" in keys:
+    if (
+        {"startTime", "spend"} <= keys
+        or {"model_group", "custom_llm_provider"} & keys
+        and "startTime" in keys
+    ):
         return "litellm"
     if "custom_id" in keys and "response" in keys:  # custom_id is the Batch API's signature
         return "openai_batch"
@@ -138,16 +158,20 @@ def scan_sql(log: LogFile) -> str:
         return f"read_csv({_path_literal(log.path)}, header=true, all_varchar=true, auto_detect=true)"
     # JSONL is read as lines so that a malformed line becomes a quarantined row, not a crash or
     # a silent skip (read_json's ignore_errors drops lines without a word).
-    return (f"(SELECT line AS {SOURCE_LINE}, CASE WHEN json_valid(line) THEN line END AS {VALID_LINE} FROM read_csv({_path_literal(log.path)}, columns={{'line': 'VARCHAR'}}, "
-            "header=false, delim=chr(0), quote='', escape='', auto_detect=false, max_line_size=67108864) "
-            "WHERE line IS NOT NULL AND trim(line) <> '')")
+    return (
+        f"(SELECT line AS {SOURCE_LINE}, CASE WHEN json_valid(line) THEN line END AS {VALID_LINE} FROM read_csv({_path_literal(log.path)}, columns={{'line': 'VARCHAR'}}, "
+        "header=false, delim=chr(0), quote='', escape='', auto_detect=false, max_line_size=67108864) "
+        "WHERE line IS NOT NULL AND trim(line) <> '')"
+    )
 
 
 def _raw_columns(con: duckdb.DuckDBPyConnection, log: LogFile) -> dict[str, str]:
     try:
         return {r[0]: r[1] for r in con.execute(f"DESCRIBE SELECT * FROM {scan_sql(log)}").fetchall()}
     except duckdb.Error as error:
-        raise DataError(f"{log.path}: cannot be read as {log.container}: {str(error).splitlines()[0]}") from None
+        raise DataError(
+            f"{log.path}: cannot be read as {log.container}: {str(error).splitlines()[0]}"
+        ) from None
 
 
 class Fields:
@@ -160,8 +184,10 @@ class Fields:
         """The field as text (JSON values keep their JSON text); NULL when absent."""
         if self.jsonl:
             path = lit("$." + ".".join(f'"{p}"' for p in name.split(".")))
-            return (f"CASE json_type({VALID_LINE}, {path}) WHEN 'VARCHAR' THEN json_extract_string({VALID_LINE}, {path}) "
-                    f"WHEN 'NULL' THEN NULL ELSE json_extract({VALID_LINE}, {path})::VARCHAR END")
+            return (
+                f"CASE json_type({VALID_LINE}, {path}) WHEN 'VARCHAR' THEN json_extract_string({VALID_LINE}, {path}) "
+                f"WHEN 'NULL' THEN NULL ELSE json_extract({VALID_LINE}, {path})::VARCHAR END"
+            )
         return f"CAST({q(name)} AS VARCHAR)" if name in self.columns else "CAST(NULL AS VARCHAR)"
 
     def raw(self, name: str) -> str:
@@ -210,8 +236,10 @@ def _may_hold_secret(sql: str) -> str:
 
 def _use_case_sql(explicit: str, metadata: str, model: str, rules: Sequence[dict]) -> str:
     """Row value > tag/key in the metadata > the plan's rules > 'unassigned'."""
-    from_meta = (f"coalesce(nullif(regexp_extract({metadata}, {lit(TAG_PATTERN)}, 1), ''), "
-                 f"{jget(metadata, '$.use_case')})")
+    from_meta = (
+        f"coalesce(nullif(regexp_extract({metadata}, {lit(TAG_PATTERN)}, 1), ''), "
+        f"{jget(metadata, '$.use_case')})"
+    )
     cases = []
     for rule in rules:
         tests = []
@@ -223,8 +251,10 @@ def _use_case_sql(explicit: str, metadata: str, model: str, rules: Sequence[dict
             cases.append(f"WHEN {' AND '.join(tests)} THEN {lit(rule['use_case'])}")
     by_rule = f"CASE {' '.join(cases)} END" if cases else "NULL"
     # CASE, not coalesce: DuckDB then only parses the metadata of rows that lack a use case.
-    return (f"CASE WHEN nullif({explicit}, '') IS NOT NULL THEN {explicit} "
-            f"ELSE coalesce({from_meta}, {by_rule}, {lit(UNASSIGNED)}) END")
+    return (
+        f"CASE WHEN nullif({explicit}, '') IS NOT NULL THEN {explicit} "
+        f"ELSE coalesce({from_meta}, {by_rule}, {lit(UNASSIGNED)}) END"
+    )
 
 
 # --------------------------------------------------------------------------- adapters
@@ -243,7 +273,8 @@ def _litellm(f: Fields) -> dict[str, str]:
         "ts": _assume_utc(start),
         "model": f"coalesce(nullif({f.text('model')}, ''), {f.text('model_group')})",
         "provider": f.text("custom_llm_provider"),
-        "prompt_tokens": f.raw("prompt_tokens"), "completion_tokens": f.raw("completion_tokens"),
+        "prompt_tokens": f.raw("prompt_tokens"),
+        "completion_tokens": f.raw("completion_tokens"),
         "latency_ms": f"(epoch_ms(TRY_CAST({end} AS TIMESTAMP)) - epoch_ms(TRY_CAST({start} AS TIMESTAMP)))::DOUBLE",
         "status": f"CASE lower({status}) WHEN 'success' THEN 'ok' WHEN 'failure' THEN 'error' ELSE coalesce({status}, 'ok') END",
         "error_type": jget(f.text("metadata"), "$.error_information.error_class"),
@@ -265,8 +296,10 @@ def _response_text(sql: str) -> str:
     valid = f"CASE WHEN json_valid({sql}) THEN {sql} END"
     content = f"json_extract_string({valid}, '$.choices[0].message.content')"
     tools = f"json_extract({valid}, '$.choices[0].message.tool_calls')::VARCHAR"
-    return (f"CASE WHEN json_type({valid}) = 'OBJECT' AND json_exists({valid}, '$.choices') "
-            f"THEN coalesce({content}, {tools}) ELSE {sql} END")
+    return (
+        f"CASE WHEN json_type({valid}) = 'OBJECT' AND json_exists({valid}, '$.choices') "
+        f"THEN coalesce({content}, {tools}) ELSE {sql} END"
+    )
 
 
 def _openai(f: Fields) -> dict[str, str]:
@@ -294,13 +327,15 @@ def _openai_batch(f: Fields) -> dict[str, str]:
     return {
         "request_id": f"coalesce({f.text('custom_id')}, {f.text('id')})",
         "ts": f"strftime(to_timestamp(TRY_CAST({f.text(body + '.created')} AS BIGINT)), '%Y-%m-%dT%H:%M:%SZ')",
-        "model": f.text(body + ".model"), "provider": "'openai'",
+        "model": f.text(body + ".model"),
+        "provider": "'openai'",
         "prompt_tokens": f"coalesce({f.text(body + '.usage.prompt_tokens')}, '0')",
         "completion_tokens": f"coalesce({f.text(body + '.usage.completion_tokens')}, '0')",
         "latency_ms": "CAST(NULL AS VARCHAR)",
         "status": f"CASE WHEN ({error} IS NULL OR {error} = 'null') AND coalesce({status_code}, 200) < 400 THEN 'ok' ELSE 'error' END",
         "error_type": f"coalesce({jget(error, '$.code')}, CAST({status_code} AS VARCHAR))",
-        "cost_usd": "CAST(NULL AS VARCHAR)", "request": "CAST(NULL AS VARCHAR)",
+        "cost_usd": "CAST(NULL AS VARCHAR)",
+        "request": "CAST(NULL AS VARCHAR)",
         "response": _response_text(f.text(body)),
         # Batch rows are priced at batch rates: the hosting travels in the metadata.
         "metadata": f"json_object('hosting', 'batch', 'batch_request_id', {f.text('id')}, 'custom_id', {f.text('custom_id')})::VARCHAR",
@@ -321,7 +356,9 @@ def source_sql(con: duckdb.DuckDBPyConnection, log: LogFile, rules: Sequence[dic
     if log.format == "canonical" and not fields.jsonl:
         exprs = {k: v for k, v in exprs.items() if k in raw or k in OPTIONAL_COLUMNS or k == "use_case"}
     exprs["metadata"] = redact(f"coalesce({exprs.get('metadata', 'NULL')}, '{{}}')")
-    exprs["use_case"] = _use_case_sql(exprs.get("use_case", "NULL"), exprs["metadata"], exprs.get("model", "NULL"), rules)
+    exprs["use_case"] = _use_case_sql(
+        exprs.get("use_case", "NULL"), exprs["metadata"], exprs.get("model", "NULL"), rules
+    )
     for column in OPTIONAL_COLUMNS:
         exprs.setdefault(column, "CAST(NULL AS VARCHAR)")
     if fields.jsonl:
@@ -333,8 +370,12 @@ def source_sql(con: duckdb.DuckDBPyConnection, log: LogFile, rules: Sequence[dic
 OPTIONAL_COLUMNS = ("provider", "latency_ms", "error_type", "cost_usd", "request", "response", "metadata")
 
 
-def usage_source(con: duckdb.DuckDBPyConnection, paths: Iterable[str | Path], fmt: str | None = None,
-                 rules: Sequence[dict] = ()) -> tuple[str, list[LogFile]]:
+def usage_source(
+    con: duckdb.DuckDBPyConnection,
+    paths: Iterable[str | Path],
+    fmt: str | None = None,
+    rules: Sequence[dict] = (),
+) -> tuple[str, list[LogFile]]:
     """All inputs as one relation (``UNION ALL BY NAME``); a folder means the log files inside it."""
     logs = [detect_format(path, fmt, con) for path in expand_paths(paths)]
     if not logs:
@@ -395,7 +436,9 @@ def checked_cost_by_month(checked) -> tuple[pa.Table, int, dict[str, int]]:
                coalesce(sum(unlogged_completion_tokens), 0)::BIGINT AS unlogged_completion_tokens,
                min(first_ts) AS first_ts, max(last_ts) AS last_ts,{EVIDENCE_MERGED}
         FROM ({by_status}) GROUP BY ALL"""
-    table = checked.con.sql(f"SELECT * REPLACE (strftime(month, '%Y-%m') AS month) FROM ({grouped})").to_arrow_table()
+    table = checked.con.sql(
+        f"SELECT * REPLACE (strftime(month, '%Y-%m') AS month) FROM ({grouped})"
+    ).to_arrow_table()
     read = sum(table.column("requests").to_pylist())
     accepted = table.filter(table.column("_ok")).drop_columns(["_ok"])
     failures = dict(checked.failure_counts()[1]) if accepted.num_rows < table.num_rows else {}
@@ -438,7 +481,9 @@ def evidence_from_groups(groups: pa.Table) -> dict[str, dict]:
     """
     evidence: dict[str, dict] = {}
     for row in groups.to_pylist():
-        ev = evidence.setdefault(row["use_case"], {"hours": 0, "batch": 0, **{k: 0 for k in row if k.startswith("ev_")}})
+        ev = evidence.setdefault(
+            row["use_case"], {"hours": 0, "batch": 0, **{k: 0 for k in row if k.startswith("ev_")}}
+        )
         for key in ev:
             if key.startswith("ev_") and key != "ev_hours":
                 ev[key] += row[key] or 0
@@ -450,16 +495,22 @@ def evidence_from_groups(groups: pa.Table) -> dict[str, dict]:
 
 def _evidence(ev: dict) -> dict:
     answers, ok = ev["ev_answers"], ev["ev_ok"]
-    return {"sampled": ok, "json_share": ev["ev_json"] / answers if answers else 0.0,
-            "distinct_responses": ev["ev_distinct"], "mean_response_chars": ev["ev_chars"] / answers if answers else 0.0,
-            "mean_completion_tokens": ev["ev_completion"] / ok if ok else 0.0,
-            "mean_messages": ev["ev_messages"] / ev["ev_requests"] if ev["ev_requests"] else 0.0,
-            "tool_share": ev["ev_tools"] / ev["requests"] if ev["requests"] else 0.0,
-            "batch_share": ev["batch"] / ev["requests"] if ev["requests"] else 0.0,
-            "active_hours": bin(ev["hours"]).count("1")}
+    return {
+        "sampled": ok,
+        "json_share": ev["ev_json"] / answers if answers else 0.0,
+        "distinct_responses": ev["ev_distinct"],
+        "mean_response_chars": ev["ev_chars"] / answers if answers else 0.0,
+        "mean_completion_tokens": ev["ev_completion"] / ok if ok else 0.0,
+        "mean_messages": ev["ev_messages"] / ev["ev_requests"] if ev["ev_requests"] else 0.0,
+        "tool_share": ev["ev_tools"] / ev["requests"] if ev["requests"] else 0.0,
+        "batch_share": ev["batch"] / ev["requests"] if ev["requests"] else 0.0,
+        "active_hours": bin(ev["hours"]).count("1"),
+    }
 
 
-def price_costs(con: duckdb.DuckDBPyConnection, grouped: pa.Table, prices: pa.Table, batch_prices: pa.Table) -> pa.Table:
+def price_costs(
+    con: duckdb.DuckDBPyConnection, grouped: pa.Table, prices: pa.Table, batch_prices: pa.Table
+) -> pa.Table:
     """Add ``cost_usd`` (logged spend + unlogged tokens × price) and the tokens nobody could price."""
     con.register("_grouped", grouped)
     con.register("_prices", prices)
@@ -485,7 +536,9 @@ def write_canonical(con: duckdb.DuckDBPyConnection, accepted_sql: str, path: Pat
 
 
 def _duck(arrow_type: pa.DataType) -> str:
-    return {pa.string(): "VARCHAR", pa.int64(): "BIGINT", pa.float64(): "DOUBLE"}.get(arrow_type, "TIMESTAMPTZ")
+    return {pa.string(): "VARCHAR", pa.int64(): "BIGINT", pa.float64(): "DOUBLE"}.get(
+        arrow_type, "TIMESTAMPTZ"
+    )
 
 
 def read_usage(paths: Iterable[str | Path], fmt: str | None = None, rules: Sequence[dict] = ()) -> pa.Table:

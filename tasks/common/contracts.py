@@ -42,18 +42,57 @@ TIMEZONE_SUFFIX = r"(Z|[+-][0-9]{2}(:?[0-9]{2})?)$"
 # GX names types after the backend (numpy for pandas, SQL for databases); we accept both and
 # evaluate in DuckDB's terms.
 TYPE_ALIASES = {
-    "int": "BIGINT", "int32": "BIGINT", "int64": "BIGINT", "integer": "BIGINT", "bigint": "BIGINT",
-    "long": "BIGINT", "float": "DOUBLE", "float32": "DOUBLE", "float64": "DOUBLE", "double": "DOUBLE",
-    "real": "DOUBLE", "number": "DOUBLE", "str": "VARCHAR", "string": "VARCHAR", "object": "VARCHAR",
-    "varchar": "VARCHAR", "text": "VARCHAR", "bool": "BOOLEAN", "boolean": "BOOLEAN",
-    "timestamp": "TIMESTAMP", "datetime64[ns]": "TIMESTAMP", "timestamptz": "TIMESTAMP WITH TIME ZONE",
-    "timestamp with time zone": "TIMESTAMP WITH TIME ZONE", "datetime64[ns, utc]": "TIMESTAMP WITH TIME ZONE",
-    "date": "DATE", "json": "VARCHAR",
+    "int": "BIGINT",
+    "int32": "BIGINT",
+    "int64": "BIGINT",
+    "integer": "BIGINT",
+    "bigint": "BIGINT",
+    "long": "BIGINT",
+    "float": "DOUBLE",
+    "float32": "DOUBLE",
+    "float64": "DOUBLE",
+    "double": "DOUBLE",
+    "real": "DOUBLE",
+    "number": "DOUBLE",
+    "str": "VARCHAR",
+    "string": "VARCHAR",
+    "object": "VARCHAR",
+    "varchar": "VARCHAR",
+    "text": "VARCHAR",
+    "bool": "BOOLEAN",
+    "boolean": "BOOLEAN",
+    "timestamp": "TIMESTAMP",
+    "datetime64[ns]": "TIMESTAMP",
+    "timestamptz": "TIMESTAMP WITH TIME ZONE",
+    "timestamp with time zone": "TIMESTAMP WITH TIME ZONE",
+    "datetime64[ns, utc]": "TIMESTAMP WITH TIME ZONE",
+    "date": "DATE",
+    "json": "VARCHAR",
 }
-INTEGER_TYPES = {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT"}
+INTEGER_TYPES = {
+    "TINYINT",
+    "SMALLINT",
+    "INTEGER",
+    "BIGINT",
+    "HUGEINT",
+    "UTINYINT",
+    "USMALLINT",
+    "UINTEGER",
+    "UBIGINT",
+}
 NUMERIC_TYPES = INTEGER_TYPES | {"FLOAT", "DOUBLE", "REAL"} | {"DECIMAL"}
-TABLE_LEVEL = {"expect_column_to_exist", "expect_table_row_count_to_be_between", "expect_table_row_count_to_equal"}
-SHORT_KWARGS = {"min_value": "min", "max_value": "max", "value_set": "set", "type_": "type", "type_list": "types"}
+TABLE_LEVEL = {
+    "expect_column_to_exist",
+    "expect_table_row_count_to_be_between",
+    "expect_table_row_count_to_equal",
+}
+SHORT_KWARGS = {
+    "min_value": "min",
+    "max_value": "max",
+    "value_set": "set",
+    "type_": "type",
+    "type_list": "types",
+}
 
 
 # --------------------------------------------------------------------------- the contract
@@ -112,7 +151,9 @@ class Contract:
     row_checks: tuple[RowCheck, ...] = ()
     meta: dict[str, Any] = field(default_factory=dict)
 
-    def with_row_check(self, name: str, columns: Iterable[str] | str, predicate: Callable[..., bool]) -> "Contract":
+    def with_row_check(
+        self, name: str, columns: Iterable[str] | str, predicate: Callable[..., bool]
+    ) -> "Contract":
         """A copy with one more Python check; ``predicate(*values) -> bool`` per row."""
         cols = (columns,) if isinstance(columns, str) else tuple(columns)
         return replace(self, row_checks=self.row_checks + (RowCheck(name, cols, predicate),))
@@ -124,12 +165,18 @@ class Contract:
     @property
     def declared_types(self) -> dict[str, str]:
         """column -> DuckDB type from ``expect_column_values_to_be_of_type``; accepted rows get these."""
-        return {e.column: duckdb_type(e.kwargs["type_"]) for e in self.expectations
-                if e.type == "expect_column_values_to_be_of_type"}
+        return {
+            e.column: duckdb_type(e.kwargs["type_"])
+            for e in self.expectations
+            if e.type == "expect_column_values_to_be_of_type"
+        }
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "meta": self.meta,
-                "expectations": [{"type": e.type, "kwargs": e.kwargs, "meta": e.meta} for e in self.expectations]}
+        return {
+            "name": self.name,
+            "meta": self.meta,
+            "expectations": [{"type": e.type, "kwargs": e.kwargs, "meta": e.meta} for e in self.expectations],
+        }
 
 
 def duckdb_type(name: str) -> str:
@@ -140,14 +187,22 @@ def duckdb_type(name: str) -> str:
 def contract_from_dict(data: dict[str, Any], source: str = "<dict>") -> Contract:
     """Build a Contract from suite JSON; unknown expectation types fail here, not mid-run."""
     try:
-        expectations = tuple(Expectation(e["type"], dict(e.get("kwargs", {})), dict(e.get("meta", {})))
-                             for e in data["expectations"])
+        expectations = tuple(
+            Expectation(e["type"], dict(e.get("kwargs", {})), dict(e.get("meta", {})))
+            for e in data["expectations"]
+        )
         contract = Contract(data["name"], expectations, meta=dict(data.get("meta", {})))
     except (KeyError, TypeError) as error:
-        raise ConfigError(f"contract {source} is not a GX suite {{name, expectations:[{{type, kwargs}}]}}: {error!r}")
-    unknown = sorted({e.type for e in expectations} - set(SQL_EXPECTATIONS) - set(PYTHON_EXPECTATIONS) - TABLE_LEVEL)
+        raise ConfigError(
+            f"contract {source} is not a GX suite {{name, expectations:[{{type, kwargs}}]}}: {error!r}"
+        )
+    unknown = sorted(
+        {e.type for e in expectations} - set(SQL_EXPECTATIONS) - set(PYTHON_EXPECTATIONS) - TABLE_LEVEL
+    )
     if unknown:
-        raise ConfigError(f"contract {contract.name!r} uses expectation types workhorse cannot evaluate: {unknown}")
+        raise ConfigError(
+            f"contract {contract.name!r} uses expectation types workhorse cannot evaluate: {unknown}"
+        )
     return contract
 
 
@@ -212,17 +267,21 @@ PYTHON_EXPECTATIONS: dict[str, Callable[[Expectation], Callable[[Any], bool]]] =
 
 def register_sql_expectation(type_name: str) -> Callable[[SqlBuilder], SqlBuilder]:
     """Decorator: teach the evaluator a new column expectation as a SQL predicate (TRUE = passes)."""
+
     def decorate(builder: SqlBuilder) -> SqlBuilder:
         SQL_EXPECTATIONS[type_name] = builder
         return builder
+
     return decorate
 
 
 def register_python_expectation(type_name: str):
     """Decorator: a column expectation judged in Python per value (nulls pass, as in GX)."""
+
     def decorate(factory):
         PYTHON_EXPECTATIONS[type_name] = factory
         return factory
+
     return decorate
 
 
@@ -346,6 +405,7 @@ def _json_schema(e: Expectation) -> Callable[[Any], bool]:
         except ValueError:
             return False
         return validator.is_valid(document)
+
     return check
 
 
@@ -368,8 +428,11 @@ def source_columns(con: duckdb.DuckDBPyConnection, source: str) -> dict[str, str
 _udf_names = itertools.count()
 
 
-def _python_check(con, index: int, columns: list[Column], predicate: Callable[..., bool], nulls_pass: bool) -> str:
+def _python_check(
+    con, index: int, columns: list[Column], predicate: Callable[..., bool], nulls_pass: bool
+) -> str:
     """Register ``predicate`` as a vectorised DuckDB UDF and return the SQL that calls it."""
+
     # DuckDB wants a fixed arity; one STRUCT argument carries any number of columns.
     def udf(packed: pa.StructArray | pa.ChunkedArray) -> pa.Array:
         if isinstance(packed, pa.ChunkedArray):
@@ -381,8 +444,9 @@ def _python_check(con, index: int, columns: list[Column], predicate: Callable[..
     # without, then with, its uniqueness check), and DuckDB refuses a second function of a name.
     name = f"_wh_check_{index}_{next(_udf_names)}"
     struct_type = "STRUCT(" + ", ".join(f"f{i} {c.type}" for i, c in enumerate(columns)) + ")"
-    con.create_function(name, udf, [struct_type], "BOOLEAN", type="arrow", null_handling="special",
-                        side_effects=False)
+    con.create_function(
+        name, udf, [struct_type], "BOOLEAN", type="arrow", null_handling="special", side_effects=False
+    )
     packed = ", ".join(f"f{i} := {c.sql}" for i, c in enumerate(columns))
     return f"coalesce({name}(struct_pack({packed})), FALSE)"  # NULL: the UDF could not judge
 
@@ -396,8 +460,13 @@ def _safe(predicate: Callable[..., bool], values: tuple, nulls_pass: bool) -> bo
         return False
 
 
-def compile_checks(con: duckdb.DuckDBPyConnection, columns: dict[str, str], contract: Contract,
-                   source: str | None = None, duplicates: Mapping[str, pa.Table] | None = None) -> list[Check]:
+def compile_checks(
+    con: duckdb.DuckDBPyConnection,
+    columns: dict[str, str],
+    contract: Contract,
+    source: str | None = None,
+    duplicates: Mapping[str, pa.Table] | None = None,
+) -> list[Check]:
     """Row-level checks for a source with these columns.
 
     A column the contract requires (``expect_column_to_exist``) but the source lacks fails every
@@ -413,7 +482,9 @@ def compile_checks(con: duckdb.DuckDBPyConnection, columns: dict[str, str], cont
         elif e.type in TABLE_LEVEL or (e.column in required and e.column not in columns):
             continue
         else:
-            checks.append(Check(e.label, _compile_one(con, index, e, _column(e.column, columns, source), duplicates)))
+            checks.append(
+                Check(e.label, _compile_one(con, index, e, _column(e.column, columns, source), duplicates))
+            )
     for offset, rc in enumerate(contract.row_checks, start=len(contract.expectations)):
         cols = [_column(c, columns) for c in rc.columns]
         checks.append(Check(rc.label, _python_check(con, offset, cols, rc.predicate, nulls_pass=False)))
@@ -426,8 +497,13 @@ def _column(name: str | None, columns: dict[str, str], source: str | None = None
     return Column(name or "", "VARCHAR", expression="CAST(NULL AS VARCHAR)")
 
 
-def _compile_one(con: duckdb.DuckDBPyConnection, index: int, e: Expectation, column: Column,
-                 duplicates: Mapping[str, pa.Table] | None) -> str:
+def _compile_one(
+    con: duckdb.DuckDBPyConnection,
+    index: int,
+    e: Expectation,
+    column: Column,
+    duplicates: Mapping[str, pa.Table] | None,
+) -> str:
     if e.type == UNIQUE and column.source is not None and not column.expression:
         known = duplicates.get(column.name) if duplicates is not None else None
         return _unique_in_source(con, column, known)
@@ -458,13 +534,17 @@ def _unique_in_source(con: duckdb.DuckDBPyConnection, c: Column, duplicates: pa.
     return _nullable(c, f"{c.sql} NOT IN (SELECT value FROM {name})")
 
 
-def find_duplicates(con: duckdb.DuckDBPyConnection, source: str, contract: Contract,
-                    columns: dict[str, str]) -> dict[str, pa.Table]:
+def find_duplicates(
+    con: duckdb.DuckDBPyConnection, source: str, contract: Contract, columns: dict[str, str]
+) -> dict[str, pa.Table]:
     """The duplicated values of each column ``contract`` wants unique, as ``check_relation`` finds
     them: for a caller that runs this scan beside other work, on a connection of its own.
     ``columns`` is ``source_columns(source)``, which the caller has already."""
-    return {e.column: duplicated_values(con, Column(e.column, columns[e.column], source=source))
-            for e in contract.expectations if e.type == UNIQUE and e.column in columns}
+    return {
+        e.column: duplicated_values(con, Column(e.column, columns[e.column], source=source))
+        for e in contract.expectations
+        if e.type == UNIQUE and e.column in columns
+    }
 
 
 def duplicated_values(con: duckdb.DuckDBPyConnection, c: Column) -> pa.Table:
@@ -483,8 +563,10 @@ def duplicated_values(con: duckdb.DuckDBPyConnection, c: Column) -> pa.Table:
         return pa.table({"value": pa.array([], pa.string())})
     con.register("_wh_colliding", pa.table({"h": colliding}))
     try:
-        return con.sql(f"SELECT {c.sql} AS value FROM {c.source} WHERE hash({c.sql}) IN (SELECT h FROM "
-                       f"_wh_colliding) AND {c.sql} IS NOT NULL GROUP BY 1 HAVING count(*) > 1").to_arrow_table()
+        return con.sql(
+            f"SELECT {c.sql} AS value FROM {c.source} WHERE hash({c.sql}) IN (SELECT h FROM "
+            f"_wh_colliding) AND {c.sql} IS NOT NULL GROUP BY 1 HAVING count(*) > 1"
+        ).to_arrow_table()
     finally:
         con.unregister("_wh_colliding")
 
@@ -596,9 +678,13 @@ def connect(con: duckdb.DuckDBPyConnection | None = None) -> duckdb.DuckDBPyConn
     return con
 
 
-def check_relation(con: duckdb.DuckDBPyConnection, source: str, contract: Contract,
-                   duplicates: Mapping[str, pa.Table] | None = None,
-                   columns: dict[str, str] | None = None) -> CheckedRelation:
+def check_relation(
+    con: duckdb.DuckDBPyConnection,
+    source: str,
+    contract: Contract,
+    duplicates: Mapping[str, pa.Table] | None = None,
+    columns: dict[str, str] | None = None,
+) -> CheckedRelation:
     """Compile ``contract`` onto ``source`` (a view name or ``(SELECT ...)``) without running it;
     only a uniqueness expectation scans ``source`` now, once, to find the duplicated values,
     unless ``duplicates`` (from ``find_duplicates``) gives them. ``columns`` saves describing
@@ -637,8 +723,10 @@ class ContractResult:
 
     def summary(self, top: int = 3) -> str:
         reasons = ", ".join(f"{label}: {n}" for label, n in self.failures.most_common(top))
-        text = (f"{self.contract}: read {self.read}, accepted {self.accepted_count}, "
-                f"quarantined {self.quarantined_count}")
+        text = (
+            f"{self.contract}: read {self.read}, accepted {self.accepted_count}, "
+            f"quarantined {self.quarantined_count}"
+        )
         return text + (f" ({reasons})" if reasons else "")
 
 
@@ -653,17 +741,25 @@ def validate_table(table: pa.Table, contract: Contract, *, cast: bool = True) ->
     # anything sampled downstream is reproducible.
     con.register("_wh_source", table.append_column(ROW_COLUMN, pa.array(range(table.num_rows), pa.int64())))
     checked = check_relation(con, "_wh_source", contract)
-    accepted_sql = checked.accepted_sql if cast else f"(SELECT * EXCLUDE (_ok) FROM {checked.flagged_sql} WHERE _ok)"
+    accepted_sql = (
+        checked.accepted_sql if cast else f"(SELECT * EXCLUDE (_ok) FROM {checked.flagged_sql} WHERE _ok)"
+    )
     keep = ", ".join(q(c) for c in table.column_names)
     extra = "".join(f", {q(c)}" for c in contract.declared_types if cast and c not in table.column_names)
     accepted = con.sql(f"SELECT {keep}{extra} FROM {accepted_sql} ORDER BY {ROW_COLUMN}").to_arrow_table()
-    quarantined = con.sql(f"SELECT {keep}, {REASON_COLUMN} FROM {checked.quarantined_sql} "
-                          f"ORDER BY {ROW_COLUMN}").to_arrow_table()
-    failures = Counter(label for reason in quarantined.column(REASON_COLUMN).to_pylist()
-                       for label in reason.split(REASON_SEPARATOR) if label)
+    quarantined = con.sql(
+        f"SELECT {keep}, {REASON_COLUMN} FROM {checked.quarantined_sql} ORDER BY {ROW_COLUMN}"
+    ).to_arrow_table()
+    failures = Counter(
+        label
+        for reason in quarantined.column(REASON_COLUMN).to_pylist()
+        for label in reason.split(REASON_SEPARATOR)
+        if label
+    )
     result = ContractResult(contract.name, accepted, quarantined, failures)
-    result.table_failures = table_failures(contract, {c: t for c, t in checked.columns.items() if c != ROW_COLUMN},
-                                           table.num_rows)
+    result.table_failures = table_failures(
+        contract, {c: t for c, t in checked.columns.items() if c != ROW_COLUMN}, table.num_rows
+    )
     return result
 
 
@@ -688,20 +784,36 @@ def enforce_bad_row_ratio(result: ContractResult, max_ratio: float, what: str) -
 
     ``what`` names the input in the message (file, use case), so the operator knows where to look.
     """
-    check_ratio(result.contract, result.read, result.quarantined_count, result.failures,
-                result.table_failures, max_ratio, what)
+    check_ratio(
+        result.contract,
+        result.read,
+        result.quarantined_count,
+        result.failures,
+        result.table_failures,
+        max_ratio,
+        what,
+    )
 
 
-def check_ratio(contract: str, read: int, quarantined: int, failures: Counter, failed_tables: list[str],
-                max_ratio: float, what: str) -> None:
+def check_ratio(
+    contract: str,
+    read: int,
+    quarantined: int,
+    failures: Counter,
+    failed_tables: list[str],
+    max_ratio: float,
+    what: str,
+) -> None:
     """The policy behind ``enforce_bad_row_ratio``, usable with counts from a CheckedRelation."""
     if failed_tables:
         raise ContractError(f"{what} breaks the {contract} contract: {'; '.join(failed_tables)}")
     ratio = quarantined / read if read else 0.0
     if ratio > max_ratio:
         top = ", ".join(f"{label} ({n} rows)" for label, n in failures.most_common(5))
-        raise ContractError(f"{what}: {quarantined} of {read} rows ({ratio:.1%}) broke the {contract} contract, "
-                            f"more than the allowed {max_ratio:.1%}. Most frequent: {top}")
+        raise ContractError(
+            f"{what}: {quarantined} of {read} rows ({ratio:.1%}) broke the {contract} contract, "
+            f"more than the allowed {max_ratio:.1%}. Most frequent: {top}"
+        )
 
 
 # --------------------------------------------------------------------------- Great Expectations
@@ -718,8 +830,12 @@ def validate_with_gx(table: pa.Table, contract: Contract, sample: int | None = 1
     frame = (table.slice(0, sample) if sample else table).to_pandas()
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = {"globally": False}
-    batch = (context.data_sources.add_pandas("workhorse").add_dataframe_asset(contract.name)
-             .add_batch_definition_whole_dataframe("all").get_batch(batch_parameters={"dataframe": frame}))
+    batch = (
+        context.data_sources.add_pandas("workhorse")
+        .add_dataframe_asset(contract.name)
+        .add_batch_definition_whole_dataframe("all")
+        .get_batch(batch_parameters={"dataframe": frame})
+    )
     suite = context.suites.add(gx.ExpectationSuite(name=contract.name))
     _add_to_suite(suite, contract)
     outcome = batch.validate(suite, result_format={"result_format": "COMPLETE"})
@@ -738,7 +854,9 @@ def _import_gx():
     except ImportError as error:  # pragma: no cover - it is a declared dependency
         from workhorse.errors import DependencyError
 
-        raise DependencyError("great_expectations is missing: pip install 'great_expectations>=1.2'") from error
+        raise DependencyError(
+            "great_expectations is missing: pip install 'great_expectations>=1.2'"
+        ) from error
     return gx
 
 
@@ -748,7 +866,9 @@ def _add_to_suite(suite, contract: Contract) -> None:
     for e in contract.expectations:
         meta = {**e.meta, "workhorse_label": e.label}
         try:
-            suite.add_expectation_configuration(ExpectationConfiguration(type=e.type, kwargs=e.kwargs, meta=meta))
+            suite.add_expectation_configuration(
+                ExpectationConfiguration(type=e.type, kwargs=e.kwargs, meta=meta)
+            )
         except Exception:  # a type GX does not ship (a workhorse-only one): ours alone judges it
             continue
 
@@ -759,8 +879,9 @@ from prefect import task  # noqa: E402  (thin wrappers below the logic they wrap
 
 
 @task(name="validate-table")
-def validate_rows(table: pa.Table, contract_name: str, max_bad_ratio: float, what: str,
-                  quarantine_path: str | None = None) -> ContractResult:
+def validate_rows(
+    table: pa.Table, contract_name: str, max_bad_ratio: float, what: str, quarantine_path: str | None = None
+) -> ContractResult:
     """Validate, write the quarantine file when rows failed, enforce the bad-row ratio."""
     result = validate_table(table, load_contract(contract_name))
     if quarantine_path and result.quarantined_count:

@@ -72,8 +72,9 @@ def _convert_gguf(gguf: Path, out_dir: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
     # Dequantised to plain weights: vLLM cannot load this GGUF, and a quantised HF model can't be saved.
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
-                                                 quantization_config=GgufConfig(dequantize=True))
+    model = AutoModelForCausalLM.from_pretrained(
+        gguf.parent, gguf_file=gguf.name, quantization_config=GgufConfig(dequantize=True)
+    )
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model.to(dtype=torch.bfloat16)  # what vLLM serves; half the disk
     model.save_pretrained(out_dir, safe_serialization=True)
@@ -113,7 +114,9 @@ def cpu_flags(cpuinfo: str | None = None) -> set[str]:
             cpuinfo = Path("/proc/cpuinfo").read_text()
         except OSError:
             cpuinfo = ""
-    return set(next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), []))
+    return set(
+        next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
+    )
 
 
 # CPUs that compute bfloat16 natively; elsewhere vLLM's CPU kernels convert every bf16 value and
@@ -185,13 +188,33 @@ class VLLMServer:
         require_vllm()
         self.port = self.port or free_port()
         self.cache_root.mkdir(parents=True, exist_ok=True)
-        command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(self.model_dir),
-                   "--served-model-name", self.served_name, "--host", "127.0.0.1", "--port", str(self.port),
-                   "--dtype", self.dtype, "--enforce-eager", "--max-model-len", str(self.max_model_len)]
+        command = [
+            sys.executable,
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            str(self.model_dir),
+            "--served-model-name",
+            self.served_name,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--dtype",
+            self.dtype,
+            "--enforce-eager",
+            "--max-model-len",
+            str(self.max_model_len),
+        ]
         self._launched_at = time.monotonic()
         with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                            env=engine_environment(self.cache_root), preexec_fn=_die_with_parent)
+            self.process = subprocess.Popen(
+                command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=engine_environment(self.cache_root),
+                preexec_fn=_die_with_parent,
+            )
         return self
 
     def wait_ready(self) -> "VLLMServer":
@@ -203,12 +226,16 @@ class VLLMServer:
         deadline = self._launched_at + self.start_timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise EngineError(f"vLLM server exited with code {self.process.returncode}:\n{self.log_tail()}")
+                raise EngineError(
+                    f"vLLM server exited with code {self.process.returncode}:\n{self.log_tail()}"
+                )
             if answers_health(self.api_base):
                 return
             time.sleep(0.5)
         self.stop()
-        raise EngineStartTimeout(f"vLLM server not healthy after {self.start_timeout_s:.0f}s:\n{self.log_tail()}")
+        raise EngineStartTimeout(
+            f"vLLM server not healthy after {self.start_timeout_s:.0f}s:\n{self.log_tail()}"
+        )
 
     def log_tail(self, lines: int = 30) -> str:
         if not self.log_path.exists():
@@ -268,9 +295,15 @@ class BatchParams:
     choice: list[str] | None = None
 
 
-def run_offline_batch(model_dir: Path, conversations: list[list[dict]], params: BatchParams | list[BatchParams] = BatchParams(),
-                      *, cache_root: Path | None = None, timeout_s: float = 1800,
-                      engine: str | None = None) -> BatchResult:
+def run_offline_batch(
+    model_dir: Path,
+    conversations: list[list[dict]],
+    params: BatchParams | list[BatchParams] = BatchParams(),
+    *,
+    cache_root: Path | None = None,
+    timeout_s: float = 1800,
+    engine: str | None = None,
+) -> BatchResult:
     """Generate for every conversation with vLLM's offline engine in a child process.
 
     ``params`` is one setting for all, or one per conversation: a whole evaluation phase
@@ -280,7 +313,11 @@ def run_offline_batch(model_dir: Path, conversations: list[list[dict]], params: 
     per_item = params if isinstance(params, list) else [params] * len(conversations)
     if len(per_item) != len(conversations):
         raise ValueError(f"{len(per_item)} parameter sets for {len(conversations)} conversations")
-    job = {"model_dir": str(model_dir), "conversations": conversations, "params": [asdict(p) for p in per_item]}
+    job = {
+        "model_dir": str(model_dir),
+        "conversations": conversations,
+        "params": [asdict(p) for p in per_item],
+    }
     if engine:
         return OfflineEngine.submit(Path(engine), job, timeout_s)
     cache_root = cache_root or Path(tempfile.gettempdir()) / "workhorse-vllm"
@@ -289,9 +326,14 @@ def run_offline_batch(model_dir: Path, conversations: list[list[dict]], params: 
         job_path, out_path = Path(tmp) / "job.json", Path(tmp) / "out.json"
         job_path.write_text(json.dumps(job))
         started = time.monotonic()
-        completed = subprocess.run([sys.executable, "-m", "workhorse.tasks.common.engines", str(job_path), str(out_path)],
-                                   env=engine_environment(cache_root), capture_output=True, text=True,
-                                   timeout=timeout_s, preexec_fn=_die_with_parent)
+        completed = subprocess.run(
+            [sys.executable, "-m", "workhorse.tasks.common.engines", str(job_path), str(out_path)],
+            env=engine_environment(cache_root),
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            preexec_fn=_die_with_parent,
+        )
         if completed.returncode != 0 or not out_path.exists():
             tail = "\n".join((completed.stdout + completed.stderr).splitlines()[-30:])
             raise EngineError(f"vLLM offline batch failed (exit {completed.returncode}):\n{tail}")
@@ -323,9 +365,19 @@ class OfflineEngine:
         self._launched_at = time.monotonic()
         with (self.folder / "engine.log").open("wb") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "workhorse.tasks.common.engines", "--serve-jobs", str(self.folder), str(self.model_dir)],
-                stdout=log, stderr=subprocess.STDOUT, env=engine_environment(self.cache_root),
-                preexec_fn=_die_with_parent)
+                [
+                    sys.executable,
+                    "-m",
+                    "workhorse.tasks.common.engines",
+                    "--serve-jobs",
+                    str(self.folder),
+                    str(self.model_dir),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=engine_environment(self.cache_root),
+                preexec_fn=_die_with_parent,
+            )
         return self
 
     def wait_ready(self) -> "OfflineEngine":
@@ -369,14 +421,18 @@ EMBEDDED_LITELLM = f"hosted_vllm/{EMBEDDED_MODEL}"
 
 def _embedded_candidates(plan, hosting: str) -> bool:
     """Whether the plan evaluates the embedded model on this hosting (an api_base means it runs elsewhere)."""
-    return any(c.model == EMBEDDED_LITELLM and hosting in c.hosting and not c.api_base for c in plan.candidates) \
-        and any(case.workload != "frontier" for case in plan.use_cases.values())
+    return any(
+        c.model == EMBEDDED_LITELLM and hosting in c.hosting and not c.api_base for c in plan.candidates
+    ) and any(case.workload != "frontier" for case in plan.use_cases.values())
 
 
 def answers_health(api_base: str) -> bool:
     """Whether the vLLM server at ``api_base`` (…/v1) answers its /health now."""
     with contextlib.suppress(OSError):
-        return urllib.request.urlopen(f"{api_base.rstrip('/').removesuffix('/v1')}/health", timeout=2).status == 200
+        return (
+            urllib.request.urlopen(f"{api_base.rstrip('/').removesuffix('/v1')}/health", timeout=2).status
+            == 200
+        )
     return False
 
 
@@ -393,10 +449,16 @@ def needs_batch_engine(plan) -> bool:
     """Whether some use case will batch the embedded model without also serving it: a model served
     and batched answers both arms from the server, so no offline engine is needed then; realtime
     use cases are never evaluated on batch."""
-    batch_only = any(c.model == EMBEDDED_LITELLM and not c.api_base and "batch" in c.hosting
-                     and "self_hosted" not in c.hosting for c in plan.candidates)
-    return batch_only and any(case.workload != "frontier" and case.latency != "realtime"
-                              for case in plan.use_cases.values())
+    batch_only = any(
+        c.model == EMBEDDED_LITELLM
+        and not c.api_base
+        and "batch" in c.hosting
+        and "self_hosted" not in c.hosting
+        for c in plan.candidates
+    )
+    return batch_only and any(
+        case.workload != "frontier" and case.latency != "realtime" for case in plan.use_cases.values()
+    )
 
 
 @dataclass
@@ -421,8 +483,14 @@ class EmbeddedEngines:
         given by the caller may still be loading (the demo launches them before writing its logs)."""
         started, waited = time.monotonic(), []
         if self.given_api_base:
-            wait_until(lambda: answers_health(self.given_api_base), f"vLLM server at {self.given_api_base}", timeout_s)
-            waited.append(f"vLLM server at {self.given_api_base} ready after {time.monotonic() - started:.0f} s of waiting")
+            wait_until(
+                lambda: answers_health(self.given_api_base),
+                f"vLLM server at {self.given_api_base}",
+                timeout_s,
+            )
+            waited.append(
+                f"vLLM server at {self.given_api_base} ready after {time.monotonic() - started:.0f} s of waiting"
+            )
         if self.given_batch_folder:
             folder = Path(self.given_batch_folder)
             wait_until(lambda: (folder / "ready").exists(), f"offline engine in {folder}", timeout_s)
@@ -442,7 +510,9 @@ def embedded_engines(plan, workspace, api_base: str | None = None, batch_folder:
     need_batch = batch_folder is None and needs_batch_engine(plan)
     if need_server or need_batch:
         model_dir = prepare_embedded_model(workspace.models_dir)
-        engines.server = VLLMServer(model_dir, cache_root=workspace.subdir("vllm")).launch() if need_server else None
+        engines.server = (
+            VLLMServer(model_dir, cache_root=workspace.subdir("vllm")).launch() if need_server else None
+        )
         engines.batch = OfflineEngine(model_dir, workspace.subdir("vllm")).launch() if need_batch else None
     try:
         yield engines
@@ -475,10 +545,12 @@ def _generate(llm, job: dict) -> dict:
     sampling = [_sampling_params(BatchParams(**p)) for p in job["params"]]
     started = time.monotonic()
     results = llm.chat(job["conversations"], sampling, use_tqdm=False)
-    return {"outputs": [r.outputs[0].text for r in results],
-            "prompt_tokens": [len(r.prompt_token_ids or []) for r in results],
-            "completion_tokens": [len(r.outputs[0].token_ids) for r in results],
-            "generate_s": time.monotonic() - started}
+    return {
+        "outputs": [r.outputs[0].text for r in results],
+        "prompt_tokens": [len(r.prompt_token_ids or []) for r in results],
+        "completion_tokens": [len(r.outputs[0].token_ids) for r in results],
+        "generate_s": time.monotonic() - started,
+    }
 
 
 def _load_engine(model_dir: str):
@@ -518,8 +590,9 @@ def _sampling_params(params: BatchParams):
         from vllm.sampling_params import StructuredOutputsParams
 
         structured = StructuredOutputsParams(json=params.json_schema, choice=params.choice)
-    return SamplingParams(max_tokens=params.max_tokens, temperature=params.temperature,
-                          structured_outputs=structured)
+    return SamplingParams(
+        max_tokens=params.max_tokens, temperature=params.temperature, structured_outputs=structured
+    )
 
 
 if __name__ == "__main__":

@@ -35,8 +35,18 @@ THROUGHPUT_FILE = "engines/throughput.json"
 
 # Families of open-weight models, and variants that are not drop-in chat workhorses.
 OPEN_WEIGHT = re.compile(r"qwen3|llama-?3\.[13]|gemma-?3|mistral-small|phi-4|deepseek-v3", re.I)
-NOT_A_WORKHORSE = re.compile(r"thinking|vl|coder|embed|rerank|omni|guard|tts|draft|variant|vision|max|405b|235b|480b", re.I)
-SHORTLIST_PROVIDERS = ("together_ai", "deepinfra", "groq", "fireworks_ai", "nebius", "novita", "bedrock_converse")
+NOT_A_WORKHORSE = re.compile(
+    r"thinking|vl|coder|embed|rerank|omni|guard|tts|draft|variant|vision|max|405b|235b|480b", re.I
+)
+SHORTLIST_PROVIDERS = (
+    "together_ai",
+    "deepinfra",
+    "groq",
+    "fireworks_ai",
+    "nebius",
+    "novita",
+    "bedrock_converse",
+)
 
 
 @dataclass(frozen=True)
@@ -70,7 +80,11 @@ def lookup_entry(model: str, cost_map: dict[str, dict] | None = None) -> tuple[s
     candidates = [model, model.split("/", 1)[-1], re.sub(r"-\d{4}-\d{2}-\d{2}$", "", model.split("/", 1)[-1])]
     for key in candidates:
         entry = cost_map.get(key)
-        if entry and entry.get("input_cost_per_token") is not None and entry.get("output_cost_per_token") is not None:
+        if (
+            entry
+            and entry.get("input_cost_per_token") is not None
+            and entry.get("output_cost_per_token") is not None
+        ):
             return key, entry
     return None
 
@@ -126,25 +140,38 @@ class PriceCatalog:
         if not found:
             return self._unknown(model, hosting)
         source, entry = found
-        return batch_price(model, entry, source, self.batch_discount) if hosting == "batch" else \
-            Price(model, "api", entry["input_cost_per_token"], entry["output_cost_per_token"], source)
+        return (
+            batch_price(model, entry, source, self.batch_discount)
+            if hosting == "batch"
+            else Price(model, "api", entry["input_cost_per_token"], entry["output_cost_per_token"], source)
+        )
 
     def _unknown(self, model: str, hosting: str) -> None:
         if (model, hosting) not in self._warned:
             self._warned.add((model, hosting))
-            log.warning("no %s price for model %r: its rows are counted as unpriced, not as $0 "
-                        "(add it under pricing.overrides in workhorse.yaml)", hosting, model)
+            log.warning(
+                "no %s price for model %r: its rows are counted as unpriced, not as $0 "
+                "(add it under pricing.overrides in workhorse.yaml)",
+                hosting,
+                model,
+            )
         return None
 
     def prices_table(self, models: Iterable[str], hosting: str = "api") -> pa.Table:
         """One row per model with its per-token prices (null when unknown), to join in DuckDB."""
         rows = [(m, self.price(m, hosting)) for m in sorted(set(models))]
-        return pa.table({
-            "model": [m for m, _ in rows],
-            "input_per_token": pa.array([p.input_per_token if p else None for _, p in rows], pa.float64()),
-            "output_per_token": pa.array([p.output_per_token if p else None for _, p in rows], pa.float64()),
-            "price_source": [p.source if p else "unpriced" for _, p in rows],
-        })
+        return pa.table(
+            {
+                "model": [m for m, _ in rows],
+                "input_per_token": pa.array(
+                    [p.input_per_token if p else None for _, p in rows], pa.float64()
+                ),
+                "output_per_token": pa.array(
+                    [p.output_per_token if p else None for _, p in rows], pa.float64()
+                ),
+                "price_source": [p.source if p else "unpriced" for _, p in rows],
+            }
+        )
 
 
 def plan_catalog(plan, workspace_root: Path | None, also_self_hosted: Iterable[str] = ()) -> PriceCatalog:
@@ -152,23 +179,37 @@ def plan_catalog(plan, workspace_root: Path | None, also_self_hosted: Iterable[s
     and self-hosted models at GPU rent ÷ throughput (measured by an eval run where one was, else
     the plan's). A model served by a local vLLM (``hosted_vllm/``) is always self-hosted."""
     hosting = plan.self_hosting
-    models = {c.model for c in plan.candidates if "self_hosted" in c.hosting or c.model.startswith("hosted_vllm/")}
+    models = {
+        c.model for c in plan.candidates if "self_hosted" in c.hosting or c.model.startswith("hosted_vllm/")
+    }
     hosted = {}
     for model in models | set(also_self_hosted):
         measured = measured_tokens_per_hour(workspace_root, model) if workspace_root else None
-        hosted[model] = SelfHosting(hosting.gpu_hourly_usd, measured or hosting.tokens_per_hour,
-                                    hosting.input_tokens_per_hour, hosting.gpus,
-                                    "measured" if measured else "configured")
+        hosted[model] = SelfHosting(
+            hosting.gpu_hourly_usd,
+            measured or hosting.tokens_per_hour,
+            hosting.input_tokens_per_hour,
+            hosting.gpus,
+            "measured" if measured else "configured",
+        )
     return PriceCatalog(dict(plan.pricing.overrides), hosted, plan.pricing.batch_discount)
 
 
 def batch_price(model: str, entry: dict, source: str, discount: float = BATCH_DISCOUNT) -> Price:
     """The map's batch prices where it has both, else ``discount`` × list price."""
-    batch_in, batch_out = entry.get("input_cost_per_token_batches"), entry.get("output_cost_per_token_batches")
+    batch_in, batch_out = (
+        entry.get("input_cost_per_token_batches"),
+        entry.get("output_cost_per_token_batches"),
+    )
     if batch_in is not None and batch_out is not None:
         return Price(model, "batch", batch_in, batch_out, f"{source} batch")
-    return Price(model, "batch", entry["input_cost_per_token"] * discount,
-                 entry["output_cost_per_token"] * discount, f"{source} list x {discount:g}")
+    return Price(
+        model,
+        "batch",
+        entry["input_cost_per_token"] * discount,
+        entry["output_cost_per_token"] * discount,
+        f"{source} list x {discount:g}",
+    )
 
 
 def monthly_cost(price: Price, prompt_tokens: float, completion_tokens: float) -> float:
@@ -201,8 +242,9 @@ def record_throughput(workspace_root: Path, model: str, tokens_per_s: float) -> 
 # --------------------------------------------------------------------------- shortlist
 
 
-def shortlist_candidates(prompt_tokens: float, completion_tokens: float, *, limit: int = 3,
-                         cost_map: dict[str, dict] | None = None) -> list[Price]:
+def shortlist_candidates(
+    prompt_tokens: float, completion_tokens: float, *, limit: int = 3, cost_map: dict[str, dict] | None = None
+) -> list[Price]:
     """2-3 open-weight chat models from the price map, cheapest first, one per family.
 
     For a workhorse use case whose plan names no candidates: a proposal for the team to
@@ -211,7 +253,9 @@ def shortlist_candidates(prompt_tokens: float, completion_tokens: float, *, limi
     prices = _open_weight_prices(cost_map) if cost_map is not None else _bundled_open_weight_prices()
     best: dict[str, Price] = {}
     for family, price in prices:
-        if family not in best or price.cost(prompt_tokens, completion_tokens) < best[family].cost(prompt_tokens, completion_tokens):
+        if family not in best or price.cost(prompt_tokens, completion_tokens) < best[family].cost(
+            prompt_tokens, completion_tokens
+        ):
             best[family] = price
     ranked = sorted(best.values(), key=lambda p: (p.cost(prompt_tokens, completion_tokens), p.model))
     return ranked[:limit]
@@ -260,8 +304,13 @@ class TotalCostView:
     reason: str
 
 
-def total_cost_view(current_monthly_usd: float, variable_monthly_usd: float, *, fixed_monthly_usd: float,
-                    one_off_usd: float = 0.0) -> TotalCostView:
+def total_cost_view(
+    current_monthly_usd: float,
+    variable_monthly_usd: float,
+    *,
+    fixed_monthly_usd: float,
+    one_off_usd: float = 0.0,
+) -> TotalCostView:
     """When the migration pays back: first month whose cumulative net saving covers the one-off cost.
 
     Net monthly saving = current spend − (variable cost + fixed cost). If it is not positive,
@@ -269,15 +318,24 @@ def total_cost_view(current_monthly_usd: float, variable_monthly_usd: float, *, 
     """
     net = current_monthly_usd - variable_monthly_usd - fixed_monthly_usd
     if net <= 0:
-        month, reason = None, (f"never at this volume: fixed costs ${fixed_monthly_usd:,.0f}/month exceed the "
-                               f"variable saving ${current_monthly_usd - variable_monthly_usd:,.2f}/month")
+        month, reason = (
+            None,
+            (
+                f"never at this volume: fixed costs ${fixed_monthly_usd:,.0f}/month exceed the "
+                f"variable saving ${current_monthly_usd - variable_monthly_usd:,.2f}/month"
+            ),
+        )
     else:
         month = max(1, math.ceil(one_off_usd / net)) if one_off_usd else 1
         reason = f"net saving ${net:,.2f}/month repays ${one_off_usd:,.0f} one-off in month {month}"
-    return TotalCostView(current_monthly_usd, variable_monthly_usd, fixed_monthly_usd, one_off_usd, net, month, reason)
+    return TotalCostView(
+        current_monthly_usd, variable_monthly_usd, fixed_monthly_usd, one_off_usd, net, month, reason
+    )
 
 
-def volume_for_break_even(current_per_token: float, candidate_per_token: float, fixed_monthly_usd: float) -> float | None:
+def volume_for_break_even(
+    current_per_token: float, candidate_per_token: float, fixed_monthly_usd: float
+) -> float | None:
     """Tokens per month above which self-hosting's fixed costs are covered (None: never)."""
     margin = current_per_token - candidate_per_token
     return fixed_monthly_usd / margin if margin > 0 else None

@@ -31,8 +31,15 @@ from typing import Any, Iterable
 from workhorse import store
 from workhorse.workspace import Workspace
 
-ERROR_TYPES = ("timeout", "rate_limited", "server_error", "bad_response", "connection", "client_error",
-               "circuit_open")
+ERROR_TYPES = (
+    "timeout",
+    "rate_limited",
+    "server_error",
+    "bad_response",
+    "connection",
+    "client_error",
+    "circuit_open",
+)
 RETRYABLE = frozenset(ERROR_TYPES) - {"client_error"}
 # The failures that say "the endpoint is unwell" (not "this request is bad"): they trip the breaker.
 TRIPPING = frozenset({"timeout", "server_error", "connection"})
@@ -65,10 +72,16 @@ class ModelSpec:
     def from_endpoint(cls, endpoint) -> "ModelSpec":
         """The spec of a ``ModelEndpoint`` block (a plain copy of its fields, the key revealed only here)."""
         key = endpoint.api_key.get_secret_value() if endpoint.api_key else None
-        return cls(model=endpoint.model, api_base=endpoint.api_base, api_key=key, hosting=endpoint.hosting,
-                   input_cost_per_token=endpoint.input_cost_per_token,
-                   output_cost_per_token=endpoint.output_cost_per_token,
-                   max_concurrency=endpoint.max_concurrency, timeout_s=endpoint.timeout_s)
+        return cls(
+            model=endpoint.model,
+            api_base=endpoint.api_base,
+            api_key=key,
+            hosting=endpoint.hosting,
+            input_cost_per_token=endpoint.input_cost_per_token,
+            output_cost_per_token=endpoint.output_cost_per_token,
+            max_concurrency=endpoint.max_concurrency,
+            timeout_s=endpoint.timeout_s,
+        )
 
 
 @dataclass(frozen=True)
@@ -168,8 +181,11 @@ class CircuitBreaker:
         if wait <= 0 and not self.probing:
             self.probing = True
             return True
-        raise CallFailed("circuit_open", f"circuit open for {self.endpoint} after {self.failures} failures",
-                         retry_after_s=wait if wait > 0 else self.cooldown_s)
+        raise CallFailed(
+            "circuit_open",
+            f"circuit open for {self.endpoint} after {self.failures} failures",
+            retry_after_s=wait if wait > 0 else self.cooldown_s,
+        )
 
     def record(self, error_type: str | None, probe: bool) -> None:
         """Feed back an admitted call's outcome (None: answered, or failed for its own reasons)."""
@@ -222,8 +238,15 @@ def _is_connection_error(error: BaseException) -> bool:
 
 
 def _looks_like_bad_body(message: str) -> bool:
-    markers = ("JSONDecodeError", "Expecting value", "Unterminated string", "Expecting ',' delimiter",
-               "Expecting property name", "Invalid control character", "Extra data")
+    markers = (
+        "JSONDecodeError",
+        "Expecting value",
+        "Unterminated string",
+        "Expecting ',' delimiter",
+        "Expecting property name",
+        "Invalid control character",
+        "Extra data",
+    )
     return any(marker in message for marker in markers)
 
 
@@ -316,8 +339,10 @@ class ResponseCache:
         for start in range(0, len(keys), 500):
             chunk = keys[start : start + 500]
             marks = ",".join("?" * len(chunk))
-            query = ("SELECT key, output, prompt_tokens, completion_tokens, cost_usd, latency_ms "
-                     f"FROM response_cache WHERE key IN ({marks})")
+            query = (
+                "SELECT key, output, prompt_tokens, completion_tokens, cost_usd, latency_ms "
+                f"FROM response_cache WHERE key IN ({marks})"
+            )
             for key, *values in self.connection.execute(query, chunk):
                 found[key] = tuple(values)
         return found
@@ -331,9 +356,16 @@ class ResponseCache:
             output, prompt_tokens, completion_tokens, cost, latency = hits[request.cache_key]
             if prompt_tokens is not None and completion_tokens is not None:
                 cost = call_cost(request.model, prompt_tokens, completion_tokens)
-            rows[request.identity] = response_row(request, run_id, output=output, latency_ms=latency,
-                                                  prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-                                                  cost_usd=cost, cached=True)
+            rows[request.identity] = response_row(
+                request,
+                run_id,
+                output=output,
+                latency_ms=latency,
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+                cost_usd=cost,
+                cached=True,
+            )
         return rows
 
     def put(self, key: str, row: EvalResponse) -> None:
@@ -343,8 +375,16 @@ class ResponseCache:
             "output = excluded.output, prompt_tokens = excluded.prompt_tokens, "
             "completion_tokens = excluded.completion_tokens, cost_usd = excluded.cost_usd, "
             "latency_ms = excluded.latency_ms, created_at = excluded.created_at",
-            (key, row.model, row.output, row.prompt_tokens, row.completion_tokens, row.cost_usd, row.latency_ms,
-             datetime.now(timezone.utc).isoformat()),
+            (
+                key,
+                row.model,
+                row.output,
+                row.prompt_tokens,
+                row.completion_tokens,
+                row.cost_usd,
+                row.latency_ms,
+                datetime.now(timezone.utc).isoformat(),
+            ),
         )
 
     def close(self) -> None:
@@ -366,10 +406,18 @@ class RunStats:
 class Runner:
     """Runs model requests for one run id inside a workspace."""
 
-    def __init__(self, workspace: Workspace, run_id: str, *, retry: RetryPolicy = RetryPolicy(),
-                 use_cache: bool = True, progress: bool = False, checkpoint_name: str = "checkpoint",
-                 limits: dict[str, asyncio.Semaphore] | None = None,
-                 breakers: dict[str, CircuitBreaker] | None = None):
+    def __init__(
+        self,
+        workspace: Workspace,
+        run_id: str,
+        *,
+        retry: RetryPolicy = RetryPolicy(),
+        use_cache: bool = True,
+        progress: bool = False,
+        checkpoint_name: str = "checkpoint",
+        limits: dict[str, asyncio.Semaphore] | None = None,
+        breakers: dict[str, CircuitBreaker] | None = None,
+    ):
         self.workspace = workspace
         self.run_id = run_id
         self.retry = retry
@@ -447,8 +495,9 @@ class Runner:
                 if failure.error_type not in RETRYABLE:
                     break
         self.stats.failed += 1
-        return self._row(request, error_type=failure.error_type, error_message=str(failure),
-                         attempts=attempt + 1)
+        return self._row(
+            request, error_type=failure.error_type, error_message=str(failure), attempts=attempt + 1
+        )
 
     async def _call_once(self, request: ModelRequest) -> EvalResponse:
         import litellm
@@ -458,14 +507,23 @@ class Runner:
         semaphore = self._semaphores.setdefault(spec.endpoint, asyncio.Semaphore(spec.max_concurrency))
         async with semaphore:
             breaker = self._breaker(spec.endpoint)
-            probe = breaker.admit()  # checked after the wait for a slot: the circuit may have opened meanwhile
+            probe = (
+                breaker.admit()
+            )  # checked after the wait for a slot: the circuit may have opened meanwhile
             self.stats.calls += 1
             started = time.perf_counter()
             try:
-                async with asyncio.timeout(spec.timeout_s + 5):  # a guard in case the client's own timeout fails
+                async with asyncio.timeout(
+                    spec.timeout_s + 5
+                ):  # a guard in case the client's own timeout fails
                     response = await litellm.acompletion(
-                        model=spec.model, messages=request.messages, api_base=spec.api_base,
-                        api_key=spec.api_key, timeout=spec.timeout_s, max_retries=0, **request.params,
+                        model=spec.model,
+                        messages=request.messages,
+                        api_base=spec.api_base,
+                        api_key=spec.api_key,
+                        timeout=spec.timeout_s,
+                        max_retries=0,
+                        **request.params,
                     )
             except Exception as error:
                 breaker.record(classify(error).error_type, probe)
@@ -479,32 +537,58 @@ class Runner:
         usage = getattr(response, "usage", None)
         prompt_tokens = getattr(usage, "prompt_tokens", None) or 0
         completion_tokens = getattr(usage, "completion_tokens", None) or 0
-        return self._row(request, output=output, latency_ms=latency_ms, prompt_tokens=prompt_tokens,
-                         completion_tokens=completion_tokens,
-                         cost_usd=call_cost(spec, prompt_tokens, completion_tokens))
+        return self._row(
+            request,
+            output=output,
+            latency_ms=latency_ms,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            cost_usd=call_cost(spec, prompt_tokens, completion_tokens),
+        )
 
     def _breaker(self, endpoint: str) -> CircuitBreaker:
         breaker = self.breakers.get(endpoint)
         if breaker is None:
             breaker = self.breakers[endpoint] = CircuitBreaker(
-                endpoint, self.retry.breaker_threshold, self.retry.breaker_cooldown_s)
+                endpoint, self.retry.breaker_threshold, self.retry.breaker_cooldown_s
+            )
         return breaker
 
     def _row(self, request: ModelRequest, **values: Any) -> EvalResponse:
         return response_row(request, self.run_id, **values)
 
     def _copy_for(self, request: ModelRequest, answered: EvalResponse) -> EvalResponse:
-        values = {k: v for k, v in asdict(answered).items() if k not in ("item_id", "model", "prompt_variant")}
-        return EvalResponse(**{**values, "item_id": request.item_id, "model": request.model.label,
-                               "prompt_variant": request.prompt_variant, "cached": True})
+        values = {
+            k: v for k, v in asdict(answered).items() if k not in ("item_id", "model", "prompt_variant")
+        }
+        return EvalResponse(
+            **{
+                **values,
+                "item_id": request.item_id,
+                "model": request.model.label,
+                "prompt_variant": request.prompt_variant,
+                "cached": True,
+            }
+        )
 
 
 def response_row(request: ModelRequest, run_id: str, **values: Any) -> EvalResponse:
     """The eval_response row of one request; ``values`` fill in what the call returned."""
-    base = dict(run_id=run_id, item_id=request.item_id, model=request.model.label,
-                hosting=request.model.hosting, prompt_variant=request.prompt_variant, output=None,
-                latency_ms=None, prompt_tokens=None, completion_tokens=None, cost_usd=None,
-                error_type=None, cached=False, request_key=request.cache_key)
+    base = dict(
+        run_id=run_id,
+        item_id=request.item_id,
+        model=request.model.label,
+        hosting=request.model.hosting,
+        prompt_variant=request.prompt_variant,
+        output=None,
+        latency_ms=None,
+        prompt_tokens=None,
+        completion_tokens=None,
+        cost_usd=None,
+        error_type=None,
+        cached=False,
+        request_key=request.cache_key,
+    )
     return EvalResponse(**{**base, **values})
 
 
@@ -522,7 +606,9 @@ def _require_unique(requests: list[ModelRequest]) -> None:
     seen: set[tuple] = set()
     for request in requests:
         if request.identity in seen:
-            raise ValueError(f"duplicate request {request.identity}: (model, prompt variant, item) must be unique")
+            raise ValueError(
+                f"duplicate request {request.identity}: (model, prompt variant, item) must be unique"
+            )
         seen.add(request.identity)
 
 
@@ -548,7 +634,9 @@ class _progress_bar:
             self._progress.stop()
 
 
-def run_requests(requests: list[ModelRequest], *, workspace: Workspace, run_id: str, **options) -> list[EvalResponse]:
+def run_requests(
+    requests: list[ModelRequest], *, workspace: Workspace, run_id: str, **options
+) -> list[EvalResponse]:
     """Synchronous entry point for scripts and Prefect tasks."""
     return asyncio.run(Runner(workspace, run_id, **options).run(requests))
 
@@ -563,10 +651,22 @@ def responses_table(rows: list[EvalResponse]):
 def eval_response_schema():
     import pyarrow as pa
 
-    return pa.schema([
-        ("run_id", pa.string()), ("item_id", pa.string()), ("model", pa.string()), ("hosting", pa.string()),
-        ("prompt_variant", pa.string()), ("output", pa.string()), ("latency_ms", pa.float64()),
-        ("prompt_tokens", pa.int64()), ("completion_tokens", pa.int64()), ("cost_usd", pa.float64()),
-        ("error_type", pa.string()), ("cached", pa.bool_()), ("attempts", pa.int64()),
-        ("error_message", pa.string()), ("request_key", pa.string()),
-    ])
+    return pa.schema(
+        [
+            ("run_id", pa.string()),
+            ("item_id", pa.string()),
+            ("model", pa.string()),
+            ("hosting", pa.string()),
+            ("prompt_variant", pa.string()),
+            ("output", pa.string()),
+            ("latency_ms", pa.float64()),
+            ("prompt_tokens", pa.int64()),
+            ("completion_tokens", pa.int64()),
+            ("cost_usd", pa.float64()),
+            ("error_type", pa.string()),
+            ("cached", pa.bool_()),
+            ("attempts", pa.int64()),
+            ("error_message", pa.string()),
+            ("request_key", pa.string()),
+        ]
+    )

@@ -27,14 +27,26 @@ from workhorse.workspace import Workspace
 
 ARMS = ("incumbent", "candidate", "shadow")
 
-TRAFFIC_LOG_SCHEMA = pa.schema([
-    ("request_id", pa.string()), ("ts", pa.timestamp("us", tz="UTC")), ("use_case", pa.string()),
-    ("model", pa.string()), ("provider", pa.string()), ("prompt_tokens", pa.int64()),
-    ("completion_tokens", pa.int64()), ("latency_ms", pa.float64()), ("status", pa.string()),
-    ("error_type", pa.string()), ("cost_usd", pa.float64()), ("request", pa.string()),
-    ("response", pa.string()), ("metadata", pa.string()), ("rollout_stage", pa.string()),
-    ("arm", pa.string()),
-])
+TRAFFIC_LOG_SCHEMA = pa.schema(
+    [
+        ("request_id", pa.string()),
+        ("ts", pa.timestamp("us", tz="UTC")),
+        ("use_case", pa.string()),
+        ("model", pa.string()),
+        ("provider", pa.string()),
+        ("prompt_tokens", pa.int64()),
+        ("completion_tokens", pa.int64()),
+        ("latency_ms", pa.float64()),
+        ("status", pa.string()),
+        ("error_type", pa.string()),
+        ("cost_usd", pa.float64()),
+        ("request", pa.string()),
+        ("response", pa.string()),
+        ("metadata", pa.string()),
+        ("rollout_stage", pa.string()),
+        ("arm", pa.string()),
+    ]
+)
 COLUMNS = TRAFFIC_LOG_SCHEMA.names
 
 # ts is stored as integer microseconds since the epoch: exact, and range scans use the index.
@@ -88,7 +100,9 @@ def _as_record(row: dict) -> tuple:
         raise ValueError(f"traffic row arm must be one of {ARMS}, not {values['arm']!r}")
     for name in ("metadata", "request"):
         if values[name] is not None and not isinstance(values[name], str):
-            values[name] = json.dumps(_scrub(values[name]) if name == "metadata" else values[name], default=str)
+            values[name] = json.dumps(
+                _scrub(values[name]) if name == "metadata" else values[name], default=str
+            )
     return tuple(values[c] for c in COLUMNS)
 
 
@@ -166,25 +180,35 @@ class TrafficLogger:
         marks = ",".join("?" * len(COLUMNS))
         try:
             with connection.transaction():  # one commit per batch
-                connection.executemany(f"INSERT INTO traffic_log ({','.join(COLUMNS)}) VALUES ({marks})", records)
+                connection.executemany(
+                    f"INSERT INTO traffic_log ({','.join(COLUMNS)}) VALUES ({marks})", records
+                )
         except Exception as error:  # kept and raised to the next caller: a lost row must be loud
             self._error = error
 
 
-def read_traffic(workspace: Workspace | str | None, use_case: str | None = None, since=None, until=None) -> pa.Table:
+def read_traffic(
+    workspace: Workspace | str | None, use_case: str | None = None, since=None, until=None
+) -> pa.Table:
     """Traffic rows (``TRAFFIC_LOG_SCHEMA``), optionally for one use case and ``since <= ts <= until``.
 
     ``since``/``until`` accept datetimes (naive = UTC), ISO strings or epoch seconds.
     """
     workspace = workspace if isinstance(workspace, Workspace) else Workspace.resolve(workspace)
     clauses, values = [], []
-    for clause, value in (("use_case = ?", use_case), ("ts >= ?", to_micros(since)), ("ts <= ?", to_micros(until))):
+    for clause, value in (
+        ("use_case = ?", use_case),
+        ("ts >= ?", to_micros(since)),
+        ("ts <= ?", to_micros(until)),
+    ):
         if value is not None:
             clauses.append(clause)
             values.append(value)
     where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
     with connect(workspace) as connection:
-        rows = connection.execute(f"SELECT {','.join(COLUMNS)} FROM traffic_log{where} ORDER BY ts", values).fetchall()
+        rows = connection.execute(
+            f"SELECT {','.join(COLUMNS)} FROM traffic_log{where} ORDER BY ts", values
+        ).fetchall()
     columns = {name: [r[i] for r in rows] for i, name in enumerate(COLUMNS)}
     columns["ts"] = pa.array(columns["ts"], pa.int64()).cast(pa.timestamp("us", tz="UTC"))
     return pa.table(columns, schema=TRAFFIC_LOG_SCHEMA)

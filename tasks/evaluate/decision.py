@@ -57,8 +57,15 @@ MIN_ITEMS_TO_KEEP_EARLY = 20
 
 # --- statistics ------------------------------------------------------------------------------
 
-def paired_bootstrap(candidate: Sequence[float], incumbent: Sequence[float], *, n_resamples: int = 2000,
-                     confidence: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
+
+def paired_bootstrap(
+    candidate: Sequence[float],
+    incumbent: Sequence[float],
+    *,
+    n_resamples: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float, float]:
     """Mean of (candidate − incumbent) over the same items and its percentile bootstrap CI.
 
     Items are resampled with replacement, keeping each item's pair together, which is what
@@ -66,8 +73,12 @@ def paired_bootstrap(candidate: Sequence[float], incumbent: Sequence[float], *, 
     """
     diffs = _paired_diffs(candidate, incumbent)
     rng = np.random.default_rng(seed)
-    means = np.concatenate([diffs[rng.integers(0, len(diffs), size=(size, len(diffs)))].mean(axis=1)
-                            for size in _chunks(n_resamples, len(diffs))])
+    means = np.concatenate(
+        [
+            diffs[rng.integers(0, len(diffs), size=(size, len(diffs)))].mean(axis=1)
+            for size in _chunks(n_resamples, len(diffs))
+        ]
+    )
     alpha = 1 - confidence
     low, high = np.quantile(means, [alpha / 2, 1 - alpha / 2])
     return float(diffs.mean()), float(low), float(high)
@@ -111,6 +122,7 @@ def mcnemar(candidate_correct: Sequence[bool], incumbent_correct: Sequence[bool]
 
 # --- policy: QualityPolicy (the plan's quality_policy section) is declared in workhorse.config ------
 
+
 def item_values(scores: Sequence[Any], metric: str) -> list[float]:
     """Per-item numbers of one metric from ``ItemScore`` objects: the vectors the verdict pairs."""
     if metric == "correct":
@@ -121,6 +133,7 @@ def item_values(scores: Sequence[Any], metric: str) -> list[float]:
 
 
 # --- verdict -----------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class CandidateResult:
@@ -154,15 +167,23 @@ class IncumbentEvidence:
     def problem(self, policy: "QualityPolicy") -> tuple[str, str] | None:
         """(why, sentence) when the incumbent cannot anchor a comparison, else None."""
         if self.answered == 0:
-            return "incumbent_not_evaluated", self.missing or f"every call failed ({_error_counts(self.errors)})"
+            return (
+                "incumbent_not_evaluated",
+                self.missing or f"every call failed ({_error_counts(self.errors)})",
+            )
         if self.error_rate > policy.max_error_rate:
-            return "incumbent_errors", (f"it failed {self.error_rate:.1%} of its calls ({_error_counts(self.errors)}), "
-                                        f"above the {policy.max_error_rate:.1%} the policy allows")
+            return "incumbent_errors", (
+                f"it failed {self.error_rate:.1%} of its calls ({_error_counts(self.errors)}), "
+                f"above the {policy.max_error_rate:.1%} the policy allows"
+            )
         return None
 
 
 def _error_counts(errors: Mapping[str, int]) -> str:
-    return ", ".join(f"{count} {kind}" for kind, count in sorted(errors.items(), key=lambda kv: -kv[1])) or "no answer"
+    return (
+        ", ".join(f"{count} {kind}" for kind, count in sorted(errors.items(), key=lambda kv: -kv[1]))
+        or "no answer"
+    )
 
 
 @dataclass(frozen=True)
@@ -202,18 +223,37 @@ class Verdict:
     summary: str = ""  # which candidate the decision names, and why each other one lost
 
 
-def verdict(use_case: str, incumbent_scores: Sequence[float], candidates: Sequence[CandidateResult],
-            policy: QualityPolicy | None = None, *, task_type: str = "classification",
-            incumbent_correct: Sequence[bool] | None = None,
-            incumbent: IncumbentEvidence | None = None) -> Verdict:
+def verdict(
+    use_case: str,
+    incumbent_scores: Sequence[float],
+    candidates: Sequence[CandidateResult],
+    policy: QualityPolicy | None = None,
+    *,
+    task_type: str = "classification",
+    incumbent_correct: Sequence[bool] | None = None,
+    incumbent: IncumbentEvidence | None = None,
+) -> Verdict:
     """The decision for one use case; the reason is one sentence with the numbers behind it.
 
     ``incumbent``: what the incumbent answered; without it the incumbent scores are taken as evidence."""
     policy = policy or QualityPolicy()
     metric = policy.metric_for(task_type)
     if not candidates:
-        return Verdict("inconclusive", None, None, None, None, None, None, None, len(incumbent_scores), None,
-                       f"{use_case}: no candidate was evaluated.", use_case, metric)
+        return Verdict(
+            "inconclusive",
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            len(incumbent_scores),
+            None,
+            f"{use_case}: no candidate was evaluated.",
+            use_case,
+            metric,
+        )
     problem = incumbent.problem(policy) if incumbent else None
     if problem and policy.min_score is not None:
         assessments = tuple(assess_against_bar(c, policy, problem[1]) for c in candidates)
@@ -225,13 +265,19 @@ def verdict(use_case: str, incumbent_scores: Sequence[float], candidates: Sequen
     return _verdict_from(use_case, metric, policy, chosen, assessments)
 
 
-def assess(candidate: CandidateResult, incumbent_scores: Sequence[float], policy: QualityPolicy,
-           incumbent_correct: Sequence[bool] | None = None) -> Assessment:
+def assess(
+    candidate: CandidateResult,
+    incumbent_scores: Sequence[float],
+    policy: QualityPolicy,
+    incumbent_correct: Sequence[bool] | None = None,
+) -> Assessment:
     """One candidate against the policy, gates in the order of the module docstring."""
     n = len(candidate.scores)
     if n != len(incumbent_scores):
-        raise ValueError(f"{candidate.model}/{candidate.prompt_variant}: {n} scores but the incumbent has "
-                         f"{len(incumbent_scores)}; the verdict needs the same items")
+        raise ValueError(
+            f"{candidate.model}/{candidate.prompt_variant}: {n} scores but the incumbent has "
+            f"{len(incumbent_scores)}; the verdict needs the same items"
+        )
     precondition = _candidate_precondition(candidate, n)
     if precondition:
         return precondition
@@ -240,25 +286,43 @@ def assess(candidate: CandidateResult, incumbent_scores: Sequence[float], policy
     gate = _operational_gate(candidate, policy)
     if gate:
         return Assessment(candidate, "keep", gate, n)
-    diff, low, high = paired_bootstrap(candidate.scores, incumbent_scores, n_resamples=policy.n_resamples,
-                                       confidence=policy.confidence, seed=policy.seed)
+    diff, low, high = paired_bootstrap(
+        candidate.scores,
+        incumbent_scores,
+        n_resamples=policy.n_resamples,
+        confidence=policy.confidence,
+        seed=policy.seed,
+    )
     decision, why = _by_margin(low, high, policy.non_inferiority_margin)
-    return Assessment(candidate, decision, why, n, diff, low, high,
-                      _p_value(candidate, incumbent_scores, incumbent_correct))
+    return Assessment(
+        candidate, decision, why, n, diff, low, high, _p_value(candidate, incumbent_scores, incumbent_correct)
+    )
 
 
 def _candidate_precondition(candidate: CandidateResult, n: int) -> Assessment | None:
     """A candidate that answered nothing was not evaluated: its zeros are no evidence of quality."""
     if candidate.operational.get("answered") == 0:
-        return Assessment(candidate, "inconclusive", "not_evaluated", n,
-                          note=candidate.operational.get("errors_text") or "every call failed")
+        return Assessment(
+            candidate,
+            "inconclusive",
+            "not_evaluated",
+            n,
+            note=candidate.operational.get("errors_text") or "every call failed",
+        )
     if n == 0:
-        return Assessment(candidate, "inconclusive", "no_reference", 0,
-                          note="no test item has both a reference and an answer of the incumbent")
+        return Assessment(
+            candidate,
+            "inconclusive",
+            "no_reference",
+            0,
+            note="no test item has both a reference and an answer of the incumbent",
+        )
     return None
 
 
-def assess_against_bar(candidate: CandidateResult, policy: QualityPolicy, why_no_incumbent: str) -> Assessment:
+def assess_against_bar(
+    candidate: CandidateResult, policy: QualityPolicy, why_no_incumbent: str
+) -> Assessment:
     """The candidate's mean score against ``policy.min_score``, when there is no incumbent to pair with.
 
     The same bootstrap, of the candidate's own scores (paired with zeros, its CI is the mean's)."""
@@ -271,27 +335,55 @@ def assess_against_bar(candidate: CandidateResult, policy: QualityPolicy, why_no
     gate = _operational_gate(candidate, policy)
     if gate:
         return Assessment(candidate, "keep", gate, n, note=why_no_incumbent)
-    mean, low, high = paired_bootstrap(candidate.scores, [0.0] * n, n_resamples=policy.n_resamples,
-                                       confidence=policy.confidence, seed=policy.seed)
-    decision, why = (("migrate", "meets_bar") if low >= policy.min_score else
-                     ("keep", "below_bar") if high < policy.min_score else ("inconclusive", "straddles_bar"))
+    mean, low, high = paired_bootstrap(
+        candidate.scores,
+        [0.0] * n,
+        n_resamples=policy.n_resamples,
+        confidence=policy.confidence,
+        seed=policy.seed,
+    )
+    decision, why = (
+        ("migrate", "meets_bar")
+        if low >= policy.min_score
+        else ("keep", "below_bar")
+        if high < policy.min_score
+        else ("inconclusive", "straddles_bar")
+    )
     return Assessment(candidate, decision, why, n, mean, low, high, note=why_no_incumbent)
 
 
-def _under_sampled(candidate: CandidateResult, incumbent_scores: Sequence[float], policy: QualityPolicy,
-                   n: int, incumbent_correct: Sequence[bool] | None) -> Assessment:
+def _under_sampled(
+    candidate: CandidateResult,
+    incumbent_scores: Sequence[float],
+    policy: QualityPolicy,
+    n: int,
+    incumbent_correct: Sequence[bool] | None,
+) -> Assessment:
     """Too few items to migrate on; but a candidate clearly worse even on few items is kept out.
 
     The minimum sample size guards against a migration the data cannot support. Keeping the
     incumbent needs no such guard when the whole interval lies below the margin."""
     if n < MIN_ITEMS_TO_KEEP_EARLY:
         return Assessment(candidate, "inconclusive", "under_sampled", n)
-    diff, low, high = paired_bootstrap(candidate.scores, incumbent_scores, n_resamples=policy.n_resamples,
-                                       confidence=policy.confidence, seed=policy.seed)
+    diff, low, high = paired_bootstrap(
+        candidate.scores,
+        incumbent_scores,
+        n_resamples=policy.n_resamples,
+        confidence=policy.confidence,
+        seed=policy.seed,
+    )
     if high >= -policy.non_inferiority_margin:
         return Assessment(candidate, "inconclusive", "under_sampled", n)
-    return Assessment(candidate, "keep", "worse", n, diff, low, high,
-                      _p_value(candidate, incumbent_scores, incumbent_correct))
+    return Assessment(
+        candidate,
+        "keep",
+        "worse",
+        n,
+        diff,
+        low,
+        high,
+        _p_value(candidate, incumbent_scores, incumbent_correct),
+    )
 
 
 def _operational_gate(candidate: CandidateResult, policy: QualityPolicy) -> str | None:
@@ -312,8 +404,9 @@ def _by_margin(low: float, high: float, margin: float) -> tuple[Decision, str]:
     return "inconclusive", "straddles"
 
 
-def _p_value(candidate: CandidateResult, incumbent_scores: Sequence[float],
-             incumbent_correct: Sequence[bool] | None) -> float | None:
+def _p_value(
+    candidate: CandidateResult, incumbent_scores: Sequence[float], incumbent_correct: Sequence[bool] | None
+) -> float | None:
     """McNemar on correctness when both sides have it (given, or scores that are all 0/1)."""
     cand = candidate.correct if candidate.correct is not None else _as_binary(candidate.scores)
     inc = incumbent_correct if incumbent_correct is not None else _as_binary(incumbent_scores)
@@ -349,12 +442,26 @@ def _closeness_key(a: Assessment) -> tuple:
     return (-math.inf if a.ci_low is None else a.ci_low, -math.inf if a.diff is None else a.diff)
 
 
-def _verdict_from(use_case: str, metric: str, policy: QualityPolicy, chosen: Assessment,
-                  assessments: tuple[Assessment, ...]) -> Verdict:
+def _verdict_from(
+    use_case: str, metric: str, policy: QualityPolicy, chosen: Assessment, assessments: tuple[Assessment, ...]
+) -> Verdict:
     c = chosen.candidate
-    v = Verdict(chosen.decision, c.model, c.hosting, c.prompt_variant, chosen.diff, chosen.ci_low,
-                chosen.ci_high, chosen.p_value, chosen.n, c.projected_monthly_saving_usd,
-                reason(use_case, metric, policy, chosen), use_case, metric, assessments)
+    v = Verdict(
+        chosen.decision,
+        c.model,
+        c.hosting,
+        c.prompt_variant,
+        chosen.diff,
+        chosen.ci_low,
+        chosen.ci_high,
+        chosen.p_value,
+        chosen.n,
+        c.projected_monthly_saving_usd,
+        reason(use_case, metric, policy, chosen),
+        use_case,
+        metric,
+        assessments,
+    )
     return replace(v, candidates=tuple(candidate_verdicts(v, policy)), summary=why_chosen(v))
 
 
@@ -362,17 +469,37 @@ def candidate_verdicts(v: Verdict, policy: QualityPolicy) -> list[dict]:
     """Every candidate's own verdict (chosen first), with its numbers and sentence."""
     chosen = _chosen_of(v)
     ordered = sorted(v.assessments, key=lambda a: a is not chosen)
-    return [{"model": a.candidate.model, "hosting": a.candidate.hosting, "prompt_variant": a.candidate.prompt_variant,
-             "decision": a.decision, "why": a.why, "chosen": a is chosen, "n": a.n, "diff": a.diff,
-             "ci_low": a.ci_low, "ci_high": a.ci_high, "p_value": a.p_value,
-             "against": "min_score" if a.why in BAR_REASONS else "incumbent",
-             "projected_monthly_saving_usd": a.candidate.projected_monthly_saving_usd,
-             "reason": reason(v.use_case, v.metric, policy, a)} for a in ordered]
+    return [
+        {
+            "model": a.candidate.model,
+            "hosting": a.candidate.hosting,
+            "prompt_variant": a.candidate.prompt_variant,
+            "decision": a.decision,
+            "why": a.why,
+            "chosen": a is chosen,
+            "n": a.n,
+            "diff": a.diff,
+            "ci_low": a.ci_low,
+            "ci_high": a.ci_high,
+            "p_value": a.p_value,
+            "against": "min_score" if a.why in BAR_REASONS else "incumbent",
+            "projected_monthly_saving_usd": a.candidate.projected_monthly_saving_usd,
+            "reason": reason(v.use_case, v.metric, policy, a),
+        }
+        for a in ordered
+    ]
 
 
 def _chosen_of(v: Verdict) -> Assessment | None:
-    return next((a for a in v.assessments if (a.candidate.model, a.candidate.hosting, a.candidate.prompt_variant)
-                 == (v.best_candidate, v.hosting, v.prompt_variant)), None)
+    return next(
+        (
+            a
+            for a in v.assessments
+            if (a.candidate.model, a.candidate.hosting, a.candidate.prompt_variant)
+            == (v.best_candidate, v.hosting, v.prompt_variant)
+        ),
+        None,
+    )
 
 
 def why_chosen(v: Verdict) -> str:
@@ -381,31 +508,56 @@ def why_chosen(v: Verdict) -> str:
     if chosen is None:
         return v.reason
     peers = sum(a.decision == chosen.decision for a in v.assessments)
-    rule = {"migrate": "may migrate, with the largest projected saving" if peers > 1 else "is the one that may migrate",
-            "inconclusive": "is the most promising, though not settled",
-            "keep": "came closest to the incumbent"}[chosen.decision]
-    lines = [f"{v.decision}: {chosen.candidate.model} ({chosen.candidate.hosting}) {rule}"
-             if len(v.assessments) > 1 else f"{v.decision}: {chosen.candidate.model} ({chosen.candidate.hosting})"]
-    lines += [f"{a.candidate.model} ({a.candidate.hosting}) lost: {a.decision}, {_WHY_WORDS.get(a.why, a.why)}"
-              + (f" ({_pp(a.diff)}, CI {_pp(a.ci_low)} to {_pp(a.ci_high)})" if a.ci_low is not None else "")
-              for a in v.assessments if a is not chosen]
+    rule = {
+        "migrate": "may migrate, with the largest projected saving"
+        if peers > 1
+        else "is the one that may migrate",
+        "inconclusive": "is the most promising, though not settled",
+        "keep": "came closest to the incumbent",
+    }[chosen.decision]
+    lines = [
+        f"{v.decision}: {chosen.candidate.model} ({chosen.candidate.hosting}) {rule}"
+        if len(v.assessments) > 1
+        else f"{v.decision}: {chosen.candidate.model} ({chosen.candidate.hosting})"
+    ]
+    lines += [
+        f"{a.candidate.model} ({a.candidate.hosting}) lost: {a.decision}, {_WHY_WORDS.get(a.why, a.why)}"
+        + (f" ({_pp(a.diff)}, CI {_pp(a.ci_low)} to {_pp(a.ci_high)})" if a.ci_low is not None else "")
+        for a in v.assessments
+        if a is not chosen
+    ]
     return "; ".join(lines) + "."
 
 
 BAR_REASONS = frozenset({"meets_bar", "below_bar", "straddles_bar"})
-_WHY_WORDS = {"non_inferior": "non-inferior but a smaller saving", "worse": "worse beyond the margin",
-              "straddles": "its CI straddles the margin", "under_sampled": "too few items",
-              "errors": "too many failed calls", "latency": "too slow", "not_evaluated": "not evaluated",
-              "incumbent_not_evaluated": "the incumbent was not evaluated",
-              "incumbent_errors": "the incumbent failed too often", "no_reference": "no reference to score against",
-              "meets_bar": "meets the absolute bar but a smaller saving", "below_bar": "below the absolute bar",
-              "straddles_bar": "its CI straddles the absolute bar"}
+_WHY_WORDS = {
+    "non_inferior": "non-inferior but a smaller saving",
+    "worse": "worse beyond the margin",
+    "straddles": "its CI straddles the margin",
+    "under_sampled": "too few items",
+    "errors": "too many failed calls",
+    "latency": "too slow",
+    "not_evaluated": "not evaluated",
+    "incumbent_not_evaluated": "the incumbent was not evaluated",
+    "incumbent_errors": "the incumbent failed too often",
+    "no_reference": "no reference to score against",
+    "meets_bar": "meets the absolute bar but a smaller saving",
+    "below_bar": "below the absolute bar",
+    "straddles_bar": "its CI straddles the absolute bar",
+}
 
 
 # --- the one-sentence reason -------------------------------------------------------------------
 
-_METRIC_NAMES = {"correct": "accuracy", "value": "score", "rougeL": "ROUGE-L F", "rouge1": "ROUGE-1 F",
-                 "rouge2": "ROUGE-2 F", "f1": "F1", "exact_match": "exact match"}
+_METRIC_NAMES = {
+    "correct": "accuracy",
+    "value": "score",
+    "rougeL": "ROUGE-L F",
+    "rouge1": "ROUGE-1 F",
+    "rouge2": "ROUGE-2 F",
+    "f1": "F1",
+    "exact_match": "exact match",
+}
 
 
 def _pp(x: float) -> str:
@@ -426,18 +578,24 @@ def reason(use_case: str, metric: str, policy: QualityPolicy, a: Assessment) -> 
     c, margin = a.candidate, policy.non_inferiority_margin * 100
     who = f"{use_case}: {c.model} ({c.hosting}, {c.prompt_variant})"
     if a.why == "errors":
-        return (f"{who} failed {c.operational['error_rate']:.1%} of calls, above the "
-                f"{policy.max_error_rate:.1%} the policy allows.")
+        return (
+            f"{who} failed {c.operational['error_rate']:.1%} of calls, above the "
+            f"{policy.max_error_rate:.1%} the policy allows."
+        )
     if a.why == "latency":
-        return (f"{who} has a p95 latency of {c.operational['latency_p95_ms']:.0f} ms, above the "
-                f"{policy.max_p95_latency_ms:.0f} ms limit.")
+        return (
+            f"{who} has a p95 latency of {c.operational['latency_p95_ms']:.0f} ms, above the "
+            f"{policy.max_p95_latency_ms:.0f} ms limit."
+        )
     if a.why == "under_sampled":
         return f"{who} was tested on {a.n} items, fewer than the {policy.min_items} required (under-sampled)."
     if a.why == "not_evaluated":
         return f"{who} was not evaluated: {a.note}."
     if a.why in ("incumbent_not_evaluated", "incumbent_errors"):
-        return (f"{who} cannot be compared: the incumbent was not evaluated, {a.note}; set "
-                f"quality_policy.min_score to judge candidates against an absolute bar instead.")
+        return (
+            f"{who} cannot be compared: the incumbent was not evaluated, {a.note}; set "
+            f"quality_policy.min_score to judge candidates against an absolute bar instead."
+        )
     if a.why == "no_reference":
         return f"{who} cannot be scored: {a.note}."
     if a.why in BAR_REASONS:
@@ -453,13 +611,17 @@ def reason(use_case: str, metric: str, policy: QualityPolicy, a: Assessment) -> 
 
 def _against_bar(who: str, metric: str, policy: QualityPolicy, a: Assessment) -> str:
     claim = {"meets_bar": "meets", "below_bar": "is below", "straddles_bar": "straddles"}[a.why]
-    return (f"{who} {claim} the plan's absolute bar (quality_policy.min_score {policy.min_score:.1%}): "
-            f"{_METRIC_NAMES.get(metric, metric)} {a.diff:.1%} ({policy.confidence:.0%} CI {a.ci_low:.1%} to "
-            f"{a.ci_high:.1%}, n={a.n}), used because the incumbent was not evaluated ({a.note})"
-            + (f", {_money(a.candidate.projected_monthly_saving_usd)}." if a.why == "meets_bar" else "."))
+    return (
+        f"{who} {claim} the plan's absolute bar (quality_policy.min_score {policy.min_score:.1%}): "
+        f"{_METRIC_NAMES.get(metric, metric)} {a.diff:.1%} ({policy.confidence:.0%} CI {a.ci_low:.1%} to "
+        f"{a.ci_high:.1%}, n={a.n}), used because the incumbent was not evaluated ({a.note})"
+        + (f", {_money(a.candidate.projected_monthly_saving_usd)}." if a.why == "meets_bar" else ".")
+    )
 
 
 def _numbers(metric: str, policy: QualityPolicy, a: Assessment) -> str:
     mcnemar_part = f", McNemar p={a.p_value:.3g}" if a.p_value is not None else ""
-    return (f"{_METRIC_NAMES.get(metric, metric)} {_pp(a.diff)} vs the incumbent ({policy.confidence:.0%} CI "
-            f"{_pp(a.ci_low)} to {_pp(a.ci_high)}, n={a.n}{mcnemar_part})")
+    return (
+        f"{_METRIC_NAMES.get(metric, metric)} {_pp(a.diff)} vs the incumbent ({policy.confidence:.0%} CI "
+        f"{_pp(a.ci_low)} to {_pp(a.ci_high)}, n={a.n}{mcnemar_part})"
+    )

@@ -49,9 +49,13 @@ def parsed_reference(item: GoldenItem):
 
 
 def prompt_task(item: GoldenItem, examples: Sequence[GoldenItem] = ()) -> PromptTask:
-    return PromptTask(item.task_type, user_text(item), labels=tuple(item.labels or ()),
-                      json_schema=item.json_schema,
-                      examples=tuple((user_text(e), e.reference or "") for e in examples))
+    return PromptTask(
+        item.task_type,
+        user_text(item),
+        labels=tuple(item.labels or ()),
+        json_schema=item.json_schema,
+        examples=tuple((user_text(e), e.reference or "") for e in examples),
+    )
 
 
 def few_shot_examples(dev: Sequence[GoldenItem], k: int = FEW_SHOT_EXAMPLES) -> list[GoldenItem]:
@@ -77,15 +81,22 @@ def answer_budget(dev: Sequence[GoldenItem]) -> int | None:
     return min(ceiling, 2 * math.ceil(max(lengths) / 3) + 16)
 
 
-def build_requests(contender: Contender, variant: str, items: Iterable[GoldenItem],
-                   examples: Sequence[GoldenItem] = (), max_tokens: int | None = None) -> list[ModelRequest]:
+def build_requests(
+    contender: Contender,
+    variant: str,
+    items: Iterable[GoldenItem],
+    examples: Sequence[GoldenItem] = (),
+    max_tokens: int | None = None,
+) -> list[ModelRequest]:
     spec = contender.spec
     requests = []
     for item in items:
         if variant == AS_LOGGED:
             messages, params = item.input, {}
         else:
-            shown = [e for e in examples if e.item_id != item.item_id] if variant.startswith("few-shot") else ()
+            shown = (
+                [e for e in examples if e.item_id != item.item_id] if variant.startswith("few-shot") else ()
+            )
             messages, params = render(variant, prompt_task(item, shown), spec.hosting)
         defaults = {"temperature": 0.0, "max_tokens": max_tokens or MAX_TOKENS.get(item.task_type, 256)}
         requests.append(ModelRequest(item.item_id, spec, messages, {**defaults, **params}, variant))
@@ -101,7 +112,9 @@ def shards(requests: list, size: int) -> list[list]:
     return [requests[start:end] for start, end in zip(bounds, bounds[1:])]
 
 
-def replay_incumbent(contender: Contender, items: Iterable[GoldenItem], run_id: str) -> tuple[list[EvalResponse], list[GoldenItem]]:
+def replay_incumbent(
+    contender: Contender, items: Iterable[GoldenItem], run_id: str
+) -> tuple[list[EvalResponse], list[GoldenItem]]:
     """Rows for items whose logged answer came from this incumbent; the rest still need calls."""
     replayed, remaining = [], []
     for item in items:
@@ -109,10 +122,22 @@ def replay_incumbent(contender: Contender, items: Iterable[GoldenItem], run_id: 
         if answer is None:
             remaining.append(item)
             continue
-        replayed.append(EvalResponse(run_id=run_id, item_id=item.item_id, model=contender.spec.label,
-                                     hosting="replay", prompt_variant=AS_LOGGED, output=answer, latency_ms=None,
-                                     prompt_tokens=None, completion_tokens=None, cost_usd=None,
-                                     error_type=None, cached=True))
+        replayed.append(
+            EvalResponse(
+                run_id=run_id,
+                item_id=item.item_id,
+                model=contender.spec.label,
+                hosting="replay",
+                prompt_variant=AS_LOGGED,
+                output=answer,
+                latency_ms=None,
+                prompt_tokens=None,
+                completion_tokens=None,
+                cost_usd=None,
+                error_type=None,
+                cached=True,
+            )
+        )
     return replayed, remaining
 
 
@@ -125,8 +150,9 @@ def logged_answer(item: GoldenItem, model: str) -> str | None:
     return item.reference if item.label_origin == "incumbent" else None
 
 
-def score_rows(items: Sequence[GoldenItem], rows: Iterable[EvalResponse],
-               options: dict | None = None) -> list[dict]:
+def score_rows(
+    items: Sequence[GoldenItem], rows: Iterable[EvalResponse], options: dict | None = None
+) -> list[dict]:
     """One scores row per response: the per-item verdict the statistics are built on.
 
     ``options`` are scorer options of the use case (``list_order``), checked before any item.
@@ -138,16 +164,30 @@ def score_rows(items: Sequence[GoldenItem], rows: Iterable[EvalResponse],
     scored = []
     for row in rows:
         item = by_id[row.item_id]
-        score = score_or_error(item.task_type, row.output, parsed_reference(item),
-                               {**options, "labels": item.labels or [], "json_schema": item.json_schema})
-        scored.append({
-            "run_id": row.run_id, "use_case": item.use_case, "item_id": item.item_id, "split": item.split,
-            "label_origin": item.label_origin, "model": row.model, "hosting": row.hosting,
-            "prompt_variant": row.prompt_variant, "correct": bool(score.correct), "value": float(score.value),
-            "reference": _as_text(item.reference), "prediction": _as_text(score.prediction),
-            "details": json.dumps(score.details, sort_keys=True, default=str),
-            "error_type": row.error_type or (SCORING_ERROR if score.error else None),
-        })
+        score = score_or_error(
+            item.task_type,
+            row.output,
+            parsed_reference(item),
+            {**options, "labels": item.labels or [], "json_schema": item.json_schema},
+        )
+        scored.append(
+            {
+                "run_id": row.run_id,
+                "use_case": item.use_case,
+                "item_id": item.item_id,
+                "split": item.split,
+                "label_origin": item.label_origin,
+                "model": row.model,
+                "hosting": row.hosting,
+                "prompt_variant": row.prompt_variant,
+                "correct": bool(score.correct),
+                "value": float(score.value),
+                "reference": _as_text(item.reference),
+                "prediction": _as_text(score.prediction),
+                "details": json.dumps(score.details, sort_keys=True, default=str),
+                "error_type": row.error_type or (SCORING_ERROR if score.error else None),
+            }
+        )
     return scored
 
 
@@ -200,26 +240,39 @@ class PromptPlan:
 
 def tuning_requests(candidates: Sequence[Contender], prompts: PromptPlan) -> list[ModelRequest]:
     """Every prompt variant of each candidate model (once per model) on the tuning items."""
-    return [request for contender in tuning_contenders(candidates) for variant in contender.variants
-            for request in build_requests(contender, variant, prompts.tuning_items, prompts.examples,
-                                          prompts.max_tokens)]
+    return [
+        request
+        for contender in tuning_contenders(candidates)
+        for variant in contender.variants
+        for request in build_requests(
+            contender, variant, prompts.tuning_items, prompts.examples, prompts.max_tokens
+        )
+    ]
 
 
 def choose_variants(dev_scores: Iterable[dict], candidates: Sequence[Contender]) -> dict:
     """(label, hosting) → (best variant, mean dev score per variant): a model's hostings share its choice."""
     dev_scores = list(dev_scores)
-    by_model = {c.spec.model: best_variant(dev_scores, c.spec.label, c.spec.hosting)
-                for c in tuning_contenders(candidates)}
+    by_model = {
+        c.spec.model: best_variant(dev_scores, c.spec.label, c.spec.hosting)
+        for c in tuning_contenders(candidates)
+    }
     return {(c.spec.label, c.spec.hosting): by_model[c.spec.model] for c in candidates}
 
 
-def confirmation_requests(incumbent: Contender, candidates: Sequence[Contender], chosen: dict,
-                  incumbent_items: Sequence[GoldenItem], test: Sequence[GoldenItem],
-                  prompts: PromptPlan) -> list[ModelRequest]:
+def confirmation_requests(
+    incumbent: Contender,
+    candidates: Sequence[Contender],
+    chosen: dict,
+    incumbent_items: Sequence[GoldenItem],
+    test: Sequence[GoldenItem],
+    prompts: PromptPlan,
+) -> list[ModelRequest]:
     """The test phase's calls: the incumbent as logged on the items it must answer live (if it can
     be called), and each candidate with its chosen variant on every test item."""
     requests = build_requests(incumbent, AS_LOGGED, incumbent_items) if incumbent.callable else []
     for c in candidates:
-        requests += build_requests(c, chosen[(c.spec.label, c.spec.hosting)][0], test, prompts.examples,
-                                   prompts.max_tokens)
+        requests += build_requests(
+            c, chosen[(c.spec.label, c.spec.hosting)][0], test, prompts.examples, prompts.max_tokens
+        )
     return requests

@@ -13,7 +13,7 @@ from typing import Callable
 INSTRUCTIONS = {
     "classification": "Classify the text into exactly one of these labels: {labels}. Answer with the label only.",
     "extraction": "Extract the fields of this JSON schema from the text and answer with one JSON {shape} only.\n"
-                  "Schema: {schema}",
+    "Schema: {schema}",
     "summarization": "Summarise the text in plain English in at most three sentences.",
     "qa": "Answer the question with a short phrase only.",
     "generation": "{instruction}",
@@ -32,8 +32,12 @@ class PromptTask:
 
 
 def instruction_for(task: PromptTask) -> str:
-    return INSTRUCTIONS[task.task_type].format(labels=", ".join(task.labels), shape=json_shape(task.json_schema),
-                                               schema=json.dumps(task.json_schema or {}), instruction="")
+    return INSTRUCTIONS[task.task_type].format(
+        labels=", ".join(task.labels),
+        shape=json_shape(task.json_schema),
+        schema=json.dumps(task.json_schema or {}),
+        instruction="",
+    )
 
 
 def json_shape(schema: dict | None) -> str:
@@ -52,7 +56,11 @@ def few_shot(task: PromptTask, hosting: str) -> tuple[list[dict], dict]:
     shots = []
     for text, answer in task.examples:
         shots += [{"role": "user", "content": text}, {"role": "assistant", "content": answer}]
-    messages = [{"role": "system", "content": instruction_for(task)}, *shots, {"role": "user", "content": task.text}]
+    messages = [
+        {"role": "system", "content": instruction_for(task)},
+        *shots,
+        {"role": "user", "content": task.text},
+    ]
     return messages, {}
 
 
@@ -66,8 +74,12 @@ def constraint_params(task: PromptTask, hosting: str) -> dict:
     if task.task_type == "classification" and task.labels:
         if hosting in ("self_hosted", "batch"):  # vLLM's own `choice` constraint
             return {"extra_body": {"structured_outputs": {"choice": list(task.labels)}}}
-        schema = {"type": "object", "properties": {"label": {"type": "string", "enum": list(task.labels)}},
-                  "required": ["label"], "additionalProperties": False}
+        schema = {
+            "type": "object",
+            "properties": {"label": {"type": "string", "enum": list(task.labels)}},
+            "required": ["label"],
+            "additionalProperties": False,
+        }
         return _json_schema_format("label", schema)
     if task.task_type == "extraction" and task.json_schema:
         return _json_schema_format("extraction", task.json_schema)
@@ -85,8 +97,12 @@ def few_shot_constrained(task: PromptTask, hosting: str) -> tuple[list[dict], di
 
 
 PromptVariant = Callable[[PromptTask, str], tuple[list[dict], dict]]
-VARIANTS: dict[str, PromptVariant] = {"zero-shot": zero_shot, "few-shot": few_shot, "constrained": constrained,
-                                      "few-shot-constrained": few_shot_constrained}
+VARIANTS: dict[str, PromptVariant] = {
+    "zero-shot": zero_shot,
+    "few-shot": few_shot,
+    "constrained": constrained,
+    "few-shot-constrained": few_shot_constrained,
+}
 
 
 def render(variant: str, task: PromptTask, hosting: str) -> tuple[list[dict], dict]:

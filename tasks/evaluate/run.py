@@ -85,20 +85,36 @@ def evaluated_use_cases(plan: Plan, workspace: Workspace) -> list[str]:
     """Workhorse use cases that have a golden set (a refused refresh leaves the last good version)."""
     from workhorse.tasks.golden.versions import versions
 
-    return [name for name, case in plan.use_cases.items() if case.workload != "frontier" and versions(workspace, name)]
+    return [
+        name
+        for name, case in plan.use_cases.items()
+        if case.workload != "frontier" and versions(workspace, name)
+    ]
 
 
-def contenders_from_plan(plan: Plan, use_case: str, models: list[str] | None, hostings: list[str] | None,
-                         variants: list[str] | None, workspace_root: Path | None = None,
-                         ) -> tuple[Contender, list[Contender], list[str]]:
+def contenders_from_plan(
+    plan: Plan,
+    use_case: str,
+    models: list[str] | None,
+    hostings: list[str] | None,
+    variants: list[str] | None,
+    workspace_root: Path | None = None,
+) -> tuple[Contender, list[Contender], list[str]]:
     """The incumbent (always, for replay) and the runnable candidates; the rest are listed as skipped."""
     case = plan.use_cases.get(use_case)
     incumbent_model = (case.incumbent if case and case.incumbent else None) or plan.incumbent
     catalog = plan_catalog(plan, workspace_root)
-    incumbent = Contender("incumbent", candidate_spec(incumbent_model, "api", None, catalog), (AS_LOGGED,),
-                          callable=has_credentials(incumbent_model))
-    skipped = [] if incumbent.callable else [
-        f"incumbent {incumbent_model}: no API key here, only its logged answers are used (replay)"]
+    incumbent = Contender(
+        "incumbent",
+        candidate_spec(incumbent_model, "api", None, catalog),
+        (AS_LOGGED,),
+        callable=has_credentials(incumbent_model),
+    )
+    skipped = (
+        []
+        if incumbent.callable
+        else [f"incumbent {incumbent_model}: no API key here, only its logged answers are used (replay)"]
+    )
     candidates = []
     for candidate in plan.candidates_for(use_case):
         block = endpoint_block(candidate.endpoint)
@@ -108,7 +124,9 @@ def contenders_from_plan(plan: Plan, use_case: str, models: list[str] | None, ho
             if not (block and block.api_key) and not has_credentials(candidate.model):
                 skipped.append(f"candidate {candidate.model} ({hosting}): no API key for its provider here")
                 continue
-            spec = candidate_spec(candidate.model, hosting, candidate.api_base or (block and block.api_base), catalog)
+            spec = candidate_spec(
+                candidate.model, hosting, candidate.api_base or (block and block.api_base), catalog
+            )
             if block and block.api_key:  # the key lives in the block, in memory only from here on
                 spec = replace(spec, api_key=block.api_key.get_secret_value())
             candidates.append(Contender("candidate", spec, checked_variants(variants)))
@@ -132,8 +150,10 @@ def endpoint_block(name: str | None):
     try:
         return ModelEndpoint.load(name, _sync=True)  # sync even when called from an async flow
     except ValueError as error:
-        raise ConfigError(f"the plan names ModelEndpoint block {name!r}, which does not exist "
-                          f"(create it with `workhorse blocks init`)") from error
+        raise ConfigError(
+            f"the plan names ModelEndpoint block {name!r}, which does not exist "
+            f"(create it with `workhorse blocks init`)"
+        ) from error
 
 
 def candidate_spec(model: str, hosting: str, api_base: str | None, catalog: PriceCatalog) -> ModelSpec:
@@ -143,11 +163,21 @@ def candidate_spec(model: str, hosting: str, api_base: str | None, catalog: Pric
     A batch hosting of a provider model is answered by the synchronous API (same model, same
     output) and priced at batch rates; a self-hosted one is a local engine: fewer callers, more time."""
     price = catalog.price(model, hosting)
-    prices = {"input_cost_per_token": price.input_per_token, "output_cost_per_token": price.output_per_token} \
-        if price else {}
+    prices = (
+        {"input_cost_per_token": price.input_per_token, "output_cost_per_token": price.output_per_token}
+        if price
+        else {}
+    )
     if model.startswith("hosted_vllm/") and hosting in ("self_hosted", "batch"):
-        return ModelSpec(model=model, name=f"{model.split('/')[-1]} ({hosting})", api_base=api_base, hosting=hosting,
-                         max_concurrency=8, timeout_s=180, **prices)
+        return ModelSpec(
+            model=model,
+            name=f"{model.split('/')[-1]} ({hosting})",
+            api_base=api_base,
+            hosting=hosting,
+            max_concurrency=8,
+            timeout_s=180,
+            **prices,
+        )
     name = f"{model} ({hosting})" if hosting != "api" else ""
     return ModelSpec(model=model, name=name, api_base=api_base, hosting=hosting, **prices)
 
@@ -171,13 +201,22 @@ class Execution:
         return self.task_runner == "dask"
 
 
-def execution_from(plan: Plan, task_runner: str | None = None, dask_address: str | None = None,
-                   dask_workers: int | None = None) -> Execution:
+def execution_from(
+    plan: Plan,
+    task_runner: str | None = None,
+    dask_address: str | None = None,
+    dask_workers: int | None = None,
+) -> Execution:
     """Flow parameter > the plan's ``eval`` section > default (threads)."""
     execution = Execution(
-        task_runner=resolve("task_runner", parameter=task_runner, plan_value=plan.eval.task_runner, default="threads"),
+        task_runner=resolve(
+            "task_runner", parameter=task_runner, plan_value=plan.eval.task_runner, default="threads"
+        ),
         dask_address=resolve("dask_address", parameter=dask_address, plan_value=plan.eval.dask_address),
-        dask_workers=resolve("dask_workers", parameter=dask_workers, plan_value=plan.eval.dask_workers, default=2))
+        dask_workers=resolve(
+            "dask_workers", parameter=dask_workers, plan_value=plan.eval.dask_workers, default=2
+        ),
+    )
     if execution.task_runner not in ("threads", "dask"):
         raise ConfigError(f"task_runner {execution.task_runner!r} is not one of: threads, dask")
     if execution.dask_workers < 1:
@@ -194,9 +233,16 @@ class EvalContext:
     """Engines and bookkeeping for one run: starts the embedded vLLM server only if needed, and
     the Dask task runner (a LocalCluster, or a client of a running one) when shards go there."""
 
-    def __init__(self, workspace: Workspace, run_id: str, shard_size: int, engine_api_base: str | None = None,
-                 execution: Execution = Execution(), key_blocks: dict[str, str] | None = None,
-                 batch_engine: str | None = None):
+    def __init__(
+        self,
+        workspace: Workspace,
+        run_id: str,
+        shard_size: int,
+        engine_api_base: str | None = None,
+        execution: Execution = Execution(),
+        key_blocks: dict[str, str] | None = None,
+        batch_engine: str | None = None,
+    ):
         self.workspace, self.run_id, self.shard_size = workspace, run_id, shard_size
         self.engine_api_base, self.batch_engine = engine_api_base, batch_engine
         self.execution, self.key_blocks = execution, dict(key_blocks or {})
@@ -233,7 +279,9 @@ class EvalContext:
             if self.execution.dask_address:
                 runner = DaskTaskRunner(address=self.execution.dask_address)
             else:
-                runner = DaskTaskRunner(cluster_kwargs=LOCAL_CLUSTER | {"n_workers": self.execution.dask_workers})
+                runner = DaskTaskRunner(
+                    cluster_kwargs=LOCAL_CLUSTER | {"n_workers": self.execution.dask_workers}
+                )
             self.dask = runner.__enter__()
         return self.dask
 
@@ -278,7 +326,11 @@ async def generate(context: EvalContext, requests: list[ModelRequest], phase: st
     twins = [r for r in offline if r.cache_key in served_keys]
     if needs_server(context, served):
         await asyncio.to_thread(context.server_base)
-    parts = [[_served(context, r) for r in part] for group in groups.values() for part in shards(group, context.shard_size)]
+    parts = [
+        [_served(context, r) for r in part]
+        for group in groups.values()
+        for part in shards(group, context.shard_size)
+    ]
     provider_batch = [r for r in served if r.model.hosting == "batch"]
     if provider_batch:
         write_openai_batch_files(context.workspace.run_dir(context.run_id) / "batch", provider_batch, phase)
@@ -296,10 +348,24 @@ def twin_rows(twins: list[ModelRequest], answered: list[EvalResponse]) -> list[E
     rows = []
     for request in twins:
         twin = by_key[request.cache_key]
-        cost = None if twin.error_type else call_cost(request.model, twin.prompt_tokens or 0, twin.completion_tokens or 0)
-        rows.append(response_row(request, twin.run_id, output=twin.output, prompt_tokens=twin.prompt_tokens,
-                                 completion_tokens=twin.completion_tokens, cost_usd=cost, cached=True,
-                                 error_type=twin.error_type, error_message=twin.error_message))
+        cost = (
+            None
+            if twin.error_type
+            else call_cost(request.model, twin.prompt_tokens or 0, twin.completion_tokens or 0)
+        )
+        rows.append(
+            response_row(
+                request,
+                twin.run_id,
+                output=twin.output,
+                prompt_tokens=twin.prompt_tokens,
+                completion_tokens=twin.completion_tokens,
+                cost_usd=cost,
+                cached=True,
+                error_type=twin.error_type,
+                error_message=twin.error_message,
+            )
+        )
     return rows
 
 
@@ -323,10 +389,17 @@ def write_openai_batch_files(folder: Path, requests: list[ModelRequest], phase: 
     written = []
     for model, group in by_model.items():
         path = folder / ("".join(c if c.isalnum() or c in "-_." else "_" for c in model) + f"-{phase}.jsonl")
-        lines = [json.dumps({"custom_id": f"{r.prompt_variant}|{r.item_id}", "method": "POST",
-                             "url": "/v1/chat/completions",
-                             "body": {"model": model.split("/", 1)[-1], "messages": r.messages, **r.params}})
-                 for r in group]
+        lines = [
+            json.dumps(
+                {
+                    "custom_id": f"{r.prompt_variant}|{r.item_id}",
+                    "method": "POST",
+                    "url": "/v1/chat/completions",
+                    "body": {"model": model.split("/", 1)[-1], "messages": r.messages, **r.params},
+                }
+            )
+            for r in group
+        ]
         path.write_text("\n".join(lines) + "\n", encoding="utf-8")
         written.append(path)
     return written
@@ -336,7 +409,11 @@ def _served(context: EvalContext, request: ModelRequest) -> ModelRequest:
     """An embedded-model request pointed at the running server; with none started (every answer is
     cached) it keeps no address and is answered from the cache."""
     base = context.engine_api_base or (context.server.api_base if context.server else None)
-    return replace(request, model=replace(request.model, api_base=base)) if is_embedded(request.model) else request
+    return (
+        replace(request, model=replace(request.model, api_base=base))
+        if is_embedded(request.model)
+        else request
+    )
 
 
 def shard_runner(workspace: Workspace, run_id: str, requests: list[ModelRequest], **shared) -> Runner:
@@ -349,8 +426,9 @@ def shard_runner(workspace: Workspace, run_id: str, requests: list[ModelRequest]
 @task(name="run-shard", cache_policy=NO_CACHE)
 async def run_shard(context: EvalContext, requests: list[ModelRequest]) -> list[EvalResponse]:
     """One (model, variant) shard through the runner; its wall time feeds measured throughput."""
-    runner = shard_runner(context.workspace, context.run_id, requests, limits=context.limits,
-                          breakers=context.breakers)
+    runner = shard_runner(
+        context.workspace, context.run_id, requests, limits=context.limits, breakers=context.breakers
+    )
     started = time.perf_counter()
     rows = await runner.run(requests)
     context.account(rows[0].model, rows, time.perf_counter() - started)
@@ -368,7 +446,9 @@ class ShardJob:
     requests that was ~100 ms of the flow's CPU per shard, taken from the workers' cores.
     """
 
-    def __init__(self, workspace: Workspace, run_id: str, requests: list[ModelRequest], key_blocks: dict[str, str]):
+    def __init__(
+        self, workspace: Workspace, run_id: str, requests: list[ModelRequest], key_blocks: dict[str, str]
+    ):
         self.workspace, self.run_id, self.requests, self.key_blocks = workspace, run_id, requests, key_blocks
         self.token = uuid.uuid4().hex  # each job is submitted once: its own id names it
 
@@ -376,7 +456,9 @@ class ShardJob:
         return self.token
 
 
-async def run_shards_on_dask(context: EvalContext, parts: list[list[ModelRequest]]) -> list[list[EvalResponse]]:
+async def run_shards_on_dask(
+    context: EvalContext, parts: list[list[ModelRequest]]
+) -> list[list[EvalResponse]]:
     """Submit one task per shard to the Dask cluster and wait for all (off the event loop: the
     Dask client is synchronous). The flow keeps the throughput books, as for threads."""
     # The cache table (and SQLite's WAL mode) exist before workers race to create them.
@@ -388,16 +470,29 @@ async def run_shards_on_dask(context: EvalContext, parts: list[list[ModelRequest
     return [rows for rows, _ in results]
 
 
-def _submit_and_wait(context: EvalContext, parts: list[list[ModelRequest]]) -> list[tuple[list[EvalResponse], float]]:
+def _submit_and_wait(
+    context: EvalContext, parts: list[list[ModelRequest]]
+) -> list[tuple[list[EvalResponse], float]]:
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     runner = context.dask_runner()
     slots = sum(runner.client.nthreads().values()) or 1
     # Tasks carry the flow's settings to the workers: make sure those name the flow's API.
     with temporary_settings({PREFECT_API_URL: flow_api_url()}):
-        futures = [runner.submit(run_shard_on_worker, {"job": ShardJob(
-            context.workspace, context.run_id, sealed(split_limits(part, slots), context.key_blocks),
-            context.key_blocks)}) for part in parts]
+        futures = [
+            runner.submit(
+                run_shard_on_worker,
+                {
+                    "job": ShardJob(
+                        context.workspace,
+                        context.run_id,
+                        sealed(split_limits(part, slots), context.key_blocks),
+                        context.key_blocks,
+                    )
+                },
+            )
+            for part in parts
+        ]
     return [future.result() for future in futures]
 
 
@@ -417,18 +512,24 @@ def flow_api_url() -> str:
 def split_limits(requests: list[ModelRequest], slots: int) -> list[ModelRequest]:
     """Each endpoint's concurrency limit divided among ``slots`` shards running at once (rounded
     up), so the cluster as a whole stays near the limit the endpoint was given."""
-    specs = {r.model: replace(r.model, max_concurrency=math.ceil(r.model.max_concurrency / slots))
-             for r in requests}
+    specs = {
+        r.model: replace(r.model, max_concurrency=math.ceil(r.model.max_concurrency / slots))
+        for r in requests
+    }
     return [replace(r, model=specs[r.model]) for r in requests]
 
 
 def sealed(requests: list[ModelRequest], key_blocks: dict[str, str]) -> list[ModelRequest]:
     """The requests without API keys: task parameters are pickled in clear text to the scheduler
     and the workers. A key must come from a block (fetched again there) or the worker's environment."""
-    unsealable = sorted({r.model.label for r in requests if r.model.api_key and r.model.model not in key_blocks})
+    unsealable = sorted(
+        {r.model.label for r in requests if r.model.api_key and r.model.model not in key_blocks}
+    )
     if unsealable:
-        raise ConfigError(f"{', '.join(unsealable)}: the API key comes from neither a ModelEndpoint block nor the "
-                          "environment, so Dask workers cannot fetch it (it is never shipped in task parameters)")
+        raise ConfigError(
+            f"{', '.join(unsealable)}: the API key comes from neither a ModelEndpoint block nor the "
+            "environment, so Dask workers cannot fetch it (it is never shipped in task parameters)"
+        )
     specs = {r.model: replace(r.model, api_key=None) for r in requests}
     return [replace(r, model=specs[r.model]) for r in requests]
 
@@ -460,8 +561,9 @@ async def _offline_batch(context: EvalContext, requests: list[ModelRequest]) -> 
         done = cache.answers(requests, context.run_id)
         missing = [r for r in requests if r.identity not in done]
         if missing:
-            rows, generate_s = await asyncio.to_thread(run_offline_shard, str(context.workspace.root),
-                                                       context.run_id, missing, context.batch_engine)
+            rows, generate_s = await asyncio.to_thread(
+                run_offline_shard, str(context.workspace.root), context.run_id, missing, context.batch_engine
+            )
             context.account(requests[0].model.label, rows, generate_s)
             for request, row in zip(missing, rows):
                 cache.put(request.cache_key, row)
@@ -489,31 +591,54 @@ def batch_params(request: ModelRequest) -> BatchParams:
     params = request.params
     choice = params.get("extra_body", {}).get("structured_outputs", {}).get("choice")
     schema = params.get("response_format", {}).get("json_schema", {}).get("schema")
-    return BatchParams(max_tokens=params.get("max_tokens", 256), temperature=params.get("temperature", 0.0),
-                       json_schema=schema, choice=choice)
+    return BatchParams(
+        max_tokens=params.get("max_tokens", 256),
+        temperature=params.get("temperature", 0.0),
+        json_schema=schema,
+        choice=choice,
+    )
 
 
 @task(name="run-offline-batch", cache_policy=NO_CACHE)
-def run_offline_shard(workspace_root: str, run_id: str, requests: list[ModelRequest],
-                      engine: str | None = None) -> tuple[list[EvalResponse], float]:
+def run_offline_shard(
+    workspace_root: str, run_id: str, requests: list[ModelRequest], engine: str | None = None
+) -> tuple[list[EvalResponse], float]:
     """The embedded model through vLLM's offline engine: continuous batching of the whole set, in
     a running ``OfflineEngine`` (``engine``, its job folder) or one started for this batch.
 
     A batch has no per-item latency: each row gets the batch's generation time spread over it."""
     workspace = Workspace.resolve(workspace_root)
-    result = run_offline_batch(prepare_embedded_model(workspace.models_dir), [r.messages for r in requests],
-                               [batch_params(r) for r in requests], cache_root=workspace.subdir("vllm"),
-                               engine=engine)
+    result = run_offline_batch(
+        prepare_embedded_model(workspace.models_dir),
+        [r.messages for r in requests],
+        [batch_params(r) for r in requests],
+        cache_root=workspace.subdir("vllm"),
+        engine=engine,
+    )
     per_item_ms = result.generate_s * 1000 / max(1, len(requests))
     rows = []
-    for request, output, prompt, completion in zip(requests, result.outputs, result.prompt_tokens,
-                                                   result.completion_tokens):
+    for request, output, prompt, completion in zip(
+        requests, result.outputs, result.prompt_tokens, result.completion_tokens
+    ):
         spec = request.model
-        rows.append(EvalResponse(
-            run_id=run_id, item_id=request.item_id, model=spec.label, hosting=spec.hosting,
-            prompt_variant=request.prompt_variant, output=output, latency_ms=per_item_ms, prompt_tokens=prompt,
-            completion_tokens=completion, cost_usd=call_cost(spec, prompt, completion), error_type=None,
-            cached=False, attempts=1, request_key=request.cache_key))
+        rows.append(
+            EvalResponse(
+                run_id=run_id,
+                item_id=request.item_id,
+                model=spec.label,
+                hosting=spec.hosting,
+                prompt_variant=request.prompt_variant,
+                output=output,
+                latency_ms=per_item_ms,
+                prompt_tokens=prompt,
+                completion_tokens=completion,
+                cost_usd=call_cost(spec, prompt, completion),
+                error_type=None,
+                cached=False,
+                attempts=1,
+                request_key=request.cache_key,
+            )
+        )
     return rows, result.generate_s
 
 
@@ -542,7 +667,9 @@ def logged_calls(workspace: Workspace, request_ids: list) -> dict[str, tuple]:
         return {}
     rows = duckdb.execute(
         "SELECT request_id, prompt_tokens, completion_tokens, latency_ms, cost_usd FROM read_parquet($path) "
-        "WHERE request_id IN (SELECT unnest($ids))", {"path": str(path), "ids": wanted}).fetchall()
+        "WHERE request_id IN (SELECT unnest($ids))",
+        {"path": str(path), "ids": wanted},
+    ).fetchall()
     return {request_id: tuple(values) for request_id, *values in rows}
 
 
@@ -596,8 +723,16 @@ def projected_saving(workspace: Workspace, use_case: str, model: str, hosting: s
 
 
 @task(name="decide", cache_policy=NO_CACHE)
-def decide(plan: Plan, use_case: str, incumbent: Contender, candidates: list[Contender], chosen: dict,
-           test_scores: list[dict], test_rows: list[EvalResponse], workspace: Workspace):
+def decide(
+    plan: Plan,
+    use_case: str,
+    incumbent: Contender,
+    candidates: list[Contender],
+    chosen: dict,
+    test_scores: list[dict],
+    test_rows: list[EvalResponse],
+    workspace: Workspace,
+):
     """Pair every candidate's chosen variant with the incumbent on the test items the incumbent
     answered and that have a reference; what the incumbent answered is the verdict's first check."""
     from workhorse.tasks.evaluate.decision import verdict
@@ -611,12 +746,23 @@ def decide(plan: Plan, use_case: str, incumbent: Contender, candidates: list[Con
     anchored = {i for i, row in baseline.items() if row["error_type"] is None and has_reference(row)}
     if evidence.problem(policy):  # no incumbent to pair with: the absolute bar scores every referenced item
         anchored = {row["item_id"] for row in test_scores if has_reference(row)}
-    picked = [(c, arms.get((c.spec.label, chosen[(c.spec.label, c.spec.hosting)][0]), {})) for c in candidates]
+    picked = [
+        (c, arms.get((c.spec.label, chosen[(c.spec.label, c.spec.hosting)][0]), {})) for c in candidates
+    ]
     shared = sorted(anchored.intersection(*(set(mine) for _, mine in picked)))
-    results = [_candidate_result(c, mine, shared, metric, test_rows, workspace, use_case) for c, mine in picked]
+    results = [
+        _candidate_result(c, mine, shared, metric, test_rows, workspace, use_case) for c, mine in picked
+    ]
     scores = [metric_value(baseline[i], metric) if i in baseline else 0.0 for i in shared]
-    return verdict(use_case, scores, results, policy, task_type=task_type, incumbent=evidence,
-                   incumbent_correct=[bool(baseline[i]["correct"]) if i in baseline else False for i in shared])
+    return verdict(
+        use_case,
+        scores,
+        results,
+        policy,
+        task_type=task_type,
+        incumbent=evidence,
+        incumbent_correct=[bool(baseline[i]["correct"]) if i in baseline else False for i in shared],
+    )
 
 
 def has_reference(score_row: dict) -> bool:
@@ -628,31 +774,60 @@ def incumbent_evidence(incumbent: Contender, baseline: dict[str, dict]):
     from workhorse.tasks.evaluate.decision import IncumbentEvidence
 
     errors = Counter(row["error_type"] for row in baseline.values() if row["error_type"] is not None)
-    missing = "" if baseline else (
-        f"no logged answers from {incumbent.spec.model} in the golden set, and no API key here to call it"
-        if not incumbent.callable else f"{incumbent.spec.model} was not run")
-    return IncumbentEvidence(answered=len(baseline) - sum(errors.values()), failed=sum(errors.values()),
-                             missing=missing, errors=dict(errors))
+    missing = (
+        ""
+        if baseline
+        else (
+            f"no logged answers from {incumbent.spec.model} in the golden set, and no API key here to call it"
+            if not incumbent.callable
+            else f"{incumbent.spec.model} was not run"
+        )
+    )
+    return IncumbentEvidence(
+        answered=len(baseline) - sum(errors.values()),
+        failed=sum(errors.values()),
+        missing=missing,
+        errors=dict(errors),
+    )
 
 
-def _candidate_result(contender: Contender, mine: dict, shared: list[str], metric: str,
-                      test_rows: list[EvalResponse], workspace: Workspace, use_case: str):
+def _candidate_result(
+    contender: Contender,
+    mine: dict,
+    shared: list[str],
+    metric: str,
+    test_rows: list[EvalResponse],
+    workspace: Workspace,
+    use_case: str,
+):
     """The candidate's paired scores on ``shared``; its operational figures over every test item it was asked."""
     from workhorse.tasks.evaluate.decision import CandidateResult
     from workhorse.tasks.evaluate.scoring import operational_metrics
 
     variant = next(iter(mine.values()))["prompt_variant"] if mine else ""
-    rows = [r for r in test_rows if r.model == contender.spec.label and r.prompt_variant == variant and r.item_id in mine]
+    rows = [
+        r
+        for r in test_rows
+        if r.model == contender.spec.label and r.prompt_variant == variant and r.item_id in mine
+    ]
     operational = operational_metrics(rows, [mine[r.item_id]["correct"] for r in rows])
     errors = Counter(r.error_type for r in rows if r.error_type)
-    operational["errors_text"] = (f"every call failed ({', '.join(f'{n} {k}' for k, n in errors.most_common())})"
-                                  if rows else "it has no answers")
+    operational["errors_text"] = (
+        f"every call failed ({', '.join(f'{n} {k}' for k, n in errors.most_common())})"
+        if rows
+        else "it has no answers"
+    )
     return CandidateResult(
-        model=contender.spec.model, hosting=contender.spec.hosting, prompt_variant=variant,
-        scores=[metric_value(mine[i], metric) for i in shared], correct=[mine[i]["correct"] for i in shared],
+        model=contender.spec.model,
+        hosting=contender.spec.hosting,
+        prompt_variant=variant,
+        scores=[metric_value(mine[i], metric) for i in shared],
+        correct=[mine[i]["correct"] for i in shared],
         operational=operational,
-        projected_monthly_saving_usd=projected_saving(workspace, use_case, contender.spec.model,
-                                                      contender.spec.hosting))
+        projected_monthly_saving_usd=projected_saving(
+            workspace, use_case, contender.spec.model, contender.spec.hosting
+        ),
+    )
 
 
 def _scores_by_arm(scores: list[dict]) -> dict[tuple, dict[str, dict]]:
@@ -665,7 +840,9 @@ def _scores_by_arm(scores: list[dict]) -> dict[tuple, dict[str, dict]]:
 # --------------------------------------------------------------------------- results
 
 
-def leaderboard(scores: list[dict], rows: list[EvalResponse], task_type: str, labels: list[str]) -> list[dict]:
+def leaderboard(
+    scores: list[dict], rows: list[EvalResponse], task_type: str, labels: list[str]
+) -> list[dict]:
     """One line per (model, hosting, prompt variant, split): quality, errors, latency, cost."""
     from workhorse.tasks.evaluate.scoring import classification_metrics, operational_metrics
 
@@ -675,29 +852,51 @@ def leaderboard(scores: list[dict], rows: list[EvalResponse], task_type: str, la
         groups[(score["model"], score["hosting"], score["prompt_variant"], score["split"])].append(score)
     lines = []
     # Test lines first: they carry the verdict; dev lines show how the prompt was chosen.
-    for (model, hosting, variant, split), group in sorted(groups.items(), key=lambda kv: (kv[0][3] != "test", kv[0])):
+    for (model, hosting, variant, split), group in sorted(
+        groups.items(), key=lambda kv: (kv[0][3] != "test", kv[0])
+    ):
         correct = [g["correct"] for g in group]
         ops = operational_metrics([by_key[(model, variant, g["item_id"])] for g in group], correct)
         # An arm that answered nothing was not evaluated: its zeros would read as a measured 0 %.
         evaluated = ops["answered"] > 0
-        line = {"model": model, "hosting": hosting, "prompt_variant": variant, "split": split, "items": len(group),
-                "answered": ops["answered"],
-                "accuracy": sum(correct) / len(group) if evaluated else None,
-                "score": sum(g["value"] for g in group) / len(group) if evaluated else None,
-                "error_rate": ops["error_rate"], "latency_p50_ms": ops["latency_p50_ms"],
-                "latency_p95_ms": ops["latency_p95_ms"], "cost_per_1k_items": ops["cost_per_1k_items"],
-                "cost_per_correct": ops["cost_per_correct"]}
+        line = {
+            "model": model,
+            "hosting": hosting,
+            "prompt_variant": variant,
+            "split": split,
+            "items": len(group),
+            "answered": ops["answered"],
+            "accuracy": sum(correct) / len(group) if evaluated else None,
+            "score": sum(g["value"] for g in group) / len(group) if evaluated else None,
+            "error_rate": ops["error_rate"],
+            "latency_p50_ms": ops["latency_p50_ms"],
+            "latency_p95_ms": ops["latency_p95_ms"],
+            "cost_per_1k_items": ops["cost_per_1k_items"],
+            "cost_per_correct": ops["cost_per_correct"],
+        }
         if task_type == "classification" and evaluated:
-            metrics = classification_metrics([g["reference"] for g in group], [g["prediction"] for g in group], labels)
+            metrics = classification_metrics(
+                [g["reference"] for g in group], [g["prediction"] for g in group], labels
+            )
             line["macro_f1"] = metrics["macro_f1"]
         lines.append(line)
     return lines
 
 
 @task(name="publish-results", cache_policy=NO_CACHE)
-def publish_results(workspace: Workspace, run_id: str, use_case: str, task_type: str, labels: list[str],
-                    rows: list[EvalResponse], scores: list[dict], chosen: dict, verdict, skipped: list[str],
-                    throughput: dict[str, float]) -> dict:
+def publish_results(
+    workspace: Workspace,
+    run_id: str,
+    use_case: str,
+    task_type: str,
+    labels: list[str],
+    rows: list[EvalResponse],
+    scores: list[dict],
+    chosen: dict,
+    verdict,
+    skipped: list[str],
+    throughput: dict[str, float],
+) -> dict:
     """scores.parquet, verdict.json, report.html and the Prefect artifacts; responses.parquet is
     already written (``store_responses``, before scoring) and only named here."""
     import pyarrow as pa
@@ -708,17 +907,27 @@ def publish_results(workspace: Workspace, run_id: str, use_case: str, task_type:
     out = workspace.run_dir(run_id)
     pq.write_table(pa.Table.from_pylist(scores), out / "scores.parquet")
     board = leaderboard(scores, rows, task_type, labels)
-    summary = {"run_id": run_id, "use_case": use_case, "task_type": task_type, "verdict": _verdict_dict(verdict),
-               "chosen_variants": {label: {"variant": v, "dev_scores": s} for (label, _), (v, s) in chosen.items()},
-               "skipped": skipped, "tokens_per_s": throughput, "leaderboard": board,
-               "responses": str(out / "responses.parquet"), "scores": str(out / "scores.parquet")}
+    summary = {
+        "run_id": run_id,
+        "use_case": use_case,
+        "task_type": task_type,
+        "verdict": _verdict_dict(verdict),
+        "chosen_variants": {label: {"variant": v, "dev_scores": s} for (label, _), (v, s) in chosen.items()},
+        "skipped": skipped,
+        "tokens_per_s": throughput,
+        "leaderboard": board,
+        "responses": str(out / "responses.parquet"),
+        "scores": str(out / "scores.parquet"),
+    }
     (out / "verdict.json").write_text(json.dumps(summary, indent=2, default=str))
     summary["report"] = str(write_eval_report(out / "report.html", summary, scores, labels))
     _artifacts(use_case, board, verdict_markdown(summary))
     return summary
 
 
-def record_self_hosted_throughput(workspace: Workspace, candidates: list[Contender], throughput: dict[str, float]) -> None:
+def record_self_hosted_throughput(
+    workspace: Workspace, candidates: list[Contender], throughput: dict[str, float]
+) -> None:
     """Generated tokens/s of each self-hosted candidate, under its model name: what the next
     audit and eval price self-hosting from (GPU rent ÷ measured throughput)."""
     for contender in candidates:
@@ -727,10 +936,25 @@ def record_self_hosted_throughput(workspace: Workspace, candidates: list[Contend
 
 
 def _verdict_dict(verdict) -> dict:
-    fields = ("decision", "best_candidate", "hosting", "prompt_variant", "diff", "ci_low", "ci_high", "p_value",
-              "n", "projected_monthly_saving_usd", "reason", "metric", "summary")
-    return {**{name: getattr(verdict, name, None) for name in fields},
-            "candidates": list(getattr(verdict, "candidates", ()))}
+    fields = (
+        "decision",
+        "best_candidate",
+        "hosting",
+        "prompt_variant",
+        "diff",
+        "ci_low",
+        "ci_high",
+        "p_value",
+        "n",
+        "projected_monthly_saving_usd",
+        "reason",
+        "metric",
+        "summary",
+    )
+    return {
+        **{name: getattr(verdict, name, None) for name in fields},
+        "candidates": list(getattr(verdict, "candidates", ())),
+    }
 
 
 def _artifacts(use_case: str, board: list[dict], markdown: str) -> None:

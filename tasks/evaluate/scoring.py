@@ -67,8 +67,9 @@ def score_or_error(task_type: str, output: str | None, reference: Any, spec: dic
     except Exception as error:  # whatever the scorer's bug, it stays with its item
         # The first line only: jsonschema's messages go on to print the whole schema.
         message = f"{type(error).__name__}: {(str(error).splitlines() or [''])[0]}"
-        return ItemScore(correct=False, value=0.0, prediction=None,
-                         details={SCORING_ERROR: message}, error=message)
+        return ItemScore(
+            correct=False, value=0.0, prediction=None, details={SCORING_ERROR: message}, error=message
+        )
 
 
 def _scorer_for(task_type: str, spec: dict | None) -> Scorer:
@@ -110,8 +111,9 @@ def score_classification(output: str | None, reference: Any, spec: dict) -> Item
     prediction = parse_label(output, spec.get("labels") or [str(reference)])
     correct = prediction == reference
     # The reference travels with the score so metrics_for can build the confusion matrix.
-    return ItemScore(correct=correct, value=float(correct), prediction=prediction,
-                     details={"reference": reference})
+    return ItemScore(
+        correct=correct, value=float(correct), prediction=prediction, details={"reference": reference}
+    )
 
 
 NOT_JSON = object()  # parse_json's answer for text that is not JSON (``null`` is JSON: None)
@@ -164,7 +166,9 @@ _NUMBER = re.compile(r"[-+]?(?:\d[\d,]*(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?")
 def normalize_value(value: Any, ordered: bool = False) -> Any:
     """A hashable normal form: equal forms are the same answer (see the notes above)."""
     if isinstance(value, dict):
-        return tuple(sorted((key, normalize_value(item, ordered)) for key, item in value.items() if item is not None))
+        return tuple(
+            sorted((key, normalize_value(item, ordered)) for key, item in value.items() if item is not None)
+        )
     if isinstance(value, list):
         elements = [normalize_value(item, ordered) for item in value if item is not None]
         return tuple(elements if ordered else sorted(elements, key=repr))
@@ -187,11 +191,18 @@ def _units(value: Any) -> int:
 def match_counts(predicted: Any, expected: Any, ordered: bool = False) -> tuple[int, int, int]:
     """(matched, predicted, expected) units of an answer against its reference."""
     if isinstance(expected, dict) and isinstance(predicted, dict):
-        totals = [match_counts(predicted.get(key), expected.get(key), ordered) for key in expected.keys() | predicted]
+        totals = [
+            match_counts(predicted.get(key), expected.get(key), ordered)
+            for key in expected.keys() | predicted
+        ]
         return tuple(map(sum, zip(*totals))) if totals else (0, 0, 0)
     if isinstance(expected, list) and isinstance(predicted, list):
-        mine, theirs = ([normalize_value(v, ordered) for v in side if v is not None] for side in (predicted, expected))
-        matched = _common_subsequence(mine, theirs) if ordered else sum((Counter(mine) & Counter(theirs)).values())
+        mine, theirs = (
+            [normalize_value(v, ordered) for v in side if v is not None] for side in (predicted, expected)
+        )
+        matched = (
+            _common_subsequence(mine, theirs) if ordered else sum((Counter(mine) & Counter(theirs)).values())
+        )
         return matched, len(mine), len(theirs)
     if isinstance(expected, (dict, list)) or isinstance(predicted, (dict, list)):
         return 0, _units(predicted), _units(expected)
@@ -229,8 +240,11 @@ def field_matches(answer: Any, expected: Any, ordered: bool = False, path: tuple
         return {".".join(path): matched == n_answer == n_expected}
     fields: dict[str, bool] = {}
     for key, value in expected.items():
-        fields.update(field_matches(answer.get(key) if isinstance(answer, dict) else None, value, ordered,
-                                    (*path, str(key))))
+        fields.update(
+            field_matches(
+                answer.get(key) if isinstance(answer, dict) else None, value, ordered, (*path, str(key))
+            )
+        )
     return fields
 
 
@@ -256,13 +270,26 @@ def score_extraction(output: str | None, reference: Any, spec: dict) -> ItemScor
     answer = parsed if valid else None
     counts = match_counts(answer, expected, ordered) if valid else (0, 0, _units(expected))
     precision, recall, f1 = prf(*counts) if valid else (0.0, 0.0, 0.0)
-    fields = {path: valid and matched for path, matched in field_matches(answer, expected, ordered).items()
-              } if isinstance(expected, dict) else {}
+    fields = (
+        {path: valid and matched for path, matched in field_matches(answer, expected, ordered).items()}
+        if isinstance(expected, dict)
+        else {}
+    )
     schema_valid = valid and _schema_valid(answer, spec.get("json_schema"))
-    return ItemScore(correct=valid and counts[0] == counts[1] == counts[2], value=f1, prediction=answer,
-                     details={"json_valid": valid, "schema_valid": schema_valid, "precision": precision,
-                              "recall": recall, "f1": f1, "fields": fields,
-                              "counts": dict(zip(("matched", "predicted", "expected"), counts))})
+    return ItemScore(
+        correct=valid and counts[0] == counts[1] == counts[2],
+        value=f1,
+        prediction=answer,
+        details={
+            "json_valid": valid,
+            "schema_valid": schema_valid,
+            "precision": precision,
+            "recall": recall,
+            "f1": f1,
+            "fields": fields,
+            "counts": dict(zip(("matched", "predicted", "expected"), counts)),
+        },
+    )
 
 
 def _schema_valid(value: Any, schema: dict | None) -> bool:
@@ -310,8 +337,9 @@ def score_summarization(output: str | None, reference: Any, spec: dict) -> ItemS
     # score_multi keeps, per ROUGE type, the reference with the highest F-measure.
     scores = _rouge_scorer().score_multi(_references(reference), output or "")
     details = {name: float(scores[name].fmeasure) for name in ROUGE_TYPES}
-    return ItemScore(correct=details["rougeL"] >= threshold, value=details["rougeL"],
-                     prediction=output, details=details)
+    return ItemScore(
+        correct=details["rougeL"] >= threshold, value=details["rougeL"], prediction=output, details=details
+    )
 
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -362,13 +390,15 @@ def score_generation(output: str | None, reference: Any, spec: dict) -> ItemScor
 
 # --- aggregate metrics: plain functions over lists -----------------------------------------
 
+
 def _mean(values: Sequence[float]) -> float | None:
     """The mean, or None for no values: an empty run has no score, not a score of 0."""
     return float(sum(values) / len(values)) if len(values) else None
 
 
-def classification_metrics(references: Sequence[str], predictions: Sequence[str],
-                           labels: Sequence[str]) -> dict:
+def classification_metrics(
+    references: Sequence[str], predictions: Sequence[str], labels: Sequence[str]
+) -> dict:
     """Accuracy, macro precision/recall/F1, per-label scores and the confusion matrix.
 
     An invalid prediction (``INVALID_LABEL``, or any string outside ``labels``) is a wrong answer
@@ -385,10 +415,13 @@ def classification_metrics(references: Sequence[str], predictions: Sequence[str]
     if unknown:
         raise ValueError(f"references {unknown} are not among the labels {labels}")
     predictions = [p if p in labels else INVALID_LABEL for p in predictions]
-    return {"n": len(references), "accuracy": _mean([r == p for r, p in zip(references, predictions)]),
-            "invalid_rate": _mean([p == INVALID_LABEL for p in predictions]),
-            **_macro_scores(references, predictions, labels),
-            "confusion_matrix": _confusion(references, predictions, labels)}
+    return {
+        "n": len(references),
+        "accuracy": _mean([r == p for r, p in zip(references, predictions)]),
+        "invalid_rate": _mean([p == INVALID_LABEL for p in predictions]),
+        **_macro_scores(references, predictions, labels),
+        "confusion_matrix": _confusion(references, predictions, labels),
+    }
 
 
 def _macro_scores(references: list[str], predictions: list[str], labels: list[str]) -> dict:
@@ -398,12 +431,24 @@ def _macro_scores(references: list[str], predictions: list[str], labels: list[st
     if not present:
         return {"macro_precision": None, "macro_recall": None, "macro_f1": None, "per_label": {}}
     # labels= restricts the columns but keeps every row, so invalid answers still cost recall.
-    p, r, f, support = precision_recall_fscore_support(references, predictions, labels=present,
-                                                       zero_division=0)
-    per_label = {label: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]),
-                         "support": int(support[i])} for i, label in enumerate(present)}
-    return {"macro_precision": float(p.mean()), "macro_recall": float(r.mean()),
-            "macro_f1": float(f.mean()), "per_label": per_label}
+    p, r, f, support = precision_recall_fscore_support(
+        references, predictions, labels=present, zero_division=0
+    )
+    per_label = {
+        label: {
+            "precision": float(p[i]),
+            "recall": float(r[i]),
+            "f1": float(f[i]),
+            "support": int(support[i]),
+        }
+        for i, label in enumerate(present)
+    }
+    return {
+        "macro_precision": float(p.mean()),
+        "macro_recall": float(r.mean()),
+        "macro_f1": float(f.mean()),
+        "per_label": per_label,
+    }
 
 
 def _confusion(references: list[str], predictions: list[str], labels: list[str]) -> dict:
@@ -429,16 +474,20 @@ def extraction_metrics(scores: Sequence[ItemScore]) -> dict:
         for name, matched in score.details.get("fields", {}).items():
             fields[name].append(bool(matched))
     pooled = [matched for values in fields.values() for matched in values]
-    return {"n": len(scores),
-            "json_valid_rate": _mean([bool(s.details.get("json_valid")) for s in scores]),
-            "schema_valid_rate": _mean([bool(s.details.get("schema_valid")) for s in scores]),
-            **_micro_prf(scores),
-            **{f"macro_{name}": _mean([float(s.details.get(name, 0.0)) for s in scores])
-               for name in ("precision", "recall", "f1")},
-            "field_exact_match": _mean(pooled),
-            "per_field": {name: _mean(values) for name, values in sorted(fields.items())},
-            "accuracy": _mean([s.correct for s in scores]),
-            "scoring_error_rate": _mean([s.error is not None for s in scores])}
+    return {
+        "n": len(scores),
+        "json_valid_rate": _mean([bool(s.details.get("json_valid")) for s in scores]),
+        "schema_valid_rate": _mean([bool(s.details.get("schema_valid")) for s in scores]),
+        **_micro_prf(scores),
+        **{
+            f"macro_{name}": _mean([float(s.details.get(name, 0.0)) for s in scores])
+            for name in ("precision", "recall", "f1")
+        },
+        "field_exact_match": _mean(pooled),
+        "per_field": {name: _mean(values) for name, values in sorted(fields.items())},
+        "accuracy": _mean([s.correct for s in scores]),
+        "scoring_error_rate": _mean([s.error is not None for s in scores]),
+    }
 
 
 def _micro_prf(scores: Sequence[ItemScore]) -> dict:
@@ -452,13 +501,20 @@ def _micro_prf(scores: Sequence[ItemScore]) -> dict:
 def summarization_metrics(scores: Sequence[ItemScore]) -> dict:
     """Mean ROUGE-1/2/L F, the share above the pass mark, and the ROUGE-L values for a histogram."""
     means = {name: _mean([s.details[name] for s in scores]) for name in ROUGE_TYPES}
-    return {"n": len(scores), **means, "pass_rate": _mean([s.correct for s in scores]),
-            "rougeL_distribution": [s.details["rougeL"] for s in scores]}
+    return {
+        "n": len(scores),
+        **means,
+        "pass_rate": _mean([s.correct for s in scores]),
+        "rougeL_distribution": [s.details["rougeL"] for s in scores],
+    }
 
 
 def qa_metrics(scores: Sequence[ItemScore]) -> dict:
-    return {"n": len(scores), "exact_match": _mean([s.details["exact_match"] for s in scores]),
-            "f1": _mean([s.details["f1"] for s in scores])}
+    return {
+        "n": len(scores),
+        "exact_match": _mean([s.details["exact_match"] for s in scores]),
+        "f1": _mean([s.details["f1"] for s in scores]),
+    }
 
 
 def generation_metrics(scores: Sequence[ItemScore]) -> dict:
@@ -475,15 +531,18 @@ def operational_metrics(rows: Sequence[Any], correct: Sequence[bool] | None = No
     answered = [row for row in rows if row.error_type is None]
     total_cost = _total_cost(rows, answered)
     n_correct = sum(bool(c) for c in correct) if correct is not None else None
-    return {"n": len(rows), "answered": len(answered),
-            "error_rate": 1 - len(answered) / len(rows) if rows else None,
-            "cached_rate": _mean([bool(row.cached) for row in rows]),
-            **_latency_percentiles(answered),
-            "prompt_tokens": sum(row.prompt_tokens or 0 for row in rows),
-            "completion_tokens": sum(row.completion_tokens or 0 for row in rows),
-            "cost_usd": total_cost,
-            "cost_per_1k_items": total_cost / len(rows) * 1000 if total_cost is not None and rows else None,
-            "cost_per_correct": total_cost / n_correct if total_cost is not None and n_correct else None}
+    return {
+        "n": len(rows),
+        "answered": len(answered),
+        "error_rate": 1 - len(answered) / len(rows) if rows else None,
+        "cached_rate": _mean([bool(row.cached) for row in rows]),
+        **_latency_percentiles(answered),
+        "prompt_tokens": sum(row.prompt_tokens or 0 for row in rows),
+        "completion_tokens": sum(row.completion_tokens or 0 for row in rows),
+        "cost_usd": total_cost,
+        "cost_per_1k_items": total_cost / len(rows) * 1000 if total_cost is not None and rows else None,
+        "cost_per_correct": total_cost / n_correct if total_cost is not None and n_correct else None,
+    }
 
 
 def _total_cost(rows: Sequence[Any], answered: Sequence[Any]) -> float | None:
@@ -503,15 +562,24 @@ def _latency_percentiles(answered: Sequence[Any]) -> dict:
     return {"latency_p50_ms": float(p50), "latency_p95_ms": float(p95)}
 
 
-def metrics_for(task_type: str, scores: Sequence[ItemScore], *, references: Sequence[str] | None = None,
-                labels: Sequence[str] | None = None) -> dict:
+def metrics_for(
+    task_type: str,
+    scores: Sequence[ItemScore],
+    *,
+    references: Sequence[str] | None = None,
+    labels: Sequence[str] | None = None,
+) -> dict:
     """Aggregate metrics of one task type. Classification needs the references and label set;
     references default to those the classification scorer kept in each score's details."""
     if task_type == "classification":
         references = references if references is not None else [s.details["reference"] for s in scores]
         return classification_metrics(references, [s.prediction for s in scores], labels or [])
-    aggregate = {"extraction": extraction_metrics, "summarization": summarization_metrics,
-                 "qa": qa_metrics, "generation": generation_metrics}.get(task_type)
+    aggregate = {
+        "extraction": extraction_metrics,
+        "summarization": summarization_metrics,
+        "qa": qa_metrics,
+        "generation": generation_metrics,
+    }.get(task_type)
     if aggregate is None:
         raise ValueError(f"no metrics for task type {task_type!r} (known: {sorted(SCORERS)})")
     return aggregate(scores)

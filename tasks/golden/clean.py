@@ -32,14 +32,20 @@ NEEDS_REFERENCE = {"classification", "extraction", "summarization", "qa"}
 
 # ---------------------------------------------------------------- PII
 
+
 def scrub_item(item: GoldenItem, counts: Counter, test_fraction: float) -> GoldenItem:
     """The item with PII replaced in input, reference and metadata; id and split follow the
     scrubbed input, since that is what is stored and what ids must be stable against."""
     messages = scrub_value(item.input, counts)
     item_id = make_item_id(item.use_case, messages)
-    return replace(item, input=messages, reference=scrub_value(item.reference, counts),
-                   metadata=scrub_value(item.metadata, counts), item_id=item_id,
-                   split=split_for(item_id, test_fraction))
+    return replace(
+        item,
+        input=messages,
+        reference=scrub_value(item.reference, counts),
+        metadata=scrub_value(item.metadata, counts),
+        item_id=item_id,
+        split=split_for(item_id, test_fraction),
+    )
 
 
 def scrub_items(items: list[GoldenItem], test_fraction: float) -> tuple[list[GoldenItem], ScrubReport]:
@@ -50,6 +56,7 @@ def scrub_items(items: list[GoldenItem], test_fraction: float) -> tuple[list[Gol
 
 # ---------------------------------------------------------------- duplicates
 
+
 def normalise(text: str) -> str:
     """Case, width, punctuation and spacing do not make a different question."""
     text = unicodedata.normalize("NFKC", text).casefold()
@@ -59,7 +66,7 @@ def normalise(text: str) -> str:
 def shingles(text: str, size: int = 5) -> set[int]:
     """Character n-grams of the normalised text as stable 31-bit hashes (crc32, not hash())."""
     text = normalise(text)
-    grams = [text] if len(text) <= size else [text[i:i + size] for i in range(len(text) - size + 1)]
+    grams = [text] if len(text) <= size else [text[i : i + size] for i in range(len(text) - size + 1)]
     return {zlib.crc32(gram.encode()) & 0x7FFFFFFF for gram in grams}
 
 
@@ -95,11 +102,11 @@ def candidate_pairs(sets: list[set[int]], bands: int = 16, rows: int = 4) -> set
     for index, shingle_set in enumerate(sets):
         signature = minhash(shingle_set, bands * rows)
         for band in range(bands):
-            key = (band, signature[band * rows:(band + 1) * rows].tobytes())
+            key = (band, signature[band * rows : (band + 1) * rows].tobytes())
             buckets.setdefault(key, []).append(index)
     pairs = set()
     for members in buckets.values():
-        pairs.update((members[i], other) for i in range(len(members)) for other in members[i + 1:])
+        pairs.update((members[i], other) for i in range(len(members)) for other in members[i + 1 :])
     return pairs
 
 
@@ -147,8 +154,11 @@ def distinguishing_parts(left: list[str], right: list[str]) -> tuple[str, str, i
     """What each side says that the other does not (its segments minus the shared ones), and
     the length of what they share."""
     shared = set(left) & set(right)
-    return (" ".join(s for s in left if s not in shared), " ".join(s for s in right if s not in shared),
-            sum(len(s) for s in left if s in shared))
+    return (
+        " ".join(s for s in left if s not in shared),
+        " ".join(s for s in right if s not in shared),
+        sum(len(s) for s in left if s in shared),
+    )
 
 
 def same_question(left: list[str], right: list[str], threshold: float) -> bool:
@@ -212,9 +222,15 @@ def _note(report: DedupReport, kind: str, kept: GoldenItem, other: GoldenItem) -
     """Count one decision and keep a few examples (ids, origins, references) for the manifest."""
     setattr(report, kind, getattr(report, kind) + 1)
     if sum(example["kind"] == kind for example in report.examples) < EXAMPLES_PER_KIND:
-        report.examples.append({"kind": kind, "kept": kept.item_id, "other": other.item_id,
-                                "origins": [kept.label_origin, other.label_origin],
-                                "references": [(kept.reference or "")[:120], (other.reference or "")[:120]]})
+        report.examples.append(
+            {
+                "kind": kind,
+                "kept": kept.item_id,
+                "other": other.item_id,
+                "origins": [kept.label_origin, other.label_origin],
+                "references": [(kept.reference or "")[:120], (other.reference or "")[:120]],
+            }
+        )
 
 
 def drop_exact_duplicates(items: list[GoldenItem], report: DedupReport) -> list[GoldenItem]:
@@ -243,7 +259,9 @@ def similar_pairs(items: list[GoldenItem], threshold: float) -> dict[int, set[in
     return neighbours
 
 
-def drop_near_duplicates(items: list[GoldenItem], report: DedupReport, threshold: float = 0.9) -> list[GoldenItem]:
+def drop_near_duplicates(
+    items: list[GoldenItem], report: DedupReport, threshold: float = 0.9
+) -> list[GoldenItem]:
     """Drop items that ask a more trusted kept item's question again (near-identical where they
     differ) with the same reference; with another reference both stay, counted as a conflict."""
     neighbours = similar_pairs(items, threshold)
@@ -277,6 +295,7 @@ def deduplicate(items: list[GoldenItem], threshold: float = 0.9) -> tuple[list[G
 
 
 # ---------------------------------------------------------------- sanity and contract
+
 
 @dataclass(frozen=True)
 class Sanity:
@@ -317,7 +336,13 @@ def input_is_messages(input_json: str) -> bool:
 
 
 def _message_ok(message) -> bool:
-    if not isinstance(message, dict) or message.get("role") not in {"system", "user", "assistant", "tool", "developer"}:
+    if not isinstance(message, dict) or message.get("role") not in {
+        "system",
+        "user",
+        "assistant",
+        "tool",
+        "developer",
+    }:
         return False
     content = message.get("content")
     return isinstance(content, (str, list)) or (content is None and message["role"] == "assistant")
@@ -365,8 +390,11 @@ def golden_contract(sanity: Sanity = Sanity()):
         ("reference_present", ("task_type", "reference"), reference_present),
         ("label_in_allowed_set", ("task_type", "reference", "labels"), label_in_allowed_set),
         ("extraction_reference_is_json", ("task_type", "reference"), extraction_reference_is_json),
-        ("extraction_reference_matches_schema", ("task_type", "reference", "json_schema"),
-         extraction_reference_matches_schema),
+        (
+            "extraction_reference_matches_schema",
+            ("task_type", "reference", "json_schema"),
+            extraction_reference_matches_schema,
+        ),
     ]
     for name, columns, predicate in checks:
         contract = contract.with_row_check(name, columns, predicate)
@@ -384,8 +412,12 @@ def _register_table_level_split_expectation(contracts) -> None:
 def check_splits(table, required=("dev", "test")) -> list[str]:
     """Table-level failures: a split with no accepted item."""
     present = set(table.column("split").to_pylist()) if table.num_rows else set()
-    return [f"expect_column_distinct_values_to_contain_set(split, set={'|'.join(required)}): "
-            f"no accepted item in split {split!r}" for split in required if split not in present]
+    return [
+        f"expect_column_distinct_values_to_contain_set(split, set={'|'.join(required)}): "
+        f"no accepted item in split {split!r}"
+        for split in required
+        if split not in present
+    ]
 
 
 def validate_items(table, sanity: Sanity = Sanity()):

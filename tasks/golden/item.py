@@ -60,12 +60,21 @@ def golden_schema():
     """The pyarrow schema of a stored golden set (JSON columns are strings: stable bytes)."""
     import pyarrow as pa
 
-    return pa.schema([
-        ("item_id", pa.string()), ("use_case", pa.string()), ("task_type", pa.string()),
-        ("input", pa.string()), ("reference", pa.string()), ("labels", pa.list_(pa.string())),
-        ("json_schema", pa.string()), ("split", pa.string()), ("source", pa.string()),
-        ("label_origin", pa.string()), ("metadata", pa.string()),
-    ])
+    return pa.schema(
+        [
+            ("item_id", pa.string()),
+            ("use_case", pa.string()),
+            ("task_type", pa.string()),
+            ("input", pa.string()),
+            ("reference", pa.string()),
+            ("labels", pa.list_(pa.string())),
+            ("json_schema", pa.string()),
+            ("split", pa.string()),
+            ("source", pa.string()),
+            ("label_origin", pa.string()),
+            ("metadata", pa.string()),
+        ]
+    )
 
 
 def canonical_json(value) -> str:
@@ -103,9 +112,15 @@ def item_to_row(item: GoldenItem) -> dict:
 def row_to_item(row: dict) -> GoldenItem:
     """The inverse of :func:`item_to_row`."""
     return GoldenItem(
-        item_id=row["item_id"], use_case=row["use_case"], task_type=row["task_type"],
-        input=json.loads(row["input"]), reference=row["reference"], split=row["split"],
-        source=row["source"], label_origin=row["label_origin"], labels=row.get("labels"),
+        item_id=row["item_id"],
+        use_case=row["use_case"],
+        task_type=row["task_type"],
+        input=json.loads(row["input"]),
+        reference=row["reference"],
+        split=row["split"],
+        source=row["source"],
+        label_origin=row["label_origin"],
+        labels=row.get("labels"),
         json_schema=json.loads(row["json_schema"]) if row.get("json_schema") else None,
         metadata=json.loads(row["metadata"]) if row.get("metadata") else {},
     )

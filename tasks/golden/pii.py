@@ -175,13 +175,14 @@ def _replace_iban(text: str, counts: Counter) -> str:
         if valid is None:
             return found
         counts["iban"] += 1
-        return PLACEHOLDER["iban"] + found[len(valid):]
+        return PLACEHOLDER["iban"] + found[len(valid) :]
 
     return IBAN.sub(substitute, text)
 
 
 def _replace_checked(pattern: re.Pattern, kind: str, check, text: str, counts: Counter) -> str:
     """Replace the matches of ``pattern`` for which ``check(match)`` holds."""
+
     def substitute(match: re.Match) -> str:
         if not check(match):
             return match.group(0)

@@ -41,9 +41,23 @@ from workhorse.tasks.golden.versions import (
     write_version,
 )
 
-__all__ = ["GoldenItem", "GoldenSpec", "SourceSpec", "RefreshOptions", "RefreshReport", "load_golden",
-           "dev_items", "refresh_golden", "golden_schema", "versions", "read_manifest", "specs_from_plan",
-           "summary_rows", "summary_markdown", "refresh_golden_set"]
+__all__ = [
+    "GoldenItem",
+    "GoldenSpec",
+    "SourceSpec",
+    "RefreshOptions",
+    "RefreshReport",
+    "load_golden",
+    "dev_items",
+    "refresh_golden",
+    "golden_schema",
+    "versions",
+    "read_manifest",
+    "specs_from_plan",
+    "summary_rows",
+    "summary_markdown",
+    "refresh_golden_set",
+]
 
 SOURCE_KINDS = GOLDEN_SOURCE_KINDS  # one list, declared with the plan's golden section
 
@@ -65,7 +79,9 @@ class SourceSpec:
 
     def __post_init__(self):
         if self.kind not in SOURCE_KINDS:
-            raise ConfigError(f"golden source kind {self.kind!r} is unknown; use one of {', '.join(SOURCE_KINDS)}")
+            raise ConfigError(
+                f"golden source kind {self.kind!r} is unknown; use one of {', '.join(SOURCE_KINDS)}"
+            )
         if self.kind not in ("usage_log",) and not self.path:
             raise ConfigError(f"golden source {self.kind!r} needs a path")
 
@@ -132,11 +148,19 @@ class RefreshReport:
 
     def stats(self) -> dict:
         """The numbers that describe the cleaning (stored in the manifest)."""
-        return {"rows_in": self.rows_in, "scrubbed": self.scrubbed, "dedup_kept": self.dedup_kept,
-                "exact_duplicates": self.exact_duplicates, "near_duplicates": self.near_duplicates,
-                "conflicting_references": self.conflicting_references, "conflicts_resolved": self.conflicts_resolved,
-                "conflicts_kept": self.conflicts_kept, "dedup_examples": self.dedup_examples,
-                "quarantined": self.quarantined, "quarantine_reasons": self.quarantine_reasons}
+        return {
+            "rows_in": self.rows_in,
+            "scrubbed": self.scrubbed,
+            "dedup_kept": self.dedup_kept,
+            "exact_duplicates": self.exact_duplicates,
+            "near_duplicates": self.near_duplicates,
+            "conflicting_references": self.conflicting_references,
+            "conflicts_resolved": self.conflicts_resolved,
+            "conflicts_kept": self.conflicts_kept,
+            "dedup_examples": self.dedup_examples,
+            "quarantined": self.quarantined,
+            "quarantine_reasons": self.quarantine_reasons,
+        }
 
     def record_dedup(self, dedup, max_share: float) -> None:
         """Copy the dedup counts, and warn when it removed more than ``max_share`` of the rows."""
@@ -148,13 +172,16 @@ class RefreshReport:
                 f"dedup removed {dedup.removed} of {dedup.kept + dedup.removed} rows ({dedup.removed_share:.0%}, "
                 f"more than golden.max_duplicate_share {max_share:.0%}): {dedup.exact} exact, {dedup.near} near, "
                 f"{dedup.conflicts_resolved} conflicting references resolved by label origin; check the examples "
-                f"in the manifest")
+                f"in the manifest"
+            )
 
 
 # ---------------------------------------------------------------- sources
 
-def read_source(source: SourceSpec, spec: GoldenSpec, options: RefreshOptions, workspace,
-                human_labels: dict) -> list[GoldenItem]:
+
+def read_source(
+    source: SourceSpec, spec: GoldenSpec, options: RefreshOptions, workspace, human_labels: dict
+) -> list[GoldenItem]:
     """Items from one source (request_labels give none: they relabel the usage_log sample)."""
     path = Path(source.path) if source.path else None
     if source.kind == "usage_log":
@@ -165,7 +192,9 @@ def read_source(source: SourceSpec, spec: GoldenSpec, options: RefreshOptions, w
     if source.kind == "openai_evals":
         return import_openai_evals(path, spec)
     if source.kind == "promptfoo":
-        return import_promptfoo_csv(path, spec, PromptfooOptions(prompt=source.prompt, input_var=source.input_var))
+        return import_promptfoo_csv(
+            path, spec, PromptfooOptions(prompt=source.prompt, input_var=source.input_var)
+        )
     return []
 
 
@@ -176,13 +205,16 @@ def golden_usage_default(workspace) -> Path:
     return _workspace(workspace).subdir("usage")
 
 
-def collect(spec: GoldenSpec, sources: list[SourceSpec], options: RefreshOptions, workspace,
-            report: RefreshReport) -> list[GoldenItem]:
+def collect(
+    spec: GoldenSpec, sources: list[SourceSpec], options: RefreshOptions, workspace, report: RefreshReport
+) -> list[GoldenItem]:
     """All sources' items in source order (the order breaks ties between duplicates)."""
     human_labels: dict[str, str] = {}
     for source in sources:
         if source.kind == "request_labels":
-            human_labels.update(read_request_labels(Path(source.path), ColumnMapping.from_dict(source.mapping)))
+            human_labels.update(
+                read_request_labels(Path(source.path), ColumnMapping.from_dict(source.mapping))
+            )
     items: list[GoldenItem] = []
     for source in sources:
         found = read_source(source, spec, options, workspace, human_labels)
@@ -193,8 +225,10 @@ def collect(spec: GoldenSpec, sources: list[SourceSpec], options: RefreshOptions
 
 # ---------------------------------------------------------------- the refresh
 
-def refresh_golden(workspace, spec: GoldenSpec, sources: list[SourceSpec],
-                   options: RefreshOptions = RefreshOptions()) -> RefreshReport:
+
+def refresh_golden(
+    workspace, spec: GoldenSpec, sources: list[SourceSpec], options: RefreshOptions = RefreshOptions()
+) -> RefreshReport:
     """Build the golden set of one use case from its sources and store it as a new version if
     its content changed. Raises ContractError (and writes no version) when a split is empty or
     more than ``max_bad_ratio`` of the rows break the contract; failing rows are quarantined
@@ -217,13 +251,22 @@ def refresh_golden(workspace, spec: GoldenSpec, sources: list[SourceSpec],
     return report
 
 
-def store(workspace, spec: GoldenSpec, sources: list[SourceSpec], items: list[GoldenItem],
-          report: RefreshReport) -> None:
+def store(
+    workspace, spec: GoldenSpec, sources: list[SourceSpec], items: list[GoldenItem], report: RefreshReport
+) -> None:
     """Write the version (if the content is new) and copy its identity into the report."""
-    stored = write_version(workspace, spec.use_case, items, [s.describe() for s in sources],
-                           extra={"refresh": report.stats(), "warnings": report.warnings,
-                                  "test_fraction": spec.test_fraction})
-    report.version, report.created, report.content_hash = stored.version, stored.created, stored.manifest["content_hash"]
+    stored = write_version(
+        workspace,
+        spec.use_case,
+        items,
+        [s.describe() for s in sources],
+        extra={"refresh": report.stats(), "warnings": report.warnings, "test_fraction": spec.test_fraction},
+    )
+    report.version, report.created, report.content_hash = (
+        stored.version,
+        stored.created,
+        stored.manifest["content_hash"],
+    )
     report.counts, report.diff = stored.manifest["counts"], stored.manifest["diff"] if stored.created else {}
 
 
@@ -235,11 +278,15 @@ def quarantine_path(workspace, use_case: str) -> Path:
     from workhorse.tasks.golden.versions import _workspace
 
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
-    return _workspace(workspace).subdir("quarantine") / f"golden_item-{golden_dir(workspace, use_case).name}-{stamp}.jsonl"
+    return (
+        _workspace(workspace).subdir("quarantine")
+        / f"golden_item-{golden_dir(workspace, use_case).name}-{stamp}.jsonl"
+    )
 
 
-def check_contract(workspace, use_case: str, items: list[GoldenItem], options: RefreshOptions,
-                   report: RefreshReport) -> list[GoldenItem]:
+def check_contract(
+    workspace, use_case: str, items: list[GoldenItem], options: RefreshOptions, report: RefreshReport
+) -> list[GoldenItem]:
     """Validate against golden_item; write the quarantine file; return the accepted items."""
     from workhorse.tasks.common.contracts import enforce_bad_row_ratio, write_quarantine
 
@@ -250,15 +297,20 @@ def check_contract(workspace, use_case: str, items: list[GoldenItem], options: R
     if path:
         report.quarantine_path = str(write_quarantine(result, path))
     if table_failures:
-        raise ContractError(f"golden set {use_case!r} breaks the golden_item contract: {'; '.join(table_failures)} "
-                            f"({result.accepted_count} items accepted; quarantine: {path})")
+        raise ContractError(
+            f"golden set {use_case!r} breaks the golden_item contract: {'; '.join(table_failures)} "
+            f"({result.accepted_count} items accepted; quarantine: {path})"
+        )
     enforce_bad_row_ratio(result, options.max_bad_ratio, f"golden set {use_case!r} (quarantine: {path})")
     return table_to_items(result.accepted)
 
 
 # ---------------------------------------------------------------- plan -> specs
 
-def specs_from_plan(plan: dict, base_dir: Path | None = None) -> list[tuple[GoldenSpec, list[SourceSpec], RefreshOptions]]:
+
+def specs_from_plan(
+    plan: dict, base_dir: Path | None = None
+) -> list[tuple[GoldenSpec, list[SourceSpec], RefreshOptions]]:
     """Golden settings of every use case in a plan (workhorse.yaml as a dict).
 
     Reads ``use_cases`` (a mapping name -> entry, or a list of entries with ``name``); each entry
@@ -277,16 +329,24 @@ def specs_from_plan(plan: dict, base_dir: Path | None = None) -> list[tuple[Gold
     return [_spec_from_entry(entry, base_dir) for entry in chosen]
 
 
-def _spec_from_entry(entry: dict, base_dir: Path | None) -> tuple[GoldenSpec, list[SourceSpec], RefreshOptions]:
+def _spec_from_entry(
+    entry: dict, base_dir: Path | None
+) -> tuple[GoldenSpec, list[SourceSpec], RefreshOptions]:
     golden = entry.get("golden") or {}
-    spec = GoldenSpec(use_case=entry["name"], task_type=entry.get("task_type", "generation"),
-                      labels=entry.get("labels") or None, json_schema=entry.get("json_schema"),
-                      test_fraction=float(golden.get("test_fraction", 0.5)))
+    spec = GoldenSpec(
+        use_case=entry["name"],
+        task_type=entry.get("task_type", "generation"),
+        labels=entry.get("labels") or None,
+        json_schema=entry.get("json_schema"),
+        test_fraction=float(golden.get("test_fraction", 0.5)),
+    )
     sources = [_source(raw, base_dir) for raw in golden.get("sources") or [{"kind": "usage_log"}]]
-    options = RefreshOptions(sample=SampleOptions(size=int(golden.get("size", 200))),
-                             near_duplicate_threshold=float(golden.get("near_duplicate_threshold", 0.9)),
-                             max_bad_ratio=float(golden.get("max_bad_ratio", 0.25)),
-                             max_duplicate_share=float(golden.get("max_duplicate_share", 0.2)))
+    options = RefreshOptions(
+        sample=SampleOptions(size=int(golden.get("size", 200))),
+        near_duplicate_threshold=float(golden.get("near_duplicate_threshold", 0.9)),
+        max_bad_ratio=float(golden.get("max_bad_ratio", 0.25)),
+        max_duplicate_share=float(golden.get("max_duplicate_share", 0.2)),
+    )
     return spec, sources, options
 
 
@@ -299,16 +359,34 @@ def _source(raw: dict, base_dir: Path | None) -> SourceSpec:
 
 # ---------------------------------------------------------------- reports
 
+
 def summary_rows(reports: list[RefreshReport]) -> list[dict]:
     """One row per use case for the table artifact and the CLI."""
-    return [{"use_case": r.use_case, "version": r.version, "new_version": r.created, "rows_in": sum(r.rows_in.values()),
-             "pii_scrubbed": sum(r.scrubbed.values()), "dedup_kept": r.dedup_kept, "exact": r.exact_duplicates,
-             "near": r.near_duplicates, "conflicts_resolved": r.conflicts_resolved, "conflicts_kept": r.conflicts_kept,
-             "duplicates": r.duplicates_removed, "warnings": list(r.warnings), "quarantined": r.quarantined,
-             "items": r.counts.get("items", 0),
-             "dev": r.counts.get("by_split", {}).get("dev", 0), "test": r.counts.get("by_split", {}).get("test", 0),
-             "silver": r.counts.get("silver", 0), "added": r.diff.get("added", 0),
-             "removed": r.diff.get("removed", 0), "relabelled": r.diff.get("relabelled", 0)} for r in reports]
+    return [
+        {
+            "use_case": r.use_case,
+            "version": r.version,
+            "new_version": r.created,
+            "rows_in": sum(r.rows_in.values()),
+            "pii_scrubbed": sum(r.scrubbed.values()),
+            "dedup_kept": r.dedup_kept,
+            "exact": r.exact_duplicates,
+            "near": r.near_duplicates,
+            "conflicts_resolved": r.conflicts_resolved,
+            "conflicts_kept": r.conflicts_kept,
+            "duplicates": r.duplicates_removed,
+            "warnings": list(r.warnings),
+            "quarantined": r.quarantined,
+            "items": r.counts.get("items", 0),
+            "dev": r.counts.get("by_split", {}).get("dev", 0),
+            "test": r.counts.get("by_split", {}).get("test", 0),
+            "silver": r.counts.get("silver", 0),
+            "added": r.diff.get("added", 0),
+            "removed": r.diff.get("removed", 0),
+            "relabelled": r.diff.get("relabelled", 0),
+        }
+        for r in reports
+    ]
 
 
 def summary_markdown(reports: list[RefreshReport]) -> str:
@@ -316,22 +394,27 @@ def summary_markdown(reports: list[RefreshReport]) -> str:
     lines = ["# Golden dataset refresh", ""]
     for report in reports:
         state = f"new version v{report.version}" if report.created else f"unchanged, still v{report.version}"
-        lines += [f"## {report.use_case}: {state}", "",
-                  f"- items: {report.counts.get('items', 0)} (dev {report.counts.get('by_split', {}).get('dev', 0)}, "
-                  f"test {report.counts.get('by_split', {}).get('test', 0)}); silver (incumbent) references: "
-                  f"{report.counts.get('silver', 0)}",
-                  f"- rows in: {report.rows_in}",
-                  f"- PII scrubbed: {report.scrubbed}",
-                  f"- dedup: {report.dedup_kept} kept; removed {report.exact_duplicates} exact, "
-                  f"{report.near_duplicates} near, {report.conflicts_resolved} conflicting references resolved by "
-                  f"label origin; {report.conflicts_kept} near-identical questions with another reference kept "
-                  f"for review",
-                  f"- quarantined: {report.quarantined}" + (f" {report.quarantine_reasons} -> `{report.quarantine_path}`"
-                                                            if report.quarantined else ""),
-                  f"- content hash: `{report.content_hash}`"]
+        lines += [
+            f"## {report.use_case}: {state}",
+            "",
+            f"- items: {report.counts.get('items', 0)} (dev {report.counts.get('by_split', {}).get('dev', 0)}, "
+            f"test {report.counts.get('by_split', {}).get('test', 0)}); silver (incumbent) references: "
+            f"{report.counts.get('silver', 0)}",
+            f"- rows in: {report.rows_in}",
+            f"- PII scrubbed: {report.scrubbed}",
+            f"- dedup: {report.dedup_kept} kept; removed {report.exact_duplicates} exact, "
+            f"{report.near_duplicates} near, {report.conflicts_resolved} conflicting references resolved by "
+            f"label origin; {report.conflicts_kept} near-identical questions with another reference kept "
+            f"for review",
+            f"- quarantined: {report.quarantined}"
+            + (f" {report.quarantine_reasons} -> `{report.quarantine_path}`" if report.quarantined else ""),
+            f"- content hash: `{report.content_hash}`",
+        ]
         if report.created and report.diff:
-            lines.append(f"- diff vs v{report.diff.get('against')}: +{report.diff['added']} added, "
-                         f"-{report.diff['removed']} removed, {report.diff['relabelled']} relabelled")
+            lines.append(
+                f"- diff vs v{report.diff.get('against')}: +{report.diff['added']} added, "
+                f"-{report.diff['removed']} removed, {report.diff['relabelled']} relabelled"
+            )
         lines += [f"- **warning:** {warning}" for warning in report.warnings] + [""]
     return "\n".join(lines)
 
@@ -343,7 +426,8 @@ from prefect.cache_policies import NO_CACHE  # noqa: E402
 
 
 @task(name="refresh-golden-set", task_run_name="refresh-golden-{spec.use_case}", cache_policy=NO_CACHE)
-def refresh_golden_set(workspace: str | None, spec: GoldenSpec, sources: list[SourceSpec],
-                       options: RefreshOptions) -> RefreshReport:
+def refresh_golden_set(
+    workspace: str | None, spec: GoldenSpec, sources: list[SourceSpec], options: RefreshOptions
+) -> RefreshReport:
     """One use case's refresh as a Prefect task (a failure stays with its use case)."""
     return refresh_golden(workspace, spec, sources, options)

@@ -42,20 +42,31 @@ class GoldenSpec:
 
     def __post_init__(self):
         if self.task_type not in TASK_TYPES:
-            raise ConfigError(f"use case {self.use_case!r}: unknown task type {self.task_type!r}; "
-                              f"expected one of {', '.join(TASK_TYPES)}")
+            raise ConfigError(
+                f"use case {self.use_case!r}: unknown task type {self.task_type!r}; "
+                f"expected one of {', '.join(TASK_TYPES)}"
+            )
 
-    def item(self, messages: list[dict], reference, *, source: str, label_origin: str,
-             metadata: dict | None = None) -> GoldenItem:
+    def item(
+        self, messages: list[dict], reference, *, source: str, label_origin: str, metadata: dict | None = None
+    ) -> GoldenItem:
         """Build an item of this use case; dict/list references become canonical JSON text."""
         item_id = make_item_id(self.use_case, messages)
         if isinstance(reference, (dict, list)):
             reference = json.dumps(reference, sort_keys=True, ensure_ascii=False)
-        return GoldenItem(item_id=item_id, use_case=self.use_case, task_type=self.task_type,
-                          input=messages, reference=None if reference is None else str(reference),
-                          split=split_for(item_id, self.test_fraction), source=source,
-                          label_origin=label_origin, labels=self.labels,
-                          json_schema=self.json_schema, metadata=metadata or {})
+        return GoldenItem(
+            item_id=item_id,
+            use_case=self.use_case,
+            task_type=self.task_type,
+            input=messages,
+            reference=None if reference is None else str(reference),
+            split=split_for(item_id, self.test_fraction),
+            source=source,
+            label_origin=label_origin,
+            labels=self.labels,
+            json_schema=self.json_schema,
+            metadata=metadata or {},
+        )
 
 
 @dataclass(frozen=True)
@@ -85,6 +96,7 @@ class ColumnMapping:
 
 # ---------------------------------------------------------------- reading files
 
+
 def read_records(path: Path) -> list[dict]:
     """Rows of a CSV (header row), JSONL, or JSON array file, as dicts.
 
@@ -99,8 +111,11 @@ def read_records(path: Path) -> list[dict]:
         return list(csv.DictReader(text.splitlines()))
     if path.suffix.lower() == ".json":
         return _objects(_parse_json(text, path, None), path)
-    return [_object(_parse_json(line, path, number), path, number)
-            for number, line in enumerate(text.splitlines(), 1) if line.strip()]
+    return [
+        _object(_parse_json(line, path, number), path, number)
+        for number, line in enumerate(text.splitlines(), 1)
+        if line.strip()
+    ]
 
 
 BOMS = ((b"\xff\xfe", "utf-16"), (b"\xfe\xff", "utf-16"), (b"", "utf-8-sig"))
@@ -113,8 +128,10 @@ def _read_text(path: Path) -> str:
     try:
         text = data.decode(encoding)
     except UnicodeDecodeError as error:
-        raise DataError(f"{path}: not UTF-8 text (byte {error.start}); binary, compressed, or another "
-                        "encoding: re-save it as UTF-8 CSV/JSONL") from None
+        raise DataError(
+            f"{path}: not UTF-8 text (byte {error.start}); binary, compressed, or another "
+            "encoding: re-save it as UTF-8 CSV/JSONL"
+        ) from None
     if "\x00" in text:
         raise DataError(f"{path}: binary data (NUL bytes), not a CSV/JSONL label file")
     return text
@@ -125,7 +142,9 @@ def _parse_json(text: str, path: Path, number: int | None):
     try:
         return json.loads(text)
     except json.JSONDecodeError as error:
-        raise DataError(f"{where}: not JSON ({error.msg} at line {error.lineno} column {error.colno})") from None
+        raise DataError(
+            f"{where}: not JSON ({error.msg} at line {error.lineno} column {error.colno})"
+        ) from None
     except RecursionError:
         raise DataError(f"{where}: JSON nested too deeply to be a label record") from None
 
@@ -164,15 +183,23 @@ def _require_columns(records: list[dict], columns: list[str], path: Path) -> Non
 
 # ---------------------------------------------------------------- human labels
 
+
 def import_label_file(path: Path, spec: GoldenSpec, mapping: ColumnMapping) -> list[GoldenItem]:
     """Items from a file people labelled; references are human labels (label_origin=human)."""
     path = Path(path)
     records = read_records(path)
     _require_columns(records, [c for c in (mapping.input, mapping.reference, mapping.id) if c], path)
     source = f"labels:{path.name}"
-    return [spec.item(_messages_from(row[mapping.input], mapping.system), _blank_to_none(row[mapping.reference]),
-                      source=source, label_origin="human", metadata=_provenance(row, mapping, number))
-            for number, row in enumerate(records, 1)]
+    return [
+        spec.item(
+            _messages_from(row[mapping.input], mapping.system),
+            _blank_to_none(row[mapping.reference]),
+            source=source,
+            label_origin="human",
+            metadata=_provenance(row, mapping, number),
+        )
+        for number, row in enumerate(records, 1)
+    ]
 
 
 def _provenance(row: dict, mapping: ColumnMapping, number: int) -> dict:
@@ -195,12 +222,16 @@ def read_request_labels(path: Path, mapping: ColumnMapping) -> dict[str, str]:
     for row in records:
         reference = _blank_to_none(row[mapping.reference])
         if reference is not None:
-            labels[str(row[mapping.request_id])] = (json.dumps(reference, sort_keys=True)
-                                                   if isinstance(reference, (dict, list)) else str(reference))
+            labels[str(row[mapping.request_id])] = (
+                json.dumps(reference, sort_keys=True)
+                if isinstance(reference, (dict, list))
+                else str(reference)
+            )
     return labels
 
 
 # ---------------------------------------------------------------- OpenAI Evals
+
 
 def import_openai_evals(path: Path, spec: GoldenSpec) -> list[GoldenItem]:
     """OpenAI Evals samples JSONL: ``{"input": [messages] | "text", "ideal": str | [str, ...]}``.
@@ -218,22 +249,54 @@ def import_openai_evals(path: Path, spec: GoldenSpec) -> list[GoldenItem]:
         if isinstance(ideal, list):
             metadata["acceptable_answers"] = [str(answer) for answer in ideal]
             ideal = ideal[0] if ideal else None
-        items.append(spec.item(_messages_from(row["input"]), ideal, source=f"openai_evals:{path.name}",
-                               label_origin="import", metadata=metadata))
+        items.append(
+            spec.item(
+                _messages_from(row["input"]),
+                ideal,
+                source=f"openai_evals:{path.name}",
+                label_origin="import",
+                metadata=metadata,
+            )
+        )
     return items
 
 
 # ---------------------------------------------------------------- promptfoo
 
-ASSERTION = re.compile(r"^(?P<type>(?:not-)?[a-z][a-z-]*)(?:\((?P<threshold>[0-9.]+)\))?(?::(?P<value>.*))?$", re.S)
+ASSERTION = re.compile(
+    r"^(?P<type>(?:not-)?[a-z][a-z-]*)(?:\((?P<threshold>[0-9.]+)\))?(?::(?P<value>.*))?$", re.S
+)
 # Assertion types whose value is the expected output itself, per task type.
 EXACT_TYPES = {"equals"}
 LOOSE_TYPES = {"contains", "icontains", "starts-with"}
 LOOSE_TASKS = {"qa", "summarization", "generation"}
-KNOWN_TYPES = EXACT_TYPES | LOOSE_TYPES | {
-    "is-json", "contains-json", "regex", "contains-any", "contains-all", "icontains-any", "icontains-all",
-    "javascript", "python", "llm-rubric", "similar", "levenshtein", "rouge-n", "bleu", "model-graded-closedqa",
-    "answer-relevance", "factuality", "is-valid-openai-tools-call", "latency", "cost", "perplexity"}
+KNOWN_TYPES = (
+    EXACT_TYPES
+    | LOOSE_TYPES
+    | {
+        "is-json",
+        "contains-json",
+        "regex",
+        "contains-any",
+        "contains-all",
+        "icontains-any",
+        "icontains-all",
+        "javascript",
+        "python",
+        "llm-rubric",
+        "similar",
+        "levenshtein",
+        "rouge-n",
+        "bleu",
+        "model-graded-closedqa",
+        "answer-relevance",
+        "factuality",
+        "is-valid-openai-tools-call",
+        "latency",
+        "cost",
+        "perplexity",
+    }
+)
 LEGACY_PREFIXES = {"fn": "javascript", "eval": "javascript", "grade": "llm-rubric"}
 
 
@@ -297,38 +360,54 @@ def _promptfoo_text(variables: dict, options: PromptfooOptions) -> str:
     for name in options.candidates:
         if name in variables:
             return str(variables[name])
-    raise ConfigError(f"promptfoo CSV has several vars {sorted(variables)}: name the input with input_var or a prompt")
+    raise ConfigError(
+        f"promptfoo CSV has several vars {sorted(variables)}: name the input with input_var or a prompt"
+    )
 
 
-def promptfoo_row_to_item(row: dict, spec: GoldenSpec, options: PromptfooOptions, source: str,
-                          number: int) -> GoldenItem:
+def promptfoo_row_to_item(
+    row: dict, spec: GoldenSpec, options: PromptfooOptions, source: str, number: int
+) -> GoldenItem:
     """One promptfoo test row: ``__expected*`` are assertions, ``__prefix``/``__suffix`` wrap the
     prompt, ``__description`` and ``__metadata:*`` are kept, every other column is a var."""
     variables = {k: v for k, v in row.items() if k and not k.startswith("__")}
-    assertions = [parse_promptfoo_assertion(v) for k, v in sorted(row.items())
-                  if k and k.startswith("__expected") and v and v.strip()]
+    assertions = [
+        parse_promptfoo_assertion(v)
+        for k, v in sorted(row.items())
+        if k and k.startswith("__expected") and v and v.strip()
+    ]
     text = (row.get("__prefix") or "") + _promptfoo_text(variables, options) + (row.get("__suffix") or "")
     metadata = {"row": number, "vars": variables, "assertions": assertions}
     if row.get("__description"):
         metadata["description"] = row["__description"]
     metadata.update({k.split(":", 1)[1]: v for k, v in row.items() if k and k.startswith("__metadata:")})
-    return spec.item(user_messages(text, options.system), reference_from_assertions(assertions, spec.task_type),
-                     source=source, label_origin="import", metadata=metadata)
+    return spec.item(
+        user_messages(text, options.system),
+        reference_from_assertions(assertions, spec.task_type),
+        source=source,
+        label_origin="import",
+        metadata=metadata,
+    )
 
 
-def import_promptfoo_csv(path: Path, spec: GoldenSpec, options: PromptfooOptions | None = None) -> list[GoldenItem]:
+def import_promptfoo_csv(
+    path: Path, spec: GoldenSpec, options: PromptfooOptions | None = None
+) -> list[GoldenItem]:
     """Items from a promptfoo test CSV (see :func:`promptfoo_row_to_item` for the columns)."""
     path = Path(path)
     options = options or PromptfooOptions()
     try:
-        return [promptfoo_row_to_item(row, spec, options, f"promptfoo:{path.name}", number)
-                for number, row in enumerate(read_records(path), 1)]
+        return [
+            promptfoo_row_to_item(row, spec, options, f"promptfoo:{path.name}", number)
+            for number, row in enumerate(read_records(path), 1)
+        ]
     except (ConfigError, DataError) as error:
         message = str(error)
         raise type(error)(message if str(path) in message else f"{path}: {message}") from None
 
 
 # ---------------------------------------------------------------- logged traffic
+
 
 @dataclass(frozen=True)
 class SampleOptions:
@@ -398,8 +477,12 @@ def stratified_sample(usage, use_case: str, options: SampleOptions = SampleOptio
     connection = duckdb.connect()
     if table is not None:
         connection.register("usage_table", table)
-    params = {"use_case": use_case, "time_buckets": options.time_buckets,
-              "length_buckets": options.length_buckets, "seed": options.seed}
+    params = {
+        "use_case": use_case,
+        "time_buckets": options.time_buckets,
+        "length_buckets": options.length_buckets,
+        "seed": options.seed,
+    }
     strata = _arrow(connection, STRATA_SQL.format(source=source), params)
     return _take_quotas(connection, strata, options.size)
 
@@ -413,13 +496,23 @@ def _take_quotas(connection, strata, size: int):
     sizes = {(row["time_bucket"], row["length_bucket"]): row["n"] for row in counts.to_pylist()}
     quotas = allocate(sizes, size)
     quota_rows = [{"time_bucket": t, "length_bucket": l, "quota": q} for (t, l), q in quotas.items()]
-    connection.register("quotas", pa.Table.from_pylist(quota_rows, schema=pa.schema(
-        [("time_bucket", pa.int32()), ("length_bucket", pa.int64()), ("quota", pa.int64())])))
-    return _arrow(connection, """
+    connection.register(
+        "quotas",
+        pa.Table.from_pylist(
+            quota_rows,
+            schema=pa.schema(
+                [("time_bucket", pa.int32()), ("length_bucket", pa.int64()), ("quota", pa.int64())]
+            ),
+        ),
+    )
+    return _arrow(
+        connection,
+        """
         SELECT * EXCLUDE (position, quota) FROM (
             SELECT s.*, q.quota, row_number() OVER (PARTITION BY s.time_bucket, s.length_bucket ORDER BY rank_key) AS position
             FROM strata s JOIN quotas q USING (time_bucket, length_bucket))
-        WHERE position <= quota ORDER BY request_id""")
+        WHERE position <= quota ORDER BY request_id""",
+    )
 
 
 def _arrow(connection, query: str, params: dict | None = None):
@@ -439,8 +532,12 @@ def _request_messages(request: str) -> list[dict]:
     return _messages_from(value)
 
 
-def sample_usage_log(usage, spec: GoldenSpec, options: SampleOptions = SampleOptions(),
-                     human_labels: dict[str, str] | None = None) -> list[GoldenItem]:
+def sample_usage_log(
+    usage,
+    spec: GoldenSpec,
+    options: SampleOptions = SampleOptions(),
+    human_labels: dict[str, str] | None = None,
+) -> list[GoldenItem]:
     """Golden items from logged traffic: the human label for the request when there is one,
     else the incumbent's logged answer (label_origin=incumbent, a silver reference)."""
     human_labels = human_labels or {}
@@ -448,10 +545,21 @@ def sample_usage_log(usage, spec: GoldenSpec, options: SampleOptions = SampleOpt
     for row in stratified_sample(usage, spec.use_case, options).to_pylist():
         human = human_labels.get(str(row["request_id"]))
         reference = human if human is not None else (row["response"] or "").strip()
-        metadata = {"request_id": row["request_id"], "ts": str(row["ts"]), "model": row["model"],
-                    "stratum": f"t{row['time_bucket']}-l{row['length_bucket']}"}
+        metadata = {
+            "request_id": row["request_id"],
+            "ts": str(row["ts"]),
+            "model": row["model"],
+            "stratum": f"t{row['time_bucket']}-l{row['length_bucket']}",
+        }
         if human is not None:  # the incumbent's answer is still what the evaluation replays
             metadata["incumbent_output"] = row["response"]
-        items.append(spec.item(_request_messages(row["request"]), reference, source="usage_log",
-                               label_origin="human" if human is not None else "incumbent", metadata=metadata))
+        items.append(
+            spec.item(
+                _request_messages(row["request"]),
+                reference,
+                source="usage_log",
+                label_origin="human" if human is not None else "incumbent",
+                metadata=metadata,
+            )
+        )
     return items

@@ -36,11 +36,14 @@ def _workspace(workspace) -> Workspace:
 def golden_dir(workspace, use_case: str) -> Path:
     """The folder of one use case's versions (created on first use)."""
     if not SAFE_NAME.match(use_case):
-        raise ConfigError(f"use case name {use_case!r} cannot be a folder name: use letters, digits, '_', '-', '.'")
+        raise ConfigError(
+            f"use case name {use_case!r} cannot be a folder name: use letters, digits, '_', '-', '.'"
+        )
     return _workspace(workspace).subdir("golden") / use_case
 
 
 # ---------------------------------------------------------------- atomic, no-overwrite writes
+
 
 def write_new(path: Path, data: bytes) -> Path:
     """Create ``path`` with ``data`` atomically; refuse if it exists (os.link never replaces)."""
@@ -54,7 +57,9 @@ def write_new(path: Path, data: bytes) -> Path:
         os.chmod(temporary, 0o444)  # read-only: a version is not edited in place either
         os.link(temporary, path)
     except FileExistsError:
-        raise VersionExistsError(f"{path} already exists; versions are immutable and never overwritten") from None
+        raise VersionExistsError(
+            f"{path} already exists; versions are immutable and never overwritten"
+        ) from None
     finally:
         os.unlink(temporary)
     return path
@@ -77,6 +82,7 @@ def json_bytes(value) -> bytes:
 
 # ---------------------------------------------------------------- reading
 
+
 def versions(workspace, use_case: str) -> list[int]:
     """Complete versions (parquet and manifest both present), ascending."""
     folder = golden_dir(workspace, use_case)
@@ -98,12 +104,16 @@ def read_manifest(workspace, use_case: str, version: int | None = None) -> dict:
 def _latest(workspace, use_case: str) -> int:
     found = versions(workspace, use_case)
     if not found:
-        raise DataError(f"no golden set for use case {use_case!r} in {golden_dir(workspace, use_case)}; "
-                        f"run `workhorse golden refresh` first")
+        raise DataError(
+            f"no golden set for use case {use_case!r} in {golden_dir(workspace, use_case)}; "
+            f"run `workhorse golden refresh` first"
+        )
     return found[-1]
 
 
-def load_golden(workspace, use_case: str, version: int | None = None, split: str | None = None) -> list[GoldenItem]:
+def load_golden(
+    workspace, use_case: str, version: int | None = None, split: str | None = None
+) -> list[GoldenItem]:
     """The items of a golden set version (latest by default), sorted by id; ``split`` filters.
 
     The content hash is checked against the manifest, so an edited file is refused instead of
@@ -115,7 +125,9 @@ def load_golden(workspace, use_case: str, version: int | None = None, split: str
     path = golden_dir(workspace, use_case) / manifest["file"]
     items = table_to_items(pq.read_table(path))
     if content_hash(items) != manifest["content_hash"]:
-        raise DataError(f"golden set {use_case!r} v{manifest['version']} at {path} does not match its manifest hash")
+        raise DataError(
+            f"golden set {use_case!r} v{manifest['version']} at {path} does not match its manifest hash"
+        )
     return [item for item in items if split is None or item.split == split]
 
 
@@ -126,41 +138,77 @@ def dev_items(workspace, use_case: str, version: int | None = None) -> list[Gold
 
 # ---------------------------------------------------------------- diff and manifest
 
+
 def diff_items(before: list[GoldenItem], after: list[GoldenItem]) -> dict:
     """Added and removed ids, relabelled items (same id, other reference or origin), and any
     item whose split changed (which the refresh prevents; listed so a test can prove it)."""
     old = {item.item_id: item for item in before}
     new = {item.item_id: item for item in after}
     common = sorted(old.keys() & new.keys())
-    relabelled = [{"item_id": i, "before": old[i].reference, "after": new[i].reference,
-                   "origin_before": old[i].label_origin, "origin_after": new[i].label_origin}
-                  for i in common if (old[i].reference, old[i].label_origin) != (new[i].reference, new[i].label_origin)]
-    return {"added": sorted(new.keys() - old.keys()), "removed": sorted(old.keys() - new.keys()),
-            "relabelled": relabelled, "split_changed": [i for i in common if old[i].split != new[i].split]}
+    relabelled = [
+        {
+            "item_id": i,
+            "before": old[i].reference,
+            "after": new[i].reference,
+            "origin_before": old[i].label_origin,
+            "origin_after": new[i].label_origin,
+        }
+        for i in common
+        if (old[i].reference, old[i].label_origin) != (new[i].reference, new[i].label_origin)
+    ]
+    return {
+        "added": sorted(new.keys() - old.keys()),
+        "removed": sorted(old.keys() - new.keys()),
+        "relabelled": relabelled,
+        "split_changed": [i for i in common if old[i].split != new[i].split],
+    }
 
 
 def counts(items: list[GoldenItem]) -> dict:
     """Counts for the manifest: by split, origin, source, and by label for classification."""
     by_label = Counter(item.reference for item in items if item.task_type == "classification")
-    return {"items": len(items), "by_split": dict(sorted(Counter(i.split for i in items).items())),
-            "by_origin": dict(sorted(Counter(i.label_origin for i in items).items())),
-            "by_source": dict(sorted(Counter(i.source for i in items).items())),
-            "by_label": dict(sorted(by_label.items())),
-            "silver": sum(item.silver for item in items)}
+    return {
+        "items": len(items),
+        "by_split": dict(sorted(Counter(i.split for i in items).items())),
+        "by_origin": dict(sorted(Counter(i.label_origin for i in items).items())),
+        "by_source": dict(sorted(Counter(i.source for i in items).items())),
+        "by_label": dict(sorted(by_label.items())),
+        "silver": sum(item.silver for item in items),
+    }
 
 
-def build_manifest(use_case: str, version: int, items: list[GoldenItem], sources: list[dict],
-                   diff: dict, previous: int | None, extra: dict | None = None) -> dict:
+def build_manifest(
+    use_case: str,
+    version: int,
+    items: list[GoldenItem],
+    sources: list[dict],
+    diff: dict,
+    previous: int | None,
+    extra: dict | None = None,
+) -> dict:
     """What a reviewer needs to trust a version without opening the parquet file."""
-    return {"use_case": use_case, "version": version, "file": f"v{version}.parquet",
-            "content_hash": content_hash(items), "created_at": datetime.now(timezone.utc).isoformat(),
-            "counts": counts(items), "sources": sources, "previous_version": previous,
-            "diff": {"against": previous, "added": len(diff["added"]), "removed": len(diff["removed"]),
-                     "relabelled": len(diff["relabelled"]), "detail": diff},
-            **(extra or {})}
+    return {
+        "use_case": use_case,
+        "version": version,
+        "file": f"v{version}.parquet",
+        "content_hash": content_hash(items),
+        "created_at": datetime.now(timezone.utc).isoformat(),
+        "counts": counts(items),
+        "sources": sources,
+        "previous_version": previous,
+        "diff": {
+            "against": previous,
+            "added": len(diff["added"]),
+            "removed": len(diff["removed"]),
+            "relabelled": len(diff["relabelled"]),
+            "detail": diff,
+        },
+        **(extra or {}),
+    }
 
 
 # ---------------------------------------------------------------- writing
+
 
 @dataclass
 class VersionResult:
@@ -177,18 +225,31 @@ def keep_previous_splits(items: list[GoldenItem], previous: list[GoldenItem]) ->
     return [item.with_split(before[item.item_id]) if item.item_id in before else item for item in items]
 
 
-def write_version(workspace, use_case: str, items: list[GoldenItem], sources: list[dict],
-                  extra: dict | None = None) -> VersionResult:
+def write_version(
+    workspace, use_case: str, items: list[GoldenItem], sources: list[dict], extra: dict | None = None
+) -> VersionResult:
     """Store ``items`` as the next version, unless their content equals the latest version's."""
     folder = golden_dir(workspace, use_case)
     found = versions(workspace, use_case)
     previous_items = load_golden(workspace, use_case, found[-1]) if found else []
     if found and content_hash(items) == read_manifest(workspace, use_case, found[-1])["content_hash"]:
-        return VersionResult(use_case, found[-1], False, read_manifest(workspace, use_case, found[-1]),
-                             folder / f"v{found[-1]}.parquet")
+        return VersionResult(
+            use_case,
+            found[-1],
+            False,
+            read_manifest(workspace, use_case, found[-1]),
+            folder / f"v{found[-1]}.parquet",
+        )
     version = _next_number(folder)
-    manifest = build_manifest(use_case, version, items, sources, diff_items(previous_items, items),
-                              found[-1] if found else None, extra)
+    manifest = build_manifest(
+        use_case,
+        version,
+        items,
+        sources,
+        diff_items(previous_items, items),
+        found[-1] if found else None,
+        extra,
+    )
     write_new(folder / f"v{version}.parquet", _parquet_bytes(items))
     write_new(folder / f"v{version}.manifest.json", json_bytes(manifest))
     _write_index(workspace, use_case)
@@ -197,7 +258,9 @@ def write_version(workspace, use_case: str, items: list[GoldenItem], sources: li
 
 def _next_number(folder: Path) -> int:
     """One above every vN.parquet present, complete or not: an orphan from a crash is never reused."""
-    numbers = [int(m.group(1)) for m in map(VERSION_FILE.match, os.listdir(folder)) if m] if folder.exists() else []
+    numbers = (
+        [int(m.group(1)) for m in map(VERSION_FILE.match, os.listdir(folder)) if m] if folder.exists() else []
+    )
     return max(numbers, default=0) + 1
 
 
@@ -214,9 +277,15 @@ def _write_index(workspace, use_case: str) -> Path:
     entries = []
     for number in versions(workspace, use_case):
         manifest = read_manifest(workspace, use_case, number)
-        entries.append({key: manifest[key] for key in ("version", "file", "content_hash", "created_at")}
-                       | {"items": manifest["counts"]["items"], "added": manifest["diff"]["added"],
-                          "removed": manifest["diff"]["removed"], "relabelled": manifest["diff"]["relabelled"],
-                          "warnings": manifest.get("warnings", [])})
+        entries.append(
+            {key: manifest[key] for key in ("version", "file", "content_hash", "created_at")}
+            | {
+                "items": manifest["counts"]["items"],
+                "added": manifest["diff"]["added"],
+                "removed": manifest["diff"]["removed"],
+                "relabelled": manifest["diff"]["relabelled"],
+                "warnings": manifest.get("warnings", []),
+            }
+        )
     index = {"use_case": use_case, "latest": entries[-1]["version"] if entries else None, "versions": entries}
     return replace_file(golden_dir(workspace, use_case) / "manifest.json", json_bytes(index))

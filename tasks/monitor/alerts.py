@@ -32,8 +32,10 @@ ICONS = {"critical": ":rotating_light:", "warning": ":warning:", "resolved": ":w
 
 # --- the webhook: one precedence rule, never logged ------------------------------------------
 
-def resolve_webhook_url(parameter: str | SecretStr | None = None, plan=None,
-                        block_name: str | None = None) -> SecretStr | None:
+
+def resolve_webhook_url(
+    parameter: str | SecretStr | None = None, plan=None, block_name: str | None = None
+) -> SecretStr | None:
     """flow parameter > workspace file (the plan's ``alerts.slack_webhook_url``) > the
     ``SlackAlerts`` Block named by ``block_name`` or the plan's ``alerts.slack_block`` >
     ``WORKHORSE_SLACK_WEBHOOK_URL``. Returned as a SecretStr so a stray print shows stars."""
@@ -41,8 +43,13 @@ def resolve_webhook_url(parameter: str | SecretStr | None = None, plan=None,
 
     alerts = _alerts_section(plan)
     name = block_name or alerts.slack_block
-    value = resolve("slack_webhook_url", parameter=_plain(parameter), plan_value=alerts.slack_webhook_url,
-                    block=(lambda: _block_webhook(name)) if name else None, env=WEBHOOK_ENV)
+    value = resolve(
+        "slack_webhook_url",
+        parameter=_plain(parameter),
+        plan_value=alerts.slack_webhook_url,
+        block=(lambda: _block_webhook(name)) if name else None,
+        env=WEBHOOK_ENV,
+    )
     return SecretStr(value) if value else None
 
 
@@ -70,6 +77,7 @@ def _alerts_section(plan) -> AlertsPlan:
 
 # --- messages ---------------------------------------------------------------------------------
 
+
 def format_value(metric: str, value: float | None) -> str:
     if value is None:
         return "—"
@@ -85,27 +93,49 @@ def how_much(metric: str, incident: dict) -> str:
     return f"{format_value(metric, incident['value'])} (limit {format_value(metric, incident['threshold'])})"
 
 
-def build_message(incident: dict, kind: str, metric: str, *, flow_run_url: str | None = None,
-                  owner: str | None = None, channel: str | None = None, mention: str | None = None) -> dict:
+def build_message(
+    incident: dict,
+    kind: str,
+    metric: str,
+    *,
+    flow_run_url: str | None = None,
+    owner: str | None = None,
+    channel: str | None = None,
+    mention: str | None = None,
+) -> dict:
     """A Block Kit message for one incident change (opened, escalated, reminder, resolved)."""
     resolved = kind == "resolved"
     icon = ICONS["resolved" if resolved else incident["severity"]]
     model = "all models" if incident["model"] == "*" else incident["model"]
-    title = (f"Resolved: {incident['use_case']} · {incident['rule']}" if resolved else
-             f"{(incident['severity'] or '').upper()} {incident['use_case']} · {incident['rule']} breached")
+    title = (
+        f"Resolved: {incident['use_case']} · {incident['rule']}"
+        if resolved
+        else f"{(incident['severity'] or '').upper()} {incident['use_case']} · {incident['rule']} breached"
+    )
     headline = f"{icon} {title}" + (f" ({kind})" if kind in ("escalated", "reminder") else "")
-    fields = [("Use case", incident["use_case"]), ("Model", model),
-              ("Now" if resolved else "Breach", how_much(metric, incident) if not resolved
-               else format_value(metric, incident["value"])),
-              ("Since", _since(incident, resolved)), ("Owner", owner or "—"), ("Incident", incident["key"])]
-    blocks = [{"type": "header", "text": {"type": "plain_text", "text": headline[:150], "emoji": True}},
-              {"type": "section", "fields": [{"type": "mrkdwn", "text": f"*{k}*\n{v}"} for k, v in fields]},
-              {"type": "section", "text": {"type": "mrkdwn", "text": incident.get("detail") or " "}}]
+    fields = [
+        ("Use case", incident["use_case"]),
+        ("Model", model),
+        (
+            "Now" if resolved else "Breach",
+            how_much(metric, incident) if not resolved else format_value(metric, incident["value"]),
+        ),
+        ("Since", _since(incident, resolved)),
+        ("Owner", owner or "—"),
+        ("Incident", incident["key"]),
+    ]
+    blocks = [
+        {"type": "header", "text": {"type": "plain_text", "text": headline[:150], "emoji": True}},
+        {"type": "section", "fields": [{"type": "mrkdwn", "text": f"*{k}*\n{v}"} for k, v in fields]},
+        {"type": "section", "text": {"type": "mrkdwn", "text": incident.get("detail") or " "}},
+    ]
     if not resolved:
         done = incident.get("action") or "No automatic action: report to the owner."
         blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": f"*What was done:* {done}"}})
     link = f"<{flow_run_url}|Prefect flow run>" if flow_run_url else "run outside Prefect"
-    blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": f"{link} · workhorse monitoring"}]})
+    blocks.append(
+        {"type": "context", "elements": [{"type": "mrkdwn", "text": f"{link} · workhorse monitoring"}]}
+    )
     text = " ".join(p for p in (mention, headline, how_much(metric, incident) if not resolved else "") if p)
     return {"text": text, "blocks": blocks, **({"channel": channel} if channel else {})}
 
@@ -113,7 +143,9 @@ def build_message(incident: dict, kind: str, metric: str, *, flow_run_url: str |
 def _since(incident: dict, resolved: bool) -> str:
     opened = incident["opened_at"][:16].replace("T", " ") + " UTC"
     if resolved and incident.get("resolved_at"):
-        minutes = (datetime.fromisoformat(incident["resolved_at"]) - datetime.fromisoformat(incident["opened_at"]))
+        minutes = datetime.fromisoformat(incident["resolved_at"]) - datetime.fromisoformat(
+            incident["opened_at"]
+        )
         return f"{opened} (lasted {int(minutes.total_seconds() // 60)} min)"
     return opened
 
@@ -133,6 +165,7 @@ def message_text(payload: dict) -> str:
 
 # --- delivery ---------------------------------------------------------------------------------
 
+
 @dataclass
 class Delivery:
     ok: bool
@@ -141,8 +174,15 @@ class Delivery:
     error: str | None = None
 
 
-def post_slack(url: SecretStr | str, payload: dict, *, attempts: int = 3, backoff_s: float = 0.5,
-               timeout_s: float = 10.0, max_wait_s: float = 5.0) -> Delivery:
+def post_slack(
+    url: SecretStr | str,
+    payload: dict,
+    *,
+    attempts: int = 3,
+    backoff_s: float = 0.5,
+    timeout_s: float = 10.0,
+    max_wait_s: float = 5.0,
+) -> Delivery:
     """POST the payload; retry 5xx/429/connection errors up to ``attempts`` times in all."""
     target = _plain(url)
     body = json.dumps(payload).encode()
@@ -154,12 +194,16 @@ def post_slack(url: SecretStr | str, payload: dict, *, attempts: int = 3, backof
         if status is not None and status not in RETRY_STATUSES:
             break  # 4xx other than 429: the payload or the URL is wrong, retrying cannot help
         if attempt < attempts:
-            time.sleep(min(max_wait_s, retry_after if retry_after is not None else backoff_s * 2 ** (attempt - 1)))
+            time.sleep(
+                min(max_wait_s, retry_after if retry_after is not None else backoff_s * 2 ** (attempt - 1))
+            )
     return Delivery(False, attempt, status, error)
 
 
 def _post_once(url: str, body: bytes, timeout_s: float) -> tuple[int | None, str | None, float | None]:
-    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"}, method="POST")
+    request = urllib.request.Request(
+        url, data=body, headers={"Content-Type": "application/json"}, method="POST"
+    )
     try:
         with urllib.request.urlopen(request, timeout=timeout_s) as response:
             return response.status, None, None
@@ -196,6 +240,7 @@ def deliver_pending(connection, url: SecretStr | None, **options) -> dict:
 
 # --- Prefect events ---------------------------------------------------------------------------
 
+
 def emit_incident_event(incident: dict, resolved: bool = False, flow_run_url: str | None = None):
     """``workhorse.guardrail.breached`` (or ``.resolved``) on the resource ``workhorse.use-case.<name>``,
     so a Prefect Automation can act on it. Returns the Event, or None outside a Prefect API."""
@@ -206,12 +251,31 @@ def emit_incident_event(incident: dict, resolved: bool = False, flow_run_url: st
     if not PREFECT_API_URL.value() and FlowRunContext.get() is None:
         return None  # emitting here would start a temporary Prefect server (~10 s) just to drop it
 
-    resource = {"prefect.resource.id": f"workhorse.use-case.{incident['use_case']}",
-                "prefect.resource.name": incident["use_case"],
-                "workhorse.rule": incident["rule"], "workhorse.severity": incident["severity"] or "none"}
-    related = [{"prefect.resource.id": f"workhorse.model.{incident['model']}", "prefect.resource.role": "model"}]
-    payload = {k: incident.get(k) for k in ("key", "rule", "model", "value", "threshold", "baseline", "detail",
-                                            "opened_at", "action", "severity")}
+    resource = {
+        "prefect.resource.id": f"workhorse.use-case.{incident['use_case']}",
+        "prefect.resource.name": incident["use_case"],
+        "workhorse.rule": incident["rule"],
+        "workhorse.severity": incident["severity"] or "none",
+    }
+    related = [
+        {"prefect.resource.id": f"workhorse.model.{incident['model']}", "prefect.resource.role": "model"}
+    ]
+    payload = {
+        k: incident.get(k)
+        for k in (
+            "key",
+            "rule",
+            "model",
+            "value",
+            "threshold",
+            "baseline",
+            "detail",
+            "opened_at",
+            "action",
+            "severity",
+        )
+    }
     payload["flow_run_url"] = flow_run_url
-    return emit_event(EVENT_RESOLVED if resolved else EVENT_BREACHED, resource=resource, related=related,
-                      payload=payload)
+    return emit_event(
+        EVENT_RESOLVED if resolved else EVENT_BREACHED, resource=resource, related=related, payload=payload
+    )

@@ -64,8 +64,9 @@ def open_groups(connection) -> set[tuple[str, str]]:
     return {(i["use_case"], i["model"]) for i in open_incidents(connection)}
 
 
-def apply_results(connection, results: Iterable, now: datetime, cooldown: timedelta,
-                  since: datetime | None = None) -> list[Change]:
+def apply_results(
+    connection, results: Iterable, now: datetime, cooldown: timedelta, since: datetime | None = None
+) -> list[Change]:
     """Open, update, escalate or resolve incidents from one window's rule results, atomically.
     ``now`` is the window's end; a new incident is open ``since`` the window's start."""
     ensure_schema(connection)
@@ -80,14 +81,17 @@ def apply_results(connection, results: Iterable, now: datetime, cooldown: timede
     return changes
 
 
-def _apply(connection, result, incident: dict | None, now: datetime, cooldown: timedelta,
-           since: datetime) -> Change | None:
+def _apply(
+    connection, result, incident: dict | None, now: datetime, cooldown: timedelta, since: datetime
+) -> Change | None:
     if result.state == "breach":
         return _breach(connection, result, incident, now, cooldown, since)
     if result.state == "ok" and incident:
-        connection.execute("UPDATE incidents SET status = 'resolved', resolved_at = ?, last_seen_at = ?, value = ?, "
-                           "detail = ? WHERE id = ?", (now.isoformat(), now.isoformat(), result.value,
-                                                       result.detail, incident["id"]))
+        connection.execute(
+            "UPDATE incidents SET status = 'resolved', resolved_at = ?, last_seen_at = ?, value = ?, "
+            "detail = ? WHERE id = ?",
+            (now.isoformat(), now.isoformat(), result.value, result.detail, incident["id"]),
+        )
         return Change(_get(connection, incident["id"]), None if incident["report_only"] else "resolved")
     return None  # no data / insufficient: the incident stays as it is, open or not
 
@@ -98,13 +102,39 @@ def _breach(connection, result, incident, now, cooldown, since) -> Change:
             "INSERT INTO incidents (key, use_case, model, rule, status, severity, value, threshold, baseline, "
             "detail, report_only, opened_at, last_seen_at) VALUES (?, ?, ?, ?, 'open', ?, ?, ?, ?, ?, ?, ?, ?) "
             "RETURNING id",
-            (result.key, result.use_case, result.model, result.rule, result.severity, result.value,
-             result.threshold, result.baseline, result.detail, int(result.report_only), since.isoformat(), now.isoformat()))
+            (
+                result.key,
+                result.use_case,
+                result.model,
+                result.rule,
+                result.severity,
+                result.value,
+                result.threshold,
+                result.baseline,
+                result.detail,
+                int(result.report_only),
+                since.isoformat(),
+                now.isoformat(),
+            ),
+        )
         return Change(_get(connection, cursor.fetchone()[0]), None if result.report_only else "opened")
-    connection.execute("UPDATE incidents SET severity = ?, value = ?, threshold = ?, baseline = ?, detail = ?, "
-                       "last_seen_at = ? WHERE id = ?", (result.severity, result.value, result.threshold,
-                                                         result.baseline, result.detail, now.isoformat(), incident["id"]))
-    return Change(_get(connection, incident["id"]), None if result.report_only else _realert(incident, result, now, cooldown))
+    connection.execute(
+        "UPDATE incidents SET severity = ?, value = ?, threshold = ?, baseline = ?, detail = ?, "
+        "last_seen_at = ? WHERE id = ?",
+        (
+            result.severity,
+            result.value,
+            result.threshold,
+            result.baseline,
+            result.detail,
+            now.isoformat(),
+            incident["id"],
+        ),
+    )
+    return Change(
+        _get(connection, incident["id"]),
+        None if result.report_only else _realert(incident, result, now, cooldown),
+    )
 
 
 def _realert(incident: dict, result, now: datetime, cooldown: timedelta) -> str | None:
@@ -126,10 +156,13 @@ def queue_delivery(connection, incident: dict, kind: str, payload: dict, now: da
     with connection.transaction(lock="incidents"):
         delivery_id = connection.execute(
             "INSERT INTO alert_deliveries (incident_id, kind, payload, created_at) VALUES (?, ?, ?, ?) RETURNING id",
-            (incident["id"], kind, json.dumps(payload), now.isoformat())).fetchone()[0]
+            (incident["id"], kind, json.dumps(payload), now.isoformat()),
+        ).fetchone()[0]
         if kind != "resolved":
-            connection.execute("UPDATE incidents SET last_alert_at = ?, last_alert_severity = ? WHERE id = ?",
-                               (now.isoformat(), incident["severity"], incident["id"]))
+            connection.execute(
+                "UPDATE incidents SET last_alert_at = ?, last_alert_severity = ? WHERE id = ?",
+                (now.isoformat(), incident["severity"], incident["id"]),
+            )
     return delivery_id
 
 
@@ -138,9 +171,13 @@ def pending_deliveries(connection) -> list[dict]:
     return _dicts(connection, "SELECT * FROM alert_deliveries WHERE delivered_at IS NULL ORDER BY id")
 
 
-def record_attempt(connection, delivery_id: int, attempts: int, delivered_at: datetime | None, error: str | None) -> None:
-    connection.execute("UPDATE alert_deliveries SET attempts = attempts + ?, delivered_at = ?, last_error = ? "
-                       "WHERE id = ?", (attempts, delivered_at.isoformat() if delivered_at else None, error, delivery_id))
+def record_attempt(
+    connection, delivery_id: int, attempts: int, delivered_at: datetime | None, error: str | None
+) -> None:
+    connection.execute(
+        "UPDATE alert_deliveries SET attempts = attempts + ?, delivered_at = ?, last_error = ? WHERE id = ?",
+        (attempts, delivered_at.isoformat() if delivered_at else None, error, delivery_id),
+    )
 
 
 def get_incident(connection, incident_id: int) -> dict:

@@ -45,6 +45,7 @@ CREATE TABLE IF NOT EXISTS monitor_windows (
 
 # --- settings: the plan's monitoring section (its models live in workhorse.config) -----------
 
+
 def monitor_settings(section: MonitorSettings | dict | None) -> MonitorSettings:
     """Defaults overlaid by the plan; a rule in the plan overrides only the keys it names."""
     if isinstance(section, MonitorSettings):
@@ -57,6 +58,7 @@ def monitor_settings(section: MonitorSettings | dict | None) -> MonitorSettings:
 
 
 # --- what a use case needs for validity and drift ---------------------------------------------
+
 
 @dataclass
 class UseCaseProfile:
@@ -78,8 +80,9 @@ def profiles_from_plan(plan, workspace, names: list[str] | None = None) -> dict[
     for name, case in plan.use_cases.items():
         if (names and name not in names) or case.workload == "frontier":
             continue
-        profile = UseCaseProfile(name, case.task_type, list(case.labels), case.json_schema,
-                                 case.incumbent or plan.incumbent)
+        profile = UseCaseProfile(
+            name, case.task_type, list(case.labels), case.json_schema, case.incumbent or plan.incumbent
+        )
         profiles[name] = with_golden_baseline(profile, workspace)
     return profiles
 
@@ -150,6 +153,7 @@ def _schema_valid(value, schema: dict | None) -> bool:
 
 # --- drift tests ------------------------------------------------------------------------------
 
+
 @dataclass
 class Drift:
     """The result of one drift test; ``drifted`` is None when there was too little to test."""
@@ -166,8 +170,11 @@ class Drift:
         if self.drifted is None:
             return f"not tested ({self.window_n} window / {self.baseline_n} golden samples)"
         test = f"{self.method} {self.statistic:.3f}"
-        limit = f"p={self.p_value:.2g} < {self.threshold}" if self.p_value is not None and self.drifted else (
-            f"p={self.p_value:.2g}" if self.p_value is not None else f"limit {self.threshold}")
+        limit = (
+            f"p={self.p_value:.2g} < {self.threshold}"
+            if self.p_value is not None and self.drifted
+            else (f"p={self.p_value:.2g}" if self.p_value is not None else f"limit {self.threshold}")
+        )
         return f"{test}, {limit} (n={self.window_n} vs golden {self.baseline_n})"
 
 
@@ -180,8 +187,15 @@ def numeric_drift(window: list[float], baseline: list[float], settings: DriftSet
         return Drift("ks", None, settings.alpha, window_n=n, baseline_n=m)
     if n <= settings.large_sample:
         result = stats.ks_2samp(window, baseline)
-        return Drift("ks", float(result.statistic), settings.alpha, float(result.pvalue),
-                     bool(result.pvalue < settings.alpha), n, m)
+        return Drift(
+            "ks",
+            float(result.statistic),
+            settings.alpha,
+            float(result.pvalue),
+            bool(result.pvalue < settings.alpha),
+            n,
+            m,
+        )
     spread = statistics.pstdev(baseline) or 1.0
     distance = float(stats.wasserstein_distance(window, baseline)) / spread
     return Drift("wasserstein", distance, settings.distance, None, distance > settings.distance, n, m)
@@ -206,11 +220,19 @@ def categorical_drift(window: list[str], baseline: list[str], settings: DriftSet
         return Drift("jensen-shannon", distance, settings.distance, None, distance > settings.distance, n, m)
     expected = [w * n / sum(weights) for w in weights]
     result = stats.chisquare(observed, expected)
-    return Drift("chi2", float(result.statistic), settings.alpha, float(result.pvalue),
-                 bool(result.pvalue < settings.alpha), n, m)
+    return Drift(
+        "chi2",
+        float(result.statistic),
+        settings.alpha,
+        float(result.pvalue),
+        bool(result.pvalue < settings.alpha),
+        n,
+        m,
+    )
 
 
 # --- metrics of one window --------------------------------------------------------------------
+
 
 def percentile(values: list[float], q: float) -> float | None:
     """Linear-interpolated percentile (numpy's default), None for no values."""
@@ -224,8 +246,10 @@ def percentile(values: list[float], q: float) -> float | None:
 
 def window_rows(traffic: pa.Table, start: datetime, end: datetime, use_cases=None) -> list[dict]:
     """The rows of [start, end) as dicts; the arm is 'incumbent' where the log has none."""
-    mask = pc.and_(pc.greater_equal(traffic["ts"], pa.scalar(start, traffic.schema.field("ts").type)),
-                   pc.less(traffic["ts"], pa.scalar(end, traffic.schema.field("ts").type)))
+    mask = pc.and_(
+        pc.greater_equal(traffic["ts"], pa.scalar(start, traffic.schema.field("ts").type)),
+        pc.less(traffic["ts"], pa.scalar(end, traffic.schema.field("ts").type)),
+    )
     rows = traffic.filter(mask).to_pylist()
     return [r for r in rows if not use_cases or r.get("use_case") in use_cases]
 
@@ -239,33 +263,52 @@ def group_metrics(rows: list[dict], profile: UseCaseProfile, drift: DriftSetting
     valid = sum(is_valid(profile, text) for text in answered)
     outputs = [c for text in answered for c in categories(profile, text)]
     return {
-        "requests": len(rows), "errors": len(rows) - len(ok),
+        "requests": len(rows),
+        "errors": len(rows) - len(ok),
         "error_rate": (len(rows) - len(ok)) / len(rows) if rows else None,
-        "latency_p50_ms": percentile(latencies, 50), "latency_p95_ms": percentile(latencies, 95),
+        "latency_p50_ms": percentile(latencies, 50),
+        "latency_p95_ms": percentile(latencies, 95),
         "cost_usd": sum(costs) if costs else None,
         "cost_per_request": sum(costs) / len(costs) if costs else None,
-        "validity": valid / len(answered) if answered else None, "validity_n": len(answered),
+        "validity": valid / len(answered) if answered else None,
+        "validity_n": len(answered),
         "arms": sorted({r.get("arm") or "incumbent" for r in rows}),
         # Only outputs with categories (labels, enum fields) have a distribution to compare.
-        **({"output_label_drift": categorical_drift(outputs, profile.golden_categories, drift)
-            if profile.golden_categories else None} if has_categories(profile) else {}),
+        **(
+            {
+                "output_label_drift": categorical_drift(outputs, profile.golden_categories, drift)
+                if profile.golden_categories
+                else None
+            }
+            if has_categories(profile)
+            else {}
+        ),
     }
 
 
 def has_categories(profile: UseCaseProfile) -> bool:
     schema = profile.json_schema or {}
     return (profile.task_type == "classification" and bool(profile.labels)) or (
-        profile.task_type == "extraction" and any("enum" in p for p in (schema.get("properties") or {}).values()))
+        profile.task_type == "extraction"
+        and any("enum" in p for p in (schema.get("properties") or {}).values())
+    )
 
 
 def shadow_agreement(rows: list[dict], profile: UseCaseProfile) -> dict[str, tuple[float, int]]:
     """Per non-incumbent model: the share of its answers that agree with the incumbent's answer
     to the same request in the window (paired by request text), and the number of pairs."""
-    incumbent = {r["request"]: r.get("response") for r in rows
-                 if (r.get("arm") or "incumbent") == "incumbent" and r.get("status") == "ok" and r.get("request")}
+    incumbent = {
+        r["request"]: r.get("response")
+        for r in rows
+        if (r.get("arm") or "incumbent") == "incumbent" and r.get("status") == "ok" and r.get("request")
+    }
     pairs: dict[str, list[bool]] = defaultdict(list)
     for row in rows:
-        if row.get("arm") in ("shadow", "candidate") and row.get("status") == "ok" and row.get("request") in incumbent:
+        if (
+            row.get("arm") in ("shadow", "candidate")
+            and row.get("status") == "ok"
+            and row.get("request") in incumbent
+        ):
             pairs[row["model"]].append(_same_answer(profile, row.get("response"), incumbent[row["request"]]))
     return {model: (sum(agreed) / len(agreed), len(agreed)) for model, agreed in pairs.items()}
 
@@ -282,8 +325,12 @@ def _same_answer(profile: UseCaseProfile, a: str | None, b: str | None) -> bool:
     return " ".join((a or "").split()).casefold() == " ".join((b or "").split()).casefold()
 
 
-def window_metrics(rows: list[dict], profiles: dict[str, UseCaseProfile], settings: MonitorSettings,
-                   known_groups: set[tuple[str, str]] = frozenset()) -> list[dict]:
+def window_metrics(
+    rows: list[dict],
+    profiles: dict[str, UseCaseProfile],
+    settings: MonitorSettings,
+    known_groups: set[tuple[str, str]] = frozenset(),
+) -> list[dict]:
     """One metrics row per (use case, model) with traffic or an open incident, plus one
     use-case-wide row (model '*') with the input drift or the 'no traffic in window' state."""
     by_case: dict[str, list[dict]] = defaultdict(list)
@@ -317,13 +364,19 @@ def _case_row(use_case, rows, profile, settings) -> dict:
     distinct = {r.get("request"): r for r in rows if r.get("request")}
     lengths = [input_length(request) for request in distinct]
     drift = numeric_drift(lengths, profile.golden_lengths, settings.drift) if profile.golden_lengths else None
-    return {"use_case": use_case, "model": ALL_MODELS, "requests": len(rows), "input_length_drift": drift,
-            "input_length_p50": percentile(lengths, 50),
-            "golden_length_p50": percentile(profile.golden_lengths, 50),
-            "state": "ok" if rows else "no traffic in window"}
+    return {
+        "use_case": use_case,
+        "model": ALL_MODELS,
+        "requests": len(rows),
+        "input_length_drift": drift,
+        "input_length_p50": percentile(lengths, 50),
+        "golden_length_p50": percentile(profile.golden_lengths, 50),
+        "state": "ok" if rows else "no traffic in window",
+    }
 
 
 # --- baselines --------------------------------------------------------------------------------
+
 
 def add_baselines(metrics: list[dict], history: dict, eval_baseline: dict) -> list[dict]:
     """Ratios of p95 latency and cost per request to the baseline: the median of earlier
@@ -331,7 +384,10 @@ def add_baselines(metrics: list[dict], history: dict, eval_baseline: dict) -> li
     for row in (r for r in metrics if r["model"] != ALL_MODELS):
         past = history.get((row["use_case"], row["model"]), {})
         evaluated = eval_baseline.get((row["use_case"], row["model"]), {})
-        for metric, key in (("latency_p95_ms", "latency_p95_ratio"), ("cost_per_request", "cost_per_request_ratio")):
+        for metric, key in (
+            ("latency_p95_ms", "latency_p95_ratio"),
+            ("cost_per_request", "cost_per_request_ratio"),
+        ):
             base, source = _baseline(past.get(metric), evaluated.get(metric))
             row[f"{metric}_baseline"], row[f"{metric}_baseline_source"] = base, source
             value = row.get(metric)
@@ -363,8 +419,10 @@ def eval_baselines(workspace, use_cases) -> dict[tuple[str, str], dict]:
                 continue
             key = (verdict["use_case"], entry.get("model"))
             cost = entry.get("cost_per_1k_items")
-            figures = {"latency_p95_ms": entry.get("latency_p95_ms"),
-                       "cost_per_request": cost / 1000 if cost else None}
+            figures = {
+                "latency_p95_ms": entry.get("latency_p95_ms"),
+                "cost_per_request": cost / 1000 if cost else None,
+            }
             if key not in found or path.stat().st_mtime > found[key][0]:
                 found[key] = (path.stat().st_mtime, figures)
     return {key: figures for key, (_, figures) in found.items()}
@@ -376,7 +434,8 @@ def window_history(connection, settings: MonitorSettings, before: datetime) -> d
     rows = connection.execute(
         "SELECT use_case, model, latency_p95_ms, cost_per_request FROM monitor_windows "
         "WHERE window_end < ? AND breached = 0 AND requests > 0 ORDER BY window_end DESC",
-        (before.isoformat(),)).fetchall()
+        (before.isoformat(),),
+    ).fetchall()
     history: dict = defaultdict(lambda: defaultdict(list))
     for use_case, model, p95, cost in rows:
         entry = history[(use_case, model)]
@@ -398,12 +457,21 @@ def record_windows(connection, metrics: list[dict], end: datetime, breached: set
             "DO UPDATE SET requests = excluded.requests, error_rate = excluded.error_rate, "
             "latency_p95_ms = excluded.latency_p95_ms, cost_per_request = excluded.cost_per_request, "
             "breached = excluded.breached",
-            (row["use_case"], row["model"], end.isoformat(), row["requests"], row.get("error_rate"),
-             row.get("latency_p95_ms"), row.get("cost_per_request"),
-             int((row["use_case"], row["model"]) in breached)))
+            (
+                row["use_case"],
+                row["model"],
+                end.isoformat(),
+                row["requests"],
+                row.get("error_rate"),
+                row.get("latency_p95_ms"),
+                row.get("cost_per_request"),
+                int((row["use_case"], row["model"]) in breached),
+            ),
+        )
 
 
 # --- rules ------------------------------------------------------------------------------------
+
 
 @dataclass
 class RuleResult:
@@ -447,17 +515,28 @@ def evaluate(name: str, rule: AlertRule, row: dict) -> RuleResult:
     if isinstance(value, Drift) or (value is None and rule.metric.endswith("_drift")):
         return _evaluate_drift(base, rule, value)
     if row["requests"] < rule.min_requests:
-        return RuleResult(**base, state="insufficient", value=value,
-                          detail=f"{row['requests']} requests < {rule.min_requests} needed")
+        return RuleResult(
+            **base,
+            state="insufficient",
+            value=value,
+            detail=f"{row['requests']} requests < {rule.min_requests} needed",
+        )
     if value is None:
-        return RuleResult(**base, state="no_data", detail=f"no {rule.metric} in window (no baseline or no samples)")
+        return RuleResult(
+            **base, state="no_data", detail=f"no {rule.metric} in window (no baseline or no samples)"
+        )
     severity = _severity(rule, value)
     threshold = rule.critical if severity == "critical" else rule.warning
     baseline = row.get("latency_p95_ms_baseline" if "latency" in rule.metric else "cost_per_request_baseline")
-    return RuleResult(**base, state="breach" if severity else "ok", severity=severity, value=value,
-                      threshold=threshold if severity else rule.warning,
-                      baseline=baseline if rule.metric.endswith("_ratio") else None,
-                      detail=_detail(rule.metric, row))
+    return RuleResult(
+        **base,
+        state="breach" if severity else "ok",
+        severity=severity,
+        value=value,
+        threshold=threshold if severity else rule.warning,
+        baseline=baseline if rule.metric.endswith("_ratio") else None,
+        detail=_detail(rule.metric, row),
+    )
 
 
 def _severity(rule: AlertRule, value: float) -> str | None:
@@ -474,9 +553,14 @@ def _evaluate_drift(base: dict, rule: AlertRule, drift: Drift | None) -> RuleRes
         return RuleResult(**base, state="no_data", detail="no golden baseline")
     if drift.drifted is None:
         return RuleResult(**base, state="insufficient", detail=drift.describe())
-    return RuleResult(**base, state="breach" if drift.drifted else "ok",
-                      severity=rule.severity if drift.drifted else None, value=drift.statistic,
-                      threshold=drift.threshold, detail=drift.describe())
+    return RuleResult(
+        **base,
+        state="breach" if drift.drifted else "ok",
+        severity=rule.severity if drift.drifted else None,
+        value=drift.statistic,
+        threshold=drift.threshold,
+        detail=drift.describe(),
+    )
 
 
 def _detail(metric: str, row: dict) -> str:
@@ -485,16 +569,20 @@ def _detail(metric: str, row: dict) -> str:
     if metric == "error_rate":
         return f"{row['errors']} of {n} requests failed"
     if metric == "latency_p95_ratio":
-        return (f"p95 {row['latency_p95_ms']:,.0f} ms vs baseline {row['latency_p95_ms_baseline']:,.0f} ms "
-                f"({row['latency_p95_ms_baseline_source']}); p50 {row['latency_p50_ms']:,.0f} ms")
+        return (
+            f"p95 {row['latency_p95_ms']:,.0f} ms vs baseline {row['latency_p95_ms_baseline']:,.0f} ms "
+            f"({row['latency_p95_ms_baseline_source']}); p50 {row['latency_p50_ms']:,.0f} ms"
+        )
     if metric == "validity":
         valid = round(row["validity"] * row["validity_n"])
         return f"{valid} of {row['validity_n']} answers honour the contract"
     if metric == "agreement":
         return f"agrees with the incumbent on {row['agreement']:.0%} of {row['agreement_n']} shadow pairs"
     if metric == "cost_per_request_ratio":
-        return (f"${row['cost_per_request']:.6f}/request vs baseline ${row['cost_per_request_baseline']:.6f} "
-                f"({row['cost_per_request_baseline_source']})")
+        return (
+            f"${row['cost_per_request']:.6f}/request vs baseline ${row['cost_per_request_baseline']:.6f} "
+            f"({row['cost_per_request_baseline_source']})"
+        )
     return f"{n} requests"
 
 

@@ -55,7 +55,9 @@ def read_traffic_file(path: str | Path) -> pa.Table:
     try:
         table = pq.read_table(path)
     except (OSError, pa.ArrowException) as error:
-        raise DataError(f"{path}: not a readable Parquet traffic log ({str(error).splitlines()[0]})") from None
+        raise DataError(
+            f"{path}: not a readable Parquet traffic log ({str(error).splitlines()[0]})"
+        ) from None
     missing = [name for name in TRAFFIC_COLUMNS if name not in table.column_names]
     if missing:
         raise DataError(f"{path}: not a traffic log: column(s) {', '.join(missing)} missing")
@@ -84,6 +86,7 @@ def load_traffic(workspace: Workspace, start: datetime, end: datetime) -> pa.Tab
 
 # --- actions ----------------------------------------------------------------------------------
 
+
 def rollout_in_progress(workspace: Workspace, use_case: str):
     """The rollout state when one is under way (shadow, a step, or paused), else None."""
     try:
@@ -103,7 +106,9 @@ def revert_rollout(workspace: Workspace, use_case: str, reason: str, evidence: d
     return transition.as_dict()
 
 
-def act_on_breach(workspace: Workspace, incident: dict, incumbent: str | None) -> tuple[str | None, dict | None]:
+def act_on_breach(
+    workspace: Workspace, incident: dict, incumbent: str | None
+) -> tuple[str | None, dict | None]:
     """Revert when a critical breach hits the candidate of a rollout under way; say what was done."""
     if incident["severity"] != "critical" or incident["model"] in (incumbent, mon.ALL_MODELS):
         return None, None
@@ -115,20 +120,35 @@ def act_on_breach(workspace: Workspace, incident: dict, incumbent: str | None) -
         transition = revert_rollout(workspace, incident["use_case"], reason, _evidence(incident))
     except Exception as error:  # the alert must still go out, saying the revert failed
         log.exception("%s: revert failed", incident["use_case"])
-        return f"revert of the {incident['use_case']} rollout FAILED ({type(error).__name__}): revert by hand", None
+        return (
+            f"revert of the {incident['use_case']} rollout FAILED ({type(error).__name__}): revert by hand",
+            None,
+        )
     return f"rollout of {incident['use_case']} reverted to {state.incumbent or incumbent}", transition
 
 
 def _evidence(incident: dict) -> dict:
-    return {k: incident[k] for k in ("key", "rule", "model", "severity", "value", "threshold", "baseline",
-                                     "detail", "opened_at")}
+    return {
+        k: incident[k]
+        for k in ("key", "rule", "model", "severity", "value", "threshold", "baseline", "detail", "opened_at")
+    }
 
 
 # --- the window -------------------------------------------------------------------------------
 
-def monitor_window(workspace, plan, traffic: pa.Table | None = None, *, now: datetime | None = None,
-                   window_minutes: int | None = None, use_cases: list[str] | None = None,
-                   webhook_url=None, flow_run_url: str | None = None, delivery: dict | None = None) -> MonitorSummary:
+
+def monitor_window(
+    workspace,
+    plan,
+    traffic: pa.Table | None = None,
+    *,
+    now: datetime | None = None,
+    window_minutes: int | None = None,
+    use_cases: list[str] | None = None,
+    webhook_url=None,
+    flow_run_url: str | None = None,
+    delivery: dict | None = None,
+) -> MonitorSummary:
     """Evaluate one window [now - window, now) and act: incidents, reverts, Slack, events.
 
     ``traffic`` None reads the workspace's traffic log (or usage log) for the window."""
@@ -151,13 +171,22 @@ def monitor_window(workspace, plan, traffic: pa.Table | None = None, *, now: dat
 def _evaluate(connection, ws, settings, profiles, traffic, start, end) -> MonitorSummary:
     rows = mon.window_rows(traffic, start, end, profiles) if traffic is not None and traffic.num_rows else []
     metrics = mon.window_metrics(rows, profiles, settings, incidents.open_groups(connection))
-    mon.add_baselines(metrics, mon.window_history(connection, settings, end), mon.eval_baselines(ws, profiles))
+    mon.add_baselines(
+        metrics, mon.window_history(connection, settings, end), mon.eval_baselines(ws, profiles)
+    )
     results = mon.evaluate_rules(metrics, settings)
-    changes = incidents.apply_results(connection, results, end, timedelta(minutes=settings.cooldown_minutes), start)
+    changes = incidents.apply_results(
+        connection, results, end, timedelta(minutes=settings.cooldown_minutes), start
+    )
     breached = {(r.use_case, r.model) for r in results if r.state == "breach"}
     mon.record_windows(connection, metrics, end, breached)
-    return MonitorSummary(start, end, [_plain_row(m) for m in metrics], [r.to_dict() for r in results],
-                          [{**c.incident, "change": c.kind} for c in changes])
+    return MonitorSummary(
+        start,
+        end,
+        [_plain_row(m) for m in metrics],
+        [r.to_dict() for r in results],
+        [{**c.incident, "change": c.kind} for c in changes],
+    )
 
 
 def _act(connection, ws, plan, settings, profiles, summary: MonitorSummary, flow_run_url) -> None:
@@ -171,15 +200,23 @@ def _act(connection, ws, plan, settings, profiles, summary: MonitorSummary, flow
             if transition:
                 summary.reverts.append(transition)
         if change["change"]:
-            summary.messages.append(_queue(connection, plan, settings, change, flow_run_url, summary.window_end))
+            summary.messages.append(
+                _queue(connection, plan, settings, change, flow_run_url, summary.window_end)
+            )
 
 
 def _queue(connection, plan, settings, change: dict, flow_run_url, now) -> dict:
     metric = settings.rules[change["rule"]].metric if change["rule"] in settings.rules else change["rule"]
     section = alerts._alerts_section(plan)
-    payload = alerts.build_message(change, change["change"], metric, flow_run_url=flow_run_url,
-                                   owner=plan.owner_of(change["use_case"]), channel=section.slack_channel,
-                                   mention=section.mention)
+    payload = alerts.build_message(
+        change,
+        change["change"],
+        metric,
+        flow_run_url=flow_run_url,
+        owner=plan.owner_of(change["use_case"]),
+        channel=section.slack_channel,
+        mention=section.mention,
+    )
     incidents.queue_delivery(connection, change, change["change"], payload, now)
     return payload
 
@@ -208,6 +245,7 @@ def utc(value: datetime) -> datetime:
 
 # --- reporting --------------------------------------------------------------------------------
 
+
 def _fmt(value, kind: str = "") -> str:
     if value is None:
         return "—"
@@ -228,48 +266,89 @@ def _drift_text(drift: dict | None) -> str:
 
 def metrics_table(summary: MonitorSummary) -> list[dict]:
     """One flat row per (use case, model) for a Prefect table artifact."""
-    return [{"use_case": m["use_case"], "model": m["model"], "state": m["state"], "requests": m["requests"],
-             "error_rate": _fmt(m.get("error_rate"), "%"), "p50_ms": _fmt(m.get("latency_p50_ms"), "ms"),
-             "p95_ms": _fmt(m.get("latency_p95_ms"), "ms"), "p95_baseline_ms": _fmt(m.get("latency_p95_ms_baseline"), "ms"),
-             "cost_usd": _fmt(m.get("cost_usd"), "$"), "cost_per_request": _fmt(m.get("cost_per_request"), "$"),
-             "validity": _fmt(m.get("validity"), "%"), "agreement": _fmt(m.get("agreement"), "%"),
-             "drift": _drift_text(m.get("input_length_drift") or m.get("output_label_drift"))}
-            for m in summary.metrics]
+    return [
+        {
+            "use_case": m["use_case"],
+            "model": m["model"],
+            "state": m["state"],
+            "requests": m["requests"],
+            "error_rate": _fmt(m.get("error_rate"), "%"),
+            "p50_ms": _fmt(m.get("latency_p50_ms"), "ms"),
+            "p95_ms": _fmt(m.get("latency_p95_ms"), "ms"),
+            "p95_baseline_ms": _fmt(m.get("latency_p95_ms_baseline"), "ms"),
+            "cost_usd": _fmt(m.get("cost_usd"), "$"),
+            "cost_per_request": _fmt(m.get("cost_per_request"), "$"),
+            "validity": _fmt(m.get("validity"), "%"),
+            "agreement": _fmt(m.get("agreement"), "%"),
+            "drift": _drift_text(m.get("input_length_drift") or m.get("output_label_drift")),
+        }
+        for m in summary.metrics
+    ]
 
 
 def summary_markdown(summary: MonitorSummary) -> str:
     """The window's metrics, its breaches and what was done, for the Prefect UI."""
     rows = metrics_table(summary)
-    head = ["use_case", "model", "state", "requests", "error_rate", "p95_ms", "p95_baseline_ms", "validity",
-            "agreement", "drift"]
-    lines = [f"# Monitoring {summary.window_start:%Y-%m-%d %H:%M}–{summary.window_end:%H:%M} UTC", "",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    head = [
+        "use_case",
+        "model",
+        "state",
+        "requests",
+        "error_rate",
+        "p95_ms",
+        "p95_baseline_ms",
+        "validity",
+        "agreement",
+        "drift",
+    ]
+    lines = [
+        f"# Monitoring {summary.window_start:%Y-%m-%d %H:%M}–{summary.window_end:%H:%M} UTC",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
     lines += ["| " + " | ".join(str(r[h]) for h in head) + " |" for r in rows]
     lines += ["", "## Incidents changed in this window", ""]
     if not summary.changes:
         lines.append("None.")
     for c in summary.changes:
-        lines.append(f"- **{c['key']}** {c['status']} ({c['severity'] or 'ok'}), {c['detail']}; since {c['opened_at']}; "
-                     f"message: {c['change'] or 'none (deduplicated or report-only)'}; action: {c.get('action') or 'none'}")
-    quiet = [f"{m['use_case']}" for m in summary.metrics if m["model"] == mon.ALL_MODELS and not m["requests"]]
+        lines.append(
+            f"- **{c['key']}** {c['status']} ({c['severity'] or 'ok'}), {c['detail']}; since {c['opened_at']}; "
+            f"message: {c['change'] or 'none (deduplicated or report-only)'}; action: {c.get('action') or 'none'}"
+        )
+    quiet = [
+        f"{m['use_case']}" for m in summary.metrics if m["model"] == mon.ALL_MODELS and not m["requests"]
+    ]
     if quiet:
         lines += ["", f"No traffic in window (not counted as healthy): {', '.join(quiet)}"]
     delivered = summary.deliveries
-    lines += ["", f"Slack: {len(delivered.get('sent', []))} sent, {len(delivered.get('pending', []))} pending "
-              f"(kept for the next run), {delivered.get('attempts', 0)} attempts. Reverts: {len(summary.reverts)}."]
+    lines += [
+        "",
+        f"Slack: {len(delivered.get('sent', []))} sent, {len(delivered.get('pending', []))} pending "
+        f"(kept for the next run), {delivered.get('attempts', 0)} attempts. Reverts: {len(summary.reverts)}.",
+    ]
     return "\n".join(lines)
 
 
 def summary_dict(summary: MonitorSummary) -> dict:
     """The flow's return value: counts and keys, no secrets."""
-    return {"window_start": summary.window_start.isoformat(), "window_end": summary.window_end.isoformat(),
-            "groups": len(summary.metrics), "breaches": [r["key"] for r in summary.breaches],
-            "opened": [c["key"] for c in summary.changes if c["change"] == "opened"],
-            "resolved": [c["key"] for c in summary.changes if c["change"] == "resolved"],
-            "messages": len(summary.messages), "sent": len(summary.deliveries.get("sent", [])),
-            "pending": len(summary.deliveries.get("pending", [])), "attempts": summary.deliveries.get("attempts", 0),
-            "reverts": [t["use_case"] for t in summary.reverts], "events": summary.events,
-            "no_traffic": [m["use_case"] for m in summary.metrics if m["model"] == mon.ALL_MODELS and not m["requests"]]}
+    return {
+        "window_start": summary.window_start.isoformat(),
+        "window_end": summary.window_end.isoformat(),
+        "groups": len(summary.metrics),
+        "breaches": [r["key"] for r in summary.breaches],
+        "opened": [c["key"] for c in summary.changes if c["change"] == "opened"],
+        "resolved": [c["key"] for c in summary.changes if c["change"] == "resolved"],
+        "messages": len(summary.messages),
+        "sent": len(summary.deliveries.get("sent", [])),
+        "pending": len(summary.deliveries.get("pending", [])),
+        "attempts": summary.deliveries.get("attempts", 0),
+        "reverts": [t["use_case"] for t in summary.reverts],
+        "events": summary.events,
+        "no_traffic": [
+            m["use_case"] for m in summary.metrics if m["model"] == mon.ALL_MODELS and not m["requests"]
+        ],
+    }
 
 
 # --- weekly re-evaluation ---------------------------------------------------------------------
@@ -299,13 +378,27 @@ def reevaluation_result(use_case: str, model: str | None, summary: dict) -> mon.
     verdict = summary.get("verdict") or {}
     decision = verdict.get("decision")
     state = {"keep": "breach", "migrate": "ok"}.get(decision, "insufficient")
-    return mon.RuleResult(use_case, model or verdict.get("best_candidate") or "candidate", REEVALUATION_RULE, state,
-                          severity="critical" if state == "breach" else None, value=verdict.get("diff"),
-                          detail=f"weekly re-evaluation ({summary.get('run_id')}): {decision}. {verdict.get('reason') or ''}")
+    return mon.RuleResult(
+        use_case,
+        model or verdict.get("best_candidate") or "candidate",
+        REEVALUATION_RULE,
+        state,
+        severity="critical" if state == "breach" else None,
+        value=verdict.get("diff"),
+        detail=f"weekly re-evaluation ({summary.get('run_id')}): {decision}. {verdict.get('reason') or ''}",
+    )
 
 
-def alert_results(workspace, plan, results: list[mon.RuleResult], *, webhook_url=None, flow_run_url=None,
-                  now: datetime | None = None, delivery: dict | None = None) -> MonitorSummary:
+def alert_results(
+    workspace,
+    plan,
+    results: list[mon.RuleResult],
+    *,
+    webhook_url=None,
+    flow_run_url=None,
+    now: datetime | None = None,
+    delivery: dict | None = None,
+) -> MonitorSummary:
     """Rule results from outside a traffic window (re-evaluation) through the same incidents,
     Slack queue and events, so they dedup and resolve like any other guardrail."""
     ws = workspace if isinstance(workspace, Workspace) else Workspace.resolve(workspace)
@@ -313,9 +406,12 @@ def alert_results(workspace, plan, results: list[mon.RuleResult], *, webhook_url
     now = now or datetime.now(timezone.utc)
     connection = mon.open_state_db(ws)
     try:
-        changes = incidents.apply_results(connection, results, now, timedelta(minutes=settings.cooldown_minutes))
-        summary = MonitorSummary(now, now, [], [r.to_dict() for r in results],
-                                 [{**c.incident, "change": c.kind} for c in changes])
+        changes = incidents.apply_results(
+            connection, results, now, timedelta(minutes=settings.cooldown_minutes)
+        )
+        summary = MonitorSummary(
+            now, now, [], [r.to_dict() for r in results], [{**c.incident, "change": c.kind} for c in changes]
+        )
         for change in (c for c in summary.changes if c["change"]):
             summary.messages.append(_queue(connection, plan, settings, change, flow_run_url, now))
         summary.deliveries = alerts.deliver_pending(connection, webhook_url, **(delivery or {}))

@@ -55,12 +55,17 @@ class Analysis:
     checks: list[Check] = field(default_factory=list)
 
     def evidence(self) -> dict:
-        return {"stage": self.stage, "outcome": self.outcome, "counts": self.counts,
-                "window_s": round((self.window_end - self.window_start) / 1e6, 3),
-                "checks": [asdict(c) for c in self.checks]}
+        return {
+            "stage": self.stage,
+            "outcome": self.outcome,
+            "counts": self.counts,
+            "window_s": round((self.window_end - self.window_start) / 1e6, 3),
+            "checks": [asdict(c) for c in self.checks],
+        }
 
 
 # --- guardrails ---------------------------------------------------------------------------
+
 
 def _fisher_greater(bad_c: int, n_c: int, bad_i: int, n_i: int) -> float:
     from scipy.stats import fisher_exact
@@ -79,7 +84,9 @@ def error_rate_check(cand_status: list[str], inc_status: list[str], g: Guardrail
     detail = f"{bad_c}/{n_c} vs {bad_i}/{n_i} errors"
     if p < g.alpha and n_c >= g.min_critical_requests and rate_c >= g.critical_error_rate:
         return Check("error_rate", "critical", rate_c, rate_i, p, detail)
-    return Check("error_rate", _graded(p, rate_c - rate_i > g.max_error_rate_increase, g), rate_c, rate_i, p, detail)
+    return Check(
+        "error_rate", _graded(p, rate_c - rate_i > g.max_error_rate_increase, g), rate_c, rate_i, p, detail
+    )
 
 
 def _graded(p: float, excess: bool, g: Guardrails) -> str:
@@ -120,8 +127,9 @@ def _slower_than(latencies_ms: list[float], bound_ms: float) -> tuple[float, int
     return float(binomtest(slower, len(latencies_ms), 0.05, alternative="greater").pvalue), slower
 
 
-def validity_check(cand_out: list[str], inc_out: list[str], validator: Callable[[str], bool] | None,
-                   g: Guardrails) -> Check:
+def validity_check(
+    cand_out: list[str], inc_out: list[str], validator: Callable[[str], bool] | None, g: Guardrails
+) -> Check:
     """Share of answers that break the use case's contract (labels or JSON schema)."""
     if validator is None:
         return Check("validity", "skipped", detail="the use case defines no labels or schema")
@@ -132,8 +140,14 @@ def validity_check(cand_out: list[str], inc_out: list[str], validator: Callable[
     p = _fisher_greater(bad_c, len(cand_out), bad_i, len(inc_out))
     valid_c, valid_i = 1 - bad_c / len(cand_out), 1 - bad_i / len(inc_out)
     excess = valid_i - valid_c > g.max_invalid_rate_increase
-    return Check("validity", _graded(p, excess, g), valid_c, valid_i, p,
-                 f"{bad_c}/{len(cand_out)} vs {bad_i}/{len(inc_out)} invalid")
+    return Check(
+        "validity",
+        _graded(p, excess, g),
+        valid_c,
+        valid_i,
+        p,
+        f"{bad_c}/{len(cand_out)} vs {bad_i}/{len(inc_out)} invalid",
+    )
 
 
 def agreement_check(pairs: list[tuple[str, str]], g: Guardrails, *, required: bool) -> Check:
@@ -146,8 +160,14 @@ def agreement_check(pairs: list[tuple[str, str]], g: Guardrails, *, required: bo
     agree = sum(_normal(a) == _normal(b) for a, b in pairs)
     p = float(binomtest(agree, len(pairs), g.min_agreement, alternative="less").pvalue)
     rate = agree / len(pairs)
-    return Check("agreement", _graded(p, rate < g.min_agreement, g), rate, g.min_agreement, p,
-                 f"{agree}/{len(pairs)} shadow answers agree")
+    return Check(
+        "agreement",
+        _graded(p, rate < g.min_agreement, g),
+        rate,
+        g.min_agreement,
+        p,
+        f"{agree}/{len(pairs)} shadow answers agree",
+    )
 
 
 def _normal(text: str | None) -> str:
@@ -167,14 +187,30 @@ def cost_check(cand_cost: list, inc_cost: list, n_c: int, n_i: int, g: Guardrail
     total_c, total_i = sum(known_c), sum(known_i)
     cost_share, traffic_share = total_c / (total_c + total_i), n_c / (n_c + n_i)
     ratio = (total_c / n_c) / (total_i / n_i)
-    return Check("cost_share", "fail" if ratio > g.max_cost_ratio else "pass", cost_share, traffic_share, None,
-                 f"cost share {cost_share:.1%} for traffic share {traffic_share:.1%} (x{ratio:.2f} per request)")
+    return Check(
+        "cost_share",
+        "fail" if ratio > g.max_cost_ratio else "pass",
+        cost_share,
+        traffic_share,
+        None,
+        f"cost share {cost_share:.1%} for traffic share {traffic_share:.1%} (x{ratio:.2f} per request)",
+    )
 
 
 # --- the analysis -------------------------------------------------------------------------
 
-def analyze(table: pa.Table, policy: RolloutPolicy, *, use_case: str, stage: str, version: int,
-            step_started_at: int, now: int | None = None, validator: Callable[[str], bool] | None = None) -> Analysis:
+
+def analyze(
+    table: pa.Table,
+    policy: RolloutPolicy,
+    *,
+    use_case: str,
+    stage: str,
+    version: int,
+    step_started_at: int,
+    now: int | None = None,
+    validator: Callable[[str], bool] | None = None,
+) -> Analysis:
     """Judge one step from traffic rows (already read); the window is [step start, now]."""
     now = now or now_micros()
     rows = [r for r in _window(table, use_case, stage, step_started_at, now)]
@@ -229,10 +265,14 @@ def _outcome(checks: list[Check], counts: dict, policy: RolloutPolicy, *, baked:
     short = {arm: n for arm, n in counts.items() if n < policy.min_requests}
     if short:
         return "inconclusive", "too few requests: " + ", ".join(
-            f"{arm} {n}/{policy.min_requests}" for arm, n in short.items())
+            f"{arm} {n}/{policy.min_requests}" for arm, n in short.items()
+        )
     if any(c.status == "inconclusive" for c in checks):
         return "inconclusive", named("inconclusive")
-    return "pass", f"all guardrails pass on {counts['candidate']} candidate / {counts['incumbent']} incumbent calls"
+    return (
+        "pass",
+        f"all guardrails pass on {counts['candidate']} candidate / {counts['incumbent']} incumbent calls",
+    )
 
 
 def validator_for(use_case: UseCase | None) -> Callable[[str], bool] | None:
@@ -257,8 +297,13 @@ def _json_valid(text: str | None, checker) -> bool:
         return False
 
 
-def analyze_rollout(workspace: Workspace | str | None, use_case: str, *, now: int | None = None,
-                    validator: Callable[[str], bool] | None = None) -> Analysis | None:
+def analyze_rollout(
+    workspace: Workspace | str | None,
+    use_case: str,
+    *,
+    now: int | None = None,
+    validator: Callable[[str], bool] | None = None,
+) -> Analysis | None:
     """Analyse the current step of a use case from the traffic log; None when nothing is rolling out."""
     from workhorse.tasks.rollout.state import current_state
 
@@ -267,5 +312,13 @@ def analyze_rollout(workspace: Workspace | str | None, use_case: str, *, now: in
         return None
     now = now or now_micros()
     table = read_traffic(workspace, use_case, since=state.step_started_at / 1e6, until=now / 1e6 + 1e-6)
-    return analyze(table, state.rollout_policy, use_case=use_case, stage=state.stage, version=state.version,
-                   step_started_at=state.step_started_at, now=now, validator=validator)
+    return analyze(
+        table,
+        state.rollout_policy,
+        use_case=use_case,
+        stage=state.stage,
+        version=state.version,
+        step_started_at=state.step_started_at,
+        now=now,
+        validator=validator,
+    )

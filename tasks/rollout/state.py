@@ -99,8 +99,13 @@ class RolloutState:
 
     @property
     def weights(self) -> dict:
-        return {"incumbent": 100 - self.candidate_weight, "candidate": self.candidate_weight,
-                "shadow": self.shadow, "stage": self.stage, "version": self.version}
+        return {
+            "incumbent": 100 - self.candidate_weight,
+            "candidate": self.candidate_weight,
+            "shadow": self.shadow,
+            "stage": self.stage,
+            "version": self.version,
+        }
 
 
 @dataclass(frozen=True)
@@ -123,6 +128,7 @@ class Transition:
 
 # --- reading -------------------------------------------------------------------------------
 
+
 def _connect(workspace: Workspace):
     connection = store.connect(workspace)
     connection.ensure(SCHEMA)
@@ -135,8 +141,12 @@ def _read(connection, use_case: str) -> RolloutState:
     if row is None:
         return RolloutState(use_case)
     values = dict(zip([d[0] for d in cursor.description], row))
-    values.update(shadow=bool(values["shadow"]), alert_pending=bool(values["alert_pending"]),
-                  policy=json.loads(values["policy"]), evidence=json.loads(values["evidence"] or "{}"))
+    values.update(
+        shadow=bool(values["shadow"]),
+        alert_pending=bool(values["alert_pending"]),
+        policy=json.loads(values["policy"]),
+        evidence=json.loads(values["evidence"] or "{}"),
+    )
     return RolloutState(**values)
 
 
@@ -154,8 +164,12 @@ def current_weights(workspace: Workspace | str | None, use_case: str) -> dict:
 def history(workspace: Workspace | str | None, use_case: str) -> list[dict]:
     """Every recorded transition of a use case, oldest first."""
     with _connect(_ws(workspace)) as connection:
-        cursor = connection.execute("SELECT * FROM rollout_history WHERE use_case = ? ORDER BY version", (use_case,))
-        return [row | {"evidence": json.loads(row["evidence"] or "{}")} for row in store.rows_as_dicts(cursor)]
+        cursor = connection.execute(
+            "SELECT * FROM rollout_history WHERE use_case = ? ORDER BY version", (use_case,)
+        )
+        return [
+            row | {"evidence": json.loads(row["evidence"] or "{}")} for row in store.rows_as_dicts(cursor)
+        ]
 
 
 def _ws(workspace: Workspace | str | None) -> Workspace:
@@ -164,8 +178,10 @@ def _ws(workspace: Workspace | str | None) -> Workspace:
 
 # --- the one way to change state -----------------------------------------------------------
 
-def _transact(workspace: Workspace, use_case: str, action: str,
-              decide: Callable[[RolloutState], RolloutState | None]) -> Transition:
+
+def _transact(
+    workspace: Workspace, use_case: str, action: str, decide: Callable[[RolloutState], RolloutState | None]
+) -> Transition:
     """Read, decide and write state + history in ONE immediate transaction (compare-and-set)."""
     with _connect(workspace) as connection, connection.transaction(lock=f"rollout:{use_case}"):
         old = _read(connection, use_case)
@@ -180,16 +196,22 @@ def _transact(workspace: Workspace, use_case: str, action: str,
 
 def _write(connection, old: RolloutState, new: RolloutState) -> None:
     values = asdict(new)
-    values.update(policy=json.dumps(new.policy), evidence=json.dumps(new.evidence, default=str),
-                  shadow=int(new.shadow), alert_pending=int(new.alert_pending))
+    values.update(
+        policy=json.dumps(new.policy),
+        evidence=json.dumps(new.evidence, default=str),
+        shadow=int(new.shadow),
+        alert_pending=int(new.alert_pending),
+    )
     names = list(values)
     if old.version == 0:
         sql = f"INSERT INTO rollout_state ({','.join(names)}) VALUES ({','.join('?' * len(names))})"
         connection.execute(sql, [values[n] for n in names])
         return
     assignments = ",".join(f"{n} = ?" for n in names if n != "use_case")
-    cursor = connection.execute(f"UPDATE rollout_state SET {assignments} WHERE use_case = ? AND version = ?",
-                                [values[n] for n in names if n != "use_case"] + [new.use_case, old.version])
+    cursor = connection.execute(
+        f"UPDATE rollout_state SET {assignments} WHERE use_case = ? AND version = ?",
+        [values[n] for n in names if n != "use_case"] + [new.use_case, old.version],
+    )
     if cursor.rowcount != 1:  # cannot happen under the use case's write lock; the invariant's guard
         raise RolloutError(f"{new.use_case}: rollout state changed under this transition")
 
@@ -198,16 +220,37 @@ def _append_history(connection, old: RolloutState, new: RolloutState, action: st
     connection.execute(
         "INSERT INTO rollout_history (use_case, version, action, from_stage, to_stage, candidate_weight, shadow, "
         "reason, evidence, ts) VALUES (?,?,?,?,?,?,?,?,?,?)",
-        (new.use_case, new.version, action, old.stage, new.stage, new.candidate_weight, int(new.shadow),
-         new.reason, json.dumps(new.evidence, default=str), new.updated_at))
+        (
+            new.use_case,
+            new.version,
+            action,
+            old.stage,
+            new.stage,
+            new.candidate_weight,
+            int(new.shadow),
+            new.reason,
+            json.dumps(new.evidence, default=str),
+            new.updated_at,
+        ),
+    )
 
 
 def _transition(old: RolloutState, new: RolloutState, action: str, changed: bool = True) -> Transition:
-    return Transition(new.use_case, action, old.stage, new.stage, new.version, new.weights,
-                      new.reason, new.evidence, changed)
+    return Transition(
+        new.use_case,
+        action,
+        old.stage,
+        new.stage,
+        new.version,
+        new.weights,
+        new.reason,
+        new.evidence,
+        changed,
+    )
 
 
 # --- steps ---------------------------------------------------------------------------------
+
 
 def step_stage(policy: RolloutPolicy, index: int) -> tuple[str, int, bool]:
     """(stage name, candidate weight, shadow) of step ``index``; the last step is ``promoted``."""
@@ -219,8 +262,17 @@ def step_stage(policy: RolloutPolicy, index: int) -> tuple[str, int, bool]:
 
 def _at_step(state: RolloutState, index: int, reason: str, evidence: dict | None = None) -> RolloutState:
     stage, weight, shadow = step_stage(state.rollout_policy, index)
-    return replace(state, stage=stage, step_index=index, candidate_weight=weight, shadow=shadow,
-                   step_started_at=now_micros(), inconclusive=0, reason=reason, evidence=evidence or {})
+    return replace(
+        state,
+        stage=stage,
+        step_index=index,
+        candidate_weight=weight,
+        shadow=shadow,
+        step_started_at=now_micros(),
+        inconclusive=0,
+        reason=reason,
+        evidence=evidence or {},
+    )
 
 
 def _label(model: Any) -> str:
@@ -229,8 +281,14 @@ def _label(model: Any) -> str:
 
 # --- public transitions --------------------------------------------------------------------
 
-def start_rollout(workspace: Workspace | str | None, use_case: str, incumbent: Any, candidate: Any,
-                  policy: RolloutPolicy | dict | None = None) -> Transition:
+
+def start_rollout(
+    workspace: Workspace | str | None,
+    use_case: str,
+    incumbent: Any,
+    candidate: Any,
+    policy: RolloutPolicy | dict | None = None,
+) -> Transition:
     """Begin at the policy's first step. Repeating it for the same models is a no-op."""
     policy = policy if isinstance(policy, RolloutPolicy) else RolloutPolicy.model_validate(policy or {})
     incumbent, candidate = _label(incumbent), _label(candidate)
@@ -239,17 +297,34 @@ def start_rollout(workspace: Workspace | str | None, use_case: str, incumbent: A
         if state.stage not in TERMINAL:
             if (state.incumbent, state.candidate) == (incumbent, candidate):
                 return None
-            raise RolloutError(f"{use_case}: a rollout of {state.candidate} is in progress ({state.stage}); "
-                               f"abort it before starting {candidate}")
-        fresh = replace(state, incumbent=incumbent, candidate=candidate, policy=policy.model_dump(),
-                        failures=0, consecutive_errors=0, alert_pending=False, alert_claimed_at=None)
+            raise RolloutError(
+                f"{use_case}: a rollout of {state.candidate} is in progress ({state.stage}); "
+                f"abort it before starting {candidate}"
+            )
+        fresh = replace(
+            state,
+            incumbent=incumbent,
+            candidate=candidate,
+            policy=policy.model_dump(),
+            failures=0,
+            consecutive_errors=0,
+            alert_pending=False,
+            alert_claimed_at=None,
+        )
         return _at_step(fresh, 0, f"rollout of {candidate} (incumbent {incumbent}) started")
 
     return _transact(_ws(workspace), use_case, "start", decide)
 
 
-def advance(workspace: Workspace | str | None, use_case: str, analysis: Any = None, *, manual: bool = False,
-            expected_version: int | None = None, notify: Callable[[dict], None] | None = None) -> Transition:
+def advance(
+    workspace: Workspace | str | None,
+    use_case: str,
+    analysis: Any = None,
+    *,
+    manual: bool = False,
+    expected_version: int | None = None,
+    notify: Callable[[dict], None] | None = None,
+) -> Transition:
     """Apply one analysis of the current step, or with ``manual=True`` move one step on by hand.
 
     No analysis and no ``manual`` changes nothing: a loop with nothing to judge never advances.
@@ -260,7 +335,9 @@ def advance(workspace: Workspace | str | None, use_case: str, analysis: Any = No
     counter, pause past the limit; ``wait`` → nothing (bake time not over).
     """
     expected = getattr(analysis, "version", None) if analysis is not None else expected_version
-    outcome = getattr(analysis, "outcome", "pass") if analysis is not None else ("manual" if manual else "none")
+    outcome = (
+        getattr(analysis, "outcome", "pass") if analysis is not None else ("manual" if manual else "none")
+    )
     reason = getattr(analysis, "reason", None) or "advanced by operator"
     evidence = _evidence_of(analysis)
 
@@ -273,8 +350,9 @@ def advance(workspace: Workspace | str | None, use_case: str, analysis: Any = No
             return None
         return _apply(state, outcome, reason, evidence)
 
-    transition = _transact(_ws(workspace), use_case, f"analysis:{outcome}" if analysis is not None else "advance",
-                           decide)
+    transition = _transact(
+        _ws(workspace), use_case, f"analysis:{outcome}" if analysis is not None else "advance", decide
+    )
     _announce_if_reverted(_ws(workspace), transition, notify)
     return transition
 
@@ -287,24 +365,46 @@ def _apply(state: RolloutState, outcome: str, reason: str, evidence: dict) -> Ro
     if outcome == "critical":
         return _reverted(state, f"critical: {reason}", evidence)
     if outcome == "fail":
-        failed = replace(state, failures=state.failures + 1, consecutive_errors=state.consecutive_errors + 1,
-                         reason=reason, evidence=evidence)
-        if failed.failures > policy.failure_limit or failed.consecutive_errors > policy.consecutive_error_limit:
-            return _reverted(failed, f"{failed.failures} failed analyses ({failed.consecutive_errors} in a row): "
-                                     f"{reason}", evidence)
+        failed = replace(
+            state,
+            failures=state.failures + 1,
+            consecutive_errors=state.consecutive_errors + 1,
+            reason=reason,
+            evidence=evidence,
+        )
+        if (
+            failed.failures > policy.failure_limit
+            or failed.consecutive_errors > policy.consecutive_error_limit
+        ):
+            return _reverted(
+                failed,
+                f"{failed.failures} failed analyses ({failed.consecutive_errors} in a row): {reason}",
+                evidence,
+            )
         return failed
     if outcome == "inconclusive":
         unsure = replace(state, inconclusive=state.inconclusive + 1, reason=reason, evidence=evidence)
         if unsure.inconclusive > policy.inconclusive_limit:
-            return replace(unsure, stage="paused", reason=f"paused after {unsure.inconclusive} inconclusive "
-                                                          f"analyses: {reason}")
+            return replace(
+                unsure,
+                stage="paused",
+                reason=f"paused after {unsure.inconclusive} inconclusive analyses: {reason}",
+            )
         return unsure
     return None  # wait: the step keeps baking
 
 
 def _reverted(state: RolloutState, reason: str, evidence: dict) -> RolloutState:
-    return replace(state, stage="reverted", candidate_weight=0, shadow=False, reason=reason, evidence=evidence,
-                   alert_pending=True, alert_claimed_at=now_micros())
+    return replace(
+        state,
+        stage="reverted",
+        candidate_weight=0,
+        shadow=False,
+        reason=reason,
+        evidence=evidence,
+        alert_pending=True,
+        alert_claimed_at=now_micros(),
+    )
 
 
 def _evidence_of(analysis: Any) -> dict:
@@ -315,7 +415,9 @@ def _evidence_of(analysis: Any) -> dict:
     return json.loads(json.dumps(evidence or {}, default=str))
 
 
-def promote(workspace: Workspace | str | None, use_case: str, reason: str = "promoted by operator") -> Transition:
+def promote(
+    workspace: Workspace | str | None, use_case: str, reason: str = "promoted by operator"
+) -> Transition:
     """Skip the remaining steps: the candidate takes 100 % (from any active or paused step)."""
 
     def decide(state: RolloutState) -> RolloutState | None:
@@ -335,7 +437,9 @@ def pause(workspace: Workspace | str | None, use_case: str, reason: str = "pause
     return _transact(_ws(workspace), use_case, "pause", decide)
 
 
-def resume(workspace: Workspace | str | None, use_case: str, reason: str = "resumed by operator") -> Transition:
+def resume(
+    workspace: Workspace | str | None, use_case: str, reason: str = "resumed by operator"
+) -> Transition:
     """Restart the paused step (its bake time and inconclusive counter begin again)."""
 
     def decide(state: RolloutState) -> RolloutState | None:
@@ -344,14 +448,25 @@ def resume(workspace: Workspace | str | None, use_case: str, reason: str = "resu
     return _transact(_ws(workspace), use_case, "resume", decide)
 
 
-def abort(workspace: Workspace | str | None, use_case: str, reason: str = "aborted by operator",
-          notify: Callable[[dict], None] | None = None) -> Transition:
+def abort(
+    workspace: Workspace | str | None,
+    use_case: str,
+    reason: str = "aborted by operator",
+    notify: Callable[[dict], None] | None = None,
+) -> Transition:
     """An operator's revert: same effect and alert as an automatic one."""
     return revert(workspace, use_case, reason, {}, notify=notify, action="abort")
 
 
-def revert(workspace: Workspace | str | None, use_case: str, reason: str, evidence: dict | None = None, *,
-           notify: Callable[[dict], None] | None = None, action: str = "revert") -> Transition:
+def revert(
+    workspace: Workspace | str | None,
+    use_case: str,
+    reason: str,
+    evidence: dict | None = None,
+    *,
+    notify: Callable[[dict], None] | None = None,
+    action: str = "revert",
+) -> Transition:
     """Incumbent to 100 %, state ``reverted`` with the reason and evidence; one alert, one event.
 
     Idempotent: on a reverted (or never started) use case it changes nothing and alerts nobody,
@@ -384,8 +499,9 @@ def remove_revert_notifier(notifier: Callable[[dict], None]) -> None:
         _notifiers.remove(notifier)
 
 
-def _announce_if_reverted(workspace: Workspace, transition: Transition,
-                          notify: Callable[[dict], None] | None) -> None:
+def _announce_if_reverted(
+    workspace: Workspace, transition: Transition, notify: Callable[[dict], None] | None
+) -> None:
     if transition.to_stage != "reverted":
         return
     if not transition.changed and not _claim_stale_alert(workspace, transition.use_case):
@@ -410,21 +526,31 @@ def _claim_stale_alert(workspace: Workspace, use_case: str) -> bool:
         cursor = connection.execute(
             "UPDATE rollout_state SET alert_claimed_at = ? WHERE use_case = ? AND stage = 'reverted' "
             "AND alert_pending = 1 AND (alert_claimed_at IS NULL OR alert_claimed_at <= ?)",
-            (now, use_case, now - int(ALERT_LEASE_S * 1_000_000)))
+            (now, use_case, now - int(ALERT_LEASE_S * 1_000_000)),
+        )
         return cursor.rowcount == 1
 
 
 def _mark_alert_sent(workspace: Workspace, state: RolloutState) -> None:
     with _connect(workspace) as connection:
-        connection.execute("UPDATE rollout_state SET alert_pending = 0 WHERE use_case = ? AND version = ?",
-                           (state.use_case, state.version))
+        connection.execute(
+            "UPDATE rollout_state SET alert_pending = 0 WHERE use_case = ? AND version = ?",
+            (state.use_case, state.version),
+        )
 
 
 def revert_payload(state: RolloutState) -> dict:
     """What the alert and the event say: which use case, from what, why, with which numbers."""
-    return {"use_case": state.use_case, "incumbent": state.incumbent, "candidate": state.candidate,
-            "stage": state.stage, "reason": state.reason, "evidence": state.evidence, "version": state.version,
-            "weights": state.weights}
+    return {
+        "use_case": state.use_case,
+        "incumbent": state.incumbent,
+        "candidate": state.candidate,
+        "stage": state.stage,
+        "reason": state.reason,
+        "evidence": state.evidence,
+        "version": state.version,
+        "weights": state.weights,
+    }
 
 
 def emit_reverted_event(payload: dict) -> Any:
@@ -439,9 +565,14 @@ def emit_reverted_event(payload: dict) -> Any:
             log.info("%s: no Prefect API configured; %s not emitted", payload["use_case"], REVERTED_EVENT)
             return None
 
-        return emit_event(event=REVERTED_EVENT, payload=payload,
-                          resource={"prefect.resource.id": f"workhorse.rollout.{payload['use_case']}",
-                                    "prefect.resource.name": payload["use_case"]})
+        return emit_event(
+            event=REVERTED_EVENT,
+            payload=payload,
+            resource={
+                "prefect.resource.id": f"workhorse.rollout.{payload['use_case']}",
+                "prefect.resource.name": payload["use_case"],
+            },
+        )
     except Exception:  # the revert already happened; a missing event stream must not raise
         log.exception("%s: could not emit %s", payload["use_case"], REVERTED_EVENT)
         return None

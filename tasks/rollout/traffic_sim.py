@@ -46,8 +46,14 @@ class SimStats:
     seconds: float = 0.0
 
 
-async def simulate(router: Router, requests: list[list[dict]], keys: list[str], concurrency: int = 8,
-                   params: dict | None = None, candidate_concurrency: int | None = None) -> SimStats:
+async def simulate(
+    router: Router,
+    requests: list[list[dict]],
+    keys: list[str],
+    concurrency: int = 8,
+    params: dict | None = None,
+    candidate_concurrency: int | None = None,
+) -> SimStats:
     """Send one request per key through the router, waiting for shadow calls and the log at the end.
 
     ``concurrency`` users send the keys' requests in their order, each waiting for its answer before
@@ -63,7 +69,11 @@ async def simulate(router: Router, requests: list[list[dict]], keys: list[str], 
 
     async def one(i: int) -> None:
         async with users:
-            paced = candidate_slots if router.arm_for(keys[i], weights) == "candidate" else contextlib.nullcontext()
+            paced = (
+                candidate_slots
+                if router.arm_for(keys[i], weights) == "candidate"
+                else contextlib.nullcontext()
+            )
             async with paced:
                 try:
                     answer = await router.complete(requests[i % len(requests)], key=keys[i], **(params or {}))
@@ -74,8 +84,11 @@ async def simulate(router: Router, requests: list[list[dict]], keys: list[str], 
             stats.fallbacks += answer.fallback
             stats.by_arm[answer.arm] += 1
 
-    waves = [range(i, min(i + pace, len(keys))) for i in range(0, len(keys), pace)] if weights["shadow"] \
+    waves = (
+        [range(i, min(i + pace, len(keys))) for i in range(0, len(keys), pace)]
+        if weights["shadow"]
         else [range(len(keys))]
+    )
     for wave in waves:
         await asyncio.gather(*(one(i) for i in wave))
         await router.drain()
@@ -131,8 +144,9 @@ class Calibration:
         return f"slowest answer {waves} → paced at {self.pace} concurrent call(s)"
 
 
-async def calibrate(spec: ModelSpec, requests: list[list[dict]], params: dict | None = None,
-                    most: int = MAX_PACE) -> Calibration:
+async def calibrate(
+    spec: ModelSpec, requests: list[list[dict]], params: dict | None = None, most: int = MAX_PACE
+) -> Calibration:
     """How the endpoint's latency grows with load: a warm-up call, then waves of 1, 2, 4, …
     simultaneous calls (each on requests not sent before, ``CALLS_PER_LEVEL`` answers at least per
     level, the slowest counts) until a doubling no longer raises the throughput by
@@ -141,7 +155,9 @@ async def calibrate(spec: ModelSpec, requests: list[list[dict]], params: dict | 
     sent = itertools.count()
 
     def calls(n: int):
-        return asyncio.gather(*(_timed_call(spec, requests[next(sent) % len(requests)], params) for _ in range(n)))
+        return asyncio.gather(
+            *(_timed_call(spec, requests[next(sent) % len(requests)], params) for _ in range(n))
+        )
 
     await calls(1)  # warm-up: the first answer pays for caches and lazy set-up
     latency: dict[int, float] = {}
@@ -164,8 +180,15 @@ async def _timed_call(spec: ModelSpec, messages: list[dict], params: dict | None
     litellm.suppress_debug_info = True  # else a banner per failed call
     started = time.perf_counter()
     try:
-        await litellm.acompletion(model=spec.model, messages=messages, api_base=spec.api_base, api_key=spec.api_key,
-                                  timeout=spec.timeout_s, max_retries=0, **(params or {}))
+        await litellm.acompletion(
+            model=spec.model,
+            messages=messages,
+            api_base=spec.api_base,
+            api_key=spec.api_key,
+            timeout=spec.timeout_s,
+            max_retries=0,
+            **(params or {}),
+        )
     except Exception:  # any failure: the caller only counts answers
         return None
     return time.perf_counter() - started
@@ -187,11 +210,22 @@ class DemoResult:
         return dict(totals)
 
 
-def run_rollout_demo(workspace: Workspace | str | None, use_case: str, incumbent: ModelSpec, candidate: ModelSpec,
-                     requests: list[list[dict]], *, policy: RolloutPolicy | dict, control: Callable,
-                     fault: Callable[[], None] | None = None, fault_at_stage: str | None = None,
-                     concurrency: int = 8, max_runs: int = 30, params: dict | None = None,
-                     candidate_concurrency: int | None = None) -> DemoResult:
+def run_rollout_demo(
+    workspace: Workspace | str | None,
+    use_case: str,
+    incumbent: ModelSpec,
+    candidate: ModelSpec,
+    requests: list[list[dict]],
+    *,
+    policy: RolloutPolicy | dict,
+    control: Callable,
+    fault: Callable[[], None] | None = None,
+    fault_at_stage: str | None = None,
+    concurrency: int = 8,
+    max_runs: int = 30,
+    params: dict | None = None,
+    candidate_concurrency: int | None = None,
+) -> DemoResult:
     """Drive one rollout to promoted or reverted with simulated traffic; see the module docstring.
 
     ``control(use_case, workspace)`` runs the control loop once (the ``staged_rollout`` flow; tasks
@@ -202,8 +236,12 @@ def run_rollout_demo(workspace: Workspace | str | None, use_case: str, incumbent
     ws = workspace if isinstance(workspace, Workspace) else Workspace.resolve(workspace)
     policy = policy if isinstance(policy, RolloutPolicy) else RolloutPolicy.model_validate(policy)
     start_rollout(ws, use_case, incumbent, candidate, policy)
-    demo = _Demo(ws, use_case, policy, control, fault, fault_at_stage, concurrency, params, candidate_concurrency)
-    return asyncio.run(demo.run(Router(ws, use_case, incumbent, candidate, refresh_s=0.0), requests, max_runs))
+    demo = _Demo(
+        ws, use_case, policy, control, fault, fault_at_stage, concurrency, params, candidate_concurrency
+    )
+    return asyncio.run(
+        demo.run(Router(ws, use_case, incumbent, candidate, refresh_s=0.0), requests, max_runs)
+    )
 
 
 @dataclass
@@ -237,12 +275,22 @@ class _Demo:
 
     async def _one_run(self, router: Router, requests, weights: dict) -> dict:
         keys = keys_for_step(router, self.policy, weights)
-        stats = await simulate(router, requests, keys, self.concurrency, self.params, self.candidate_concurrency)
+        stats = await simulate(
+            router, requests, keys, self.concurrency, self.params, self.candidate_concurrency
+        )
         await self._bake(weights)
         result = await asyncio.to_thread(self.control, self.use_case, str(self.ws.root))
-        return {"stage": weights["stage"], "calls": len(keys), "by_arm": dict(stats.by_arm), "fallbacks": stats.fallbacks,
-                "failed": stats.failed, "seconds": round(stats.seconds, 3), "outcome": result["outcome"],
-                "to_stage": result["stage"], "reason": result["reason"]}
+        return {
+            "stage": weights["stage"],
+            "calls": len(keys),
+            "by_arm": dict(stats.by_arm),
+            "fallbacks": stats.fallbacks,
+            "failed": stats.failed,
+            "seconds": round(stats.seconds, 3),
+            "outcome": result["outcome"],
+            "to_stage": result["stage"],
+            "reason": result["reason"],
+        }
 
     async def _bake(self, weights: dict) -> None:
         """Let the step's bake time pass (simulated traffic is faster than real traffic)."""

@@ -15,8 +15,13 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-INJECTIONS = ["=cmd|' /C calc'!A0", "+SUM(1+1)*cmd|' /C calc'!A0", "-2+3+cmd|' /C calc'!A0", "@SUM(1+1)",
-              "<script>alert('xss')</script>"]
+INJECTIONS = [
+    "=cmd|' /C calc'!A0",
+    "+SUM(1+1)*cmd|' /C calc'!A0",
+    "-2+3+cmd|' /C calc'!A0",
+    "@SUM(1+1)",
+    "<script>alert('xss')</script>",
+]
 CONTROL = "before\x00null \x1b[31mred\x1b[0m \u202egnp.exe\u202c \r\x07 after"
 SCRIPT = "<script>alert('pwned')</script>"
 HUGE_BYTES = 20 * 1024 * 1024
@@ -25,11 +30,22 @@ DEEP = 10_000
 
 def canonical_row(i: int, prompt: str = "Where is my parcel?", use_case: str = "ticket-routing") -> dict:
     """A valid canonical usage row whose prompt and use case can carry hostile text."""
-    return {"request_id": f"r{i}", "ts": "2025-06-01T10:00:00Z", "use_case": use_case, "model": "gpt-4o-mini",
-            "provider": "openai", "prompt_tokens": 12, "completion_tokens": 3, "latency_ms": 250.0,
-            "status": "ok", "error_type": None, "cost_usd": None,
-            "request": json.dumps([{"role": "user", "content": prompt}]), "response": "shipping",
-            "metadata": "{}"}
+    return {
+        "request_id": f"r{i}",
+        "ts": "2025-06-01T10:00:00Z",
+        "use_case": use_case,
+        "model": "gpt-4o-mini",
+        "provider": "openai",
+        "prompt_tokens": 12,
+        "completion_tokens": 3,
+        "latency_ms": 250.0,
+        "status": "ok",
+        "error_type": None,
+        "cost_usd": None,
+        "request": json.dumps([{"role": "user", "content": prompt}]),
+        "response": "shipping",
+        "metadata": "{}",
+    }
 
 
 def _csv(rows: list[dict]) -> bytes:

@@ -30,20 +30,37 @@ def _audit(path: Path, root: Path):
 READERS = {
     "detect_format": lambda p, root: usage.detect_format(p),
     "read_usage": lambda p, root: usage.read_usage([p]),
-    **{f"read_usage[{fmt}]": (lambda fmt: lambda p, root: usage.read_usage([p], fmt))(fmt) for fmt in usage.FORMATS},
+    **{
+        f"read_usage[{fmt}]": (lambda fmt: lambda p, root: usage.read_usage([p], fmt))(fmt)
+        for fmt in usage.FORMATS
+    },
     "audit": _audit,
     "read_records": lambda p, root: gs.read_records(p),
-    "import_label_file": lambda p, root: gs.import_label_file(p, SPEC, gs.ColumnMapping(input="request", reference="response")),
+    "import_label_file": lambda p, root: gs.import_label_file(
+        p, SPEC, gs.ColumnMapping(input="request", reference="response")
+    ),
     "import_openai_evals": lambda p, root: gs.import_openai_evals(p, SPEC),
-    "import_promptfoo_csv": lambda p, root: gs.import_promptfoo_csv(p, SPEC, gs.PromptfooOptions(input_var="request")),
+    "import_promptfoo_csv": lambda p, root: gs.import_promptfoo_csv(
+        p, SPEC, gs.PromptfooOptions(input_var="request")
+    ),
     "load_plan": lambda p, root: load_plan(p),
     "read_traffic_file": lambda p, root: read_traffic_file(p),
 }
 
 # Rows each readable log holds: what the audit must account for (read == accepted + quarantined).
-EXPECTED_READ = {"truncated.jsonl": 3, "truncated.json": 1, "latin1.csv": 1, "latin1.jsonl": 1,
-                 "huge_line.jsonl": 1, "injection.csv": 5, "injection.jsonl": 5, "control_chars.jsonl": 2,
-                 "control_chars.csv": 2, "parquet.jsonl": 2, "parquet.csv": 2}
+EXPECTED_READ = {
+    "truncated.jsonl": 3,
+    "truncated.json": 1,
+    "latin1.csv": 1,
+    "latin1.jsonl": 1,
+    "huge_line.jsonl": 1,
+    "injection.csv": 5,
+    "injection.jsonl": 5,
+    "control_chars.jsonl": 2,
+    "control_chars.csv": 2,
+    "parquet.jsonl": 2,
+    "parquet.csv": 2,
+}
 
 
 def call_reader(reader: str, path: Path, root: Path):
@@ -76,7 +93,9 @@ def assert_accounted(result, name: str) -> None:
 
 
 @pytest.mark.parametrize("reader", ["import_label_file", "import_openai_evals", "import_promptfoo_csv"])
-@pytest.mark.parametrize("name", ["injection.jsonl", "control_chars.jsonl", "latin1.jsonl", "huge_line.jsonl"])
+@pytest.mark.parametrize(
+    "name", ["injection.jsonl", "control_chars.jsonl", "latin1.jsonl", "huge_line.jsonl"]
+)
 def test_importers_keep_every_record(reader, name, corpus, tmp_path):
     """A file the importer accepts yields one item per record: nothing dropped on the way."""
     items = call_reader(reader, corpus[name], tmp_path)

@@ -28,11 +28,22 @@ from workhorse.flows.rollout import control_step
 from workhorse.tasks.rollout import state as routing
 from workhorse.workspace import Workspace
 
-TRIALS = {"audit": 5, "golden": 8, "eval": 6, "rollout": 3}  # 22 in all; golden is the cheapest, rollout the dearest
+TRIALS = {
+    "audit": 5,
+    "golden": 8,
+    "eval": 6,
+    "rollout": 3,
+}  # 22 in all; golden is the cheapest, rollout the dearest
 SEED = 20261128
 EVAL_CONCURRENCY = 16  # ModelSpec's default per endpoint: the most calls in flight at a kill
-PRELOAD = ["workhorse.flows.audit", "workhorse.flows.golden", "workhorse.flows.evaluate", "workhorse.flows.rollout",
-           "workhorse.tasks.rollout.traffic_sim", "tests.reliability.test_crashes"]
+PRELOAD = [
+    "workhorse.flows.audit",
+    "workhorse.flows.golden",
+    "workhorse.flows.evaluate",
+    "workhorse.flows.rollout",
+    "workhorse.tasks.rollout.traffic_sim",
+    "tests.reliability.test_crashes",
+]
 SURVIVED: Counter = Counter()
 FIGURES: dict[str, list] = {}
 
@@ -57,8 +68,13 @@ def child(started, api_url: str, env: dict, job: str, args: tuple) -> None:
 
     os.environ.update(env)
     started.set()  # the kill clock starts here, not while the forkserver boots
-    with temporary_settings({PREFECT_API_URL: api_url, PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None,
-                             PREFECT_SERVER_ANALYTICS_ENABLED: False}):
+    with temporary_settings(
+        {
+            PREFECT_API_URL: api_url,
+            PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None,
+            PREFECT_SERVER_ANALYTICS_ENABLED: False,
+        }
+    ):
         JOBS[job](*args)
 
 
@@ -92,7 +108,9 @@ class _Server:
 JOBS = {"audit": run_audit, "golden": run_golden, "eval": run_eval, "rollout": run_rollout}
 
 
-def run_child(job: str, args: tuple, env: dict | None = None, kill_after_s: float | None = None) -> tuple[bool, float]:
+def run_child(
+    job: str, args: tuple, env: dict | None = None, kill_after_s: float | None = None
+) -> tuple[bool, float]:
     """Run one flow in a forked child; SIGKILL it ``kill_after_s`` after it started (None: let it
     finish, and it must succeed). Returns (killed while at work, seconds it ran)."""
     from prefect.settings import PREFECT_API_URL
@@ -108,7 +126,9 @@ def run_child(job: str, args: tuple, env: dict | None = None, kill_after_s: floa
     killed = process.is_alive()
     process.kill()
     process.join(timeout=30)
-    assert kill_after_s is not None or process.exitcode == 0, f"{job} failed in its child ({process.exitcode})"
+    assert kill_after_s is not None or process.exitcode == 0, (
+        f"{job} failed in its child ({process.exitcode})"
+    )
     return killed, time.monotonic() - began
 
 
@@ -134,8 +154,10 @@ def assert_mostly_killed(trials: list[Trial]) -> None:
 def make_trials(tmp_path: Path, job: str, duration_s: float) -> list[Trial]:
     """Seeded kill moments spread over the flow's run time (measured on an uninterrupted child run)."""
     rng = random.Random(f"{SEED}-{job}")
-    return [Trial(tmp_path / f"{job}-{i}", round(rng.uniform(0.05, 0.95) * duration_s, 3))
-            for i in range(TRIALS[job])]
+    return [
+        Trial(tmp_path / f"{job}-{i}", round(rng.uniform(0.05, 0.95) * duration_s, 3))
+        for i in range(TRIALS[job])
+    ]
 
 
 def test_audit_survives_kills(prefect_server, tmp_path):
@@ -148,7 +170,9 @@ def test_audit_survives_kills(prefect_server, tmp_path):
         run_audit(logs, str(trial.workspace))
         assert_same_tables(reference / "usage", trial.workspace / "usage")
         assert_same_tables(reference / "audit", trial.workspace / "audit")
-        assert quarantined_rows(trial.workspace) == quarantined_rows(reference)  # read = accepted + quarantined
+        assert quarantined_rows(trial.workspace) == quarantined_rows(
+            reference
+        )  # read = accepted + quarantined
     assert_mostly_killed(trials)
 
 
@@ -189,13 +213,20 @@ def test_golden_refresh_survives_kills(prefect_server, golden_plan, tmp_path):
             # A kill between a version's parquet and its manifest leaves an orphan parquet: no reader
             # sees it, and its number is never reused (a concurrent writer may own it), so the rerun
             # takes the next number. Anything else below the one complete version is a leak.
-            numbers = {int(p.name[1:].split(".")[0]) for p in (trial.workspace / "golden" / use_case).glob("v*.parquet")}
+            numbers = {
+                int(p.name[1:].split(".")[0])
+                for p in (trial.workspace / "golden" / use_case).glob("v*.parquet")
+            }
             assert numbers == set(range(1, complete[0] + 1)), "a kill left a version behind"
-            assert all(not (trial.workspace / "golden" / use_case / f"v{n}.manifest.json").exists()
-                       for n in range(1, complete[0]))
+            assert all(
+                not (trial.workspace / "golden" / use_case / f"v{n}.manifest.json").exists()
+                for n in range(1, complete[0])
+            )
             got = load_golden(trial.workspace, use_case)  # checks the manifest's hash
             assert [i.item_id for i in got] == [i.item_id for i in load_golden(reference, use_case)]
-            assert not [p for p in (trial.workspace / "golden" / use_case).iterdir() if p.name.startswith(".")]
+            assert not [
+                p for p in (trial.workspace / "golden" / use_case).iterdir() if p.name.startswith(".")
+            ]
     assert_mostly_killed(trials)
 
 
@@ -223,8 +254,12 @@ def test_eval_survives_kills_without_paying_twice(prefect_server, fake_openai_se
     for trial in trials:
         for name, value in env_of(trial).items():
             monkeypatch.setenv(name, value)
-        summary = evaluate(Workspace.resolve(trial.workspace), str(trial.workspace / "workhorse.yaml"),
-                           variants=["zero-shot"], run_id="crash-eval")
+        summary = evaluate(
+            Workspace.resolve(trial.workspace),
+            str(trial.workspace / "workhorse.yaml"),
+            variants=["zero-shot"],
+            run_id="crash-eval",
+        )
         rows = pq.read_table(summary["responses"]).to_pylist()
         identities = Counter((r["model"], r["prompt_variant"], r["item_id"]) for r in rows)
         test_items = sum(i.split == "test" for i in items)
@@ -239,7 +274,10 @@ def test_eval_survives_kills_without_paying_twice(prefect_server, fake_openai_se
 
 def checkpointed(workspace: Path) -> int:
     """Rows the killed run had finished (its checkpoints): proof the kill landed mid-work."""
-    return sum(len(p.read_text().splitlines()) for p in (workspace / "runs" / "crash-eval").glob("checkpoint-*.jsonl"))
+    return sum(
+        len(p.read_text().splitlines())
+        for p in (workspace / "runs" / "crash-eval").glob("checkpoint-*.jsonl")
+    )
 
 
 def test_rollout_survives_kills(prefect_server, fake_openai_server, tmp_path):
@@ -263,7 +301,9 @@ def assert_one_chain(history: list[dict], state) -> None:
     (an inconclusive analysis may repeat a step: random keys can starve an arm), and the state
     row is the last transition: a kill never left state and history apart."""
     assert all(h["from_stage"] == before["to_stage"] for before, h in zip(history, history[1:])), history
-    visited = [h["to_stage"] for i, h in enumerate(history) if i == 0 or h["to_stage"] != history[i - 1]["to_stage"]]
+    visited = [
+        h["to_stage"] for i, h in enumerate(history) if i == 0 or h["to_stage"] != history[i - 1]["to_stage"]
+    ]
     assert visited == ["shadow", "5", "10", "25", "50", "promoted"], history
     assert state.version == len(history) and state.stage == history[-1]["to_stage"] == "promoted"
     assert state.weights["candidate"] == 100
@@ -272,4 +312,6 @@ def assert_one_chain(history: list[dict], state) -> None:
 @pytest.fixture(scope="module", autouse=True)
 def report_survivals():
     yield
-    print(f"\ncrash trials killed mid-run and recovered: {sum(SURVIVED.values())} ({dict(SURVIVED)}); {FIGURES}")
+    print(
+        f"\ncrash trials killed mid-run and recovered: {sum(SURVIVED.values())} ({dict(SURVIVED)}); {FIGURES}"
+    )

@@ -16,14 +16,16 @@ from workhorse.tasks.common.runner import ERROR_TYPES, CallFailed, CircuitBreake
 from workhorse.tasks.golden.versions import write_version
 from workhorse.testing.fake_openai import FAULT_KINDS, Faults
 
-MATRIX = Faults(server_error=0.08, rate_limit=0.05, hang=0.01, malformed=0.01, reset=0.02,
-                retry_after_s=0.05, hang_s=0.3)
+MATRIX = Faults(
+    server_error=0.08, rate_limit=0.05, hang=0.01, malformed=0.01, reset=0.02, retry_after_s=0.05, hang_s=0.3
+)
 VARIANTS = ["zero-shot", "few-shot"]
 OUTAGE_S = 2.0
 
 
-def test_fault_matrix_through_the_eval_flow_accounts_for_every_item(prefect_server, isolated_workspace,
-                                                                     fake_openai_server, tmp_path, monkeypatch):
+def test_fault_matrix_through_the_eval_flow_accounts_for_every_item(
+    prefect_server, isolated_workspace, fake_openai_server, tmp_path, monkeypatch
+):
     items = make_items(600)
     write_version(isolated_workspace, "routing", items, [{"kind": "test"}])
     server = fake_openai_server(faults=MATRIX, seed=21)
@@ -42,8 +44,10 @@ def test_fault_matrix_through_the_eval_flow_accounts_for_every_item(prefect_serv
     assert sum(r["error_type"] is None for r in rows) >= 0.99 * len(rows)
     injected = Counter(r["outcome"] for r in server.records())
     assert set(FAULT_KINDS) <= set(injected), injected  # every kind really happened
-    print(f"\nfault matrix via eval: {len(rows)} items, faults injected {sum(injected.values()) - injected['ok']} "
-          f"({dict(injected)})")
+    print(
+        f"\nfault matrix via eval: {len(rows)} items, faults injected {sum(injected.values()) - injected['ok']} "
+        f"({dict(injected)})"
+    )
 
 
 def expected_identities(items, chosen_variant: str) -> set[tuple]:
@@ -67,8 +71,12 @@ async def _outage(server, after_successes: int) -> tuple[float, float]:
 
 
 def test_outage_opens_the_circuit_instead_of_hammering(fake_openai_server, isolated_workspace):
-    concurrency, policy = 32, RetryPolicy(max_attempts=6, base_delay_s=0.05, max_delay_s=0.5,
-                                          breaker_threshold=8, breaker_cooldown_s=1.0)
+    concurrency, policy = (
+        32,
+        RetryPolicy(
+            max_attempts=6, base_delay_s=0.05, max_delay_s=0.5, breaker_threshold=8, breaker_cooldown_s=1.0
+        ),
+    )
     server = fake_openai_server(latency=0.05)
     requests = requests_for(server, 1200, concurrency=concurrency, timeout_s=5)
     runner = Runner(isolated_workspace, "outage", retry=policy)
@@ -88,9 +96,11 @@ def test_outage_opens_the_circuit_instead_of_hammering(fake_openai_server, isola
     # Without a breaker each slot retries until its attempts run out: concurrency × attempts.
     probes = OUTAGE_S / policy.breaker_cooldown_s + 2
     assert during <= concurrency + policy.breaker_threshold + probes < concurrency * policy.max_attempts
-    print(f"\noutage {up_at - down_at:.1f} s: {during} requests reached the down provider "
-          f"(unbroken bound {concurrency * policy.max_attempts}); circuit opened {breaker.opened}x; "
-          f"answered {sum(r.error_type is None for r in rows)}/{len(rows)}")
+    print(
+        f"\noutage {up_at - down_at:.1f} s: {during} requests reached the down provider "
+        f"(unbroken bound {concurrency * policy.max_attempts}); circuit opened {breaker.opened}x; "
+        f"answered {sum(r.error_type is None for r in rows)}/{len(rows)}"
+    )
 
 
 class Clock:

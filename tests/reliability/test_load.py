@@ -27,15 +27,18 @@ def rss_mb() -> float:
     return psutil.Process().memory_info().rss / 2**20
 
 
-async def caller(router: Router, index: int, deadline: float, latencies: list[tuple], failures: list[str]) -> int:
+async def caller(
+    router: Router, index: int, deadline: float, latencies: list[tuple], failures: list[str]
+) -> int:
     """One app's caller: call until the deadline, recording (wall time, the provider call's own time)."""
     calls = 0
     while time.monotonic() < deadline:
         started = time.perf_counter()
         provider_s = 0.0
         try:
-            answer = await router.complete([{"role": "user", "content": f"caller {index} call {calls}"}],
-                                           key=f"user-{index}")
+            answer = await router.complete(
+                [{"role": "user", "content": f"caller {index} call {calls}"}], key=f"user-{index}"
+            )
             provider_s = answer.latency_ms / 1000
         except Exception as error:  # counted: a failed call is still one logged row
             failures.append(type(error).__name__)
@@ -75,12 +78,14 @@ def test_router_and_traffic_log_under_load(isolated_workspace, fake_openai_serve
     served = len(incumbent_server.records()) + len(candidate_server.records())
     assert served == calls
     assert rss_end - rss_warm < RSS_GROWTH_BOUND_MB, f"RSS grew {rss_end - rss_warm:.0f} MB under load"
-    print(f"\nload: {CALLERS} callers x {LOAD_S:.0f} s, {calls} calls ({calls / LOAD_S:.0f}/s), "
-          f"{rows.num_rows} traffic rows, lost 0; RSS {rss_warm:.0f} -> {rss_end:.0f} MB; "
-          f"routing overhead p99 {quantile_ms([w - p for w, p in latencies], 0.99):.2f} ms "
-          f"(p50 {quantile_ms([w - p for w, p in latencies], 0.50):.2f}); end to end over the server's "
-          f"{SERVER_LATENCY_S * 1000:.0f} ms: p50 {quantile_ms([w - SERVER_LATENCY_S for w, _ in latencies], 0.5):.0f} ms, "
-          f"p99 {quantile_ms([w - SERVER_LATENCY_S for w, _ in latencies], 0.99):.0f} ms (client CPU and queueing on 2 cores)")
+    print(
+        f"\nload: {CALLERS} callers x {LOAD_S:.0f} s, {calls} calls ({calls / LOAD_S:.0f}/s), "
+        f"{rows.num_rows} traffic rows, lost 0; RSS {rss_warm:.0f} -> {rss_end:.0f} MB; "
+        f"routing overhead p99 {quantile_ms([w - p for w, p in latencies], 0.99):.2f} ms "
+        f"(p50 {quantile_ms([w - p for w, p in latencies], 0.50):.2f}); end to end over the server's "
+        f"{SERVER_LATENCY_S * 1000:.0f} ms: p50 {quantile_ms([w - SERVER_LATENCY_S for w, _ in latencies], 0.5):.0f} ms, "
+        f"p99 {quantile_ms([w - SERVER_LATENCY_S for w, _ in latencies], 0.99):.0f} ms (client CPU and queueing on 2 cores)"
+    )
 
 
 def quantile_ms(seconds: list[float], quantile: float) -> float:

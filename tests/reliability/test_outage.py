@@ -45,7 +45,9 @@ class Traffic:
     async def one(self) -> None:
         index, self._sent = self._sent, self._sent + 1
         try:  # a fresh key per call: about the router's share of calls lands on the candidate
-            answer = await self.router.complete([{"role": "user", "content": f"call {index}"}], key=f"user-{index}")
+            answer = await self.router.complete(
+                [{"role": "user", "content": f"call {index}"}], key=f"user-{index}"
+            )
             self.answers.append(answer)
         except Exception as error:  # counted, not raised: a caller without an answer is what we look for
             self.failures.append(f"{type(error).__name__}: {error}")
@@ -88,6 +90,7 @@ async def set_down(server, down: bool) -> float:
 
 # --- rollout path -----------------------------------------------------------------------------
 
+
 async def outage_under_load(router: Router, candidate_server) -> tuple[Traffic, float, float]:
     """Healthy, then the candidate down for OUTAGE_S, then back for RECOVERY_S; callers never stop."""
     traffic = Traffic(router)
@@ -100,7 +103,9 @@ async def outage_under_load(router: Router, candidate_server) -> tuple[Traffic, 
         up_at = await set_down(candidate_server, False)
         return down_at, up_at
 
-    _, (down_at, up_at) = await asyncio.gather(traffic.for_seconds(HEALTHY_S + OUTAGE_S + RECOVERY_S), provider())
+    _, (down_at, up_at) = await asyncio.gather(
+        traffic.for_seconds(HEALTHY_S + OUTAGE_S + RECOVERY_S), provider()
+    )
     await router.aclose()
     return traffic, down_at, up_at
 
@@ -127,10 +132,12 @@ def test_a_down_candidate_is_not_hammered_and_the_rollout_reverts(isolated_works
     assert_candidate_serves_again(rows, router, up_at)
     verdict = control_step(UC, str(ws.root))
     assert_reverted_on_errors(verdict, rows)
-    print(f"\noutage {up_at - down_at:.1f} s under {CALLERS} callers: {len(traffic.answers)} calls, "
-          f"{len(candidate_errors)} routed to the down candidate ({dict(kinds)}), {len(reached)} requests "
-          f"reached it (bound {CALLERS + THRESHOLD + probes}); circuit opened {breaker.opened}x; "
-          f"{len(rows)} traffic rows; control step: {verdict['outcome']} -> {verdict['stage']}")
+    print(
+        f"\noutage {up_at - down_at:.1f} s under {CALLERS} callers: {len(traffic.answers)} calls, "
+        f"{len(candidate_errors)} routed to the down candidate ({dict(kinds)}), {len(reached)} requests "
+        f"reached it (bound {CALLERS + THRESHOLD + probes}); circuit opened {breaker.opened}x; "
+        f"{len(rows)} traffic rows; control step: {verdict['outcome']} -> {verdict['stage']}"
+    )
 
 
 def assert_no_row_lost(rows: list[dict], answers: list) -> list[dict]:
@@ -163,7 +170,11 @@ def assert_reverted_on_errors(verdict: dict, rows: list[dict]) -> None:
     candidate = [r for r in rows if r["arm"] == "candidate"]
     failed = sum(r["status"] == "error" for r in candidate)
     assert error_check["detail"].startswith(f"{failed}/{len(candidate)} vs 0/")
-    assert (verdict["outcome"], error_check["status"], verdict["stage"]) == ("critical", "critical", "reverted")
+    assert (verdict["outcome"], error_check["status"], verdict["stage"]) == (
+        "critical",
+        "critical",
+        "reverted",
+    )
     assert verdict["weights"]["candidate"] == 0
 
 
@@ -191,8 +202,10 @@ def test_in_shadow_an_open_circuit_skips_the_shadow_call_and_logs_it(isolated_wo
     # Shadow calls run detached from their caller: about two per caller can be in flight at once.
     bound = 2 * CALLERS + THRESHOLD + math.ceil((end_at - down_at) / COOLDOWN_S) + 1
     assert reached <= bound and reached * 3 < kinds["server_error"] + kinds["circuit_open"]
-    print(f"\nshadow against a down candidate: {kinds['server_error'] + kinds['circuit_open']} shadow calls in "
-          f"{end_at - down_at:.1f} s, {reached} reached it (bound {bound})")
+    print(
+        f"\nshadow against a down candidate: {kinds['server_error'] + kinds['circuit_open']} shadow calls in "
+        f"{end_at - down_at:.1f} s, {reached} reached it (bound {bound})"
+    )
 
 
 # --- monitoring path --------------------------------------------------------------------------
@@ -242,17 +255,25 @@ def test_the_monitor_opens_one_error_rate_incident_and_resolves_it(isolated_work
 
     seen = sum(m["requests"] for w in windows for m in w.metrics if m["model"] != "*")
     assert seen == table.num_rows == len(traffic.answers) + sum(a.fallback for a in traffic.answers)
-    changes = [(k, c["key"], c["change"]) for k, w in enumerate(windows) for c in w.changes
-               if c["rule"] == "error_rate" and c["change"]]
+    changes = [
+        (k, c["key"], c["change"])
+        for k, w in enumerate(windows)
+        for c in w.changes
+        if c["rule"] == "error_rate" and c["change"]
+    ]
     key = f"{UC}|openai/fake-candidate|error_rate"
     assert changes == [(1, key, "opened"), (2, key, "resolved")], changes
     healthy, outage, recovered = (_candidate(w) for w in windows)
     # The outage window ends with the probe that closed the circuit: its one answer is the only success.
     assert (healthy["errors"], outage["requests"] - outage["errors"], recovered["errors"]) == (0, 1, 0)
-    assert [t["to_stage"] for t in windows[1].reverts] == ["reverted"]  # the monitor reverts the rollout itself
+    assert [t["to_stage"] for t in windows[1].reverts] == [
+        "reverted"
+    ]  # the monitor reverts the rollout itself
     others = [(c["key"], c["change"]) for w in windows for c in w.changes if c["rule"] != "error_rate"]
-    print(f"\nmonitor over an outage: {table.num_rows} rows in 3 windows, all seen; candidate errors "
-          f"{[_rate(w) for w in windows]}; error-rate incident changes {changes}; other incidents {others}")
+    print(
+        f"\nmonitor over an outage: {table.num_rows} rows in 3 windows, all seen; candidate errors "
+        f"{[_rate(w) for w in windows]}; error-rate incident changes {changes}; other incidents {others}"
+    )
 
 
 def _candidate(window) -> dict:

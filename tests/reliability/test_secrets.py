@@ -26,8 +26,12 @@ OPENAI_CANARY = "sk-canary-env-7f3a9c2e11d4b5"
 BLOCK_CANARY = "sk-canary-block-5e8d0a3f9c21"
 LOG_CANARY = "sk-canary-logged-c0ffee1234567"  # a key a careless app logged in the metadata
 WEBHOOK_TOKEN = "canary-hook-9b1e4d7a"
-PII = {"email": "jane.canary@example.com", "card": "4111 1111 1111 1111", "iban": "DE89 3704 0044 0532 0130 00",
-       "phone": "+44 20 7946 0958"}
+PII = {
+    "email": "jane.canary@example.com",
+    "card": "4111 1111 1111 1111",
+    "iban": "DE89 3704 0044 0532 0130 00",
+    "phone": "+44 20 7946 0958",
+}
 USE_CASE = "ticket-routing"
 SCRIPT = "<script>alert('canary')</script>"  # a prompt that tries to run in every HTML report
 
@@ -54,18 +58,30 @@ def _seeded(line: str, number: int) -> str:
         messages = json.loads(row["request"])
         messages[-1]["content"] += " Contact: " + " / ".join(PII.values()) + " " + SCRIPT
         row["request"] = json.dumps(messages)
-        row["metadata"] = json.dumps({**json.loads(row["metadata"]), "api_key": LOG_CANARY,
-                                      "headers": {"Authorization": f"Bearer {LOG_CANARY}"}})
+        row["metadata"] = json.dumps(
+            {
+                **json.loads(row["metadata"]),
+                "api_key": LOG_CANARY,
+                "headers": {"Authorization": f"Bearer {LOG_CANARY}"},
+            }
+        )
     return json.dumps(row)
 
 
 def write_plan(folder: Path) -> Path:
     """One use case, the candidate's key in a ModelEndpoint block, the incumbent's in the environment."""
-    plan = {"incumbent": "gpt-4o-mini",
-            "use_cases": {USE_CASE: {"task_type": "classification", "labels": ["billing", "technical", "account", "shipping"],
-                                     "golden": {"size": 40}}},
-            "candidates": [{"model": "openai/canary-candidate", "endpoint": "canary-endpoint"}],
-            "quality_policy": {"min_items": 10}}
+    plan = {
+        "incumbent": "gpt-4o-mini",
+        "use_cases": {
+            USE_CASE: {
+                "task_type": "classification",
+                "labels": ["billing", "technical", "account", "shipping"],
+                "golden": {"size": 40},
+            }
+        },
+        "candidates": [{"model": "openai/canary-candidate", "endpoint": "canary-endpoint"}],
+        "quality_policy": {"min_items": 10},
+    }
     path = folder / "workhorse.yaml"
     path.write_text(yaml.safe_dump(plan))
     return path
@@ -80,10 +96,21 @@ def run_pipeline(workspace: Path, logs: list[Path], plan: Path) -> None:
 
     usage_audit(logs=[str(p) for p in logs], plan=str(plan), workspace=str(workspace))
     golden_dataset_refresh(plan=str(plan), workspace=str(workspace), use_cases=[USE_CASE])
-    asyncio.run(parallel_eval(use_case=USE_CASE, workspace=str(workspace), plan=str(plan),
-                              variants=["zero-shot"], hostings=["api"]))
-    monitoring(workspace=str(workspace), plan=str(plan), window_minutes=60 * 24 * 31,
-               now=datetime(2025, 7, 1, tzinfo=timezone.utc))
+    asyncio.run(
+        parallel_eval(
+            use_case=USE_CASE,
+            workspace=str(workspace),
+            plan=str(plan),
+            variants=["zero-shot"],
+            hostings=["api"],
+        )
+    )
+    monitoring(
+        workspace=str(workspace),
+        plan=str(plan),
+        window_minutes=60 * 24 * 31,
+        now=datetime(2025, 7, 1, tzinfo=timezone.utc),
+    )
 
 
 async def prefect_texts() -> list[str]:
@@ -94,8 +121,11 @@ async def prefect_texts() -> list[str]:
         artifacts = await client.read_artifacts()
         runs = await client.read_flow_runs()
         logs = await client.read_logs()
-    return ([json.dumps(a.data, default=str) + (a.description or "") for a in artifacts]
-            + [json.dumps(r.parameters, default=str) for r in runs] + [entry.message for entry in logs])
+    return (
+        [json.dumps(a.data, default=str) + (a.description or "") for a in artifacts]
+        + [json.dumps(r.parameters, default=str) for r in runs]
+        + [entry.message for entry in logs]
+    )
 
 
 class Collect(logging.Handler):
@@ -116,7 +146,9 @@ def captured_logs(prefect_server):
 
     setup_logging()  # Prefect configures its loggers once, lazily; a later setup would drop our handler
     handler = Collect()
-    loggers = [logging.getLogger(name) for name in (None, "prefect", "prefect.flow_runs", "prefect.task_runs")]
+    loggers = [
+        logging.getLogger(name) for name in (None, "prefect", "prefect.flow_runs", "prefect.task_runs")
+    ]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
         logger.addHandler(handler)
@@ -134,19 +166,26 @@ def pipeline(prefect_server, isolated_workspace, fake_openai_server, tmp_path, m
 
     incumbent, candidate = fake_openai_server(), fake_openai_server()
     ModelEndpoint(model="openai/canary-candidate", api_base=candidate.url, api_key=BLOCK_CANARY).save(
-        "canary-endpoint", overwrite=True)
+        "canary-endpoint", overwrite=True
+    )
     monkeypatch.setenv("OPENAI_API_KEY", OPENAI_CANARY)
     monkeypatch.setenv("OPENAI_API_BASE", incumbent.url)
     with SlackReceiver(path=f"/services/T0/B0/{WEBHOOK_TOKEN}") as slack:
         monkeypatch.setenv("WORKHORSE_SLACK_WEBHOOK_URL", slack.url)
         run_pipeline(isolated_workspace.root, seed_logs(tmp_path / "logs"), write_plan(tmp_path))
     requests = candidate.records() + incumbent.records()
-    assert {r["auth"] for r in candidate.records()} == {f"Bearer {BLOCK_CANARY}"}, "the block key was not used"
+    assert {r["auth"] for r in candidate.records()} == {f"Bearer {BLOCK_CANARY}"}, (
+        "the block key was not used"
+    )
     return isolated_workspace.root, "\n".join(captured_logs), slack.messages, requests
 
 
 def workspace_files(root: Path, skip: tuple[str, ...] = ()) -> list[Path]:
-    return [p for p in root.rglob("*") if p.is_file() and not any(part in skip for part in p.relative_to(root).parts)]
+    return [
+        p
+        for p in root.rglob("*")
+        if p.is_file() and not any(part in skip for part in p.relative_to(root).parts)
+    ]
 
 
 def test_no_canary_in_files_logs_or_artifacts(pipeline):
@@ -168,9 +207,15 @@ def test_no_pii_in_golden_sets_or_reports(pipeline):
     root, *_ = pipeline
     import pyarrow.parquet as pq
 
-    logged = " ".join(filter(None, pq.read_table(root / "usage" / "usage_log.parquet").column("request").to_pylist()))
+    logged = " ".join(
+        filter(None, pq.read_table(root / "usage" / "usage_log.parquet").column("request").to_pylist())
+    )
     assert PII["email"] in logged, "the seeded PII never reached the workspace"  # the customer's own log copy
-    shared = [p for p in workspace_files(root, skip=("usage", "quarantine")) if p.suffix in (".parquet", ".html", ".json", ".jsonl", ".md")]
+    shared = [
+        p
+        for p in workspace_files(root, skip=("usage", "quarantine"))
+        if p.suffix in (".parquet", ".html", ".json", ".jsonl", ".md")
+    ]
     golden = [p for p in shared if "golden" in p.parts and p.suffix == ".parquet"]
     assert golden and any(p.suffix == ".html" and "runs" in p.parts for p in shared)
     for path in shared:
@@ -187,9 +232,18 @@ def test_a_logged_key_inside_string_metadata_is_redacted_and_the_row_kept(tmp_pa
     from workhorse.config import Plan
     from workhorse.tasks.audit.assessment import audit_logs
 
-    row = {"request_id": "r1", "ts": "2025-06-01T10:00:00Z", "use_case": USE_CASE, "model": "gpt-4o-mini",
-           "prompt_tokens": 5, "completion_tokens": 1, "status": "ok", "request": "[]", "response": "billing",
-           "metadata": json.dumps({"api_key": LOG_CANARY, "headers": {"Authorization": f"Bearer {LOG_CANARY}"}})}
+    row = {
+        "request_id": "r1",
+        "ts": "2025-06-01T10:00:00Z",
+        "use_case": USE_CASE,
+        "model": "gpt-4o-mini",
+        "prompt_tokens": 5,
+        "completion_tokens": 1,
+        "status": "ok",
+        "request": "[]",
+        "response": "billing",
+        "metadata": json.dumps({"api_key": LOG_CANARY, "headers": {"Authorization": f"Bearer {LOG_CANARY}"}}),
+    }
     path = tmp_path / "logs.jsonl"
     path.write_text(json.dumps(row) + "\n")
     result = audit_logs([path], Plan(), workspace_root=tmp_path / "ws")

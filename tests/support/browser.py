@@ -21,9 +21,18 @@ from pathlib import Path
 from typing import Iterator
 
 CHROMIUM = "/usr/bin/chromium"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--remote-debugging-port=0", "--remote-allow-origins=*"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--remote-debugging-port=0",
+    "--remote-allow-origins=*",
+]
 
 # Runs in the page: every SVG's laid-out size and shape count, every table's rows.
 INSPECT_JS = """JSON.stringify({
@@ -87,7 +96,9 @@ def console_errors(events: list[dict]) -> list[str]:
     for event in events:
         method, params = event.get("method"), event.get("params", {})
         if method == "Runtime.consoleAPICalled" and params.get("type") in ("error", "assert"):
-            errors.append("console: " + " ".join(str(a.get("value", a.get("description"))) for a in params["args"]))
+            errors.append(
+                "console: " + " ".join(str(a.get("value", a.get("description"))) for a in params["args"])
+            )
         elif method == "Runtime.exceptionThrown":
             errors.append("exception: " + params["exceptionDetails"].get("text", ""))
         elif method == "Log.entryAdded" and params["entry"]["level"] == "error":
@@ -101,8 +112,12 @@ def headless_chromium(binary: str = CHROMIUM, timeout_s: float = 30.0) -> Iterat
     # Chromium's helpers (zygote, renderers, crashpad) outlive a killed parent for a moment and keep
     # writing the profile: kill the whole process group, and tolerate a file appearing during cleanup.
     with tempfile.TemporaryDirectory(prefix="workhorse-chromium-", ignore_cleanup_errors=True) as profile:
-        process = subprocess.Popen([binary, *FLAGS, f"--user-data-dir={profile}", "about:blank"],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        process = subprocess.Popen(
+            [binary, *FLAGS, f"--user-data-dir={profile}", "about:blank"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         try:
             yield f"http://127.0.0.1:{_devtools_port(Path(profile), process, timeout_s)}"
         finally:
@@ -122,8 +137,9 @@ def _devtools_port(profile: Path, process: subprocess.Popen, timeout_s: float) -
     raise TimeoutError(f"chromium's DevTools did not start within {timeout_s:.0f} s")
 
 
-def render_report(page: Path, screenshot: Path | None = None, size: tuple[int, int] = (1200, 1600),
-                  binary: str = CHROMIUM) -> PageReport:
+def render_report(
+    page: Path, screenshot: Path | None = None, size: tuple[int, int] = (1200, 1600), binary: str = CHROMIUM
+) -> PageReport:
     """Load ``page`` as file://, wait for load, measure SVGs and tables, collect errors, screenshot."""
     from websockets.sync.client import connect
 
@@ -134,11 +150,18 @@ def render_report(page: Path, screenshot: Path | None = None, size: tuple[int, i
             tools = DevTools(ws)
             for domain in ("Page", "Runtime", "Log"):
                 tools.send(f"{domain}.enable")
-            tools.send("Emulation.setDeviceMetricsOverride", width=size[0], height=size[1], deviceScaleFactor=1,
-                       mobile=False)
+            tools.send(
+                "Emulation.setDeviceMetricsOverride",
+                width=size[0],
+                height=size[1],
+                deviceScaleFactor=1,
+                mobile=False,
+            )
             tools.send("Page.navigate", url=page.resolve().as_uri())
             tools.wait_for("Page.loadEventFired")
-            found = json.loads(tools.send("Runtime.evaluate", expression=INSPECT_JS, returnByValue=True)["result"]["value"])
+            found = json.loads(
+                tools.send("Runtime.evaluate", expression=INSPECT_JS, returnByValue=True)["result"]["value"]
+            )
             report = PageReport(found["svgs"], found["tables"], found["title"], console_errors(tools.events))
             if screenshot is not None:
                 png = tools.send("Page.captureScreenshot", format="png")["data"]

@@ -21,8 +21,15 @@ def make_items(count: int = 240, logged_model: str | None = None):
         label = LABELS[index % 3]
         text = f"request {index}: please route this {rng.choice(['order', 'bill', 'login'])} question"
         metadata = {"model": logged_model} if logged_model else {}
-        items.append(spec.item([{"role": "user", "content": text}], label, source="test",
-                               label_origin="incumbent" if logged_model else "human", metadata=metadata))
+        items.append(
+            spec.item(
+                [{"role": "user", "content": text}],
+                label,
+                source="test",
+                label_origin="incumbent" if logged_model else "human",
+                metadata=metadata,
+            )
+        )
     return items
 
 
@@ -39,8 +46,13 @@ def scripted(items, accuracy: float, seed: int) -> dict[str, str]:
 def plan_file(tmp_path, candidates, incumbent="openai/incumbent-model", min_items=50, **sections):
     """A workhorse.yaml for the ``routing`` use case; ``sections`` add or extend top-level keys."""
     policy = {"min_items": min_items, "non_inferiority_margin": 0.05, **sections.pop("quality_policy", {})}
-    plan = {"incumbent": incumbent, "use_cases": {"routing": {"task_type": "classification", "labels": LABELS}},
-            "candidates": candidates, "quality_policy": policy, **sections}
+    plan = {
+        "incumbent": incumbent,
+        "use_cases": {"routing": {"task_type": "classification", "labels": LABELS}},
+        "candidates": candidates,
+        "quality_policy": policy,
+        **sections,
+    }
     path = tmp_path / "workhorse.yaml"
     path.write_text(yaml.safe_dump(plan))
     return str(path)

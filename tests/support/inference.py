@@ -10,10 +10,22 @@ FAST_RETRY = RetryPolicy(max_attempts=6, base_delay_s=0.01, max_delay_s=0.05)
 
 def requests_for(server, count: int, *, concurrency: int = 64, timeout_s: float = 30.0, prefix: str = "item"):
     """``count`` distinct one-question requests to ``server`` (anything with a ``url``), keyed with CANARY_KEY."""
-    spec = ModelSpec(model="openai/fake-model", name="fake", api_base=server.url, api_key=CANARY_KEY,
-                     max_concurrency=concurrency, timeout_s=timeout_s,
-                     input_cost_per_token=1e-6, output_cost_per_token=2e-6)
-    return [ModelRequest(item_id=f"{prefix}-{i}", model=spec,
-                         messages=[{"role": "user", "content": f"question number {i}"}],
-                         params={"max_tokens": 8, "temperature": 0})
-            for i in range(count)]
+    spec = ModelSpec(
+        model="openai/fake-model",
+        name="fake",
+        api_base=server.url,
+        api_key=CANARY_KEY,
+        max_concurrency=concurrency,
+        timeout_s=timeout_s,
+        input_cost_per_token=1e-6,
+        output_cost_per_token=2e-6,
+    )
+    return [
+        ModelRequest(
+            item_id=f"{prefix}-{i}",
+            model=spec,
+            messages=[{"role": "user", "content": f"question number {i}"}],
+            params={"max_tokens": 8, "temperature": 0},
+        )
+        for i in range(count)
+    ]

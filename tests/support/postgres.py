@@ -57,7 +57,7 @@ class PostgresServer:
 
     def _check(self, result: subprocess.CompletedProcess, what: str) -> None:
         if result.returncode != 0:
-            log = (self.root / "server.log")
+            log = self.root / "server.log"
             tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
             raise RuntimeError(f"PostgreSQL {what} failed: {result.stderr.strip()[-2000:]}\n{tail}")
 
@@ -65,15 +65,45 @@ class PostgresServer:
         if os.geteuid() == 0:
             owner = pwd.getpwnam("postgres")
             os.chown(self.root, owner.pw_uid, owner.pw_gid)
-        self._check(self._run("initdb", "-D", str(self.data), "-U", self.user, "--auth=trust",
-                              "--encoding=UTF8", "--locale=C.UTF-8", "--no-sync"), "initdb")
+        self._check(
+            self._run(
+                "initdb",
+                "-D",
+                str(self.data),
+                "-U",
+                self.user,
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--locale=C.UTF-8",
+                "--no-sync",
+            ),
+            "initdb",
+        )
         # fsync off: a test server's data is thrown away, and fsync would dominate on CI disks.
-        options = (f"-c listen_addresses=127.0.0.1 -c port={self.port} -c unix_socket_directories={self.root} "
-                   "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
-        self._check(self._run("pg_ctl", "-D", str(self.data), "-l", str(self.root / "server.log"),
-                              "-o", options, "-w", "-t", "60", "start"), "start")
-        self._check(self._run("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", self.user,
-                              self.database), "createdb")
+        options = (
+            f"-c listen_addresses=127.0.0.1 -c port={self.port} -c unix_socket_directories={self.root} "
+            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
+        )
+        self._check(
+            self._run(
+                "pg_ctl",
+                "-D",
+                str(self.data),
+                "-l",
+                str(self.root / "server.log"),
+                "-o",
+                options,
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ),
+            "start",
+        )
+        self._check(
+            self._run("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", self.user, self.database),
+            "createdb",
+        )
         return self
 
     def stop(self) -> None:
@@ -90,4 +120,3 @@ class PostgresServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
-

@@ -13,8 +13,12 @@ CANARY = "sk-canary-do-not-log-7f3a"
 def specs(incumbent_server, candidate_server):
     """The incumbent and candidate ModelSpecs on two fake servers, both keyed with CANARY."""
     prices = dict(input_cost_per_token=1e-7, output_cost_per_token=4e-7)
-    return (ModelSpec("openai/fake-incumbent", api_base=incumbent_server.url, api_key=CANARY, **prices),
-            ModelSpec("openai/fake-candidate", api_base=candidate_server.url, api_key=CANARY, timeout_s=5, **prices))
+    return (
+        ModelSpec("openai/fake-incumbent", api_base=incumbent_server.url, api_key=CANARY, **prices),
+        ModelSpec(
+            "openai/fake-candidate", api_base=candidate_server.url, api_key=CANARY, timeout_s=5, **prices
+        ),
+    )
 
 
 def at_weight(ws, percent: int):

@@ -167,7 +167,8 @@ def copy_spend_logs(conn, rows: Sequence[dict]) -> None:
 
     columns = list(rows[0])
     statement = sql.SQL("COPY {} ({}) FROM STDIN").format(
-        sql.Identifier("LiteLLM_SpendLogs"), sql.SQL(", ").join(map(sql.Identifier, columns)))
+        sql.Identifier("LiteLLM_SpendLogs"), sql.SQL(", ").join(map(sql.Identifier, columns))
+    )
     with conn.cursor().copy(statement) as copy:
         for row in rows:
             copy.write_row([row[c] for c in columns])

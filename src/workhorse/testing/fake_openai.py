@@ -140,11 +140,19 @@ class FakeOpenAI:
         if self.config.latency_s:
             await asyncio.sleep(self.answer_time(key, attempt, in_flight))
         await self._wait_if_paused()  # after the latency, so nothing is mid-answer when paused
-        outcome = "down" if self.config.down else self.config.faults.pick(
-            unit_interval(self.config.seed, key, attempt)
+        outcome = (
+            "down"
+            if self.config.down
+            else self.config.faults.pick(unit_interval(self.config.seed, key, attempt))
         )
-        record = {"key": key, "attempt": attempt, "outcome": outcome, "t": time.time(),
-                  "auth": request.headers.get("Authorization", ""), "in_flight": in_flight}
+        record = {
+            "key": key,
+            "attempt": attempt,
+            "outcome": outcome,
+            "t": time.time(),
+            "auth": request.headers.get("Authorization", ""),
+            "in_flight": in_flight,
+        }
         if outcome == "ok" and self.config.upstream:
             self.records.append(record)
             return await self._forward(body)
@@ -179,8 +187,9 @@ class FakeOpenAI:
 
         async with aiohttp.ClientSession() as session:
             async with session.post(f"{self.config.upstream}/chat/completions", json=body) as upstream:
-                return web.Response(body=await upstream.read(), status=upstream.status,
-                                    content_type="application/json")
+                return web.Response(
+                    body=await upstream.read(), status=upstream.status, content_type="application/json"
+                )
 
     async def _wait_if_paused(self) -> None:
         limit = self.config.pause_after_successes
@@ -192,7 +201,9 @@ class FakeOpenAI:
 
         faults = self.config.faults
         if outcome in ("server_error", "down"):
-            return web.json_response({"error": {"message": "injected 503", "type": "server_error"}}, status=503)
+            return web.json_response(
+                {"error": {"message": "injected 503", "type": "server_error"}}, status=503
+            )
         if outcome == "rate_limit":
             return web.json_response(
                 {"error": {"message": "injected 429", "type": "rate_limit_error"}},
@@ -200,7 +211,9 @@ class FakeOpenAI:
                 headers={"Retry-After": f"{faults.retry_after_s:g}"},
             )
         if outcome == "malformed":
-            return web.Response(text='{"id": "chatcmpl-broken", "choices": [{"mess', content_type="application/json")
+            return web.Response(
+                text='{"id": "chatcmpl-broken", "choices": [{"mess', content_type="application/json"
+            )
         if outcome == "hang":
             await asyncio.sleep(faults.hang_s)
         request.transport.abort()  # reset: no response at all
@@ -241,8 +254,15 @@ class FakeServerProcess:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.url = f"{self.base}/v1"
-        arguments = [sys.executable, "-m", "workhorse.testing.fake_openai",
-                     "--port", str(self.port), "--config", json.dumps(asdict(config))]
+        arguments = [
+            sys.executable,
+            "-m",
+            "workhorse.testing.fake_openai",
+            "--port",
+            str(self.port),
+            "--config",
+            json.dumps(asdict(config)),
+        ]
         self.process = subprocess.Popen(arguments)
         self._wait_ready()
 
@@ -263,8 +283,9 @@ class FakeServerProcess:
 
     def control(self, **change) -> None:
         data = json.dumps(change).encode()
-        request = urllib.request.Request(f"{self.base}/_control", data=data, method="POST",
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            f"{self.base}/_control", data=data, method="POST", headers={"Content-Type": "application/json"}
+        )
         urllib.request.urlopen(request, timeout=10).read()
 
     def release(self) -> None:
@@ -297,8 +318,9 @@ def main() -> None:
     config = ServerConfig(**{**raw, "faults": Faults(**raw.get("faults", {}))})
     server = FakeOpenAI(config)
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
-    web.run_app(server.app(), host="127.0.0.1", port=arguments.port, print=None,
-                access_log=None, handle_signals=False)
+    web.run_app(
+        server.app(), host="127.0.0.1", port=arguments.port, print=None, access_log=None, handle_signals=False
+    )
 
 
 if __name__ == "__main__":
