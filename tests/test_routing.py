@@ -3,6 +3,7 @@ transition, and concurrent advances (threads and processes) with a known arm at 
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import subprocess
 import sys
@@ -322,3 +323,15 @@ def test_the_database_refuses_weights_that_are_not_one_known_split(isolated_work
             with pytest.raises((sqlite3.IntegrityError, psycopg.IntegrityError)):
                 connection.execute(update)
     assert current_state(ws, UC).stage == "shadow"
+
+
+def test_a_policy_stored_by_an_older_version_with_keys_since_refused_still_loads(isolated_workspace, caplog):
+    ws = isolated_workspace
+    started(ws)
+    stored = POLICY | {"canary_note": "x", "guardrails": {"alpha": 0.05, "max_p99": 3}}
+    with routing._connect(ws) as connection, connection.transaction():
+        connection.execute("UPDATE rollout_state SET policy = ? WHERE use_case = ?", (json.dumps(stored), UC))
+    policy = current_state(ws, UC).rollout_policy
+    assert policy.guardrails.alpha == 0.05 and policy.min_requests == POLICY["min_requests"]
+    assert "'canary_note'" in caplog.text and "'max_p99'" in caplog.text
+    assert advance(ws, UC, manual=True).to_stage == "5"  # the rollout goes on

@@ -23,6 +23,8 @@ import logging
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable
 
+from pydantic import BaseModel
+
 from workhorse import store
 from workhorse.config import RolloutPolicy
 from workhorse.errors import RolloutError
@@ -90,7 +92,10 @@ class RolloutState:
 
     @property
     def rollout_policy(self) -> RolloutPolicy:
-        return RolloutPolicy.model_validate(self.policy)
+        """The policy stored when the rollout started. One stored by an older version may hold keys
+        the plan model has since refused (it once accepted any key): they are dropped with a
+        warning, so a rollout begun before an upgrade can still advance or revert."""
+        return RolloutPolicy.model_validate(_known_keys(RolloutPolicy, self.policy, self.use_case))
 
     @property
     def is_active(self) -> bool:
@@ -127,6 +132,20 @@ class Transition:
 
 
 # --- reading -------------------------------------------------------------------------------
+
+
+def _known_keys(model: type[BaseModel], data: dict, where: str) -> dict:
+    """``data`` without the keys ``model`` does not declare, nested sections included."""
+    known = {}
+    for key, value in data.items():
+        field_info = model.model_fields.get(key)
+        if field_info is None:
+            log.warning("%s: stored rollout policy key %r is no longer known; ignored", where, key)
+            continue
+        nested = field_info.annotation
+        is_section = isinstance(nested, type) and issubclass(nested, BaseModel) and isinstance(value, dict)
+        known[key] = _known_keys(nested, value, f"{where}.{key}") if is_section else value
+    return known
 
 
 def _connect(workspace: Workspace):
