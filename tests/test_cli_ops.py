@@ -121,3 +121,30 @@ def test_ui_serves_a_healthy_api_on_localhost_until_ctrl_c(tmp_path):
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
+
+
+def test_a_plan_error_is_one_clear_line_not_a_traceback(tmp_path):
+    (tmp_path / "workhorse.yaml").write_text(
+        "use_cases:\n  triage:\n    task_type: classification\n    labelz: [a, b]\n"
+    )
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "workhorse.cli",
+            "rollout",
+            "start",
+            "triage",
+            "--candidate",
+            "x/y",
+            "--plan",
+            str(tmp_path / "workhorse.yaml"),
+            "--workspace",
+            str(tmp_path / "ws"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "error:" in done.stderr and "labelz" in done.stderr and "line 4" in done.stderr

@@ -14,7 +14,23 @@ from rich.console import Console
 
 import workhorse  # noqa: F401  (sets offline defaults before anything imports LiteLLM)
 
-app = typer.Typer(
+
+class _Cli(typer.Typer):
+    """Every command's WorkhorseError (a plan with a typo, a missing golden set, a refused
+    transition) ends as one red line and exit status 1, not a traceback; other errors are bugs
+    and keep theirs."""
+
+    def __call__(self, *args, **kwargs):
+        from workhorse.errors import WorkhorseError
+
+        try:
+            return super().__call__(*args, **kwargs)
+        except WorkhorseError as error:
+            Console(stderr=True).print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
+            sys.exit(1)
+
+
+app = _Cli(
     help="Move routine LLM workloads from closed to open models, safely and measurably.",
     no_args_is_help=True,
     add_completion=False,
@@ -104,7 +120,7 @@ def monitor(
     ),
     workspace: Optional[Path] = WorkspaceOption,
 ) -> None:
-    """Step 5: one monitoring window — metrics, guardrails, incidents, Slack, revert of a breaching rollout."""
+    """Step 5: one monitoring window: metrics, guardrails, incidents, Slack, revert of a breaching rollout."""
     from workhorse.errors import WorkhorseError
     from workhorse.flows.monitor import monitoring
 
@@ -204,7 +220,7 @@ app.add_typer(blocks_app, name="blocks")
 
 @blocks_app.command("register")
 def blocks_register() -> None:
-    """Register workhorse's Block types on the Prefect API (like `prefect block register -m workhorse.blocks`)."""
+    """Register workhorse's Block types with Prefect (like `prefect block register -m workhorse.blocks`)."""
     from workhorse.block_setup import register_blocks
 
     for slug in register_blocks():
@@ -215,7 +231,7 @@ def blocks_register() -> None:
 def blocks_init(
     keep: bool = typer.Option(False, "--keep", help="Keep existing blocks instead of overwriting them."),
 ) -> None:
-    """Save blocks from the environment (WORKHORSE_SLACK_WEBHOOK_URL, OPENAI_API_KEY, HOSTED_VLLM_API_BASE, ...).
+    """Save blocks from the environment: WORKHORSE_SLACK_WEBHOOK_URL, OPENAI_API_KEY, HOSTED_VLLM_API_BASE, ….
 
     Secrets are stored in the blocks and never printed: only names and masked values."""
     from workhorse.block_setup import ENDPOINTS, init_blocks
@@ -357,7 +373,8 @@ def _print_rollout(state, workspace: Optional[Path]) -> None:
         f"{weights['incumbent']} %, candidate {state.candidate or '—'} {weights['candidate']} %"
         + (" + shadow" if state.shadow else "")
         + f"; failures {state.failures}, in a row {state.consecutive_errors}, "
-        f"inconclusive {state.inconclusive}; state v{state.version} in {describe(Workspace.resolve(workspace).state_url)}"
+        f"inconclusive {state.inconclusive}; state v{state.version} "
+        f"in {describe(Workspace.resolve(workspace).state_url)}"
     )
     if state.reason:
         console.print(f"why: {state.reason}")
@@ -545,10 +562,12 @@ def golden_show(
     manifest = _golden(lambda: read_manifest(workspace, use_case, version))
     counts, diff = manifest["counts"], manifest["diff"]
     console.print(
-        f"[bold]{use_case}[/] v{manifest['version']} ({manifest['created_at']}) hash {manifest['content_hash'][:16]}"
+        f"[bold]{use_case}[/] v{manifest['version']} ({manifest['created_at']}) "
+        f"hash {manifest['content_hash'][:16]}"
     )
     console.print(
-        f"items {counts['items']}: {counts['by_split']}, origins {counts['by_origin']}, silver {counts['silver']}"
+        f"items {counts['items']}: {counts['by_split']}, "
+        f"origins {counts['by_origin']}, silver {counts['silver']}"
     )
     console.print(
         f"diff vs v{diff['against']}: +{diff['added']} -{diff['removed']} ~{diff['relabelled']} relabelled"
@@ -558,7 +577,8 @@ def golden_show(
         console.print(
             f"dedup: kept {dedup['dedup_kept']}, exact {dedup['exact_duplicates']}, near "
             f"{dedup['near_duplicates']}, conflicting {dedup['conflicting_references']} "
-            f"({dedup['conflicts_resolved']} resolved by label origin, {dedup['conflicts_kept']} kept for review)",
+            f"({dedup['conflicts_resolved']} resolved by label origin, "
+            f"{dedup['conflicts_kept']} kept for review)",
             highlight=False,
             soft_wrap=True,
         )
