@@ -167,7 +167,8 @@ def main() -> None:
         started = time.perf_counter()
         generate(path, args.rows)
         print(
-            f"generated {args.rows:,} rows ({path.stat().st_size / 1e6:.0f} MB) in {time.perf_counter() - started:.1f} s"
+            f"generated {args.rows:,} rows ({path.stat().st_size / 1e6:.0f} MB) "
+            f"in {time.perf_counter() - started:.1f} s"
         )
     load_before = os.getloadavg()[0]
     # Rounds interleave the sides, so a burst of load on the shared cores hits all of them alike.
@@ -197,7 +198,8 @@ def report(rows: int, runs: dict[str, dict]) -> None:
         )
     print(
         f"audit read {audit['read']:,}, accepted {audit['accepted']:,}, {audit['groups']} cost groups, "
-        f"unpriced models: {audit['unpriced'] or 'none'}; imports before the clock: {audit['imports_s']:.1f} s"
+        f"unpriced models: {audit['unpriced'] or 'none'}; "
+        f"imports before the clock: {audit['imports_s']:.1f} s"
     )
     for kind in ("audit", "audit-no-dups"):
         m = runs[kind]

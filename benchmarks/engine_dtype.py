@@ -98,7 +98,8 @@ def main() -> None:
     model_dir = prepare_embedded_model(Workspace.resolve(cache / "ws").root / "models")
     bf16_flags = sorted(cpu_flags() & {"avx512f", "avx512_bf16", "amx_bf16"})
     print(
-        f"CPU flags that matter: {' '.join(bf16_flags) or 'none (AVX2 at most)'}; engine_dtype() = {engine_dtype()}"
+        f"CPU flags that matter: {' '.join(bf16_flags) or 'none (AVX2 at most)'}; "
+        f"engine_dtype() = {engine_dtype()}"
     )
     for _ in range(args.rounds):
         bf16 = asyncio.run(measure(model_dir, "bfloat16", cache))

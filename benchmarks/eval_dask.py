@@ -34,7 +34,7 @@ WARM_UP_ITEMS = 40
 
 
 def new_workspace(root: Path, rows: list[dict], candidates: list[dict]) -> Path:
-    """eval.py's workspace, with an incumbent that answers (at OPENAI_API_BASE), so the verdict is a real one."""
+    """eval.py's workspace with an incumbent that answers (at OPENAI_API_BASE), so the verdict is real."""
     import yaml
 
     root.mkdir(parents=True)
@@ -163,7 +163,8 @@ def main() -> None:
     median = {name: statistics.median(values) for name, values in seconds.items()}
     print(
         f"{len(scores['threads'][0])} requests per run, fake server at {LATENCY_S * 1000:.0f} ms latency, "
-        f"{os.cpu_count()} cores; load average (1, 5, 15 min) before {_load(load_before)}, after {_load(os.getloadavg())}"
+        f"{os.cpu_count()} cores; "
+        f"load average (1, 5, 15 min) before {_load(load_before)}, after {_load(os.getloadavg())}"
     )
     for name, wall_s in median.items():
         print(f"{name:>16}: {wall_s:6.1f} s  (rounds: {', '.join(f'{v:.1f}' for v in seconds[name])})")

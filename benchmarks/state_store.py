@@ -132,12 +132,14 @@ def main() -> None:
         del os.environ["WORKHORSE_STATE_URL"]
 
     print(
-        f"{'backend':<11} {'rows':>7} {'logger s':>9} {'bare s':>7} {'ratio':>6} {'advance/s':>10} {'reads/s':>8}"
+        f"{'backend':<11} {'rows':>7} {'logger s':>9} {'bare s':>7} "
+        f"{'ratio':>6} {'advance/s':>10} {'reads/s':>8}"
     )
     for r in results:
         print(
             f"{r['backend']:<11} {r['rows']:>7} {r['logger_s']:>9.2f} {r['bare_s']:>7.2f} "
-            f"{r['logger_s'] / r['bare_s']:>5.2f}x {r['advance_per_s']:>10.0f} {r['weight_reads_per_s']:>8.0f}"
+            f"{r['logger_s'] / r['bare_s']:>5.2f}x {r['advance_per_s']:>10.0f} "
+            f"{r['weight_reads_per_s']:>8.0f}"
         )
     print(f"load average: {os.getloadavg()[0]:.1f} (2 cores)")
 

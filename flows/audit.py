@@ -19,7 +19,7 @@ from workhorse.workspace import Workspace
 
 
 def publish(result, plan: Plan, report: str) -> None:
-    """Table artifacts (billed months; run-rate per use case) and a markdown artifact (summary with reasons)."""
+    """Table artifacts (billed months; run-rate per use case) and a markdown one (summary with reasons)."""
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
     create_table_artifact(

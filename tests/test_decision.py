@@ -101,7 +101,8 @@ def test_bootstrap_contains_the_true_difference_with_the_expected_width():
 
 
 def test_bootstrap_coverage_is_close_to_nominal():
-    """Over many samples with a known mean difference of 0.03, the 90 % interval holds it ~90 % of the time."""
+    """Over many samples with a known mean difference of 0.03, the 90 % interval holds it ~90 %
+    of the time."""
     rng = np.random.default_rng(11)
     hits = 0
     for trial in range(200):

@@ -130,7 +130,7 @@ from workhorse.workspace import Workspace
 class Server: url = sys.argv[1]
 rows = asyncio.run(Runner(Workspace.resolve(sys.argv[2]), "killed-run", retry=FAST_RETRY).run(requests_for(Server, 400)))
 print(sum(r.error_type is None for r in rows))
-"""
+"""  # noqa: E501
 
 
 @pytest.mark.usefixtures("state_backend")  # the SQLite file and a real PostgreSQL

@@ -1,7 +1,8 @@
 """The layering of the package, read from the source (every import, lazy ones included):
 the product never imports its test kit, its tests or its examples (the demo lives in
-examples/acme/ and imports the product); tasks never import flows; blocks import neither tasks nor flows. ``forbidden_imports`` is also run on a planted violation,
-so the check itself is shown to catch one."""
+examples/acme/ and imports the product); tasks never import flows; blocks import neither
+tasks nor flows. ``forbidden_imports`` is also run on a planted violation, so the check
+itself is shown to catch one."""
 
 from __future__ import annotations
 
@@ -72,19 +73,24 @@ def test_a_planted_forbidden_import_is_caught(tmp_path):
         (tmp_path / folder).mkdir(parents=True)
     (tmp_path / "tasks" / "rollout").mkdir()
     (tmp_path / "tasks" / "rollout" / "guard.py").write_text(
-        "def f():\n    from workhorse.flows.rollout import staged_rollout\n    import workhorse.testing.fake_openai\n"
+        "def f():\n    from workhorse.flows.rollout import staged_rollout\n"
+        "    import workhorse.testing.fake_openai\n"
     )
     (tmp_path / "blocks" / "slack.py").write_text("from workhorse.tasks.common import runner\n")
     (tmp_path / "src/workhorse" / "cli.py").write_text(
         "from tests.support import acme\nimport workhorse.flows.audit\n"
     )
     assert forbidden_imports(modules(tmp_path)) == [
-        "workhorse.blocks.slack imports workhorse.tasks.common (workhorse.blocks may not import workhorse.tasks)",
-        "workhorse.blocks.slack imports workhorse.tasks.common.runner (workhorse.blocks may not import workhorse.tasks)",
+        "workhorse.blocks.slack imports workhorse.tasks.common "
+        "(workhorse.blocks may not import workhorse.tasks)",
+        "workhorse.blocks.slack imports workhorse.tasks.common.runner "
+        "(workhorse.blocks may not import workhorse.tasks)",
         "workhorse.cli imports tests.support (workhorse may not import tests)",
         "workhorse.cli imports tests.support.acme (workhorse may not import tests)",
-        "workhorse.tasks.rollout.guard imports workhorse.flows.rollout (workhorse.tasks may not import workhorse.flows)",
+        "workhorse.tasks.rollout.guard imports workhorse.flows.rollout "
+        "(workhorse.tasks may not import workhorse.flows)",
         "workhorse.tasks.rollout.guard imports workhorse.flows.rollout.staged_rollout "
         "(workhorse.tasks may not import workhorse.flows)",
-        "workhorse.tasks.rollout.guard imports workhorse.testing.fake_openai (workhorse may not import workhorse.testing)",
+        "workhorse.tasks.rollout.guard imports workhorse.testing.fake_openai "
+        "(workhorse may not import workhorse.testing)",
     ]

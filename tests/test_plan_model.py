@@ -26,7 +26,8 @@ ACME = REPO / "examples" / "acme" / "workhorse.yaml"
 
 
 def acme_with(tmp_path: Path, line_start: str, old: str, new: str) -> tuple[Path, int]:
-    """Acme's plan with ``old`` -> ``new`` on the one line starting with ``line_start``, and that line's number."""
+    """Acme's plan with ``old`` -> ``new`` on the one line starting with ``line_start``, and that
+    line's number."""
     lines = ACME.read_text().splitlines()
     [number] = [n for n, line in enumerate(lines, 1) if line.startswith(line_start)]
     lines[number - 1] = lines[number - 1].replace(old, new, 1)

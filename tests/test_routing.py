@@ -200,7 +200,7 @@ if action == "advance":
     routing.advance(ws, "ticket-routing", manual=True)
 else:
     routing.revert(ws, "ticket-routing", "injected", {"k": 1}, notify=lambda p: print("ALERTED"))
-"""
+"""  # noqa: E501
 
 
 def run_child(ws, action: str, crash_at: str) -> subprocess.CompletedProcess:
@@ -286,7 +286,7 @@ for _ in range(5):  # each process keeps advancing from what it last saw: a real
     t = routing.advance(ws, "ticket-routing", SimpleNamespace(outcome="pass", version=state.version, reason=sys.argv[4]))
     changed += t.changed
 print(changed)
-"""
+"""  # noqa: E501
 
 
 def test_concurrent_advances_from_processes_never_skip_or_double_a_step(isolated_workspace):

@@ -69,7 +69,7 @@ async def main():
     print(json.dumps({"calls": calls, "advanced": advanced, "reverted_at": reverted_at}), flush=True)
 
 asyncio.run(main())
-"""
+"""  # noqa: E501
 
 
 def run_replicas(ws: Workspace, incumbent_url: str, candidate_url: str, count: int = 4) -> list[dict]:

@@ -109,7 +109,8 @@ def million(postgres_server, tmp_path_factory):
             conn.execute("SELECT pg_total_relation_size('\"LiteLLM_SpendLogs\"')").fetchone()[0] / 2**20
         )
     print(
-        f"\nfilled {ROWS:,} rows and exported {csv.stat().st_size / 2**20:.0f} MB of CSV in {time.perf_counter() - started:.1f} s"
+        f"\nfilled {ROWS:,} rows and exported {csv.stat().st_size / 2**20:.0f} MB of CSV "
+        f"in {time.perf_counter() - started:.1f} s"
     )
     return url, csv, table_mb
 
@@ -154,7 +155,8 @@ def test_a_million_rows_audit_from_the_database_as_from_their_csv_export(million
     started = time.perf_counter()
     staged, peak_mb = peak_rss_growth_mb(lambda: stage_spend_logs(SpendLogsDb(url=url), tmp_path / "run"))
     print(
-        f"\nDB read: {staged.rows:,} rows in {time.perf_counter() - started:.1f} s, peak RSS +{peak_mb:.0f} MB "
+        f"\nDB read: {staged.rows:,} rows in {time.perf_counter() - started:.1f} s, "
+        f"peak RSS +{peak_mb:.0f} MB "
         f"(table {table_mb:.0f} MB)"
     )
     # A read that held the rows as Python objects would need several times the table's size.
@@ -162,7 +164,8 @@ def test_a_million_rows_audit_from_the_database_as_from_their_csv_export(million
     from_db = audit_logs([staged.path], Plan(), workspace_root=tmp_path / "db", persist_rows=False)
     from_csv = audit_logs([csv], Plan(), workspace_root=tmp_path / "csv", persist_rows=False)
     print(
-        f"audit of the staged rows {from_db.seconds['total']:.1f} s, of the CSV export {from_csv.seconds['total']:.1f} s"
+        f"audit of the staged rows {from_db.seconds['total']:.1f} s, "
+        f"of the CSV export {from_csv.seconds['total']:.1f} s"
     )
     assert (from_db.read, from_db.accepted, from_db.quarantined) == (
         from_csv.read,
@@ -213,7 +216,7 @@ def test_only_rows_of_the_window_are_read(postgres_url, tmp_path):
     staged = stage_spend_logs(source, tmp_path)
     with psycopg.connect(postgres_url) as conn:
         inside = conn.execute("""SELECT count(*) FROM "LiteLLM_SpendLogs"
-                                 WHERE "startTime" >= '2025-05-01' AND "startTime" < '2025-06-01'""").fetchone()[
+                                 WHERE "startTime" >= '2025-05-01' AND "startTime" < '2025-06-01'""").fetchone()[  # noqa: E501
             0
         ]
     ids = set(pq.read_table(staged.path, columns=["request_id"]).column("request_id").to_pylist())

@@ -27,7 +27,7 @@ EXPECTED_MINUTES = {"avx512": 9, "avx2": 7, "neither": 40}
 
 
 def cpu_vector_extensions(cpuinfo: str | None = None) -> tuple[str, list[str]]:
-    """The CPU's class for vLLM (``avx512`` | ``avx2`` | ``neither``) and its AVX flags, from /proc/cpuinfo."""
+    """The CPU's vLLM class (``avx512`` | ``avx2`` | ``neither``) and its AVX flags, from /proc/cpuinfo."""
     avx = sorted(flag for flag in cpu_flags(cpuinfo) if flag.startswith("avx"))
     kind = "avx512" if "avx512f" in avx else "avx2" if "avx2" in avx else "neither"
     return kind, avx

@@ -116,7 +116,8 @@ def _print_demo(console, summaries: list[MonitorSummary], messages: list[dict]) 
     say = console.print if console is not None else print
     last = summaries[-1]
     say(
-        f"Monitoring: {len(summaries)} window(s), last {last.window_start:%H:%M}–{last.window_end:%H:%M} UTC, "
+        f"Monitoring: {len(summaries)} window(s), "
+        f"last {last.window_start:%H:%M}–{last.window_end:%H:%M} UTC, "
         f"{len(last.breaches)} breach(es), {len(messages)} Slack message(s)"
     )
     for message in messages:

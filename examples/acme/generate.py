@@ -140,11 +140,23 @@ INVOICE_SCHEMA = {
 }
 
 SYSTEM = {
-    "ticket-routing": "Route the customer ticket to one team. Answer with one word: billing, technical, account or shipping.",
-    "review-sentiment": "Classify the sentiment of the product review. Answer with one word: positive, negative or neutral.",
-    "invoice-extraction": "Extract invoice_number, vendor, date (YYYY-MM-DD), currency and total (number) from the invoice. Answer with JSON only.",
-    "call-summaries": "Summarise the support call in two sentences: the customer's problem and the resolution.",
-    "research-agent": "You are Acme's market research agent. Use the tools to gather facts, then write a sourced brief.",
+    "ticket-routing": (
+        "Route the customer ticket to one team. "
+        "Answer with one word: billing, technical, account or shipping."
+    ),
+    "review-sentiment": (
+        "Classify the sentiment of the product review. Answer with one word: positive, negative or neutral."
+    ),
+    "invoice-extraction": (
+        "Extract invoice_number, vendor, date (YYYY-MM-DD), currency and total (number) from the invoice. "
+        "Answer with JSON only."
+    ),
+    "call-summaries": (
+        "Summarise the support call in two sentences: the customer's problem and the resolution."
+    ),
+    "research-agent": (
+        "You are Acme's market research agent. Use the tools to gather facts, then write a sourced brief."
+    ),
 }
 
 
@@ -187,7 +199,8 @@ def invoice(rng: random.Random, day: datetime) -> tuple[str, str]:
     total = round(sum(q * p for _, q, p in items) * 1.2, 2)
     body = "\n".join(f"  {q} x {name} @ {p:.2f}" for name, q, p in items)
     text = (
-        f"INVOICE {number}\nFrom: {vendor}\nIssued: {day:%d %B %Y}\nBill to: Acme Retail Ltd\nItems:\n{body}\n"
+        f"INVOICE {number}\nFrom: {vendor}\nIssued: {day:%d %B %Y}\n"
+        f"Bill to: Acme Retail Ltd\nItems:\n{body}\n"
         f"VAT 20%\nTotal due: {currency} {total:,.2f}\nPayment terms: Net 30"
     )
     answer = {
@@ -256,7 +269,8 @@ def agent_trace(rng: random.Random) -> tuple[list[dict], str]:
         f"Brief: {market} in {city}. The three leading competitors price between {rng.randint(30, 60)} and "
         f"{rng.randint(61, 140)} EUR, with promotions concentrated around payday weekends. "
         * 6
-        + "Recommendation: hold list prices, add a bundle at a 12% discount, and review weekly with the price tracker."
+        + "Recommendation: hold list prices, add a bundle at a 12% discount, "
+        "and review weekly with the price tracker."
     )
     return messages, answer
 

@@ -20,7 +20,7 @@ SLACK_BLOCK = "default"
 
 @dataclass(frozen=True)
 class EndpointEnv:
-    """Which environment variables make up one ModelEndpoint block (the block exists when key or base is set)."""
+    """Which environment variables make up one ModelEndpoint block (it exists when key or base is set)."""
 
     block: str
     model_env: str

@@ -281,8 +281,8 @@ class QualityPolicy(_Section):
     )
     primary_metric: dict[str, str] = Field(
         default_factory=lambda: dict(DEFAULT_PRIMARY_METRIC),
-        description="task type -> the per-item number the "
-        "verdict is judged on (correct, value or a score detail such as f1); unnamed task types keep the default.",
+        description="task type -> the per-item number the verdict is judged on (correct, value or a "
+        "score detail such as f1); unnamed task types keep the default.",
     )
     n_resamples: int = Field(2000, ge=100, description="Bootstrap resamples.")
     seed: int = Field(0, description="Seed of the bootstrap: the same items give the same verdict.")
@@ -393,7 +393,8 @@ class EvalPlan(_Section):
 
     task_runner: Optional[Literal["threads", "dask"]] = Field(
         None,
-        description="threads (default): every shard in the flow's event loop; dask: shards on a Dask cluster.",
+        description="threads (default): every shard in the flow's event loop; "
+        "dask: shards on a Dask cluster.",
     )
     dask_address: Optional[str] = Field(
         None,

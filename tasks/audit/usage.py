@@ -159,7 +159,8 @@ def scan_sql(log: LogFile) -> str:
     # JSONL is read as lines so that a malformed line becomes a quarantined row, not a crash or
     # a silent skip (read_json's ignore_errors drops lines without a word).
     return (
-        f"(SELECT line AS {SOURCE_LINE}, CASE WHEN json_valid(line) THEN line END AS {VALID_LINE} FROM read_csv({_path_literal(log.path)}, columns={{'line': 'VARCHAR'}}, "
+        f"(SELECT line AS {SOURCE_LINE}, CASE WHEN json_valid(line) THEN line END AS {VALID_LINE} "
+        f"FROM read_csv({_path_literal(log.path)}, columns={{'line': 'VARCHAR'}}, "
         "header=false, delim=chr(0), quote='', escape='', auto_detect=false, max_line_size=67108864) "
         "WHERE line IS NOT NULL AND trim(line) <> '')"
     )
@@ -185,7 +186,8 @@ class Fields:
         if self.jsonl:
             path = lit("$." + ".".join(f'"{p}"' for p in name.split(".")))
             return (
-                f"CASE json_type({VALID_LINE}, {path}) WHEN 'VARCHAR' THEN json_extract_string({VALID_LINE}, {path}) "
+                f"CASE json_type({VALID_LINE}, {path}) "
+                f"WHEN 'VARCHAR' THEN json_extract_string({VALID_LINE}, {path}) "
                 f"WHEN 'NULL' THEN NULL ELSE json_extract({VALID_LINE}, {path})::VARCHAR END"
             )
         return f"CAST({q(name)} AS VARCHAR)" if name in self.columns else "CAST(NULL AS VARCHAR)"
@@ -275,8 +277,13 @@ def _litellm(f: Fields) -> dict[str, str]:
         "provider": f.text("custom_llm_provider"),
         "prompt_tokens": f.raw("prompt_tokens"),
         "completion_tokens": f.raw("completion_tokens"),
-        "latency_ms": f"(epoch_ms(TRY_CAST({end} AS TIMESTAMP)) - epoch_ms(TRY_CAST({start} AS TIMESTAMP)))::DOUBLE",
-        "status": f"CASE lower({status}) WHEN 'success' THEN 'ok' WHEN 'failure' THEN 'error' ELSE coalesce({status}, 'ok') END",
+        "latency_ms": (
+            f"(epoch_ms(TRY_CAST({end} AS TIMESTAMP)) - epoch_ms(TRY_CAST({start} AS TIMESTAMP)))::DOUBLE"
+        ),
+        "status": (
+            f"CASE lower({status}) WHEN 'success' THEN 'ok' WHEN 'failure' THEN 'error' "
+            f"ELSE coalesce({status}, 'ok') END"
+        ),
         "error_type": jget(f.text("metadata"), "$.error_information.error_class"),
         "cost_usd": f.raw("spend"),
         "request": f.text("messages"),
@@ -288,7 +295,10 @@ def _litellm(f: Fields) -> dict[str, str]:
 
 
 def _assume_utc(ts: str) -> str:
-    return f"CASE WHEN regexp_matches({ts}, '(Z|[+-][0-9]{{2}}(:?[0-9]{{2}})?)$') THEN {ts} ELSE {ts} || '+00:00' END"
+    return (
+        f"CASE WHEN regexp_matches({ts}, '(Z|[+-][0-9]{{2}}(:?[0-9]{{2}})?)$') "
+        f"THEN {ts} ELSE {ts} || '+00:00' END"
+    )
 
 
 def _response_text(sql: str) -> str:
@@ -306,7 +316,10 @@ def _openai(f: Fields) -> dict[str, str]:
     error = f.text("error")
     return {
         "request_id": f"coalesce({f.text('response.id')}, {f.text('request_id')})",
-        "ts": f"coalesce(strftime(to_timestamp(TRY_CAST({f.text('response.created')} AS BIGINT)), '%Y-%m-%dT%H:%M:%SZ'), {f.text('ts')})",
+        "ts": (
+            f"coalesce(strftime(to_timestamp(TRY_CAST({f.text('response.created')} AS BIGINT)), "
+            f"'%Y-%m-%dT%H:%M:%SZ'), {f.text('ts')})"
+        ),
         "model": f"coalesce({f.text('request.model')}, {f.text('response.model')})",
         "provider": "'openai'",
         "prompt_tokens": f"coalesce({f.text('response.usage.prompt_tokens')}, '0')",
@@ -326,19 +339,27 @@ def _openai_batch(f: Fields) -> dict[str, str]:
     status_code = f"TRY_CAST({f.text('response.status_code')} AS INT)"
     return {
         "request_id": f"coalesce({f.text('custom_id')}, {f.text('id')})",
-        "ts": f"strftime(to_timestamp(TRY_CAST({f.text(body + '.created')} AS BIGINT)), '%Y-%m-%dT%H:%M:%SZ')",
+        "ts": (
+            f"strftime(to_timestamp(TRY_CAST({f.text(body + '.created')} AS BIGINT)), '%Y-%m-%dT%H:%M:%SZ')"
+        ),
         "model": f.text(body + ".model"),
         "provider": "'openai'",
         "prompt_tokens": f"coalesce({f.text(body + '.usage.prompt_tokens')}, '0')",
         "completion_tokens": f"coalesce({f.text(body + '.usage.completion_tokens')}, '0')",
         "latency_ms": "CAST(NULL AS VARCHAR)",
-        "status": f"CASE WHEN ({error} IS NULL OR {error} = 'null') AND coalesce({status_code}, 200) < 400 THEN 'ok' ELSE 'error' END",
+        "status": (
+            f"CASE WHEN ({error} IS NULL OR {error} = 'null') AND coalesce({status_code}, 200) < 400 "
+            f"THEN 'ok' ELSE 'error' END"
+        ),
         "error_type": f"coalesce({jget(error, '$.code')}, CAST({status_code} AS VARCHAR))",
         "cost_usd": "CAST(NULL AS VARCHAR)",
         "request": "CAST(NULL AS VARCHAR)",
         "response": _response_text(f.text(body)),
         # Batch rows are priced at batch rates: the hosting travels in the metadata.
-        "metadata": f"json_object('hosting', 'batch', 'batch_request_id', {f.text('id')}, 'custom_id', {f.text('custom_id')})::VARCHAR",
+        "metadata": (
+            f"json_object('hosting', 'batch', 'batch_request_id', {f.text('id')}, "
+            f"'custom_id', {f.text('custom_id')})::VARCHAR"
+        ),
     }
 
 
@@ -426,7 +447,7 @@ def checked_cost_by_month(checked) -> tuple[pa.Table, int, dict[str, int]]:
                sum(prompt_tokens) FILTER (WHERE cost_usd IS NULL) AS unlogged_prompt_tokens,
                sum(completion_tokens) FILTER (WHERE cost_usd IS NULL) AS unlogged_completion_tokens,
                min(ts) AS first_ts, max(ts) AS last_ts,{EVIDENCE_BY_STATUS}
-        FROM {checked.conformed_ok_sql} GROUP BY ALL"""
+        FROM {checked.conformed_ok_sql} GROUP BY ALL"""  # noqa: E501
     grouped = f"""
         SELECT month, use_case, model, coalesce(hosting, 'api') AS hosting, _ok, sum(requests)::BIGINT AS requests,
                {_for_status("requests", "error")} AS errors,
@@ -435,7 +456,7 @@ def checked_cost_by_month(checked) -> tuple[pa.Table, int, dict[str, int]]:
                coalesce(sum(unlogged_prompt_tokens), 0)::BIGINT AS unlogged_prompt_tokens,
                coalesce(sum(unlogged_completion_tokens), 0)::BIGINT AS unlogged_completion_tokens,
                min(first_ts) AS first_ts, max(last_ts) AS last_ts,{EVIDENCE_MERGED}
-        FROM ({by_status}) GROUP BY ALL"""
+        FROM ({by_status}) GROUP BY ALL"""  # noqa: E501
     table = checked.con.sql(
         f"SELECT * REPLACE (strftime(month, '%Y-%m') AS month) FROM ({grouped})"
     ).to_arrow_table()
@@ -458,7 +479,7 @@ EVIDENCE_BY_STATUS = """
                count(*) FILTER (WHERE left(request, 1) = '[') AS message_requests,
                count(*) FILTER (WHERE contains(request, '"tool_calls"') OR contains(request, '"role": "tool"')
                                 OR contains(request, '"role":"tool"')) AS tool_requests,
-               bit_or(1::UBIGINT << (epoch_us(ts) // 3600000000 % 24)::UBIGINT) AS hours"""  # UTC hour, no zone lookup
+               bit_or(1::UBIGINT << (epoch_us(ts) // 3600000000 % 24)::UBIGINT) AS hours"""  # UTC hour, no zone lookup  # noqa: E501
 
 
 def _for_status(column: str, status: str) -> str:
@@ -470,7 +491,7 @@ EVIDENCE_MERGED = f"""
                {_for_status("distinct_answers", "ok")} AS ev_distinct, {_for_status("answer_chars", "ok")} AS ev_chars,
                {_for_status("completion_tokens", "ok")} AS ev_completion, {_for_status("requests", "ok")} AS ev_ok,
                coalesce(sum(messages), 0)::BIGINT AS ev_messages, sum(message_requests)::BIGINT AS ev_requests,
-               sum(tool_requests)::BIGINT AS ev_tools, bit_or(hours) AS ev_hours"""
+               sum(tool_requests)::BIGINT AS ev_tools, bit_or(hours) AS ev_hours"""  # noqa: E501
 
 
 def evidence_from_groups(groups: pa.Table) -> dict[str, dict]:
@@ -523,7 +544,7 @@ def price_costs(
                CASE WHEN (CASE WHEN g.hosting = 'batch' THEN b.input_per_token ELSE p.input_per_token END) IS NULL
                     THEN g.unlogged_prompt_tokens + g.unlogged_completion_tokens ELSE 0 END AS unpriced_tokens
         FROM _grouped g LEFT JOIN _prices p USING (model) LEFT JOIN _batch_prices b USING (model)
-        ORDER BY month, use_case, model""").to_arrow_table()
+        ORDER BY month, use_case, model""").to_arrow_table()  # noqa: E501
 
 
 def write_canonical(con: duckdb.DuckDBPyConnection, accepted_sql: str, path: Path) -> Path:

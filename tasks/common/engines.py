@@ -489,7 +489,8 @@ class EmbeddedEngines:
                 timeout_s,
             )
             waited.append(
-                f"vLLM server at {self.given_api_base} ready after {time.monotonic() - started:.0f} s of waiting"
+                f"vLLM server at {self.given_api_base} "
+                f"ready after {time.monotonic() - started:.0f} s of waiting"
             )
         if self.given_batch_folder:
             folder = Path(self.given_batch_folder)

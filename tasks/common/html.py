@@ -15,9 +15,11 @@ from prefect import task
 
 PALETTE = ("#3b6ea8", "#e08a2c", "#4f9d69", "#b5485d", "#7a5ea8", "#8c8c8c")
 STYLE = """
-body{font:14px/1.45 system-ui,-apple-system,Segoe UI,sans-serif;margin:2rem auto;max-width:1100px;color:#222;padding:0 1rem}
+body{font:14px/1.45 system-ui,-apple-system,Segoe UI,sans-serif;margin:2rem auto;max-width:1100px;\
+color:#222;padding:0 1rem}
 h1{font-size:1.6rem;margin-bottom:.2rem}h2{font-size:1.2rem;margin-top:2rem;border-bottom:1px solid #ddd}
-table{border-collapse:collapse;margin:.6rem 0;font-size:13px}th,td{padding:4px 10px;border-bottom:1px solid #eee;text-align:left}
+table{border-collapse:collapse;margin:.6rem 0;font-size:13px}\
+th,td{padding:4px 10px;border-bottom:1px solid #eee;text-align:left}
 td.n{text-align:right;font-variant-numeric:tabular-nums}th{background:#f6f6f6}.muted{color:#777}.bad{color:#b5485d}.good{color:#2d7a46}
 """
 
@@ -83,7 +85,10 @@ def bar_chart_svg(
     group = bar_height * len(series) + 10
     height, left = 40 + group * len(labels) + 20 * len(series), 170
     parts = [
-        f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' role='img' aria-label='{esc(title)}'>",
+        (
+            f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' "
+            f"role='img' aria-label='{esc(title)}'>"
+        ),
         f"<text x='0' y='16' font-weight='bold'>{esc(title)}</text>",
     ]
     for i, label in enumerate(labels):
@@ -94,13 +99,16 @@ def bar_chart_svg(
             length = (width - left - 90) * value / peak
             y = y0 + j * bar_height
             parts.append(
-                f"<rect x='{left}' y='{y}' width='{length:.1f}' height='{bar_height - 2}' fill='{PALETTE[j % len(PALETTE)]}'/>"
-                f"<text x='{left + length + 4:.1f}' y='{y + bar_height - 3}' font-size='11'>{esc(_short(value, unit))}</text>"
+                f"<rect x='{left}' y='{y}' width='{length:.1f}' height='{bar_height - 2}' "
+                f"fill='{PALETTE[j % len(PALETTE)]}'/>"
+                f"<text x='{left + length + 4:.1f}' y='{y + bar_height - 3}' font-size='11'>"
+                f"{esc(_short(value, unit))}</text>"
             )
     legend_y = 30 + group * len(labels) + 6
     for j, name in enumerate(series):
         parts.append(
-            f"<rect x='{left + j * 170}' y='{legend_y}' width='10' height='10' fill='{PALETTE[j % len(PALETTE)]}'/>"
+            f"<rect x='{left + j * 170}' y='{legend_y}' width='10' height='10' "
+            f"fill='{PALETTE[j % len(PALETTE)]}'/>"
             f"<text x='{left + j * 170 + 14}' y='{legend_y + 9}' font-size='11'>{esc(name)}</text>"
         )
     return "".join(parts) + "</svg>"
@@ -112,7 +120,8 @@ def _short(value: float, unit: str) -> str:
 
 def page(title: str, subtitle: str, sections: Sequence[str]) -> str:
     return (
-        f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(title)}</title><style>{STYLE}</style></head>"
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(title)}</title>"
+        f"<style>{STYLE}</style></head>"
         f"<body><h1>{esc(title)}</h1><p class='muted'>{esc(subtitle)}</p>{''.join(sections)}</body></html>"
     )
 
@@ -181,17 +190,17 @@ def billed_notes(result, plan) -> list[tuple[str, str]]:
     )
     notes.append(
         (
-            "Exact sums of the logged calls' cost per UTC calendar month, not scaled by time. A partial month "
-            "counts the calendar days from the first logged row's day to the last one's: the invoice for it "
-            "holds more if calls were made outside the logs.",
+            "Exact sums of the logged calls' cost per UTC calendar month, not scaled by time. "
+            "A partial month counts the calendar days from the first logged row's day to the last one's: "
+            "the invoice for it holds more if calls were made outside the logs.",
             "muted",
         )
     )
     if plan.audit.log_sample_rate < 1:
         notes.append(
             (
-                f"The logs hold {plan.audit.log_sample_rate * 100:g}% of calls (audit.log_sample_rate): every "
-                f"figure is divided by it, as the invoice counts every call.",
+                f"The logs hold {plan.audit.log_sample_rate * 100:g}% of calls (audit.log_sample_rate): "
+                f"every figure is divided by it, as the invoice counts every call.",
                 "muted",
             )
         )
@@ -205,8 +214,8 @@ def run_rate_notes(result) -> list[tuple[str, str]]:
     window = result.window
     notes = [
         (
-            f"Per run-rate month: {window.label()}. Projections, the total-cost view and the break-even month "
-            f"below are built on it.",
+            f"Per run-rate month: {window.label()}. Projections, the total-cost view and the "
+            f"break-even month below are built on it.",
             "",
         )
     ]
@@ -445,7 +454,10 @@ def audit_markdown(result, plan) -> str:
 
 
 def write_audit_report(result, plan, path: Path) -> Path:
-    subtitle = f"{plan.company or 'Usage'} audit {result.run_id} · inputs: {', '.join(Path(p).name for p in result.inputs)}"
+    subtitle = (
+        f"{plan.company or 'Usage'} audit {result.run_id} · "
+        f"inputs: {', '.join(Path(p).name for p in result.inputs)}"
+    )
     return write_html(
         path,
         "Usage audit: what we spend and what open models would cost",

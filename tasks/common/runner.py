@@ -370,8 +370,9 @@ class ResponseCache:
 
     def put(self, key: str, row: EvalResponse) -> None:
         self.connection.execute(
-            "INSERT INTO response_cache (key, model, output, prompt_tokens, completion_tokens, cost_usd, latency_ms, "
-            "created_at) VALUES (?,?,?,?,?,?,?,?) ON CONFLICT (key) DO UPDATE SET model = excluded.model, "
+            "INSERT INTO response_cache (key, model, output, prompt_tokens, completion_tokens, cost_usd, "
+            "latency_ms, created_at) VALUES (?,?,?,?,?,?,?,?) "
+            "ON CONFLICT (key) DO UPDATE SET model = excluded.model, "
             "output = excluded.output, prompt_tokens = excluded.prompt_tokens, "
             "completion_tokens = excluded.completion_tokens, cost_usd = excluded.cost_usd, "
             "latency_ms = excluded.latency_ms, created_at = excluded.created_at",

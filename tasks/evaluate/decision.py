@@ -606,7 +606,10 @@ def reason(use_case: str, metric: str, policy: QualityPolicy, a: Assessment) -> 
         return f"{who} {claim}: {numbers}, {_money(c.projected_monthly_saving_usd)}."
     if a.why == "worse":
         return f"{who} is worse beyond the {margin:.1f} pp margin: {numbers}."
-    return f"{who} is undecided, its CI straddles the -{margin:.1f} pp margin: {numbers}; more items would settle it."
+    return (
+        f"{who} is undecided, its CI straddles the -{margin:.1f} pp margin: {numbers}; "
+        f"more items would settle it."
+    )
 
 
 def _against_bar(who: str, metric: str, policy: QualityPolicy, a: Assessment) -> str:

@@ -11,9 +11,13 @@ from dataclasses import dataclass
 from typing import Callable
 
 INSTRUCTIONS = {
-    "classification": "Classify the text into exactly one of these labels: {labels}. Answer with the label only.",
-    "extraction": "Extract the fields of this JSON schema from the text and answer with one JSON {shape} only.\n"
-    "Schema: {schema}",
+    "classification": (
+        "Classify the text into exactly one of these labels: {labels}. Answer with the label only."
+    ),
+    "extraction": (
+        "Extract the fields of this JSON schema from the text and answer with one JSON {shape} only.\n"
+        "Schema: {schema}"
+    ),
     "summarization": "Summarise the text in plain English in at most three sentences.",
     "qa": "Answer the question with a short phrase only.",
     "generation": "{instruction}",

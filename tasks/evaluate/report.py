@@ -14,7 +14,8 @@ from workhorse.tasks.common.html import table_html
 
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:2rem;max-width:1200px;color:#1b1f24}
-table{border-collapse:collapse;margin:1rem 0;font-size:13px}td,th{border:1px solid #ccd;padding:4px 8px;text-align:right}
+table{border-collapse:collapse;margin:1rem 0;font-size:13px}\
+td,th{border:1px solid #ccd;padding:4px 8px;text-align:right}
 th{background:#f0f2f6}td:first-child,th:first-child{text-align:left}
 .verdict{padding:1rem;border-radius:6px;background:#f6f8fa;border-left:6px solid #888}
 .migrate{border-color:#2da44e}.keep{border-color:#cf222e}.inconclusive{border-color:#bf8700}
@@ -132,13 +133,22 @@ def scatter_svg(points: list[dict], width: int = 640, height: int = 320) -> str:
     marks = [
         f'<line x1="{pad}" y1="{height - pad}" x2="{axis_end}" y2="{height - pad}" stroke="#444"/>',
         f'<line x1="{pad}" y1="10" x2="{pad}" y2="{height - pad}" stroke="#444"/>',
-        f'<text x="{(pad + axis_end) / 2}" y="{height - 12}" text-anchor="middle">cost per 1k items (USD)</text>',
-        f'<text x="14" y="{height / 2}" transform="rotate(-90 14 {height / 2})" text-anchor="middle">score</text>',
+        (
+            f'<text x="{(pad + axis_end) / 2}" y="{height - 12}" text-anchor="middle">'
+            f"cost per 1k items (USD)</text>"
+        ),
+        (
+            f'<text x="14" y="{height / 2}" transform="rotate(-90 14 {height / 2})" text-anchor="middle">'
+            f"score</text>"
+        ),
         # End ticks: enough to read the scale without a charting library.
         f'<text x="{pad - 6}" y="{height - pad}" text-anchor="end" font-size="10">0</text>',
         f'<text x="{pad - 6}" y="24" text-anchor="end" font-size="10">1</text>',
         f'<text x="{pad}" y="{height - pad + 14}" text-anchor="middle" font-size="10">$0</text>',
-        f'<text x="{axis_end}" y="{height - pad + 14}" text-anchor="middle" font-size="10">{fmt(top, "$")}</text>',
+        (
+            f'<text x="{axis_end}" y="{height - pad + 14}" text-anchor="middle" font-size="10">'
+            f"{fmt(top, '$')}</text>"
+        ),
     ]
     if any(p["cost_per_1k_items"] is None for p in points):
         band_x = axis_end + 10
@@ -167,7 +177,8 @@ def scatter_svg(points: list[dict], width: int = 640, height: int = 320) -> str:
         )
         marks.append(
             f'<circle cx="{x:.1f}" cy="{y:.1f}" r="6" {fill}>'
-            f"<title>{html.escape(label)}: score {point['score']:.3f}, cost {fmt(cost, '$') if cost is not None else 'unknown (unpriced)'}</title></circle>"
+            f"<title>{html.escape(label)}: score {point['score']:.3f}, "
+            f"cost {fmt(cost, '$') if cost is not None else 'unknown (unpriced)'}</title></circle>"
         )
         marks.append(
             f'<text x="{x + dx:.1f}" y="{label_y:.1f}" font-size="11" text-anchor="{anchor}">'
@@ -261,15 +272,18 @@ def write_eval_report(path: Path, summary: dict, scores: list[dict], labels: lis
         "summarization": lambda: distribution_html(scores),
     }.get(summary["task_type"], lambda: "")()
     skipped = "".join(f"<li>{html.escape(reason)}</li>" for reason in summary["skipped"])
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>Evaluation — {html.escape(summary["use_case"])}</title>
+    page = f"""<!doctype html><html><head><meta charset="utf-8">\
+<title>Evaluation — {html.escape(summary["use_case"])}</title>
 <style>{STYLE}</style></head><body>
 <h1>Evaluation of <code>{html.escape(summary["use_case"])}</code></h1>
-<div class="verdict {html.escape(verdict["decision"])}"><strong>{html.escape(verdict["decision"])}</strong>: {html.escape(verdict["reason"] or "")}</div>
+<div class="verdict {html.escape(verdict["decision"])}">\
+<strong>{html.escape(verdict["decision"])}</strong>: {html.escape(verdict["reason"] or "")}</div>
 <h2>Verdict per candidate</h2>{candidates_html(verdict)}
 <h2>Quality against cost (test split)</h2>{scatter_svg([t for t in tested if t["score"] is not None])}
 <h2>Leaderboard</h2>{leaderboard_html(summary["leaderboard"])}
 <h2>Detail</h2>{detail}
-<h2>Run</h2><p>Run <code>{html.escape(summary["run_id"])}</code>; generated tokens/s: {html.escape(json.dumps({k: round(v, 1) for k, v in summary["tokens_per_s"].items()}))}</p>
+<h2>Run</h2><p>Run <code>{html.escape(summary["run_id"])}</code>; generated tokens/s: \
+{html.escape(json.dumps({k: round(v, 1) for k, v in summary["tokens_per_s"].items()}))}</p>
 <ul>{skipped}</ul></body></html>"""
     path.write_text(page, encoding="utf-8")
     return path

@@ -800,7 +800,8 @@ def _candidate_result(
     workspace: Workspace,
     use_case: str,
 ):
-    """The candidate's paired scores on ``shared``; its operational figures over every test item it was asked."""
+    """The candidate's paired scores on ``shared``; its operational figures over every test item
+    it was asked."""
     from workhorse.tasks.evaluate.decision import CandidateResult
     from workhorse.tasks.evaluate.scoring import operational_metrics
 

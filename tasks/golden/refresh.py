@@ -169,10 +169,10 @@ class RefreshReport:
         self.dedup_examples = dedup.examples
         if dedup.removed_share > max_share:
             self.warnings.append(
-                f"dedup removed {dedup.removed} of {dedup.kept + dedup.removed} rows ({dedup.removed_share:.0%}, "
-                f"more than golden.max_duplicate_share {max_share:.0%}): {dedup.exact} exact, {dedup.near} near, "
-                f"{dedup.conflicts_resolved} conflicting references resolved by label origin; check the examples "
-                f"in the manifest"
+                f"dedup removed {dedup.removed} of {dedup.kept + dedup.removed} rows "
+                f"({dedup.removed_share:.0%}, more than golden.max_duplicate_share {max_share:.0%}): "
+                f"{dedup.exact} exact, {dedup.near} near, {dedup.conflicts_resolved} conflicting "
+                f"references resolved by label origin; check the examples in the manifest"
             )
 
 
@@ -397,7 +397,8 @@ def summary_markdown(reports: list[RefreshReport]) -> str:
         lines += [
             f"## {report.use_case}: {state}",
             "",
-            f"- items: {report.counts.get('items', 0)} (dev {report.counts.get('by_split', {}).get('dev', 0)}, "
+            f"- items: {report.counts.get('items', 0)} "
+            f"(dev {report.counts.get('by_split', {}).get('dev', 0)}, "
             f"test {report.counts.get('by_split', {}).get('test', 0)}); silver (incumbent) references: "
             f"{report.counts.get('silver', 0)}",
             f"- rows in: {report.rows_in}",

@@ -415,8 +415,9 @@ class SampleOptions:
 
     Strata are equal-width time windows x equal-count input-length buckets, so a quiet week or
     the rare long prompts still get items. Identical requests count once (the sample is spent
-    on distinct inputs); near duplicates are removed after scrubbing. Within a stratum rows are ranked by md5(seed, id):
-    the same log gives the same sample, with no random state to carry around.
+    on distinct inputs); near duplicates are removed after scrubbing. Within a stratum rows are
+    ranked by md5(seed, id): the same log gives the same sample, with no random state to carry
+    around.
     """
 
     size: int = 200
@@ -438,7 +439,7 @@ SELECT base.*,
        ntile($length_buckets) OVER (ORDER BY n_chars, request_id) AS length_bucket,
        md5($seed || request_id) AS rank_key
 FROM base, bounds
-"""
+"""  # noqa: E501
 
 
 def _source_sql(usage) -> tuple[str, object]:
@@ -511,7 +512,7 @@ def _take_quotas(connection, strata, size: int):
         SELECT * EXCLUDE (position, quota) FROM (
             SELECT s.*, q.quota, row_number() OVER (PARTITION BY s.time_bucket, s.length_bucket ORDER BY rank_key) AS position
             FROM strata s JOIN quotas q USING (time_bucket, length_bucket))
-        WHERE position <= quota ORDER BY request_id""",
+        WHERE position <= quota ORDER BY request_id""",  # noqa: E501
     )
 
 

@@ -99,9 +99,9 @@ def _apply(
 def _breach(connection, result, incident, now, cooldown, since) -> Change:
     if incident is None:
         cursor = connection.execute(
-            "INSERT INTO incidents (key, use_case, model, rule, status, severity, value, threshold, baseline, "
-            "detail, report_only, opened_at, last_seen_at) VALUES (?, ?, ?, ?, 'open', ?, ?, ?, ?, ?, ?, ?, ?) "
-            "RETURNING id",
+            "INSERT INTO incidents (key, use_case, model, rule, status, severity, value, threshold, "
+            "baseline, detail, report_only, opened_at, last_seen_at) "
+            "VALUES (?, ?, ?, ?, 'open', ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
             (
                 result.key,
                 result.use_case,
@@ -155,7 +155,8 @@ def queue_delivery(connection, incident: dict, kind: str, payload: dict, now: da
     """Queue a message and mark the incident as alerted at this severity (the alert is owed now)."""
     with connection.transaction(lock="incidents"):
         delivery_id = connection.execute(
-            "INSERT INTO alert_deliveries (incident_id, kind, payload, created_at) VALUES (?, ?, ?, ?) RETURNING id",
+            "INSERT INTO alert_deliveries (incident_id, kind, payload, created_at) "
+            "VALUES (?, ?, ?, ?) RETURNING id",
             (incident["id"], kind, json.dumps(payload), now.isoformat()),
         ).fetchone()[0]
         if kind != "resolved":

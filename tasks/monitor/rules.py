@@ -453,7 +453,8 @@ def record_windows(connection, metrics: list[dict], end: datetime, breached: set
         if row["model"] == ALL_MODELS:
             continue
         connection.execute(
-            "INSERT INTO monitor_windows VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (use_case, model, window_end) "
+            "INSERT INTO monitor_windows VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (use_case, model, window_end) "
             "DO UPDATE SET requests = excluded.requests, error_rate = excluded.error_rate, "
             "latency_p95_ms = excluded.latency_p95_ms, cost_per_request = excluded.cost_per_request, "
             "breached = excluded.breached",

@@ -313,8 +313,9 @@ def summary_markdown(summary: MonitorSummary) -> str:
         lines.append("None.")
     for c in summary.changes:
         lines.append(
-            f"- **{c['key']}** {c['status']} ({c['severity'] or 'ok'}), {c['detail']}; since {c['opened_at']}; "
-            f"message: {c['change'] or 'none (deduplicated or report-only)'}; action: {c.get('action') or 'none'}"
+            f"- **{c['key']}** {c['status']} ({c['severity'] or 'ok'}), {c['detail']}; "
+            f"since {c['opened_at']}; message: {c['change'] or 'none (deduplicated or report-only)'}; "
+            f"action: {c.get('action') or 'none'}"
         )
     quiet = [
         f"{m['use_case']}" for m in summary.metrics if m["model"] == mon.ALL_MODELS and not m["requests"]

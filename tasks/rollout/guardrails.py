@@ -112,7 +112,10 @@ def latency_check(cand_ms: list[float], inc_ms: list[float], g: Guardrails) -> C
     critical_bound = max(p95_i * g.latency_critical_ratio, tolerated)
     p_fail, slower = _slower_than(cand_ms, tolerated)
     p_critical, slower_critical = _slower_than(cand_ms, critical_bound)
-    detail = f"p95 {p95_c:.0f} ms vs {p95_i:.0f} ms; {slower}/{len(cand_ms)} calls over the tolerated {tolerated:.0f} ms"
+    detail = (
+        f"p95 {p95_c:.0f} ms vs {p95_i:.0f} ms; "
+        f"{slower}/{len(cand_ms)} calls over the tolerated {tolerated:.0f} ms"
+    )
     if p95_c > critical_bound and p_critical < g.alpha and len(cand_ms) >= g.min_critical_requests:
         detail += f", {slower_critical} over {critical_bound:.0f} ms"
         return Check("latency_p95", "critical", p95_c, p95_i, p_critical, detail)

@@ -9,8 +9,8 @@ def rollout_markdown(result: dict) -> str:
     lines = [
         f"# Rollout of {result['use_case']}",
         "",
-        f"**Stage:** {result['stage']} — incumbent {weights['incumbent']} %, candidate {weights['candidate']} %"
-        + (" (shadow)" if weights["shadow"] else ""),
+        f"**Stage:** {result['stage']} — incumbent {weights['incumbent']} %, "
+        f"candidate {weights['candidate']} %" + (" (shadow)" if weights["shadow"] else ""),
         "",
         f"**Last analysis:** {result['outcome']}",
         "",

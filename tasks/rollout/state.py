@@ -7,9 +7,10 @@
 State and weights are ONE row of ``rollout_state`` in the state store (``state.db`` or
 PostgreSQL, see ``workhorse.store``); every transition updates that row (compare-and-set on its
 ``version``) and appends to ``rollout_history`` in the same transaction, which holds the use
-case's write lock (``BEGIN IMMEDIATE`` on SQLite, an advisory lock on PostgreSQL). A process killed at any point therefore leaves either the old
-row or the new one, each with its weights: the traffic arm is always known, and a CHECK keeps
-the candidate between 0 and 100 % (the incumbent gets the rest, so never both at 100).
+case's write lock (``BEGIN IMMEDIATE`` on SQLite, an advisory lock on PostgreSQL). A process
+killed at any point therefore leaves either the old row or the new one, each with its weights:
+the traffic arm is always known, and a CHECK keeps the candidate between 0 and 100 % (the
+incumbent gets the rest, so never both at 100).
 
 ``revert`` is idempotent: re-running it changes nothing and does not alert twice. Its Slack
 alert (a callable hook) and Prefect event (``workhorse.rollout.reverted``) are sent after the
@@ -237,8 +238,8 @@ def _write(connection, old: RolloutState, new: RolloutState) -> None:
 
 def _append_history(connection, old: RolloutState, new: RolloutState, action: str) -> None:
     connection.execute(
-        "INSERT INTO rollout_history (use_case, version, action, from_stage, to_stage, candidate_weight, shadow, "
-        "reason, evidence, ts) VALUES (?,?,?,?,?,?,?,?,?,?)",
+        "INSERT INTO rollout_history (use_case, version, action, from_stage, to_stage, candidate_weight, "
+        "shadow, reason, evidence, ts) VALUES (?,?,?,?,?,?,?,?,?,?)",
         (
             new.use_case,
             new.version,

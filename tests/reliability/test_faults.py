@@ -45,7 +45,8 @@ def test_fault_matrix_through_the_eval_flow_accounts_for_every_item(
     injected = Counter(r["outcome"] for r in server.records())
     assert set(FAULT_KINDS) <= set(injected), injected  # every kind really happened
     print(
-        f"\nfault matrix via eval: {len(rows)} items, faults injected {sum(injected.values()) - injected['ok']} "
+        f"\nfault matrix via eval: {len(rows)} items, "
+        f"faults injected {sum(injected.values()) - injected['ok']} "
         f"({dict(injected)})"
     )
 

@@ -83,8 +83,10 @@ def test_router_and_traffic_log_under_load(isolated_workspace, fake_openai_serve
         f"{rows.num_rows} traffic rows, lost 0; RSS {rss_warm:.0f} -> {rss_end:.0f} MB; "
         f"routing overhead p99 {quantile_ms([w - p for w, p in latencies], 0.99):.2f} ms "
         f"(p50 {quantile_ms([w - p for w, p in latencies], 0.50):.2f}); end to end over the server's "
-        f"{SERVER_LATENCY_S * 1000:.0f} ms: p50 {quantile_ms([w - SERVER_LATENCY_S for w, _ in latencies], 0.5):.0f} ms, "
-        f"p99 {quantile_ms([w - SERVER_LATENCY_S for w, _ in latencies], 0.99):.0f} ms (client CPU and queueing on 2 cores)"
+        f"{SERVER_LATENCY_S * 1000:.0f} ms: "
+        f"p50 {quantile_ms([w - SERVER_LATENCY_S for w, _ in latencies], 0.5):.0f} ms, "
+        f"p99 {quantile_ms([w - SERVER_LATENCY_S for w, _ in latencies], 0.99):.0f} ms "
+        f"(client CPU and queueing on 2 cores)"
     )
 
 

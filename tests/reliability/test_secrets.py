@@ -161,7 +161,7 @@ def captured_logs(prefect_server):
 
 @pytest.fixture
 def pipeline(prefect_server, isolated_workspace, fake_openai_server, tmp_path, monkeypatch, captured_logs):
-    """Run the pipeline with every canary set; returns (workspace root, log text, Slack messages, requests)."""
+    """Run the pipeline with every canary set; gives (workspace root, log text, Slack messages, requests)."""
     from workhorse.blocks.endpoints import ModelEndpoint
 
     incumbent, candidate = fake_openai_server(), fake_openai_server()

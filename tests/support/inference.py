@@ -9,7 +9,8 @@ FAST_RETRY = RetryPolicy(max_attempts=6, base_delay_s=0.01, max_delay_s=0.05)
 
 
 def requests_for(server, count: int, *, concurrency: int = 64, timeout_s: float = 30.0, prefix: str = "item"):
-    """``count`` distinct one-question requests to ``server`` (anything with a ``url``), keyed with CANARY_KEY."""
+    """``count`` distinct one-question requests to ``server`` (anything with a ``url``), keyed
+    with CANARY_KEY."""
     spec = ModelSpec(
         model="openai/fake-model",
         name="fake",

@@ -25,7 +25,7 @@ REQUESTS = [[{"role": "user", "content": f"where is order {i}?"}] for i in range
 
 
 def demo(ws, inc_server, cand_server, **options):
-    """run_rollout_demo of UC with the incumbent and candidate on the two servers (anything with a ``url``)."""
+    """run_rollout_demo of UC with incumbent and candidate on the two servers (anything with a ``url``)."""
     prices = dict(input_cost_per_token=1e-7, output_cost_per_token=4e-7)
     incumbent = ModelSpec("openai/fake-incumbent", api_base=inc_server.url, api_key=CANARY, **prices)
     candidate = ModelSpec(

@@ -63,7 +63,10 @@ CREATE TABLE "LiteLLM_SpendLogs" (
 SPEND_LOGS_INDEXES = (
     'ALTER TABLE "LiteLLM_SpendLogs" ADD CONSTRAINT "LiteLLM_SpendLogs_pkey" PRIMARY KEY ("request_id")',
     'CREATE INDEX "LiteLLM_SpendLogs_startTime_idx" ON "LiteLLM_SpendLogs"("startTime")',
-    'CREATE INDEX "LiteLLM_SpendLogs_startTime_request_id_idx" ON "LiteLLM_SpendLogs"("startTime", "request_id")',
+    (
+        'CREATE INDEX "LiteLLM_SpendLogs_startTime_request_id_idx" '
+        'ON "LiteLLM_SpendLogs"("startTime", "request_id")'
+    ),
 )
 
 # One row per use case: model, provider, prompt and completion tokens (base + spread), list
@@ -75,7 +78,7 @@ PROFILES = """(VALUES
     (3, 'support-agent',      'claude-sonnet-4-5', 'anthropic', 3000, 2000, 300, 200, 3e-6,   15e-6,  'metadata',     100),
     (4, NULL,                 'gpt-4o-mini',       'openai',    300,  100,  40,  20, 0.15e-6, 0.6e-6, 'none',         100)
 ) AS p(profile, use_case, model, provider, prompt_base, prompt_spread, completion_base, completion_spread,
-       input_price, output_price, tag_place, answers)"""
+       input_price, output_price, tag_place, answers)"""  # noqa: E501
 
 # Per-row work is arithmetic and md5 only: every JSON value (metadata per key × use case ×
 # outcome, 200 prompts and up to 100 answers per use case) is built once in a small lookup
@@ -134,7 +137,7 @@ JOIN keys AS k ON k.k = c.g % 13
 JOIN meta AS m ON (m.k, m.profile, m.failed) = (k.k, c.profile, c.failed)
 JOIN prompts AS q ON (q.profile, q.v) = (c.profile, c.g % 200)
 JOIN answers AS a ON (a.profile, a.v) = (c.profile, c.g % c.answers)
-""".replace("{profiles}", PROFILES)
+""".replace("{profiles}", PROFILES)  # noqa: E501
 
 
 def create_spend_logs_table(conn) -> None:
