@@ -39,9 +39,10 @@ browser:
 postgres:
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql)
 
-# Lint first (pyproject's [tool.ruff]): a seconds-long check before the twenty-minute suite.
+# Lint and format check first (pyproject's [tool.ruff]): seconds before the twenty-minute suite.
 test: install browser postgres
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest
 
 benchmarks: install
