@@ -20,9 +20,8 @@ from workhorse.tables import candidate_verdicts_table, variant_table, verdict_ta
 from workhorse.tasks.common.engines import cpu_flags, engine_dtype
 from workhorse.workspace import Workspace
 
-# Minutes `make demo` took after set-up from a fresh clone on 2-core machines (README, "What `make
-# demo` does"): AVX2 measured 2026-12-07 with the engine in float32; AVX-512 on 2026-11-29 in bf16 with
-# a larger demo, not re-measured; no machine without AVX2 was measured.
+# Minutes `make demo` takes after set-up from a fresh clone on 2 cores, per CPU class (README, "What
+# `make demo` does"); which runs the figures come from: benchmarks/NOTES.md.
 EXPECTED_MINUTES = {"avx512": 9, "avx2": 7, "neither": 40}
 
 

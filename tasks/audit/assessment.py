@@ -500,14 +500,13 @@ def checked_costs(con, source: str, contract: contracts.Contract) -> tuple[contr
     The duplicate-id scan runs on a second connection beside the aggregate, which assumes no
     duplicates (the usual case) and runs again only when some are found. One after the other,
     the scan's serial parts (fetching 10M hashes, the compiled check) leave a core idle; side by
-    side, the 10M-row audit takes ~0.18 s less (median of 6 runs each: 1.38 s -> 1.20 s).
+    side they fill it (timings: benchmarks/NOTES.md).
     """
     if not any(e.type == contracts.UNIQUE for e in contract.expectations):
         checked = contracts.check_relation(con, source, contract)
         return checked, usage.checked_cost_by_month(checked)
-    # Imported here, not at the top: in the benchmark's fresh processes, binding ThreadPoolExecutor
-    # at import time made every 10M-row aggregate ~0.3 s slower, duplicate check or not (three
-    # interleaved A/B runs of 5; `import concurrent.futures` alone did not). Cause not found.
+    # Imported here, not at the top: binding ThreadPoolExecutor at import time slowed every 10M-row
+    # aggregate in the benchmark's fresh processes (benchmarks/NOTES.md). Cause not found.
     from concurrent.futures import ThreadPoolExecutor
 
     columns = contracts.source_columns(con, source)  # described once for the three uses below

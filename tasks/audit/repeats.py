@@ -21,7 +21,7 @@ import numpy as np
 # average lies between half this and this). A partition's hash set (twice as many slots, 9 bytes
 # each) is then 0.6-2.4 MB (1.2 MB for 10M hashes): past one core's L2 (1 MB), well inside the
 # 32 MB L3, and fewer partitions spread the partitioning pass's writes over fewer pages.
-# 10M random hashes, min of 5: 2^14 0.12 s, 2^16 0.10 s, 2^18 0.12 s.
+# Timings of 2^14, 2^16 and 2^18: benchmarks/NOTES.md.
 PARTITION_SIZE = 1 << 16
 
 

@@ -420,7 +420,7 @@ def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
 
 # A batch call's hosting travels in its metadata. The other rows stay NULL here and become 'api'
 # in the second GROUP BY, over a few hundred rows: a 10M-row column of 'api' strings, hashed as
-# a key, cost ~0.2 CPU-s (duplicate-free audit of the benchmark file, 6 A/B runs: 0.93 -> 0.77 s).
+# a key, costs ~0.2 CPU-s (benchmarks/NOTES.md).
 HOSTING_SQL = f"CASE WHEN metadata LIKE '%hosting%' THEN {jget('metadata', '$.hosting')} END"
 # The UTC month of a TIMESTAMPTZ by arithmetic on its microseconds: date_trunc on a zoned time
 # asks ICU's calendar per row (~1 CPU-second per 10M rows, two thirds of a bare GROUP BY).
@@ -439,7 +439,7 @@ def checked_cost_by_month(checked) -> tuple[pa.Table, int, dict[str, int]]:
     # timestamps would cost more than the whole contract. Group by status too, then merge the
     # statuses in a second GROUP BY over a few hundred rows: an aggregate with a FILTER costs
     # ~20 ms per 10M rows, and the split turns most of them into plain counts and sums
-    # (0.84 s -> 0.64 s for the query on the 10M-row benchmark file).
+    # (benchmarks/NOTES.md).
     by_status = f"""
         SELECT {MONTH_SQL} AS month, use_case, model, {HOSTING_SQL} AS hosting, _ok, status,
                count(*) AS requests, sum(prompt_tokens) AS prompt_tokens, sum(completion_tokens) AS completion_tokens,

@@ -120,7 +120,7 @@ def cpu_flags(cpuinfo: str | None = None) -> set[str]:
 
 
 # CPUs that compute bfloat16 natively; elsewhere vLLM's CPU kernels convert every bf16 value and
-# float32 is several times faster (benchmarks/engine_dtype.py: 4-6x on an AVX2-only 2-core CPU).
+# float32 is several times faster (benchmarks/engine_dtype.py; figures in benchmarks/NOTES.md).
 NATIVE_BF16_FLAGS = {"avx512_bf16", "amx_bf16"}
 
 
