@@ -57,10 +57,19 @@ def server_command(port: int, host: str = HOST) -> list[str]:
     ]
 
 
-def server_env(home: Path | None) -> dict[str, str]:
-    """The child's environment: analytics off (they lock SQLite), no inherited API URL, optional PREFECT_HOME."""
+def server_env(home: Path | None, port: int, host: str = HOST) -> dict[str, str]:
+    """The child's environment: analytics off (they lock SQLite), no inherited API URL, optional
+    PREFECT_HOME, and the UI pointed at this server's own API.
+
+    The UI's JavaScript asks `/ui-settings` where the API is; Prefect answers from
+    PREFECT_UI_API_URL, else from PREFECT_SERVER_API_HOST/PORT (default 4200), never from the
+    `--port` the server was started with: without these the browser shows "Can't connect to
+    Server API at http://127.0.0.1:4200/api" on any other port."""
     env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "PREFECT_API_KEY")}
     env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    env["PREFECT_SERVER_API_HOST"], env["PREFECT_SERVER_API_PORT"] = host, str(port)
+    env["PREFECT_UI_API_URL"] = f"http://{host}:{port}/api"
+    env["PREFECT_UI_URL"] = f"http://{host}:{port}"  # links the server writes (automations, notifications)
     if home is not None:
         env["PREFECT_HOME"] = str(home)
     return env
@@ -106,7 +115,7 @@ def local_prefect_server(
     with log.open("ab") as sink:
         process = subprocess.Popen(
             server_command(port),
-            env=server_env(home),
+            env=server_env(home, port),
             stdout=sink,
             stderr=subprocess.STDOUT,
             start_new_session=True,

@@ -1,0 +1,163 @@
+"""The Prefect UI as the platform team sees it: a server started the way `workhorse ui` starts one
+(a free port, not 4200), the audit and an eval flow run against it, and headless Chromium opens
+the UI: both flow runs Completed, the audit's table artifact and the eval's markdown verdict
+rendered with their rows, no console errors. Screenshots stay in the test's temp folder.
+
+Marked `integration`; `make test` installs Chromium first (`make browser`).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from tests.support.acme import ACME, acme_generator
+from tests.support.browser import CHROMIUM
+from tests.support.browser_page import BrowserPage, browser_page
+from tests.support.eval_kit import evaluate, make_items, plan_file, scripted
+from workhorse.tasks.golden.versions import write_version
+from workhorse.ui import local_prefect_server
+
+pytestmark = pytest.mark.integration
+
+UNREACHABLE = "Can't connect to Server API"
+# The state badge in a flow run page's heading (its logs say "Completed" too, whatever the state).
+HEADING_STATE_JS = "document.querySelector('.page-heading-flow-run__meta .state-badge')?.innerText.trim()"
+# Rendered tables inside the artifact's page: their row counts and text.
+TABLES_JS = "[...document.querySelectorAll('main table, .p-layout-default table, table')].map(t => \
+({rows: t.querySelectorAll('tr').length, height: t.getBoundingClientRect().height, text: t.innerText}))"
+
+
+@pytest.fixture(autouse=True)
+def chromium_present():
+    if not shutil.which(CHROMIUM):
+        pytest.fail(f"no Chromium at {CHROMIUM}: run `make browser` (part of `make test`)")
+
+
+def api(server, path: str, body: dict | None = None):
+    request = urllib.request.Request(
+        f"{server.api_url}{path}",
+        data=None if body is None else json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+        method="GET" if body is None else "POST",
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.load(response)
+
+
+def prepare_audit(logs_dir: Path) -> list[str]:
+    """Acme's logs at a small scale, and the flows' imports (LiteLLM's price map, DuckDB, ...) done."""
+    import workhorse.flows.audit  # noqa: F401
+    import workhorse.flows.evaluate  # noqa: F401
+    import workhorse.tasks.audit.assessment  # noqa: F401
+
+    return [str(p) for p in acme_generator().write_logs(logs_dir, scale=0.05).values()]
+
+
+def run_audit(workspace: Path, logs: list[str]):
+    from workhorse.flows.audit import usage_audit
+
+    # The generator plants a fixed handful of bad rows: at this small scale they exceed the plan's 2 %.
+    return usage_audit(
+        logs=logs,
+        plan=str(ACME / "workhorse.yaml"),
+        workspace=str(workspace),
+        max_bad_row_ratio=0.1,
+    )
+
+
+def run_eval(workspace, fake_openai_server, tmp_path, monkeypatch) -> dict:
+    items = make_items(60)
+    write_version(workspace, "routing", items, [{"kind": "test"}])
+    incumbent = fake_openai_server(answers=scripted(items, 0.9, seed=1))
+    candidate = fake_openai_server(answers=scripted(items, 0.95, seed=2))
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-ui")
+    monkeypatch.setenv("OPENAI_API_BASE", incumbent.url)
+    plan = plan_file(tmp_path, [{"model": "openai/cand", "api_base": candidate.url}], min_items=10)
+    return evaluate(workspace, plan, variants=["zero-shot"])
+
+
+@pytest.fixture
+def served(tmp_path, isolated_workspace, fake_openai_server, monkeypatch):
+    """A server as `workhorse ui` starts it, with one audit and one eval run recorded on it."""
+    home, log = tmp_path / "prefect-home", tmp_path / "prefect-server.log"
+    with ThreadPoolExecutor(1) as pool:
+        logs = pool.submit(prepare_audit, tmp_path / "logs")  # while the server starts (15-30 s)
+        with local_prefect_server(home=home, log=log) as server:
+            served_flows = _record_runs(
+                server, logs.result(), tmp_path, isolated_workspace, fake_openai_server, monkeypatch
+            )
+            yield server, *served_flows
+
+
+def _record_runs(server, logs, tmp_path, workspace, fake_openai_server, monkeypatch):
+    from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    assert not server.api_url.startswith("http://127.0.0.1:4200/")
+    with temporary_settings({PREFECT_API_URL: server.api_url, PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        audit = run_audit(tmp_path / "audit-workspace", logs)
+        summary = run_eval(workspace, fake_openai_server, tmp_path, monkeypatch)
+    return audit, summary
+
+
+def artifact(server, key: str) -> dict:
+    [found] = api(server, "/artifacts/filter", {"artifacts": {"key": {"any_": [key]}}})
+    return found
+
+
+def open_artifact(page: BrowserPage, server, key: str, screenshot: Path) -> list[dict]:
+    page.open(f"{server.ui_url}/artifacts/artifact/{artifact(server, key)['id']}")
+    tables = page.wait_until(f"(() => {{const t = {TABLES_JS}; return t.length && t}})()", what=key)
+    page.screenshot(screenshot)
+    return tables
+
+
+def test_the_ui_shows_completed_runs_and_rendered_artifacts(served, tmp_path):
+    server, audit, summary = served
+    runs = api(server, "/flow_runs/filter", {})
+    names = {run["flow_id"]: run for run in runs}
+    flows = {f["id"]: f["name"] for f in api(server, "/flows/filter", {})}
+    by_flow = {flows[flow_id]: run for flow_id, run in names.items()}
+    assert set(by_flow) >= {"usage-audit", "parallel-eval"}
+
+    with browser_page() as page:
+        page.open(f"{server.ui_url}/runs")
+        page.wait_until(
+            " && ".join(
+                f"document.body.innerText.includes({json.dumps(by_flow[f]['name'])})" for f in by_flow
+            ),
+            what="both flow runs in the runs list",
+        )
+        page.screenshot(tmp_path / "prefect-ui-runs.png")
+        assert UNREACHABLE not in page.text()
+        for flow_name in ("usage-audit", "parallel-eval"):
+            run = by_flow[flow_name]
+            page.open(f"{server.ui_url}/runs/flow-run/{run['id']}")
+            shown = " && ".join(
+                f"document.body.innerText.includes({json.dumps(word)})" for word in (flow_name, run["name"])
+            )
+            state = page.wait_until(f"{shown} && {HEADING_STATE_JS}", what=f"the {flow_name} run's page")
+            assert state == "Completed" and UNREACHABLE not in page.text()
+            page.screenshot(tmp_path / f"prefect-ui-{flow_name}.png")
+
+        use_cases = pq.read_table(audit.tables["use_cases"]).to_pylist()
+        [audit_table] = open_artifact(page, server, "usage-audit", tmp_path / "prefect-ui-audit-artifact.png")
+        assert audit_table["rows"] == 1 + len(use_cases) and audit_table["height"] > 0
+        assert all(row["use_case"] in audit_table["text"] for row in use_cases)
+
+        verdict_tables = open_artifact(
+            page, server, "eval-routing-verdict", tmp_path / "prefect-ui-verdict.png"
+        )
+        leaderboard = verdict_tables[-1]
+        assert leaderboard["rows"] == 1 + len(summary["leaderboard"]) and leaderboard["height"] > 0
+        assert "openai/cand" in leaderboard["text"] and "openai/incumbent-model" in leaderboard["text"]
+        assert summary["verdict"]["decision"] in page.text()
+
+        assert page.errors() == []
+    assert all((tmp_path / f"prefect-ui-{name}.png").stat().st_size > 10_000 for name in ("runs", "verdict"))
