@@ -17,6 +17,7 @@ from prefect import flow, get_run_logger
 from prefect.utilities.annotations import quote
 
 from workhorse.config import plan_workspace
+from workhorse.tasks.evaluate.judge import judge_test_answers, judge_verdict
 from workhorse.tasks.evaluate.matrix import (
     PromptPlan,
     choose_variants,
@@ -88,11 +89,15 @@ async def parallel_eval(
         replayed, to_call = replay_for(incumbent, test, run_id, ws) if replay else ([], test)
         confirm = confirmation_requests(incumbent, candidates, chosen, to_call, test, prompts)
         test_rows = replayed + await generate(context, confirm, phase="test")
+        judged = await judge_test_answers(
+            context, plan, use_case, items, incumbent, candidates, chosen, test_rows
+        )
         throughput = context.throughput()
     store_responses(ws, run_id, quote(dev_rows + test_rows))
     record_self_hosted_throughput(ws, candidates, throughput)
     test_scores = score_responses(quote(items), quote(test_rows), scorer_options(plan, use_case))
     verdict = decide(plan, use_case, incumbent, candidates, chosen, quote(test_scores), quote(test_rows), ws)
+    verdict, judge = judge_verdict(plan, use_case, judged, verdict, test_scores)
     task_type, labels = items[0].task_type, list(items[0].labels or [])
     return publish_results(
         ws,
@@ -106,4 +111,6 @@ async def parallel_eval(
         verdict,
         skipped,
         throughput,
+        judged,
+        judge,
     )

@@ -111,6 +111,47 @@ class GoldenPlan(_Section):
     )
 
 
+class JudgePlan(_Section):
+    """A use case's LLM judge (``use_cases.<name>.judge``): how answers are graded where a reference
+    metric says too little (summaries, free text). See tasks/evaluate/judge.py."""
+
+    kind: Literal["pairwise", "rubric"] = Field(
+        description="pairwise: incumbent vs candidate, judged in both orders; rubric: each answer graded."
+    )
+    model: str = Field(description="LiteLLM model string of the judge, or 'embedded' (the embedded model).")
+    api_base: Optional[str] = Field(None, description="OpenAI-compatible base URL of the judge.")
+    rubric: Optional[str] = Field(None, description="Rubric text (rubric judges; a default one otherwise).")
+    rubric_file: Optional[str] = Field(None, description="File holding the rubric (relative to the plan).")
+    prompt_file: Optional[str] = Field(
+        None, description="Prompt template replacing the shipped one (relative to the plan's folder)."
+    )
+    scale: int = Field(5, ge=2, le=10, description="Rubric grades run from 1 to this.")
+    human_labels: Optional[str] = Field(
+        None,
+        description="Pairwise: CSV/JSONL of human preferences (input, reference, answer_a, answer_b, "
+        "preferred = A|B|tie) the judge is calibrated on.",
+    )
+    min_agreement: float = Field(
+        0.7,
+        ge=0,
+        le=1,
+        description="Least agreement with human labels or references (rubric: Spearman correlation) "
+        "before the judge's verdict is trusted.",
+    )
+    max_position_inconsistency: float = Field(
+        0.2, ge=0, le=1, description="Most pairs whose two orders disagree before the judge is distrusted."
+    )
+    min_calibration_items: int = Field(
+        10, ge=1, description="Fewer labelled or reference-decided items: the judge counts as uncalibrated."
+    )
+
+    @model_validator(mode="after")
+    def _one_rubric(self) -> "JudgePlan":
+        if self.rubric and self.rubric_file:
+            raise ValueError("give the rubric as text or as a file, not both")
+        return self
+
+
 class UseCase(_Section):
     task_type: TaskType = Field(description="What the calls do; decides metrics and workhorse vs frontier.")
     workload: Optional[Literal["workhorse", "frontier"]] = Field(
@@ -134,6 +175,9 @@ class UseCase(_Section):
         None,
         description="Golden set sources and size; a frontier use case gets "
         "a golden set only with this section.",
+    )
+    judge: Optional[JudgePlan] = Field(
+        None, description="An LLM judge whose verdict replaces the reference metric's (see README: Judges)."
     )
 
     @model_validator(mode="after")

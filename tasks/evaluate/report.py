@@ -265,6 +265,8 @@ def distribution_html(scores: list[dict], metric: str = "rougeL") -> str:
 
 
 def write_eval_report(path: Path, summary: dict, scores: list[dict], labels: list[str]) -> Path:
+    from workhorse.tasks.evaluate.judge import judge_html
+
     verdict = summary["verdict"]
     tested = [line for line in summary["leaderboard"] if line["split"] == "test"]
     detail = {
@@ -280,6 +282,7 @@ def write_eval_report(path: Path, summary: dict, scores: list[dict], labels: lis
 <strong>{html.escape(verdict["decision"])}</strong>: {html.escape(verdict["reason"] or "")}</div>
 <h2>Verdict per candidate</h2>{candidates_html(verdict)}
 <h2>Quality against cost (test split)</h2>{scatter_svg([t for t in tested if t["score"] is not None])}
+{judge_html(summary.get("judge"))}
 <h2>Leaderboard</h2>{leaderboard_html(summary["leaderboard"])}
 <h2>Detail</h2>{detail}
 <h2>Run</h2><p>Run <code>{html.escape(summary["run_id"])}</code>; generated tokens/s: \

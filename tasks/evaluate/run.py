@@ -897,12 +897,15 @@ def publish_results(
     verdict,
     skipped: list[str],
     throughput: dict[str, float],
+    judged=None,
+    judge: dict | None = None,
 ) -> dict:
     """scores.parquet, verdict.json, report.html and the Prefect artifacts; responses.parquet is
     already written (``store_responses``, before scoring) and only named here."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from workhorse.tasks.evaluate.judge import judge_markdown
     from workhorse.tasks.evaluate.report import verdict_markdown, write_eval_report
 
     out = workspace.run_dir(run_id)
@@ -920,9 +923,14 @@ def publish_results(
         "responses": str(out / "responses.parquet"),
         "scores": str(out / "scores.parquet"),
     }
+    if judged is not None:  # the judge's calls, verdicts and cost, apart from the contenders'
+        from workhorse.tasks.evaluate.judge import store_judgements
+
+        store_judgements(judged, out)
+        summary["judge"] = {**judge, "judgements": str(out / "judgements.parquet")}
     (out / "verdict.json").write_text(json.dumps(summary, indent=2, default=str))
     summary["report"] = str(write_eval_report(out / "report.html", summary, scores, labels))
-    _artifacts(use_case, board, verdict_markdown(summary))
+    _artifacts(use_case, board, verdict_markdown(summary) + judge_markdown(summary.get("judge")))
     return summary
 
 

@@ -67,6 +67,8 @@ class ServerConfig:
     # while more requests than slots are in flight waits its turn, so its latency grows with the
     # load: latency_s × max(1, in flight / slots), itself counted. None: latency ignores the load.
     slots: int | None = None
+    # Answer judge prompts (tasks/evaluate/judge_prompts) as a scripted judge would: see JUDGES.
+    judge: str | None = None
 
 
 def request_key(body: dict) -> str:
@@ -90,6 +92,54 @@ def default_answer(body: dict, answers: dict[str, str] | None = None) -> str:
     if choices:
         return choices[int(unit_interval(last) * len(choices))]
     return f"echo: {str(last)[:64]}"
+
+
+# Scripted judges: position_a always prefers the first answer shown; longer prefers the longer
+# answer; correct prefers (or grades by) token overlap with the reference, as a fair judge would;
+# garbage answers something no judgement parser accepts.
+JUDGES = ("position_a", "longer", "correct", "garbage")
+
+
+def _section(text: str, name: str) -> str | None:
+    """The text between ``[<name>]`` and ``[End of <name>]`` of a judge prompt."""
+    start, end = f"[{name}]\n", f"\n[End of {name[0].lower()}{name[1:]}]"
+    if start not in text or end not in text:
+        return None
+    return text.split(start, 1)[1].split(end, 1)[0]
+
+
+def _overlap(answer: str, reference: str) -> float:
+    said, expected = Counter(answer.lower().split()), Counter(reference.lower().split())
+    common = sum((said & expected).values())
+    return 0.0 if not common else 2 * common / (sum(said.values()) + sum(expected.values()))
+
+
+def judge_answer(body: dict, judge: str | None) -> str | None:
+    """A scripted judge's answer to a judge prompt (None for any other request): the bare choice
+    under a ``choice`` constraint, else the JSON object the judge's schema asks for."""
+    last = str(body["messages"][-1].get("content", "")) if judge and body.get("messages") else ""
+    a, b, answer = _section(last, "Answer A"), _section(last, "Answer B"), _section(last, "Answer")
+    if judge is None or (answer is None and (a is None or b is None)):
+        return None
+    if judge == "garbage":
+        return "I would rather not say."
+    reference = _section(last, "Reference answer") or ""
+    if answer is not None:
+        scale = int(last.rsplit("from 1 to ", 1)[-1].split(".")[0])
+        verdict, key = 1 + round(_overlap(answer, reference) * (scale - 1)), "score"
+    else:
+        verdict, key = _preference(judge, a, b, reference), "winner"
+    constrained = (body.get("structured_outputs") or {}).get("choice")
+    return str(verdict) if constrained else json.dumps({key: verdict})
+
+
+def _preference(judge: str, a: str, b: str, reference: str) -> str:
+    if judge == "position_a":
+        return "A"
+    first, second = (
+        (len(a), len(b)) if judge == "longer" else (_overlap(a, reference), _overlap(b, reference))
+    )
+    return "A" if first > second else "B" if second > first else "tie"
 
 
 def completion_body(body: dict, content: str) -> dict:
@@ -160,7 +210,8 @@ class FakeOpenAI:
             # Counted before the write, so the pause check sees it at once; a write that fails
             # (client gone) is recorded as such, not as a success.
             self.successes += 1
-            response = web.json_response(completion_body(body, default_answer(body, self.config.answers)))
+            content = judge_answer(body, self.config.judge) or default_answer(body, self.config.answers)
+            response = web.json_response(completion_body(body, content))
             try:
                 await response.prepare(request)
                 await response.write_eof()
