@@ -21,6 +21,12 @@ class ModelEndpoint(Block):
     )
     api_key: Optional[SecretStr] = Field(None, description="API key of the endpoint (a secret).")
     max_concurrency: int = Field(16, ge=1, description="Requests in flight at once against this endpoint.")
+    rpm: Optional[float] = Field(
+        None, gt=0, description="Requests per minute the endpoint allows (None: no limit)."
+    )
+    tpm: Optional[float] = Field(
+        None, gt=0, description="Tokens per minute it allows, prompt + expected completion (None: no limit)."
+    )
     timeout_s: float = Field(60.0, gt=0, description="Seconds before one request is abandoned.")
     input_cost_per_token: Optional[float] = Field(
         None, ge=0, description="USD per prompt token (self-hosted: set it)."

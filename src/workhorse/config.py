@@ -187,7 +187,18 @@ class UseCase(_Section):
         return self
 
 
-class Candidate(_Section):
+class EndpointLimits(_Section):
+    """What an endpoint allows; a figure left out comes from the provider's defaults (see
+    tasks/common/limits.py), and for any api_base from the general ones (16 in flight, no rate)."""
+
+    max_concurrency: Optional[int] = Field(None, ge=1, description="Requests in flight at once.")
+    rpm: Optional[float] = Field(None, gt=0, description="Requests per minute the endpoint allows.")
+    tpm: Optional[float] = Field(
+        None, gt=0, description="Tokens per minute (prompt + expected completion) it allows."
+    )
+
+
+class Candidate(EndpointLimits):
     model: str = Field(description="LiteLLM model string, e.g. deepinfra/Qwen/Qwen3-14B.")
     hosting: list[Hosting] = Field(default_factory=lambda: ["api"], description="Strategies to project.")
     api_base: Optional[str] = Field(
@@ -431,6 +442,31 @@ class RolloutPolicy(_Section):
         return value
 
 
+class BatchPlan(_Section):
+    """How the ``batch`` hosting of a provider model goes through its batch API (``eval.batch``)."""
+
+    max_lines: Optional[int] = Field(
+        None, ge=1, description="Lines per batch; default the provider's limit (OpenAI: 50,000)."
+    )
+    max_bytes: Optional[int] = Field(
+        None, ge=1024, description="Bytes per input file; default the provider's limit (OpenAI: 200 MB)."
+    )
+    wait_s: float = Field(
+        0,
+        ge=0,
+        description="How long the eval polls for its batches; past it the run ends 'waiting for batch' "
+        "and the batch-collector deployment resumes it.",
+    )
+    poll_s: float = Field(30, gt=0, description="Seconds between two looks at a running batch.")
+    max_attempts: int = Field(
+        3, ge=1, description="Submissions of a line (expired, cancelled or failed) before its error stands."
+    )
+    failed_lines: Literal["resubmit", "sync"] = Field(
+        "resubmit",
+        description="A line the provider failed (retryable class): into a new batch, or a synchronous call.",
+    )
+
+
 class EvalPlan(_Section):
     """How an evaluation runs: where its shards run (the flow's parameters and the CLI's options override
     it) and how much of dev prompt tuning uses."""
@@ -458,6 +494,9 @@ class EvalPlan(_Section):
         ge=1,
         description="Tune prompt variants on at most this many dev items (a stable sample by item id): "
         "enough to rank variants at a fraction of the calls; the verdict still takes the whole test split.",
+    )
+    batch: BatchPlan = Field(
+        default_factory=BatchPlan, description="Provider batch jobs: limits, waiting, resubmission."
     )
 
 
@@ -558,6 +597,11 @@ class Plan(_Section):
     incumbent: str = Field("gpt-4o-mini", description="Model in production (LiteLLM string).")
     use_cases: dict[str, UseCase] = Field(default_factory=dict)
     candidates: list[Candidate] = Field(default_factory=list)
+    limits: dict[str, EndpointLimits] = Field(
+        default_factory=dict,
+        description="Model or provider (gpt-4o-mini, openai, anthropic) -> its limits: for the incumbent, "
+        "judges and any model called; a candidate's own figures win.",
+    )
     self_hosting: SelfHostingPlan = Field(default_factory=SelfHostingPlan)
     pricing: PricingPlan = Field(default_factory=PricingPlan)
     audit: AuditPlan = Field(default_factory=AuditPlan)
@@ -589,6 +633,20 @@ class Plan(_Section):
     def owner_of(self, use_case: str) -> Optional[str]:
         case = self.use_cases.get(use_case)
         return (case.owner if case else None) or self.owner
+
+    def limits_for(self, model: str, own: Optional[EndpointLimits] = None) -> EndpointLimits:
+        """A model's limits: its own figures (a candidate's), then ``limits`` by model, then by provider."""
+        layers = [
+            own,
+            self.limits.get(model),
+            self.limits.get(model.split("/", 1)[0]) if "/" in model else None,
+        ]
+        merged = {}
+        for name in EndpointLimits.model_fields:
+            merged[name] = next(
+                (getattr(x, name) for x in layers if x and getattr(x, name) is not None), None
+            )
+        return EndpointLimits(**merged)
 
     def candidates_for(self, use_case: str) -> list[Candidate]:
         """Per-use-case candidates if named there, else the plan's."""

@@ -3,7 +3,8 @@
 Requests go through ``litellm.acompletion`` (``hosted_vllm/<name>`` for a local vLLM server,
 any LiteLLM provider string otherwise) with:
 
-- a concurrency limit per endpoint (in-process semaphores: Prefect's global limits are slow),
+- limits per endpoint from the plan (``limits.py``: concurrency that adapts down on 429s and
+  recovers, requests and tokens per minute; in-process: Prefect's global limits are slow),
 - bounded retries with exponential backoff and jitter that honour ``Retry-After``,
 - a circuit breaker per endpoint: a provider that is down gets a probe per cool-down, not a storm,
 - a per-call timeout and an error class for every failure (``ERROR_TYPES``),
@@ -21,6 +22,7 @@ import asyncio
 import hashlib
 import json
 import random
+import sys
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field, fields
@@ -29,6 +31,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from workhorse import store
+from workhorse.tasks.common.limits import EndpointLimiter, Limits, expected_tokens
 from workhorse.workspace import Workspace
 
 ERROR_TYPES = (
@@ -58,6 +61,8 @@ class ModelSpec:
     output_cost_per_token: float | None = None
     max_concurrency: int = 16
     timeout_s: float = 60.0
+    rpm: float | None = None
+    tpm: float | None = None
 
     @property
     def label(self) -> str:
@@ -65,8 +70,12 @@ class ModelSpec:
 
     @property
     def endpoint(self) -> str:
-        """What the concurrency limit is shared by: one server, or one provider."""
+        """What the limits are shared by: one server, or one provider."""
         return self.api_base or self.model.split("/", 1)[0]
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(self.max_concurrency, self.rpm, self.tpm)
 
     @classmethod
     def from_endpoint(cls, endpoint) -> "ModelSpec":
@@ -81,6 +90,8 @@ class ModelSpec:
             output_cost_per_token=endpoint.output_cost_per_token,
             max_concurrency=endpoint.max_concurrency,
             timeout_s=endpoint.timeout_s,
+            rpm=getattr(endpoint, "rpm", None),
+            tpm=getattr(endpoint, "tpm", None),
         )
 
 
@@ -207,19 +218,21 @@ class CircuitBreaker:
 
 def classify(error: BaseException) -> CallFailed:
     """Map an exception from LiteLLM/httpx/asyncio to one of ``ERROR_TYPES``."""
-    import litellm
-
     if isinstance(error, CallFailed):
         return error
+    # An error can be LiteLLM's only once LiteLLM is imported: the lean path never imports it.
+    litellm = sys.modules.get("litellm")
     message = f"{type(error).__name__}: {str(error)[:300]}"
-    if isinstance(error, (asyncio.TimeoutError, TimeoutError, litellm.Timeout)):
+    if isinstance(error, (asyncio.TimeoutError, TimeoutError)) or (
+        litellm and isinstance(error, litellm.Timeout)
+    ):
         return CallFailed("timeout", message)
-    if isinstance(error, litellm.RateLimitError):
+    if litellm and isinstance(error, litellm.RateLimitError):
         return CallFailed("rate_limited", message, retry_after(error))
     # LiteLLM reports an unparsable body and a dropped connection as HTTP 500: look inside first.
     if _looks_like_bad_body(message):
         return CallFailed("bad_response", message)
-    if _is_connection_error(error):
+    if _is_connection_error(error, litellm):
         return CallFailed("connection", message)
     status = getattr(error, "status_code", None)
     if isinstance(status, int) and status >= 500:
@@ -229,10 +242,10 @@ def classify(error: BaseException) -> CallFailed:
     return CallFailed("bad_response", message)
 
 
-def _is_connection_error(error: BaseException) -> bool:
-    import litellm
-
-    if isinstance(error, (litellm.APIConnectionError, ConnectionError, OSError)):
+def _is_connection_error(error: BaseException, litellm) -> bool:
+    if isinstance(error, (ConnectionError, OSError)) or (
+        litellm and isinstance(error, litellm.APIConnectionError)
+    ):
         return True
     return "Connection error" in str(error) or "Server disconnected" in str(error)
 
@@ -416,8 +429,9 @@ class Runner:
         use_cache: bool = True,
         progress: bool = False,
         checkpoint_name: str = "checkpoint",
-        limits: dict[str, asyncio.Semaphore] | None = None,
+        limits: dict[str, EndpointLimiter] | None = None,
         breakers: dict[str, CircuitBreaker] | None = None,
+        lean: bool = True,
     ):
         self.workspace = workspace
         self.run_id = run_id
@@ -428,8 +442,11 @@ class Runner:
         # Shards of one run running side by side each keep their own file: appends never interleave.
         self.checkpoint = Checkpoint(workspace.run_dir(run_id) / f"{checkpoint_name}.jsonl")
         # Runners of one event loop (the shards of a flow) pass one dict: an endpoint's limit holds for all.
-        self._semaphores: dict[str, asyncio.Semaphore] = {} if limits is None else limits
+        self.limiters: dict[str, EndpointLimiter] = {} if limits is None else limits
         self.breakers: dict[str, CircuitBreaker] = {} if breakers is None else breakers
+        # OpenAI-compatible endpoints (an api_base) skip LiteLLM: see http_path.py. Off: LiteLLM for all.
+        self.lean = lean
+        self._http = _http_pool()
 
     async def run(self, requests: list[ModelRequest]) -> list[EvalResponse]:
         """Answer every request (in input order), reusing the checkpoint and the cache."""
@@ -444,6 +461,7 @@ class Runner:
             to_call = [r for r in pending if r.identity not in done]
             done.update(await self._call_all(to_call, cache))
         finally:
+            await self._http.close()
             self.checkpoint.close()
             if cache is not None:
                 cache.close()
@@ -501,43 +519,33 @@ class Runner:
         )
 
     async def _call_once(self, request: ModelRequest) -> EvalResponse:
-        import litellm
-
-        litellm.suppress_debug_info = True  # its banners would bury our own logs
         spec = request.model
-        semaphore = self._semaphores.setdefault(spec.endpoint, asyncio.Semaphore(spec.max_concurrency))
-        async with semaphore:
-            breaker = self._breaker(spec.endpoint)
-            probe = (
-                breaker.admit()
-            )  # checked after the wait for a slot: the circuit may have opened meanwhile
-            self.stats.calls += 1
-            started = time.perf_counter()
-            try:
-                async with asyncio.timeout(
-                    spec.timeout_s + 5
-                ):  # a guard in case the client's own timeout fails
-                    response = await litellm.acompletion(
-                        model=spec.model,
-                        messages=request.messages,
-                        api_base=spec.api_base,
-                        api_key=spec.api_key,
-                        timeout=spec.timeout_s,
-                        max_retries=0,
-                        **request.params,
-                    )
-            except Exception as error:
-                breaker.record(classify(error).error_type, probe)
-                raise
-            except BaseException:
-                breaker.release(probe)
-                raise
-            breaker.record(None, probe)
-            latency_ms = (time.perf_counter() - started) * 1000
-        output = _content_of(response)
-        usage = getattr(response, "usage", None)
-        prompt_tokens = getattr(usage, "prompt_tokens", None) or 0
-        completion_tokens = getattr(usage, "completion_tokens", None) or 0
+        limiter = self.limiter(spec)
+        ticket = await limiter.acquire(expected_tokens(request.messages, request.params))
+        breaker = self._breaker(spec.endpoint)
+        try:  # checked after the wait for a slot: the circuit may have opened meanwhile
+            probe = breaker.admit()
+        except CallFailed as failure:
+            limiter.release(ticket, failure.error_type)
+            raise
+        self.stats.calls += 1
+        started = time.perf_counter()
+        try:
+            # The outer guard in case the client's own timeout fails.
+            async with asyncio.timeout(spec.timeout_s + 5):
+                output, prompt_tokens, completion_tokens = await self._answer(request)
+        except Exception as error:
+            failure = classify(error)
+            breaker.record(failure.error_type, probe)
+            limiter.release(ticket, failure.error_type)
+            raise failure from error
+        except BaseException:
+            breaker.release(probe)
+            limiter.release(ticket, "cancelled")
+            raise
+        breaker.record(None, probe)
+        latency_ms = (time.perf_counter() - started) * 1000
+        limiter.release(ticket, None, used_tokens=prompt_tokens + completion_tokens)
         return self._row(
             request,
             output=output,
@@ -546,6 +554,32 @@ class Runner:
             completion_tokens=completion_tokens,
             cost_usd=call_cost(spec, prompt_tokens, completion_tokens),
         )
+
+    async def _answer(self, request: ModelRequest) -> tuple[str, int, int]:
+        """The answer's text and token counts, by the lean path where it takes the request, else LiteLLM."""
+        from workhorse.tasks.common import http_path
+
+        spec = request.model
+        if self.lean and http_path.takes(spec.model, spec.api_base, request.params):
+            answer = await self._http.complete(
+                spec.model, spec.api_base, spec.api_key, request.messages, request.params, spec.timeout_s
+            )
+            return http_path.content_and_usage(answer)
+        response = await _litellm_call(spec, request)
+        usage = getattr(response, "usage", None)
+        return (
+            _content_of(response),
+            getattr(usage, "prompt_tokens", None) or 0,
+            getattr(usage, "completion_tokens", None) or 0,
+        )
+
+    def limiter(self, spec: ModelSpec) -> EndpointLimiter:
+        """The endpoint's limiter, made from the first spec that reaches it (runners of one event
+        loop pass one dict, so an endpoint's limits hold for all of them)."""
+        limiter = self.limiters.get(spec.endpoint)
+        if limiter is None:
+            limiter = self.limiters[spec.endpoint] = EndpointLimiter(spec.endpoint, spec.limits)
+        return limiter
 
     def _breaker(self, endpoint: str) -> CircuitBreaker:
         breaker = self.breakers.get(endpoint)
@@ -591,6 +625,27 @@ def response_row(request: ModelRequest, run_id: str, **values: Any) -> EvalRespo
         request_key=request.cache_key,
     )
     return EvalResponse(**{**base, **values})
+
+
+def _http_pool():
+    from workhorse.tasks.common.http_path import HttpPool
+
+    return HttpPool()
+
+
+async def _litellm_call(spec: ModelSpec, request: ModelRequest) -> Any:
+    import litellm
+
+    litellm.suppress_debug_info = True  # its banners would bury our own logs
+    return await litellm.acompletion(
+        model=spec.model,
+        messages=request.messages,
+        api_base=spec.api_base,
+        api_key=spec.api_key,
+        timeout=spec.timeout_s,
+        max_retries=0,
+        **request.params,
+    )
 
 
 def _content_of(response: Any) -> str:

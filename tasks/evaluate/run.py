@@ -31,7 +31,7 @@ from pathlib import Path
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from workhorse.config import Plan, resolve
+from workhorse.config import EndpointLimits, Plan, resolve
 from workhorse.errors import ConfigError
 from workhorse.tasks.common.engines import (
     EMBEDDED_LITELLM,
@@ -40,9 +40,11 @@ from workhorse.tasks.common.engines import (
     prepare_embedded_model,
     run_offline_batch,
 )
+from workhorse.tasks.common.limits import resolve_limits
 from workhorse.tasks.common.pricing import PriceCatalog, plan_catalog, record_throughput
 from workhorse.tasks.common.runner import (
     CircuitBreaker,
+    EndpointLimiter,
     EvalResponse,
     ModelRequest,
     ModelSpec,
@@ -106,7 +108,7 @@ def contenders_from_plan(
     catalog = plan_catalog(plan, workspace_root)
     incumbent = Contender(
         "incumbent",
-        candidate_spec(incumbent_model, "api", None, catalog),
+        candidate_spec(incumbent_model, "api", None, catalog, plan.limits_for(incumbent_model)),
         (AS_LOGGED,),
         callable=has_credentials(incumbent_model),
     )
@@ -124,9 +126,9 @@ def contenders_from_plan(
             if not (block and block.api_key) and not has_credentials(candidate.model):
                 skipped.append(f"candidate {candidate.model} ({hosting}): no API key for its provider here")
                 continue
-            spec = candidate_spec(
-                candidate.model, hosting, candidate.api_base or (block and block.api_base), catalog
-            )
+            api_base = candidate.api_base or (block and block.api_base)
+            limits = plan.limits_for(candidate.model, candidate)
+            spec = candidate_spec(candidate.model, hosting, api_base, catalog, limits)
             if block and block.api_key:  # the key lives in the block, in memory only from here on
                 spec = replace(spec, api_key=block.api_key.get_secret_value())
             candidates.append(Contender("candidate", spec, checked_variants(variants)))
@@ -156,9 +158,16 @@ def endpoint_block(name: str | None):
         ) from error
 
 
-def candidate_spec(model: str, hosting: str, api_base: str | None, catalog: PriceCatalog) -> ModelSpec:
+def candidate_spec(
+    model: str,
+    hosting: str,
+    api_base: str | None,
+    catalog: PriceCatalog,
+    limits: EndpointLimits | None = None,
+) -> ModelSpec:
     """The candidate as the runner calls it, priced by the plan's one catalog (overrides, map,
-    self-hosting); a price nobody knows stays None, so its cost is recorded as unpriced.
+    self-hosting); a price nobody knows stays None, so its cost is recorded as unpriced. Its limits
+    are the plan's (``limits``), each one left out taken from the provider's defaults.
 
     A batch hosting of a provider model is answered by the synchronous API (same model, same
     output) and priced at batch rates; a self-hosted one is a local engine: fewer callers, more time."""
@@ -168,18 +177,24 @@ def candidate_spec(model: str, hosting: str, api_base: str | None, catalog: Pric
         if price
         else {}
     )
-    if model.startswith("hosted_vllm/") and hosting in ("self_hosted", "batch"):
+    limits = limits or EndpointLimits()
+    local_engine = model.startswith("hosted_vllm/") and hosting in ("self_hosted", "batch")
+    resolved = resolve_limits(
+        model, api_base, limits.max_concurrency or (8 if local_engine else None), limits.rpm, limits.tpm
+    )
+    spec_limits = {"max_concurrency": resolved.max_concurrency, "rpm": resolved.rpm, "tpm": resolved.tpm}
+    if local_engine:
         return ModelSpec(
             model=model,
             name=f"{model.split('/')[-1]} ({hosting})",
             api_base=api_base,
             hosting=hosting,
-            max_concurrency=8,
             timeout_s=180,
+            **spec_limits,
             **prices,
         )
     name = f"{model} ({hosting})" if hosting != "api" else ""
-    return ModelSpec(model=model, name=name, api_base=api_base, hosting=hosting, **prices)
+    return ModelSpec(model=model, name=name, api_base=api_base, hosting=hosting, **spec_limits, **prices)
 
 
 # Processes with one thread each: the client's CPU work is what is spread out. The scheduler's
@@ -248,7 +263,7 @@ class EvalContext:
         self.execution, self.key_blocks = execution, dict(key_blocks or {})
         self.server: VLLMServer | None = None
         self.dask = None  # a started prefect_dask.DaskTaskRunner, once the first shard goes there
-        self.limits: dict[str, asyncio.Semaphore] = {}  # per endpoint, shared by every shard
+        self.limits: dict[str, EndpointLimiter] = {}  # per endpoint, shared by every shard
         self.breakers: dict[str, CircuitBreaker] = {}  # per endpoint too: one outage opens one circuit
         self.generated: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])  # model -> [tokens, seconds]
 
@@ -510,13 +525,19 @@ def flow_api_url() -> str:
 
 
 def split_limits(requests: list[ModelRequest], slots: int) -> list[ModelRequest]:
-    """Each endpoint's concurrency limit divided among ``slots`` shards running at once (rounded
-    up), so the cluster as a whole stays near the limit the endpoint was given."""
-    specs = {
-        r.model: replace(r.model, max_concurrency=math.ceil(r.model.max_concurrency / slots))
-        for r in requests
-    }
+    """Each endpoint's limits (concurrency rounded up, requests and tokens per minute) divided among
+    ``slots`` shards running at once, so the cluster as a whole stays near what the endpoint allows."""
+    specs = {r.model: _split_spec(r.model, slots) for r in requests}
     return [replace(r, model=specs[r.model]) for r in requests]
+
+
+def _split_spec(spec: ModelSpec, slots: int) -> ModelSpec:
+    return replace(
+        spec,
+        max_concurrency=math.ceil(spec.max_concurrency / slots),
+        rpm=spec.rpm / slots if spec.rpm else None,
+        tpm=spec.tpm / slots if spec.tpm else None,
+    )
 
 
 def sealed(requests: list[ModelRequest], key_blocks: dict[str, str]) -> list[ModelRequest]:
