@@ -38,6 +38,7 @@ from workhorse.tasks.evaluate.run import (
     scorer_options,
     store_responses,
 )
+from workhorse.tasks.evaluate.viewer import write_item_viewer
 from workhorse.tasks.golden.versions import load_golden
 
 
@@ -99,6 +100,16 @@ async def parallel_eval(
     verdict = decide(plan, use_case, incumbent, candidates, chosen, quote(test_scores), quote(test_rows), ws)
     verdict, judge = judge_verdict(plan, use_case, judged, verdict, test_scores)
     task_type, labels = items[0].task_type, list(items[0].labels or [])
+    meta = {"use_case": use_case, "run_id": run_id, "task_type": task_type, "note": "test split"}
+    write_item_viewer(
+        ws.run_dir(run_id),
+        quote(test),
+        quote(test_rows),
+        quote(test_scores),
+        incumbent.spec.model,
+        verdict,
+        meta,
+    )
     return publish_results(
         ws,
         run_id,

@@ -118,6 +118,16 @@ def open_artifact(page: BrowserPage, server, key: str, screenshot: Path) -> list
     return tables
 
 
+def assert_item_viewer_written(summary: dict) -> None:
+    """The eval flow wrote the per-item viewer beside its report, one record per test item answered."""
+    run_dir = Path(summary["report"]).parent
+    page = (run_dir / "items.html").read_text()
+    data = json.loads(page.split('<script id="items-data" type="application/json">')[1].split("</script>")[0])
+    test_items = {r["item_id"] for r in pq.read_table(summary["scores"]).to_pylist() if r["split"] == "test"}
+    assert {record["id"] for record in data["items"]} == test_items
+    assert "href='items.html'" in Path(summary["report"]).read_text()
+
+
 def test_the_ui_shows_completed_runs_and_rendered_artifacts(served, tmp_path):
     server, audit, summary = served
     runs = api(server, "/flow_runs/filter", {})
@@ -159,5 +169,6 @@ def test_the_ui_shows_completed_runs_and_rendered_artifacts(served, tmp_path):
         assert "openai/cand" in leaderboard["text"] and "openai/incumbent-model" in leaderboard["text"]
         assert summary["verdict"]["decision"] in page.text()
 
+        assert_item_viewer_written(summary)
         assert page.errors() == []
     assert all((tmp_path / f"prefect-ui-{name}.png").stat().st_size > 10_000 for name in ("runs", "verdict"))

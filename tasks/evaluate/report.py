@@ -11,6 +11,7 @@ from collections import Counter
 from pathlib import Path
 
 from workhorse.tasks.common.html import table_html
+from workhorse.tasks.evaluate.viewer import viewer_link
 
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:2rem;max-width:1200px;color:#1b1f24}
@@ -283,7 +284,7 @@ def write_eval_report(path: Path, summary: dict, scores: list[dict], labels: lis
 <h2>Verdict per candidate</h2>{candidates_html(verdict)}
 <h2>Quality against cost (test split)</h2>{scatter_svg([t for t in tested if t["score"] is not None])}
 {judge_html(summary.get("judge"))}
-<h2>Leaderboard</h2>{leaderboard_html(summary["leaderboard"])}
+<h2>Leaderboard</h2>{leaderboard_html(summary["leaderboard"])}{viewer_link(path)}
 <h2>Detail</h2>{detail}
 <h2>Run</h2><p>Run <code>{html.escape(summary["run_id"])}</code>; generated tokens/s: \
 {html.escape(json.dumps({k: round(v, 1) for k, v in summary["tokens_per_s"].items()}))}</p>
