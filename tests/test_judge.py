@@ -269,3 +269,28 @@ def test_a_rubric_judge_grades_each_answer_and_is_calibrated_on_the_reference(
     assert figures["per_candidate"]["incumbent"]["n"] == len(tested)
     assert figures["calibration"]["agreement"] > 0.7 and figures["calibration"]["trusted"]
     assert summary["verdict"]["decision"] == "migrate" and "rubric grade" in summary["verdict"]["reason"]
+
+
+def test_the_team_overrides_the_judge_prompt_by_path_and_a_broken_one_is_refused(tmp_path):
+    from workhorse.config import JudgePlan
+    from workhorse.errors import ConfigError
+    from workhorse.tasks.evaluate.judge import JudgePrompts
+
+    (tmp_path / "ours.txt").write_text("Q: $input\nFirst: $answer_a\nSecond: $answer_b\nWho wins?")
+    judge = JudgePlan(kind="pairwise", model="openai/judge", prompt_file="ours.txt")
+    messages = JudgePrompts.from_plan(judge, tmp_path).render(judge, "why?", None, answer_a="x", answer_b="y")
+    assert messages == [{"role": "user", "content": "Q: why?\nFirst: x\nSecond: y\nWho wins?"}]
+
+    (tmp_path / "broken.txt").write_text("Q: $input\nOnly one answer: $answer_a")
+    with pytest.raises(ConfigError, match=r"lacks \$answer_b"):
+        JudgePrompts.from_plan(judge.model_copy(update={"prompt_file": "broken.txt"}), tmp_path)
+
+
+def test_a_bad_human_label_row_is_an_error_naming_it(tmp_path):
+    from workhorse.errors import ConfigError
+    from workhorse.tasks.evaluate.judge import read_human_labels
+
+    path = tmp_path / "prefs.csv"
+    path.write_text("input,answer_a,answer_b,preferred\nq1,a,b,A\nq2,a,b,maybe\n")
+    with pytest.raises(ConfigError, match="row 2"):
+        read_human_labels(path)

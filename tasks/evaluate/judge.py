@@ -352,12 +352,12 @@ def read_human_labels(path: Path) -> list[dict]:
 def human_subjects(rows: Sequence[dict]) -> list[Subject]:
     return [
         Subject(
-            "human-" + hashlib.sha256(json.dumps(row, sort_keys=True).encode()).hexdigest()[:12],
+            f"human-{number}-" + hashlib.sha256(json.dumps(row, sort_keys=True).encode()).hexdigest()[:8],
             str(row["input"]),
             row.get("reference") or None,
             {"A": str(row["answer_a"]), "B": str(row["answer_b"])},
         )
-        for row in rows
+        for number, row in enumerate(rows, 1)
     ]
 
 
@@ -482,48 +482,47 @@ def _rubric(run: JudgeRun, prompts: JudgePrompts, by_item: dict, answers: dict) 
 
 def record_judgements(run: JudgeRun, rows: Sequence[EvalResponse], test_rows) -> JudgeRun:
     """Resolve the runner's rows into pair outcomes or grades (failed calls and unparseable
-    judgements stay errors); a candidate's failed call on a paired item is a loss unjudged."""
+    judgements stay errors)."""
     run.rows = list(rows)
-    by_identity = {(r.prompt_variant, r.item_id): r for r in rows}
+    said = {(r.prompt_variant, r.item_id): r for r in rows}
     answers = _answers_by_arm(test_rows)
-    baseline = answers.get(run.arms["incumbent"], {})
-    if run.judge.kind == "pairwise":
-        for arm, key in run.arms.items():
-            if arm == "incumbent":
-                continue
-            outcomes = []
-            for item_id, row in sorted(answers.get(key, {}).items()):
-                if item_id not in baseline or baseline[item_id].error_type is not None:
-                    continue
-                if row.error_type is not None:
-                    outcomes.append(PairOutcome(item_id, "loss", None))
-                    continue
-                tag = f"pairwise|{arm}"
-                outcomes.append(
-                    resolve_pair(
-                        item_id,
-                        by_identity.get((f"{tag}|AB", item_id)),
-                        by_identity.get((f"{tag}|BA", item_id)),
-                    )
-                )
-            run.pairs[arm] = outcomes
-    else:
-        for arm, key in run.arms.items():
-            for item_id, row in sorted(answers.get(key, {}).items()):
-                if row.error_type is None:
-                    judged = by_identity.get((f"rubric|{arm}", item_id))
-                    run.grades.append(grade_of(item_id, arm, judged, run.judge.scale))
     for arm, key in run.arms.items():
         run.failed_calls[arm] = {i for i, row in answers.get(key, {}).items() if row.error_type is not None}
-    if run.human_labels:
-        for subject, label in zip(human_subjects(run.human_labels), run.human_labels):
-            judged = resolve_pair(
-                subject.item_id,
-                by_identity.get(("human|AB", subject.item_id)),
-                by_identity.get(("human|BA", subject.item_id)),
-            )
-            run.human.append((judged, human_preference(label)))
+    if run.judge.kind == "pairwise":
+        baseline = answers.get(run.arms["incumbent"], {})
+        for arm, key in run.arms.items():
+            if arm != "incumbent":
+                run.pairs[arm] = _pair_outcomes(arm, answers.get(key, {}), baseline, said)
+    else:
+        for arm, key in run.arms.items():
+            run.grades += [
+                grade_of(item_id, arm, said.get((f"rubric|{arm}", item_id)), run.judge.scale)
+                for item_id, row in sorted(answers.get(key, {}).items())
+                if row.error_type is None
+            ]
+    for subject, label in zip(human_subjects(run.human_labels), run.human_labels):
+        judged = resolve_pair(
+            subject.item_id, said.get(("human|AB", subject.item_id)), said.get(("human|BA", subject.item_id))
+        )
+        run.human.append((judged, human_preference(label)))
     return run
+
+
+def _pair_outcomes(arm: str, mine: dict, baseline: dict, said: dict) -> list[PairOutcome]:
+    """Every item the incumbent answered: the judged outcome, or a loss unjudged where the
+    candidate's own call failed (a failure in production is one)."""
+    outcomes = []
+    for item_id, row in sorted(mine.items()):
+        if item_id not in baseline or baseline[item_id].error_type is not None:
+            continue
+        if row.error_type is not None:
+            outcomes.append(PairOutcome(item_id, "loss"))
+            continue
+        tag = f"pairwise|{arm}"
+        outcomes.append(
+            resolve_pair(item_id, said.get((f"{tag}|AB", item_id)), said.get((f"{tag}|BA", item_id)))
+        )
+    return outcomes
 
 
 async def judge_test_answers(
