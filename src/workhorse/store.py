@@ -14,6 +14,10 @@ them). ``transaction(lock=…)`` serialises writers the way each backend can: ``
 on SQLite (one writer per file), a transaction-scoped advisory lock on PostgreSQL (one writer
 per lock name, so two use cases never wait on each other).
 
+The schema is versioned (``schema_version``): version 1 is the store as released, where each
+module ``ensure``s its own tables; later versions are forward migrations in ``MIGRATIONS``, applied
+once per database when a connection opens it. A store written by a newer workhorse is refused.
+
 The URL may carry ``${VAR}`` references (a password kept in the environment); it is expanded
 only when connecting, and ``describe`` is the only form that is ever logged.
 """
@@ -31,6 +35,7 @@ from typing import Any, Iterator, Sequence
 from urllib.parse import urlsplit
 
 from workhorse import dburl
+from workhorse.errors import ConfigError
 
 POSTGRES_SCHEMES = ("postgresql", "postgres", "postgresql+psycopg")
 
@@ -45,16 +50,109 @@ def describe(url: str | os.PathLike) -> str:
 
 
 def connect(target: Any) -> "StateConnection":
-    """A connection to a workspace's state (a Workspace, a postgresql:// URL or an SQLite path).
-    Each module ``ensure``s its own tables, so a connection creates only what its user reads."""
+    """A connection to a workspace's state (a Workspace, a postgresql:// URL or an SQLite path),
+    migrated forward to ``SCHEMA_VERSION``. Each module ``ensure``s its own tables besides."""
     url = target.state_url if hasattr(target, "state_url") else str(target)
-    return PostgresConnection(url) if is_postgres(url) else SQLiteConnection(Path(url))
+    connection = PostgresConnection(url) if is_postgres(url) else SQLiteConnection(Path(url))
+    try:
+        migrate(connection)
+    except BaseException:
+        connection.close()
+        raise
+    return connection
+
+
+class StateSchemaError(ConfigError):
+    """The state store was written by a newer workhorse than this one."""
+
+
+# Tables of the provider batch jobs (the first state added since release). A job is one provider
+# batch: its key is ours, chosen before any provider call, so a killed run finds it again.
+BATCH_SCHEMA = """
+CREATE TABLE IF NOT EXISTS batch_job (
+    job_key TEXT PRIMARY KEY,
+    run_id TEXT NOT NULL,
+    model TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    stage TEXT NOT NULL,
+    input_path TEXT,
+    file_id TEXT,
+    batch_id TEXT,
+    status TEXT,
+    lines INTEGER NOT NULL,
+    completed INTEGER NOT NULL DEFAULT 0,
+    failed INTEGER NOT NULL DEFAULT 0,
+    created_at TEXT NOT NULL,
+    submitted_at TEXT,
+    finished_at TEXT,
+    cost_usd REAL,
+    sync_cost_usd REAL
+);
+CREATE INDEX IF NOT EXISTS batch_job_run ON batch_job (run_id);
+CREATE TABLE IF NOT EXISTS batch_line (
+    custom_id TEXT NOT NULL,
+    job_key TEXT NOT NULL,
+    request_key TEXT NOT NULL,
+    state TEXT NOT NULL,
+    output TEXT,
+    prompt_tokens INTEGER,
+    completion_tokens INTEGER,
+    error_type TEXT,
+    error_message TEXT,
+    PRIMARY KEY (custom_id, job_key)
+);
+CREATE INDEX IF NOT EXISTS batch_line_job ON batch_line (job_key);
+"""
+
+# version -> the SQL (SQLite dialect) that takes a store from the version before to it.
+MIGRATIONS: dict[int, str] = {2: BATCH_SCHEMA}
+SCHEMA_VERSION = max(MIGRATIONS)
+VERSION_TABLE = (
+    "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL);"
+)
+_migrated: set[str] = set()  # databases already at SCHEMA_VERSION in this process
+
+
+def stored_version(connection: "StateConnection") -> int:
+    """The store's schema version; a store from before versioning (or a new one) is version 1."""
+    row = connection.execute("SELECT MAX(version) FROM schema_version").fetchone()
+    return row[0] if row and row[0] is not None else 1
+
+
+def migrate(connection: "StateConnection") -> int:
+    """Bring the store forward to ``SCHEMA_VERSION`` (the steps in one locked transaction, each
+    recorded in ``schema_version``); refuse a store whose version this workhorse does not know.
+    A store already current costs one read and takes no write lock."""
+    if connection.name in _migrated:
+        return SCHEMA_VERSION
+    connection.ensure(VERSION_TABLE)
+    if _known(connection, stored_version(connection)) < SCHEMA_VERSION:
+        with connection.transaction(lock="workhorse.schema"):
+            version = _known(connection, stored_version(connection))  # another process may have moved it
+            for step in range(version + 1, SCHEMA_VERSION + 1):
+                connection.script(MIGRATIONS[step])
+                connection.execute(
+                    "INSERT INTO schema_version (version, applied_at) VALUES (?, CURRENT_TIMESTAMP)", (step,)
+                )
+    if connection.dialect == "postgresql":  # SQLite files come and go under one path: checked each time
+        _migrated.add(connection.name)
+    return SCHEMA_VERSION
+
+
+def _known(connection: "StateConnection", version: int) -> int:
+    if version > SCHEMA_VERSION:
+        raise StateSchemaError(
+            f"the state store {connection.name} has schema version {version}, written by a newer "
+            f"workhorse; this one knows versions up to {SCHEMA_VERSION}: upgrade workhorse to open it"
+        )
+    return version
 
 
 class StateConnection:
     """What the state modules use: execute, executemany, ensure (schema), transaction, close."""
 
     dialect = ""
+    name = ""  # the database, as it may be logged
 
     def execute(self, sql: str, params: Sequence = ()) -> Any:
         raise NotImplementedError
@@ -64,6 +162,10 @@ class StateConnection:
 
     def ensure(self, schema: str) -> None:
         """Create the tables of ``schema`` if missing (once per process and database)."""
+        raise NotImplementedError
+
+    def script(self, schema: str) -> None:
+        """Run the statements of an SQLite-dialect ``schema`` inside the open transaction."""
         raise NotImplementedError
 
     @contextmanager
@@ -84,6 +186,7 @@ class SQLiteConnection(StateConnection):
     dialect = "sqlite"
 
     def __init__(self, path: Path):
+        self.name = str(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         self._raw = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
         self._raw.execute("PRAGMA journal_mode=WAL")
@@ -97,6 +200,12 @@ class SQLiteConnection(StateConnection):
 
     def ensure(self, schema: str) -> None:
         self._raw.executescript(schema)
+
+    def script(self, schema: str) -> None:
+        """The statements of ``schema`` inside the open transaction (executescript would commit it)."""
+        for statement in (s.strip() for s in schema.split(";")):
+            if statement:
+                self._raw.execute(statement)
 
     @contextmanager
     def transaction(self, lock: str | None = None) -> Iterator["SQLiteConnection"]:
@@ -139,7 +248,7 @@ class PostgresConnection(StateConnection):
     def __init__(self, url: str):
         import psycopg
 
-        self.database = describe(url)
+        self.database = self.name = describe(url)
         expanded = dburl.expand(url)
         # autocommit: every statement is its own transaction unless transaction() opens one,
         # which is the same contract as the SQLite connection in isolation_level=None.
@@ -169,6 +278,10 @@ class PostgresConnection(StateConnection):
                 self._raw.execute(statement)
         with _ensured_lock:
             _ensured.add(key)
+
+    def script(self, schema: str) -> None:
+        for statement in postgres_ddl(schema):
+            self._raw.execute(statement)
 
     @contextmanager
     def transaction(self, lock: str | None = None) -> Iterator["PostgresConnection"]:
