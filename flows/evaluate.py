@@ -24,6 +24,7 @@ from workhorse.tasks.evaluate.matrix import (
     confirmation_requests,
     tuning_requests,
 )
+from workhorse.tasks.evaluate.progress import artifact_key, tracking
 from workhorse.tasks.evaluate.run import (
     EvalContext,
     contenders_from_plan,
@@ -79,9 +80,11 @@ async def parallel_eval(
     for reason in skipped:
         logger.warning(reason)
     execution = execution_from(plan, task_runner, dask_address, dask_workers)
-    with EvalContext(
-        ws, run_id, shard_size, engine_api_base, execution, key_blocks_for(plan, use_case), batch_engine
-    ) as context:
+    key_blocks = key_blocks_for(plan, use_case)
+    with (
+        tracking(run_id, artifact_key(use_case)),
+        EvalContext(ws, run_id, shard_size, engine_api_base, execution, key_blocks, batch_engine) as context,
+    ):
         prompts = PromptPlan.from_dev(dev, plan.eval.tuning_items)
         dev_rows = await generate(context, tuning_requests(candidates, prompts), phase="dev")
         store_responses(ws, run_id, quote(dev_rows))  # paid answers on disk before anything can fail

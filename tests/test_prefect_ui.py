@@ -12,6 +12,7 @@ import json
 import shutil
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -21,8 +22,11 @@ from tests.support.acme import ACME, acme_generator
 from tests.support.browser import CHROMIUM
 from tests.support.browser_page import BrowserPage, browser_page
 from tests.support.eval_kit import evaluate, make_items, plan_file, scripted
+from workhorse.tasks.evaluate.progress import watching
 from workhorse.tasks.golden.versions import write_version
-from workhorse.ui import local_prefect_server
+from workhorse.testing.fake_openai import FakeServerProcess, ServerConfig
+from workhorse.ui import LocalServer, local_prefect_server
+from workhorse.workspace import Workspace
 
 pytestmark = pytest.mark.integration
 
@@ -72,38 +76,56 @@ def run_audit(workspace: Path, logs: list[str]):
     )
 
 
-def run_eval(workspace, fake_openai_server, tmp_path, monkeypatch) -> dict:
+def run_eval(workspace, folder: Path, monkeypatch, progress: list[dict]) -> dict:
+    """A small eval against two fake servers; ``progress`` gets every change the tracker reported."""
     items = make_items(60)
     write_version(workspace, "routing", items, [{"kind": "test"}])
-    incumbent = fake_openai_server(answers=scripted(items, 0.9, seed=1))
-    candidate = fake_openai_server(answers=scripted(items, 0.95, seed=2))
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-ui")
-    monkeypatch.setenv("OPENAI_API_BASE", incumbent.url)
-    plan = plan_file(tmp_path, [{"model": "openai/cand", "api_base": candidate.url}], min_items=10)
-    return evaluate(workspace, plan, variants=["zero-shot"])
+    incumbent = FakeServerProcess(ServerConfig(answers=scripted(items, 0.9, seed=1)))
+    candidate = FakeServerProcess(ServerConfig(answers=scripted(items, 0.95, seed=2)))
+    try:
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-test-ui")
+        monkeypatch.setenv("OPENAI_API_BASE", incumbent.url)
+        plan = plan_file(folder, [{"model": "openai/cand", "api_base": candidate.url}], min_items=10)
+        with watching(lambda tracker: progress.append(snapshot(tracker))):
+            return evaluate(workspace, plan, variants=["zero-shot"])
+    finally:
+        incumbent.stop()
+        candidate.stop()
 
 
-@pytest.fixture
-def served(tmp_path, isolated_workspace, fake_openai_server, monkeypatch):
+def snapshot(tracker) -> dict:
+    return {(line.phase, line.model): (line.done, line.total, line.errors) for line in tracker.lines.values()}
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
     """A server as `workhorse ui` starts it, with one audit and one eval run recorded on it."""
-    home, log = tmp_path / "prefect-home", tmp_path / "prefect-server.log"
-    with ThreadPoolExecutor(1) as pool:
-        logs = pool.submit(prepare_audit, tmp_path / "logs")  # while the server starts (15-30 s)
+    folder = tmp_path_factory.mktemp("prefect-ui")
+    home, log = folder / "prefect-home", folder / "prefect-server.log"
+    with ThreadPoolExecutor(1) as pool, pytest.MonkeyPatch.context() as monkeypatch:
+        logs = pool.submit(prepare_audit, folder / "logs")  # while the server starts (15-30 s)
         with local_prefect_server(home=home, log=log) as server:
-            served_flows = _record_runs(
-                server, logs.result(), tmp_path, isolated_workspace, fake_openai_server, monkeypatch
-            )
-            yield server, *served_flows
+            yield Served(server, folder, *_record_runs(server, logs.result(), folder, monkeypatch))
 
 
-def _record_runs(server, logs, tmp_path, workspace, fake_openai_server, monkeypatch):
+@dataclass
+class Served:
+    server: LocalServer
+    folder: Path  # screenshots land here
+    audit: object
+    summary: dict
+    progress: list[dict]
+
+
+def _record_runs(server, logs, folder: Path, monkeypatch):
     from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
     assert not server.api_url.startswith("http://127.0.0.1:4200/")
+    progress: list[dict] = []
     with temporary_settings({PREFECT_API_URL: server.api_url, PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-        audit = run_audit(tmp_path / "audit-workspace", logs)
-        summary = run_eval(workspace, fake_openai_server, tmp_path, monkeypatch)
-    return audit, summary
+        audit = run_audit(folder / "audit-workspace", logs)
+        summary = run_eval(Workspace.resolve(folder / "eval-workspace"), folder, monkeypatch, progress)
+    return audit, summary, progress
 
 
 def artifact(server, key: str) -> dict:
@@ -128,23 +150,21 @@ def assert_item_viewer_written(summary: dict) -> None:
     assert "href='items.html'" in Path(summary["report"]).read_text()
 
 
-def test_the_ui_shows_completed_runs_and_rendered_artifacts(served, tmp_path):
-    server, audit, summary = served
-    runs = api(server, "/flow_runs/filter", {})
-    names = {run["flow_id"]: run for run in runs}
+def runs_by_flow(server) -> dict[str, dict]:
     flows = {f["id"]: f["name"] for f in api(server, "/flows/filter", {})}
-    by_flow = {flows[flow_id]: run for flow_id, run in names.items()}
-    assert set(by_flow) >= {"usage-audit", "parallel-eval"}
+    return {flows[run["flow_id"]]: run for run in api(server, "/flow_runs/filter", {})}
 
+
+def test_both_flow_runs_show_completed(served):
+    server, by_flow = served.server, runs_by_flow(served.server)
+    assert set(by_flow) >= {"usage-audit", "parallel-eval"}
     with browser_page() as page:
         page.open(f"{server.ui_url}/runs")
-        page.wait_until(
-            " && ".join(
-                f"document.body.innerText.includes({json.dumps(by_flow[f]['name'])})" for f in by_flow
-            ),
-            what="both flow runs in the runs list",
+        listed = " && ".join(
+            f"document.body.innerText.includes({json.dumps(r['name'])})" for r in by_flow.values()
         )
-        page.screenshot(tmp_path / "prefect-ui-runs.png")
+        page.wait_until(listed, what="both flow runs in the runs list")
+        page.screenshot(served.folder / "prefect-ui-runs.png")
         assert UNREACHABLE not in page.text()
         for flow_name in ("usage-audit", "parallel-eval"):
             run = by_flow[flow_name]
@@ -154,21 +174,49 @@ def test_the_ui_shows_completed_runs_and_rendered_artifacts(served, tmp_path):
             )
             state = page.wait_until(f"{shown} && {HEADING_STATE_JS}", what=f"the {flow_name} run's page")
             assert state == "Completed" and UNREACHABLE not in page.text()
-            page.screenshot(tmp_path / f"prefect-ui-{flow_name}.png")
+            page.screenshot(served.folder / f"prefect-ui-{flow_name}.png")
+        assert page.errors() == []
+    assert (served.folder / "prefect-ui-runs.png").stat().st_size > 10_000
 
-        use_cases = pq.read_table(audit.tables["use_cases"]).to_pylist()
-        [audit_table] = open_artifact(page, server, "usage-audit", tmp_path / "prefect-ui-audit-artifact.png")
+
+def test_the_audit_table_and_the_eval_verdict_render_with_their_rows(served):
+    server, summary, folder = served.server, served.summary, served.folder
+    with browser_page() as page:
+        use_cases = pq.read_table(served.audit.tables["use_cases"]).to_pylist()
+        [audit_table] = open_artifact(page, server, "usage-audit", folder / "prefect-ui-audit-artifact.png")
         assert audit_table["rows"] == 1 + len(use_cases) and audit_table["height"] > 0
         assert all(row["use_case"] in audit_table["text"] for row in use_cases)
 
         verdict_tables = open_artifact(
-            page, server, "eval-routing-verdict", tmp_path / "prefect-ui-verdict.png"
+            page, server, "eval-routing-verdict", folder / "prefect-ui-verdict.png"
         )
         leaderboard = verdict_tables[-1]
         assert leaderboard["rows"] == 1 + len(summary["leaderboard"]) and leaderboard["height"] > 0
         assert "openai/cand" in leaderboard["text"] and "openai/incumbent-model" in leaderboard["text"]
         assert summary["verdict"]["decision"] in page.text()
-
-        assert_item_viewer_written(summary)
         assert page.errors() == []
-    assert all((tmp_path / f"prefect-ui-{name}.png").stat().st_size > 10_000 for name in ("runs", "verdict"))
+
+
+def test_eval_progress_counts_every_stored_answer_as_it_lands(served):
+    """What the tracker reported (the CLI's display, the UI's progress artifact) against the rows
+    the run stored: per phase and model, all of them, reported one by one, not at the end."""
+    scores = pq.read_table(served.summary["scores"]).to_pylist()
+    expected = {}
+    for row in scores:
+        phase = "dev" if row["split"] == "dev" else "test"
+        done, total, errors = expected.get((phase, row["model"]), (0, 0, 0))
+        expected[(phase, row["model"])] = (done + 1, total + 1, errors + (row["error_type"] is not None))
+    assert served.progress[-1] == expected
+    partial = [s for s in served.progress if any(0 < done < total for done, total, _ in s.values())]
+    assert len(partial) > len(expected)
+
+    [progress] = api(
+        served.server, "/artifacts/filter", {"artifacts": {"key": {"any_": ["eval-routing-progress"]}}}
+    )
+    assert progress["type"] == "progress" and float(progress["data"]) == 100.0
+    for (phase, model), (done, total, _) in expected.items():
+        assert f"{phase} · {model}: {done}/{total}" in progress["description"]
+
+
+def test_the_eval_wrote_its_item_viewer(served):
+    assert_item_viewer_written(served.summary)

@@ -69,6 +69,7 @@ def evaluate(
         min=1,
         help="Worker processes of that LocalCluster (default 2). Endpoint limits are split among them.",
     ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display (none off a terminal)."),
     workspace: Optional[Path] = WorkspaceOption,
 ) -> None:
     """Evaluate incumbent and candidates on a golden set: leaderboard, verdict, HTML report."""
@@ -78,10 +79,11 @@ def evaluate(
 
     from workhorse.flows.evaluate import parallel_eval
     from workhorse.tables import candidate_verdicts_table, verdict_table
+    from workhorse.tasks.evaluate.progress import console_display
 
     if task_runner not in (None, "threads", "dask"):  # before Prefect's own check, which prints a traceback
         raise typer.BadParameter(f"{task_runner!r} is not one of: threads, dask", param_hint="--task-runner")
-    with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+    with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}), console_display(not quiet):
         summary = asyncio.run(
             parallel_eval(
                 use_case=use_case,
@@ -104,6 +106,8 @@ def evaluate(
     for reason in summary["skipped"]:
         console.print(f"skipped: {reason}")
     console.print(f"report: {summary['report']}")
+    if (viewer := Path(summary["report"]).parent / "items.html").exists():
+        console.print(f"every test item, answer by answer: {viewer}")
 
 
 @app.command()

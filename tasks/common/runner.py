@@ -28,7 +28,7 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from workhorse import store
 from workhorse.tasks.common.limits import EndpointLimiter, Limits, expected_tokens
@@ -432,6 +432,7 @@ class Runner:
         limits: dict[str, EndpointLimiter] | None = None,
         breakers: dict[str, CircuitBreaker] | None = None,
         lean: bool = True,
+        on_result: Callable[[EvalResponse], None] | None = None,
     ):
         self.workspace = workspace
         self.run_id = run_id
@@ -447,6 +448,8 @@ class Runner:
         # OpenAI-compatible endpoints (an api_base) skip LiteLLM: see http_path.py. Off: LiteLLM for all.
         self.lean = lean
         self._http = _http_pool()
+        # Told of every row as it is settled (answered, failed, cached or resumed): eval progress.
+        self.on_result = on_result or (lambda row: None)
 
     async def run(self, requests: list[ModelRequest]) -> list[EvalResponse]:
         """Answer every request (in input order), reusing the checkpoint and the cache."""
@@ -458,6 +461,9 @@ class Runner:
         cache = ResponseCache(self.workspace) if self.use_cache else None
         try:
             done.update(self._from_cache(cache, pending))
+            for request in requests:
+                if request.identity in done:
+                    self.on_result(done[request.identity])
             to_call = [r for r in pending if r.identity not in done]
             done.update(await self._call_all(to_call, cache))
         finally:
@@ -492,6 +498,7 @@ class Runner:
                     row = first if request is group[0] else self._copy_for(request, first)
                     self.checkpoint.append(row)
                     rows[request.identity] = row
+                    self.on_result(row)
                     advance()
 
             await asyncio.gather(*(answer(group) for group in by_key.values()))

@@ -61,6 +61,7 @@ from workhorse.tasks.evaluate.matrix import (
     score_rows,
     shards,
 )
+from workhorse.tasks.evaluate.progress import current_progress
 from workhorse.workspace import Workspace
 
 
@@ -329,6 +330,7 @@ async def generate(context: EvalContext, requests: list[ModelRequest], phase: st
     the same model served and batched) takes the served answer, priced at its own hosting's rate:
     greedy decoding gives the same text, and on one machine two engines computing it side by
     side fight for the same cores (30 items took 3.5 min so on a 2-core CPU)."""
+    current_progress().expect(phase, requests)
     offline: list[ModelRequest] = []
     groups: dict[tuple, list[ModelRequest]] = defaultdict(list)
     for request in requests:
@@ -353,7 +355,9 @@ async def generate(context: EvalContext, requests: list[ModelRequest], phase: st
     alone = [r for r in offline if r.cache_key not in served_keys]
     if alone:
         rows += await _offline_batch(context, alone)
-    return rows + twin_rows(twins, rows)
+    rows += twin_rows(twins, rows)
+    current_progress().settle(rows)
+    return rows
 
 
 def twin_rows(twins: list[ModelRequest], answered: list[EvalResponse]) -> list[EvalResponse]:
@@ -442,7 +446,12 @@ def shard_runner(workspace: Workspace, run_id: str, requests: list[ModelRequest]
 async def run_shard(context: EvalContext, requests: list[ModelRequest]) -> list[EvalResponse]:
     """One (model, variant) shard through the runner; its wall time feeds measured throughput."""
     runner = shard_runner(
-        context.workspace, context.run_id, requests, limits=context.limits, breakers=context.breakers
+        context.workspace,
+        context.run_id,
+        requests,
+        limits=context.limits,
+        breakers=context.breakers,
+        on_result=current_progress().record,
     )
     started = time.perf_counter()
     rows = await runner.run(requests)
