@@ -21,8 +21,10 @@ class _Cli(typer.Typer):
     and keep theirs."""
 
     def __call__(self, *args, **kwargs):
+        from workhorse.children import tie_prefect_server
         from workhorse.errors import WorkhorseError
 
+        tie_prefect_server()  # a temporary Prefect server dies with this command, even on kill -9
         try:
             return super().__call__(*args, **kwargs)
         except WorkhorseError as error:

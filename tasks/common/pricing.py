@@ -1,7 +1,8 @@
 """Price catalog and cost projections: what a token costs per model and hosting strategy.
 
-Prices come from LiteLLM's bundled map (``litellm.model_cost``, offline: ``import workhorse``
-first), with overrides from the workspace plan. Batch prices are the map's
+Prices come from LiteLLM's bundled map (the JSON file ``litellm.model_cost`` is loaded from, read
+directly: importing litellm takes seconds that an audit has no other use for), with overrides
+from the workspace plan. Batch prices are the map's
 ``*_cost_per_token_batches`` where it has them, else 50 % of list (the discount OpenAI, Anthropic
 and most batch providers give). Self-hosted price = GPU $/hour ÷ tokens/hour, measured by the
 engine when a measurement exists, else configured. An unknown model is never $0: it is
@@ -67,11 +68,46 @@ class Price:
         return self.output_per_token * 1000
 
 
-def model_cost_map() -> dict[str, dict]:
-    """LiteLLM's bundled price map (imported lazily: litellm costs ~1 s to import)."""
-    import litellm
+PRICE_MAP_FILE = "model_prices_and_context_window_backup.json"
+# A top-level key of the file that LiteLLM does not serve as a model.
+NOT_MODELS = frozenset({"fallback_generalizations"})
 
-    return litellm.model_cost
+
+def model_cost_map() -> dict[str, dict]:
+    """LiteLLM's bundled price map, read once from its JSON file without importing litellm."""
+    return _bundled_price_map()
+
+
+@functools.cache
+def _bundled_price_map() -> dict[str, dict]:
+    import importlib.util
+
+    found = importlib.util.find_spec("litellm")  # finds the package without running it
+    if found is None or found.origin is None:
+        raise ImportError("litellm is not installed: pip install litellm (its price map prices every call)")
+    raw = json.loads((Path(found.origin).parent / PRICE_MAP_FILE).read_text(encoding="utf-8"))
+    return served_names(raw)
+
+
+def served_names(raw: dict[str, dict]) -> dict[str, dict]:
+    """The file's rows under every name LiteLLM serves them by: ``alias_of`` rows become their
+    target, an ``aliases`` list adds names, a name already taken keeps its own row (as LiteLLM does)."""
+    rows = {k: v for k, v in raw.items() if k not in NOT_MODELS and isinstance(v, dict)}
+    pointers = {k: v["alias_of"] for k, v in rows.items() if isinstance(v.get("alias_of"), str)}
+    served = {k: {f: x for f, x in v.items() if f != "aliases"} for k, v in rows.items() if k not in pointers}
+    claimed: set[str] = set()
+    for name, row in rows.items():
+        if name in pointers or not isinstance(row.get("aliases"), list):
+            continue
+        for alias in row["aliases"]:
+            if (alias in rows and alias not in pointers) or alias in claimed:
+                continue
+            claimed.add(alias)
+            served[alias] = served[name]
+    for alias, target in pointers.items():
+        if target in served and target not in pointers and alias not in claimed:
+            served[alias] = served[target]
+    return served
 
 
 def lookup_entry(model: str, cost_map: dict[str, dict] | None = None) -> tuple[str, dict] | None:
