@@ -294,3 +294,31 @@ def test_a_bad_human_label_row_is_an_error_naming_it(tmp_path):
     path.write_text("input,answer_a,answer_b,preferred\nq1,a,b,A\nq2,a,b,maybe\n")
     with pytest.raises(ConfigError, match="row 2"):
         read_human_labels(path)
+
+
+@pytest.mark.integration
+def test_the_embedded_model_judges_through_real_vllm_with_every_judgement_parsed(
+    prefect_server, vllm_server, isolated_workspace, fake_openai_server, tmp_path, monkeypatch
+):
+    """Weak as a judge, but the path is real: the choice constraint reaches vLLM, so each of the
+    135M model's judgements is one of A, B or tie, priced at the self-hosting rate."""
+    items, _ = qa_items(40)
+    write_version(isolated_workspace, "facts", items, [{"kind": "test"}])
+    candidate = fake_openai_server(answers={i.input[-1]["content"]: i.reference for i in items})
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    plan = judged_plan(tmp_path, candidate.url, vllm_server.api_base, model="embedded")
+
+    summary = evaluate(isolated_workspace, plan)
+
+    tested = sum(1 for i in items if i.split == "test")
+    table = summary["judge"]["per_candidate"]["openai/cand"]
+    assert table["n"] == tested and table["errors"] == {}
+    assert table["wins"] + table["ties"] + table["losses"] == tested
+    calls = pq.read_table(
+        isolated_workspace.run_dir(summary["run_id"]) / "judge_responses.parquet"
+    ).to_pylist()
+    assert {c["output"] for c in calls} <= {"A", "B", "tie"} and {c["hosting"] for c in calls} == {
+        "self_hosted"
+    }
+    assert summary["judge"]["cost_usd"] is not None and summary["judge"]["cost_usd"] > 0
+    assert summary["verdict"]["decision"] in ("migrate", "keep", "inconclusive")

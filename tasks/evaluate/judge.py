@@ -109,11 +109,11 @@ def judge_spec(judge: JudgePlan, plan: Plan, workspace_root: Path | None = None)
     from workhorse.tasks.common.pricing import plan_catalog
     from workhorse.tasks.evaluate.run import candidate_spec
 
-    catalog = plan_catalog(plan, workspace_root)
-    if judge.model == EMBEDDED_JUDGE:
+    if judge.model == EMBEDDED_JUDGE:  # priced like a self-hosted candidate: GPU rent over throughput
+        catalog = plan_catalog(plan, workspace_root, also_self_hosted=[EMBEDDED_LITELLM])
         spec = candidate_spec(EMBEDDED_LITELLM, "self_hosted", judge.api_base, catalog)
     else:
-        spec = candidate_spec(judge.model, "api", judge.api_base, catalog)
+        spec = candidate_spec(judge.model, "api", judge.api_base, plan_catalog(plan, workspace_root))
     return replace(spec, name=f"judge {judge.model}")
 
 
