@@ -10,37 +10,47 @@ from __future__ import annotations
 
 import asyncio
 import math
+import threading
 import time
 import uuid
+from pathlib import Path
 
 import openai
 import psycopg
 import pytest
+import yaml
 
 from tests.support.litellm_proxy import CuttableRelay, LiteLLMProxy
+from workhorse.errors import ConfigError
 from workhorse.router import bucket
 from workhorse.tasks.common.traffic_log import read_traffic
 from workhorse.tasks.rollout import state as rollout
 from workhorse.tasks.rollout.gateway import (
+    GatewaySettings,
     WorkhorseGateway,
     gateway_settings,
+    main,
     proxy_config,
     replicas,
 )
 from workhorse.tasks.rollout.guardrails import analyze_rollout
-from workhorse.testing.fake_openai import FakeServerProcess, ServerConfig, request_key
+from workhorse.testing.fake_openai import FakeServerProcess, Faults, ServerConfig, request_key
 from workhorse.workspace import Workspace
 
 REFRESH_S = 0.5
-USE_CASES = ("steps", "revert", "outage")
+USE_CASES = ("steps", "revert", "breaker", "outage")
 INCUMBENT, CANDIDATE = "fake-incumbent", "fake-candidate"
 POLICY = {"bake_time": 0, "min_requests": 5, "guardrails": {"min_critical_requests": 8}}
 
 
 @pytest.fixture(scope="module")
 def servers():
+    """Incumbent and candidate, and a candidate whose every answer is a broken body: an error the
+    circuit breaker does not count (not the endpoint's health), so only the revert stops its traffic."""
+    broken = ServerConfig(faults=Faults(malformed=1.0))
     with FakeServerProcess(ServerConfig()) as inc, FakeServerProcess(ServerConfig()) as cand:
-        yield {"incumbent": inc, "candidate": cand}
+        with FakeServerProcess(broken) as broken:
+            yield {"incumbent": inc, "candidate": cand, "broken": broken}
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +74,11 @@ def proxy(servers, store, tmp_path_factory):
     folder = tmp_path_factory.mktemp("gateway")
     routes = {
         uc: {
-            arm: {"model": f"openai/fake-{arm}", "api_base": servers[arm].url, "api_key": "sk-fake-upstream"}
+            arm: {
+                "model": f"openai/fake-{arm}",
+                "api_base": servers["broken" if (uc, arm) == ("revert", "candidate") else arm].url,
+                "api_key": "sk-fake-upstream",
+            }
             for arm in ("incumbent", "candidate")
         }
         for uc in USE_CASES
@@ -110,7 +124,7 @@ def send(proxy, use_case: str, calls: list[tuple[str, str]]) -> list[str]:
 
 
 def records_by_server(servers) -> dict[str, set[str]]:
-    return {arm: {r["key"] for r in server.records()} for arm, server in servers.items()}
+    return {arm: {r["key"] for r in servers[arm].records()} for arm in ("incumbent", "candidate")}
 
 
 def arm_of(records: dict[str, set[str]], tag: str) -> set[str]:
@@ -127,7 +141,7 @@ def wait_for(condition, timeout_s: float = 20.0, what: str = "condition"):
         value = condition()
         if value:
             return value
-        time.sleep(0.05)
+        time.sleep(0.1)
     raise AssertionError(f"timed out waiting for {what}")
 
 
@@ -182,7 +196,7 @@ def test_the_split_follows_each_step_and_every_user_stays_on_one_arm(proxy, serv
         "openai/fake-candidate",
         {**POLICY, "steps": ["shadow", 5, 10, 25, 100]},
     )
-    users = [f"user-{i}" for i in range(60)]
+    users = [f"user-{i}" for i in range(40)]
     for step, weight in (("shadow", 0), ("5", 5), ("10", 10), ("25", 25)):
         state = rollout.current_state(ws, uc)
         assert state.stage == step
@@ -237,38 +251,103 @@ def rows_read_like_router_rows(ws, uc, step, n_calls, n_candidate, servers, call
     assert all(r["response"].startswith("echo:") for r in rows)
 
 
+class Traffic:
+    """Requests through the proxy from a background thread, four at a time, until ``stop``."""
+
+    def __init__(self, proxy, use_case: str):
+        self.proxy, self.use_case = proxy, use_case
+        self.answers: list[str] = []
+        self.failures: list[BaseException] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._drive()), daemon=True)
+        self._thread.start()
+
+    async def _drive(self) -> None:
+        client = openai.AsyncOpenAI(base_url=self.proxy.url, api_key=self.proxy.master_key, max_retries=0)
+        n = 0
+        while not self._stop.is_set():
+            batch = [(f"user-{(n + i) % 40}", f"{self.use_case}-live-{n + i}") for i in range(4)]
+            n += len(batch)
+            results = await asyncio.gather(
+                *(
+                    client.chat.completions.create(model=self.use_case, messages=messages(tag), user=user)
+                    for user, tag in batch
+                ),
+                return_exceptions=True,
+            )
+            for result in results:
+                if isinstance(result, BaseException):
+                    self.failures.append(result)
+                else:
+                    self.answers.append(result.choices[0].message.content)
+        await client.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=60)
+
+
 def test_a_revert_by_the_control_loop_sends_everything_back_to_the_incumbent(proxy, servers, ws):
-    """Candidate broken at 25 %: its circuit opens, the guardrails read the proxy's rows and revert,
-    and after the revert's commit plus one refresh_s the candidate gets no request."""
+    """A candidate answering broken bodies at 25 %: the guardrails read the proxy's rows and the
+    control loop reverts while traffic flows; one refresh_s after the revert's commit the
+    candidate gets no more requests, and every client request got an answer (the fallback)."""
     uc = "revert"
     rollout.start_rollout(
         ws, uc, "openai/fake-incumbent", "openai/fake-candidate", {**POLICY, "steps": [25, 100]}
     )
     serving(ws, uc, rollout.current_state(ws, uc).version)
+    traffic = Traffic(proxy, uc)
+    try:
+        for _ in range(100):
+            time.sleep(0.3)
+            if rollout.advance(ws, uc, analyze_rollout(ws, uc)).to_stage == "reverted":
+                break
+        reverted_at = rollout.history(ws, uc)[-1]["ts"] / 1e6
+        time.sleep(4 * REFRESH_S)  # traffic goes on after the revert
+    finally:
+        traffic.stop()
+    assert rollout.current_state(ws, uc).stage == "reverted"
+    assert traffic.failures == [] and all(a.startswith("echo:") for a in traffic.answers)
+    last = max(r["t"] for r in servers["broken"].records())
+    print(
+        f"revert: last candidate request {last - reverted_at:+.3f} s after the commit (refresh_s {REFRESH_S})"
+    )
+    # one refresh_s, plus the weights read itself and the request's way to the server on shared cores
+    assert last <= reverted_at + REFRESH_S + 1.0
+    rows = read_traffic(ws, uc).to_pylist()
+    assert {r["error_type"] for r in rows if r["arm"] == "candidate"} == {"bad_response"}
+    assert sum(r["arm"] == "incumbent" and r["rollout_stage"] == "reverted" for r in rows) > 0
+
+
+def test_a_candidate_that_is_down_opens_its_circuit(proxy, servers, ws):
+    """Candidate down (503) at 50 %: after breaker_threshold failures its share goes to the
+    incumbent without reaching it, logged as circuit_open rows the guardrails count as errors."""
+    uc = "breaker"
+    rollout.start_rollout(
+        ws, uc, "openai/fake-incumbent", "openai/fake-candidate", {**POLICY, "steps": [50, 100]}
+    )
+    serving(ws, uc, rollout.current_state(ws, uc).version)
+    before = len(servers["candidate"].records())
     servers["candidate"].control(down=True)
     try:
-        calls, rounds = [], 0
-        while rollout.current_state(ws, uc).stage != "reverted":
-            batch = [(f"user-{i}", f"revert-{rounds}-{i}") for i in range(40)]
-            assert all(a.startswith("echo:") for a in send(proxy, uc, batch))  # fallbacks answer
-            calls += batch
-            rollout.advance(ws, uc, analyze_rollout(ws, uc))
-            rounds += 1
-            assert rounds < 10, "the control loop never reverted"
-        reverted_at = rollout.history(ws, uc)[-1]["ts"] / 1e6
-        after = [(f"user-{i}", f"after-{i}") for i in range(80)]
-        time.sleep(REFRESH_S)
-        assert all(a.startswith("echo:") for a in send(proxy, uc, after))
+        calls = [(f"user-{i}", f"breaker-{i}") for i in range(60)]
+        assert all(a.startswith("echo:") for a in send(proxy, uc, calls))
     finally:
         servers["candidate"].control(down=False)
-    late = [r for r in servers["candidate"].records() if r["t"] > reverted_at + REFRESH_S]
-    assert late == []
-    assert all(arm_of(records_by_server(servers), tag) == {"incumbent"} for _, tag in after)
-    rows = read_traffic(ws, uc).to_pylist()
+    reached = len(servers["candidate"].records()) - before
+    routed = sum(bucket(uc, user) < 50 for user, _ in calls)
+    rows = wait_for(
+        lambda: (
+            (r := read_traffic(ws, uc).to_pylist())
+            and sum(x["arm"] == "candidate" for x in r) == routed
+            and r
+        ),
+        what="the candidate rows",
+    )
     errors = [r["error_type"] for r in rows if r["arm"] == "candidate"]
-    assert "circuit_open" in errors and set(errors) <= {"server_error", "circuit_open"}
-    last = max((r["t"] for r in servers["candidate"].records() if r["outcome"] == "down"), default=0)
-    print(f"revert: last candidate request {last - reverted_at:+.2f} s after the commit")
+    assert errors.count("server_error") == reached and errors.count("circuit_open") == routed - reached
+    assert reached < routed / 2  # the circuit held most of them back
+    assert analyze_rollout(ws, uc).counts["candidate"] == routed
 
 
 def test_a_store_outage_leaves_traffic_on_the_last_weights(proxy, servers, store, ws):
@@ -299,3 +378,49 @@ def test_a_store_outage_leaves_traffic_on_the_last_weights(proxy, servers, store
     wait_for(
         lambda: len(read_traffic(ws, uc)) >= len(during) + len(after), what="the rows kept through the outage"
     )
+
+
+def test_the_proxy_config_and_the_plugin_settings_come_from_the_plan(tmp_path, capsys):
+    plan = {
+        "incumbent": "openai/gpt-4o-mini",
+        "candidates": [
+            {"model": "hosted_vllm/qwen", "api_base": "http://gpu-box:8000/v1"},
+            {"model": "deepinfra/Qwen/Qwen3-14B"},
+        ],
+        "use_cases": {
+            "ticket-routing": {
+                "task_type": "classification",
+                "labels": ["a", "b"],
+                "candidates": ["hosted_vllm/qwen"],
+            },
+            "summaries": {"task_type": "summarization"},  # two candidates, none chosen: left out
+        },
+    }
+    (tmp_path / "workhorse.yaml").write_text(yaml.safe_dump(plan))
+    main(["--plan", str(tmp_path), "--workspace", str(tmp_path / "ws"), "--refresh-s", "2"])
+    printed = capsys.readouterr().out
+    config = yaml.safe_load(printed)
+    assert [m["model_name"] for m in config["model_list"]] == [
+        "ticket-routing/incumbent",
+        "ticket-routing/candidate",
+        "ticket-routing",
+    ]
+    candidate = config["model_list"][1]["litellm_params"]
+    assert candidate == {
+        "max_retries": 0,
+        "model": "hosted_vllm/qwen",
+        "api_key": "os.environ/HOSTED_VLLM_API_KEY",
+        "api_base": "http://gpu-box:8000/v1",
+    }
+    assert config["router_settings"]["fallbacks"] == [
+        {"ticket-routing/candidate": ["ticket-routing/incumbent"]}
+    ]
+    assert config["litellm_settings"]["callbacks"] == "workhorse.tasks.rollout.gateway.proxy_handler"
+    settings_path = printed.splitlines()[0].split("=", 1)[1]
+    settings = GatewaySettings.load(settings_path)
+    assert settings.refresh_s == 2 and list(settings.use_cases) == ["ticket-routing"]
+    assert settings.use_cases["ticket-routing"].candidate.deployment == "ticket-routing/candidate"
+    # a mistyped settings file fails with its name and the field, not at the first request
+    Path(settings_path).write_text("refresh_s: 2\nuse_case: {}\n")
+    with pytest.raises(ConfigError, match="(?s)gateway.yaml.*use_case.*not permitted"):
+        GatewaySettings.load(settings_path)

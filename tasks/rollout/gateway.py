@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import atexit
 import hashlib
-import json
 import logging
 import os
 import socket
@@ -41,12 +40,14 @@ from pydantic import BaseModel, ConfigDict, Field
 
 import workhorse  # noqa: F401  (offline LiteLLM price map before litellm is imported)
 from workhorse import store
+from workhorse.config import Plan, load_plan
 from workhorse.errors import ConfigError
 from workhorse.router import BREAKER_OF_ARM, bucket
-from workhorse.tasks.common.runner import CallFailed, CircuitBreaker, RetryPolicy, classify
+from workhorse.tasks.common.runner import CallFailed, CircuitBreaker, ModelSpec, RetryPolicy, classify
 from workhorse.tasks.common.traffic_log import COLUMNS, _as_record, make_row, now_micros
 from workhorse.tasks.common.traffic_log import connect as traffic_connect
-from workhorse.tasks.rollout.state import current_weights
+from workhorse.tasks.rollout.litellm_export import key_env_name
+from workhorse.tasks.rollout.state import current_state, current_weights
 from workhorse.workspace import Workspace
 
 try:  # the proxy's base class; without litellm's proxy installed the plugin still loads for config work
@@ -188,31 +189,33 @@ def replicas(workspace: Workspace | str | None, use_case: str, within_s: float =
 
 
 class RowWriter:
-    """Rows queue in memory; a thread inserts them in batches every ``flush_s``. A batch that fails
-    (store down) stays queued and is retried, up to ``max_rows`` (the oldest are dropped, counted)."""
+    """Rows queue in memory; a thread turns them into records and inserts them in batches every
+    ``flush_s``, off the proxy's event loop. A batch that fails (store down) is kept and retried,
+    up to ``max_rows`` (the oldest are dropped, counted and logged)."""
 
     def __init__(self, workspace: Workspace, flush_s: float = 0.2, max_rows: int = 100_000):
         self.workspace, self.flush_s, self.max_rows = workspace, flush_s, max_rows
-        self._rows: list[tuple] = []
+        self._rows: list[dict] = []  # logged, not yet taken by the writer
+        self._held: list[tuple] = []  # taken, not yet committed (the writer thread's own)
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self.dropped = 0
+        self.logged = self.written = self.dropped = 0
         self._thread = threading.Thread(target=self._run, name="workhorse-gateway-rows", daemon=True)
         self._thread.start()
         atexit.register(self.close)  # the proxy's last rows are written when it stops
+
+    def log(self, row: dict) -> None:
+        with self._lock:
+            self._rows.append(row)
+            self.logged += 1
+
+    def pending(self) -> int:
+        return self.logged - self.written - self.dropped
 
     def close(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
         _close_quietly(self._write(None))
-
-    def log(self, row: dict) -> None:
-        record = _as_record(row)  # validated here, so a bad row fails its caller, not the writer
-        with self._lock:
-            self._rows.append(record)
-            if len(self._rows) > self.max_rows:
-                del self._rows[0]
-                self.dropped += 1
 
     def _run(self) -> None:
         connection = None
@@ -222,27 +225,37 @@ class RowWriter:
 
     def _write(self, connection):
         with self._lock:
-            batch = list(self._rows)
-        if not batch:
+            fresh, self._rows = self._rows, []
+        self._hold(fresh)
+        if not self._held:
             return connection
         try:
             connection = connection or traffic_connect(self.workspace)
             with connection.transaction():  # one commit per batch
                 marks = ",".join("?" * len(COLUMNS))
                 connection.executemany(
-                    f"INSERT INTO traffic_log ({','.join(COLUMNS)}) VALUES ({marks})", batch
+                    f"INSERT INTO traffic_log ({','.join(COLUMNS)}) VALUES ({marks})", self._held
                 )
         except Exception as error:
-            log.warning("traffic rows kept for a retry (%d queued): %s", len(batch), type(error).__name__)
+            log.warning("%d traffic rows kept for a retry: %s", len(self._held), type(error).__name__)
             _close_quietly(connection)
             return None
-        with self._lock:
-            del self._rows[: len(batch)]  # the batch is the list's head: rows only append
+        self.written += len(self._held)
+        self._held = []
         return connection
 
-    def pending(self) -> int:
-        with self._lock:
-            return len(self._rows)
+    def _hold(self, rows: list[dict]) -> None:
+        for row in rows:
+            try:
+                self._held.append(_as_record(row))
+            except ValueError as error:  # a row this module built wrong: say so, keep the others
+                log.error("traffic row dropped: %s", error)
+                self.dropped += 1
+        overflow = len(self._held) - self.max_rows
+        if overflow > 0:
+            log.error("%d traffic rows dropped: the store has been down too long", overflow)
+            del self._held[:overflow]
+            self.dropped += overflow
 
 
 def _close_quietly(connection) -> None:
@@ -419,7 +432,7 @@ class WorkhorseGateway(CustomLogger):
             rollout_stage=tag["stage"],
             arm=arm,
             metadata=metadata,
-            request=json.dumps(messages) if self.settings.log_payloads and messages else None,
+            request=messages if self.settings.log_payloads and messages else None,  # JSON in the writer
         )
 
     def flush(self, timeout_s: float = 10.0) -> None:
@@ -500,6 +513,57 @@ def write_settings(settings: GatewaySettings, path: str | os.PathLike) -> Path:
     return target
 
 
+def routes_from_plan(
+    plan: Plan, workspace: Workspace | None = None, candidates: dict[str, str] | None = None
+) -> dict[str, dict]:
+    """``{use_case: {incumbent: params, candidate: params}}`` for ``proxy_config``, from the plan.
+
+    The candidate of a use case is the one named in ``candidates``, else the one its rollout is
+    moving to, else its only candidate; use cases with none of these are left out. Keys are
+    ``os.environ/NAME`` references that the proxy resolves, never values."""
+    routes = {}
+    for use_case, case in plan.use_cases.items():
+        known = {c.model: c for c in plan.candidates_for(use_case)}
+        rolling = current_state(workspace, use_case).candidate if workspace else None
+        chosen = (
+            (candidates or {}).get(use_case) or rolling or (next(iter(known)) if len(known) == 1 else None)
+        )
+        if chosen is None:
+            continue
+        routes[use_case] = {
+            "incumbent": _params(case.incumbent or plan.incumbent, None),
+            "candidate": _params(chosen, getattr(known.get(chosen), "api_base", None)),
+        }
+    return routes
+
+
+def _params(model: str, api_base: str | None) -> dict:
+    params = {"model": model, "api_key": f"os.environ/{key_env_name(ModelSpec(model))}"}
+    return params | ({"api_base": api_base} if api_base else {})
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Print the proxy config for a plan and write the plugin's settings beside the workspace."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--plan", default=None, help="workhorse.yaml, or its folder")
+    parser.add_argument("--workspace", default=None)
+    parser.add_argument("--candidate", action="append", default=[], help="USE_CASE=MODEL (repeatable)")
+    parser.add_argument("--refresh-s", type=float, default=5.0)
+    parser.add_argument("--key", default="user", help="user, header:<name> or metadata:<name>")
+    arguments = parser.parse_args(argv)
+    workspace = Workspace.resolve(arguments.workspace)
+    chosen = dict(pair.split("=", 1) for pair in arguments.candidate)
+    routes = routes_from_plan(load_plan(arguments.plan, workspace.root), workspace, chosen)
+    if not routes:
+        raise SystemExit("no use case with a candidate: name one with --candidate USE_CASE=MODEL")
+    settings = gateway_settings(routes, str(workspace.root), refresh_s=arguments.refresh_s, key=arguments.key)
+    path = write_settings(settings, workspace.subdir("routing") / "gateway.yaml")
+    print(f"# workhorse gateway: start the proxy with {SETTINGS_ENV}={path}")
+    print(yaml.safe_dump(proxy_config(routes), sort_keys=False), end="")
+
+
 def _from_environment() -> WorkhorseGateway:
     """The instance the proxy loads: settings from ``WORKHORSE_GATEWAY_CONFIG`` when it is set."""
     path = os.environ.get(SETTINGS_ENV)
@@ -511,3 +575,6 @@ def _from_environment() -> WorkhorseGateway:
 
 
 proxy_handler = _from_environment()
+
+if __name__ == "__main__":
+    main()
