@@ -257,18 +257,40 @@ def test_a_length_biased_judge_is_caught_by_human_labels_and_a_correct_one_is_tr
 def test_a_rubric_judge_grades_each_answer_and_is_calibrated_on_the_reference(
     prefect_server, facts, isolated_workspace, fake_openai_server, tmp_path
 ):
+    from typer.testing import CliRunner
+
+    from workhorse.cli import app
+
     items, incumbent_wrong, candidate = facts
     judge = fake_openai_server(judge="correct")
     plan = judged_plan(tmp_path, candidate.url, judge.url, kind="rubric", scale=5)
 
-    summary = evaluate(isolated_workspace, plan)
+    result = CliRunner().invoke(
+        app,
+        [
+            "eval",
+            "facts",
+            "--plan",
+            plan,
+            "--variant",
+            "zero-shot",
+            "--workspace",
+            str(isolated_workspace.root),
+        ],
+    )
 
+    assert result.exit_code == 0, result.output
+    assert "judge openai/judge (rubric)" in result.output and "trusted" in result.output
+    run = next((isolated_workspace.root / "runs").iterdir())
+    summary = json.loads((run / "verdict.json").read_text())
     figures = summary["judge"]
     tested = [i for i in items if i.split == "test"]
-    assert figures["per_candidate"]["openai/cand"]["grades"] == {5: len(tested)}
-    assert figures["per_candidate"]["incumbent"]["n"] == len(tested)
+    wrong = sum(i.item_id in incumbent_wrong for i in tested)
+    assert figures["per_candidate"]["openai/cand"]["grades"] == {"5": len(tested)}
+    assert figures["per_candidate"]["incumbent"]["grades"] == {"1": wrong, "5": len(tested) - wrong}
     assert figures["calibration"]["agreement"] > 0.7 and figures["calibration"]["trusted"]
     assert summary["verdict"]["decision"] == "migrate" and "rubric grade" in summary["verdict"]["reason"]
+    assert summary["verdict"]["diff"] == pytest.approx(wrong / len(tested))  # grades 1 -> 0, 5 -> 1
 
 
 def test_the_team_overrides_the_judge_prompt_by_path_and_a_broken_one_is_refused(tmp_path):

@@ -105,6 +105,10 @@ def evaluate(
     console.print(f"verdict [bold]{summary['verdict']['decision']}[/] — {summary['verdict']['reason']}")
     if len(summary["verdict"]["candidates"]) > 1:
         console.print(summary["verdict"]["summary"])
+    if summary.get("judge"):
+        from workhorse.tasks.evaluate.judge import judge_line
+
+        console.print(judge_line(summary["judge"]), markup=False)
     for reason in summary["skipped"]:
         console.print(f"skipped: {reason}")
     console.print(f"report: {summary['report']}")

@@ -909,6 +909,25 @@ def judge_markdown(judge: dict | None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def judge_line(judge: dict) -> str:
+    """The judge in one line for a terminal: its table, calibration, cost and whether it is trusted."""
+    c = judge["calibration"]
+    cost = "unpriced" if judge["cost_usd"] is None else f"${judge['cost_usd']:.4f}"
+    tables = "; ".join(
+        f"{arm} {t['wins']}/{t['ties']}/{t['losses']} win/tie/loss, win rate {_pct(t['win_rate'])} "
+        f"(CI {_pct(t['ci_low'])} to {_pct(t['ci_high'])})"
+        if judge["kind"] == "pairwise"
+        else f"{arm} mean grade {_number(t['mean_grade'])} on {t['n']}"
+        for arm, t in judge["per_candidate"].items()
+    )
+    trust = "trusted" if c["trusted"] else "not trusted"
+    return (
+        f"judge {judge['model']} ({judge['kind']}): {tables}; agreement with {c['source']} "
+        f"{_pct(c['agreement'])} on {c['n']}, position inconsistency {_pct(c['position_inconsistency'])}; "
+        f"{judge['calls']} calls, {cost}; {trust}"
+    )
+
+
 def judge_html(judge: dict | None) -> str:
     """The same section for report.html."""
     import html
