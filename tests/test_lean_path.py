@@ -98,3 +98,19 @@ print("litellm" in sys.modules)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "False"
+
+
+def test_the_meter_counts_every_paid_call_and_its_tokens(fake_openai_server, isolated_workspace):
+    from workhorse.tasks.common.throughput import metering
+
+    server = fake_openai_server(latency=0.05)
+    requests = requests_for(server, 200, concurrency=16)
+    with metering() as meter:
+        rows = asyncio.run(Runner(isolated_workspace, "metered", retry=RETRY).run(requests))
+        again = asyncio.run(Runner(isolated_workspace, "cached", retry=RETRY).run(requests))
+    assert all(r.cached for r in again)  # answered from the cache: nothing paid, nothing counted
+    figures = meter.summary()
+    assert figures["requests"] == 200 == len(server.records())
+    assert meter.tokens == sum(r.prompt_tokens + r.completion_tokens for r in rows)
+    assert 0 < figures["mean_in_flight"] <= 16
+    assert figures["client_share"] + figures["endpoint_share"] == pytest.approx(1)

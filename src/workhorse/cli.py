@@ -81,11 +81,16 @@ def evaluate(
 
     from workhorse.flows.evaluate import parallel_eval
     from workhorse.tables import candidate_verdicts_table, verdict_table
+    from workhorse.tasks.common.throughput import metering
     from workhorse.tasks.evaluate.progress import console_display
 
     if task_runner not in (None, "threads", "dask"):  # before Prefect's own check, which prints a traceback
         raise typer.BadParameter(f"{task_runner!r} is not one of: threads, dask", param_hint="--task-runner")
-    with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}), console_display(not quiet):
+    with (
+        temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}),
+        console_display(not quiet),
+        metering() as meter,
+    ):
         summary = asyncio.run(
             parallel_eval(
                 use_case=use_case,
@@ -111,6 +116,7 @@ def evaluate(
         console.print(judge_line(summary["judge"]), markup=False)
     for reason in summary["skipped"]:
         console.print(f"skipped: {reason}")
+    console.print(meter.line())
     console.print(f"report: {summary['report']}")
     if (viewer := Path(summary["report"]).parent / "items.html").exists():
         console.print(f"every test item, answer by answer: {viewer}")

@@ -32,6 +32,7 @@ from typing import Any, Callable, Iterable
 
 from workhorse import store
 from workhorse.tasks.common.limits import EndpointLimiter, Limits, expected_tokens
+from workhorse.tasks.common.throughput import current as current_meter
 from workhorse.workspace import Workspace
 
 ERROR_TYPES = (
@@ -488,12 +489,17 @@ class Runner:
         for request in requests:
             by_key[request.cache_key].append(request)
         rows: dict[tuple, EvalResponse] = {}
+        meter = current_meter()
+        if meter is not None and by_key:
+            meter.begin()
         with _progress_bar(self.progress, len(requests), self.run_id) as advance:
 
             async def answer(group: list[ModelRequest]) -> None:
                 first = await self._call_with_retries(group[0])
                 if cache is not None and first.error_type is None:
                     cache.put(group[0].cache_key, first)
+                if meter is not None and first.error_type is None:
+                    meter.add(first.latency_ms, first.prompt_tokens, first.completion_tokens)
                 for request in group:
                     row = first if request is group[0] else self._copy_for(request, first)
                     self.checkpoint.append(row)
@@ -502,6 +508,8 @@ class Runner:
                     advance()
 
             await asyncio.gather(*(answer(group) for group in by_key.values()))
+        if meter is not None and by_key:
+            meter.end()
         return rows
 
     async def _call_with_retries(self, request: ModelRequest) -> EvalResponse:
