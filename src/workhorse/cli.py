@@ -502,6 +502,35 @@ def _billed_table(summary):
     return table
 
 
+plan_app = typer.Typer(help="The migration plan: check it before anything runs.", no_args_is_help=True)
+app.add_typer(plan_app, name="plan")
+
+
+@plan_app.command("check")
+def plan_check(
+    plan: Optional[Path] = typer.Option(
+        None, help="The plan (default: the workspace's, else ./workhorse.yaml)."
+    ),
+    workspace: Optional[Path] = WorkspaceOption,
+) -> None:
+    """Validate the plan; say what each use case will do: golden set, contenders, metric, who is skipped."""
+    from workhorse.config import load_plan
+    from workhorse.plan_check import OUTPUTS, check_plan
+    from workhorse.workspace import Workspace
+
+    root = Workspace.resolve(workspace).root
+    checked = load_plan(plan, root)
+    for case in check_plan(checked, root):
+        console.print(f"[bold]{case.name}[/]")
+        for line in case.lines:
+            console.print(f"  {line}", highlight=False, soft_wrap=True)
+        for warning in case.warnings:
+            console.print(f"  [yellow]{warning}[/]", highlight=False, soft_wrap=True)
+    console.print(f"plan OK: {len(checked.use_cases)} use case(s). Runs write under {root}:")
+    for output in OUTPUTS:
+        console.print(f"  {output}", highlight=False)
+
+
 golden_app = typer.Typer(
     help="Golden datasets (step 2): refresh from the plan, import a file, show a version.",
     no_args_is_help=True,
