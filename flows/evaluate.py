@@ -17,6 +17,7 @@ from prefect import flow, get_run_logger
 from prefect.utilities.annotations import quote
 
 from workhorse.config import plan_workspace
+from workhorse.tasks.evaluate.batch import waits_for_batch
 from workhorse.tasks.evaluate.judge import judge_test_answers, judge_verdict
 from workhorse.tasks.evaluate.matrix import (
     PromptPlan,
@@ -27,6 +28,7 @@ from workhorse.tasks.evaluate.matrix import (
 from workhorse.tasks.evaluate.progress import artifact_key, tracking
 from workhorse.tasks.evaluate.run import (
     EvalContext,
+    batch_setup,
     contenders_from_plan,
     decide,
     execution_from,
@@ -44,6 +46,7 @@ from workhorse.tasks.golden.versions import load_golden
 
 
 @flow(name="parallel-eval", log_prints=True)
+@waits_for_batch  # batches still running after the plan's wait: the run ends "waiting for batch"
 async def parallel_eval(
     use_case: str,
     workspace: str | None = None,
@@ -85,6 +88,7 @@ async def parallel_eval(
         tracking(run_id, artifact_key(use_case)),
         EvalContext(ws, run_id, shard_size, engine_api_base, execution, key_blocks, batch_engine) as context,
     ):
+        context.batch, context.sync_specs = batch_setup(plan, ws.root, candidates)
         prompts = PromptPlan.from_dev(dev, plan.eval.tuning_items)
         dev_rows = await generate(context, tuning_requests(candidates, prompts), phase="dev")
         store_responses(ws, run_id, quote(dev_rows))  # paid answers on disk before anything can fail

@@ -108,34 +108,6 @@ def test_candidates_without_credentials_are_skipped_and_said(
     assert any("replay" in reason for reason in summary["skipped"])
 
 
-def test_batch_hosting_writes_openai_batch_files(
-    prefect_server, golden, isolated_workspace, fake_openai_server, tmp_path, monkeypatch
-):
-    server = fake_openai_server(answers=scripted(golden, 0.9, seed=5))
-    monkeypatch.setenv("OPENAI_API_KEY", CANARY)
-    plan = plan_file(
-        tmp_path, [{"model": "openai/gpt-4o-mini", "api_base": server.url, "hosting": ["batch"]}]
-    )
-    summary = evaluate(isolated_workspace, plan, variants=["zero-shot"])
-    files = sorted((isolated_workspace.run_dir(summary["run_id"]) / "batch").glob("*.jsonl"))
-    assert [f.name for f in files] == ["openai_gpt-4o-mini-dev.jsonl", "openai_gpt-4o-mini-test.jsonl"]
-    lines = [json.loads(line) for f in files for line in f.read_text().splitlines()]
-    assert {line["url"] for line in lines} == {"/v1/chat/completions"}
-    assert len({line["custom_id"] for line in lines}) == len(lines) == len(golden)  # dev + test, once each
-    import litellm
-
-    batch_price = litellm.model_cost["gpt-4o-mini"]["input_cost_per_token_batches"]
-    rows = [r for r in pq.read_table(summary["responses"]).to_pylist() if r["hosting"] == "batch"]
-    assert all(
-        r["cost_usd"]
-        == pytest.approx(
-            r["prompt_tokens"] * batch_price
-            + r["completion_tokens"] * litellm.model_cost["gpt-4o-mini"]["output_cost_per_token_batches"]
-        )
-        for r in rows
-    )
-
-
 def test_few_shot_examples_come_from_dev_and_cover_labels(golden):
     dev = [item for item in golden if item.split == "dev"]
     examples = few_shot_examples(dev)

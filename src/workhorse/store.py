@@ -73,6 +73,8 @@ CREATE TABLE IF NOT EXISTS batch_job (
     job_key TEXT PRIMARY KEY,
     run_id TEXT NOT NULL,
     model TEXT NOT NULL,
+    litellm_model TEXT,
+    api_base TEXT,
     attempt INTEGER NOT NULL,
     stage TEXT NOT NULL,
     input_path TEXT,

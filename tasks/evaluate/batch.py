@@ -22,14 +22,18 @@ The state lives in the store's ``batch_job`` and ``batch_line`` tables (schema v
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
 import json
 import time
+import typing
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, AsyncIterator, Iterable
 
 from workhorse import store
+from workhorse.errors import WorkhorseError
 from workhorse.tasks.common.runner import (
     RETRYABLE,
     CallFailed,
@@ -98,6 +102,27 @@ class BatchOutcome:
     @property
     def waiting(self) -> bool:
         return bool(self.pending_jobs)
+
+
+class BatchPending(WorkhorseError):
+    """A run's batches are still running when its ``wait`` ran out: the run ends "waiting for
+    batch" and the batch-collector resumes it."""
+
+    def __init__(self, run_id: str, jobs: list[str], workspace_root: str = ""):
+        super().__init__(
+            f"run {run_id} is waiting for batch: {len(jobs)} job(s) still running ({', '.join(jobs)})"
+        )
+        self.run_id, self.jobs, self.workspace_root = run_id, jobs, workspace_root
+
+
+def is_provider_batch(spec: ModelSpec) -> bool:
+    """Whether the batch hosting of this model goes through a provider's batch API: a provider
+    LiteLLM batches, or any OpenAI-compatible endpoint; a local vLLM engine (``hosted_vllm/``) has
+    none, and a provider without one keeps the synchronous path priced at batch rates."""
+    if spec.hosting != "batch" or spec.model.startswith("hosted_vllm/"):
+        return False
+    prefix = spec.model.split("/", 1)[0] if "/" in spec.model else "openai"
+    return bool(spec.api_base) or prefix in BATCH_PROVIDERS
 
 
 def provider_of(spec: ModelSpec) -> str:
@@ -337,8 +362,10 @@ class BatchClient:
         run_id: str,
         settings: BatchSettings = BatchSettings(),
         retry: RetryPolicy = RetryPolicy(),
+        sync_specs: dict[str, ModelSpec] | None = None,
     ):
         self.workspace, self.run_id, self.settings, self.retry = workspace, run_id, settings, retry
+        self.sync_specs = dict(sync_specs or {})  # label -> the model priced synchronously
         self.store = BatchStore(workspace)
 
     def close(self) -> None:
@@ -428,9 +455,8 @@ class BatchClient:
             attempts = self.store.lines_for([custom_id(self.run_id, r) for r in group])
             attempt = 1 + max((len(attempts.get(custom_id(self.run_id, r), [])) for r in group), default=0)
             max_lines, max_bytes = self.settings.limits(provider_of(group[0].model))
-            for part in self._write_parts(label, group, max_lines, max_bytes):
-                path, lines = part
-                self.store.add_job(self._job_row(path, label, attempt, len(lines)), lines)
+            for path, lines in self._write_parts(label, group, max_lines, max_bytes):
+                self.store.add_job(self._job_row(path, group[0].model, attempt, len(lines)), lines)
                 keys.append(path.stem)
         return keys
 
@@ -460,11 +486,13 @@ class BatchClient:
             stream.close()
             yield path, lines
 
-    def _job_row(self, path: Path, label: str, attempt: int, lines: int) -> dict:
+    def _job_row(self, path: Path, spec: ModelSpec, attempt: int, lines: int) -> dict:
         return {
             "job_key": path.stem,
             "run_id": self.run_id,
-            "model": label,
+            "model": spec.label,
+            "litellm_model": spec.model,
+            "api_base": spec.api_base,
             "attempt": attempt,
             "stage": "planned",
             "input_path": str(path),
@@ -548,7 +576,7 @@ class BatchClient:
             failed=sum(r[1] == "failed" for r in results),
             finished_at=now(),
             cost_usd=call_cost(spec, *tokens),
-            sync_cost_usd=call_cost(sync_spec(spec), *tokens),
+            sync_cost_usd=call_cost(self.sync_specs.get(spec.label) or sync_spec(spec), *tokens),
         )
 
 
@@ -602,6 +630,92 @@ def _safe(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in text)
 
 
+def job_spec(job: dict) -> ModelSpec:
+    """The model of a recorded job, for calls outside its run (collector, CLI): the key comes from
+    the environment, as LiteLLM finds it (never stored)."""
+    return ModelSpec(job["litellm_model"], name=job["model"], api_base=job["api_base"], hosting="batch")
+
+
+async def cancel_jobs(workspace: Workspace, run_id: str | None = None) -> list[dict]:
+    """Cancel every running batch (of one run, or all); their partial output is collected later."""
+    batches = BatchStore(workspace)
+    try:
+        cancelled = []
+        for job in batches.jobs(run_id, live_only=True):
+            if job["batch_id"]:
+                batch = await ProviderCalls(job_spec(job)).cancel(job["batch_id"])
+                batches.mark(job["job_key"], status=batch.status)
+                cancelled.append({"job": job["job_key"], "batch_id": job["batch_id"], "status": batch.status})
+        return cancelled
+    finally:
+        batches.close()
+
+
+# ---------------------------------------------------------------------- waiting for batch
+
+WAITING_FILE = "waiting.json"
+
+
+def waits_for_batch(evaluate):
+    """Wrap an eval flow's function: a ``BatchPending`` ends the run "waiting for batch", with its
+    parameters in ``runs/<run_id>/waiting.json`` for the batch-collector to resume it (same run id:
+    every answer already paid is found again); a run that reaches its verdict clears that file.
+
+    A run that ends, rather than a Prefect pause/suspend, because it frees the worker for the up
+    to 24 h a batch takes and survives any restart: the state is the store and that file."""
+    signature = inspect.signature(evaluate)
+
+    @functools.wraps(evaluate)
+    async def run(*args, **kwargs):
+        try:
+            summary = await evaluate(*args, **kwargs)
+        except BatchPending as pending:
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            parameters = {**bound.arguments, "run_id": pending.run_id, "workspace": pending.workspace_root}
+            return record_waiting(pending, parameters)
+        if isinstance(summary, dict) and summary.get("responses"):
+            (Path(summary["responses"]).parent / WAITING_FILE).unlink(missing_ok=True)
+        return summary
+
+    # The flow's parameters are read from this signature: its annotations resolved where the flow
+    # is defined (they are strings there, and this module does not import what they name).
+    hints = typing.get_type_hints(evaluate)
+    run.__signature__ = signature.replace(
+        parameters=[
+            p.replace(annotation=hints.get(p.name, p.annotation)) for p in signature.parameters.values()
+        ],
+        return_annotation=hints.get("return", signature.return_annotation),
+    )
+    return run
+
+
+def record_waiting(pending: BatchPending, parameters: dict) -> dict:
+    workspace = Workspace.resolve(pending.workspace_root)
+    path = workspace.run_dir(pending.run_id) / WAITING_FILE
+    record = {"run_id": pending.run_id, "jobs": pending.jobs, "since": now(), "parameters": parameters}
+    path.write_text(json.dumps(record, indent=2, default=str))
+    try:
+        from prefect import get_run_logger
+
+        get_run_logger().warning(f"{pending}; the batch-collector deployment resumes it")
+    except Exception:  # outside a flow run there is no run logger: the summary says it
+        pass
+    return {
+        "run_id": pending.run_id,
+        "status": "waiting for batch",
+        "jobs": pending.jobs,
+        "waiting": str(path),
+        "batches": read_jobs(workspace, pending.run_id),
+    }
+
+
+def waiting_runs(workspace: Workspace) -> list[dict]:
+    """The runs ended "waiting for batch", oldest first."""
+    found = [json.loads(p.read_text()) for p in (workspace.root / "runs").glob(f"*/{WAITING_FILE}")]
+    return sorted(found, key=lambda record: record["since"])
+
+
 def read_jobs(workspace: Workspace, run_id: str | None = None) -> list[dict]:
     """The recorded batch jobs (of one run, or all), for reports and the CLI."""
     batches = BatchStore(workspace)
@@ -611,4 +725,16 @@ def read_jobs(workspace: Workspace, run_id: str | None = None) -> list[dict]:
         batches.close()
 
 
-__all__ = ["BatchClient", "BatchOutcome", "BatchSettings", "BatchStore", "ProviderCalls", "read_jobs"]
+__all__ = [
+    "BatchClient",
+    "BatchOutcome",
+    "BatchPending",
+    "BatchSettings",
+    "BatchStore",
+    "ProviderCalls",
+    "cancel_jobs",
+    "waits_for_batch",
+    "waiting_runs",
+    "is_provider_batch",
+    "read_jobs",
+]

@@ -43,6 +43,7 @@ from workhorse.tasks.common.engines import (
 from workhorse.tasks.common.limits import resolve_limits
 from workhorse.tasks.common.pricing import PriceCatalog, plan_catalog, record_throughput
 from workhorse.tasks.common.runner import (
+    RETRYABLE,
     CircuitBreaker,
     EndpointLimiter,
     EvalResponse,
@@ -52,6 +53,13 @@ from workhorse.tasks.common.runner import (
     Runner,
     call_cost,
     response_row,
+)
+from workhorse.tasks.evaluate.batch import (
+    BatchClient,
+    BatchPending,
+    BatchSettings,
+    is_provider_batch,
+    read_jobs,
 )
 from workhorse.tasks.evaluate.matrix import (
     AS_LOGGED,
@@ -170,8 +178,8 @@ def candidate_spec(
     self-hosting); a price nobody knows stays None, so its cost is recorded as unpriced. Its limits
     are the plan's (``limits``), each one left out taken from the provider's defaults.
 
-    A batch hosting of a provider model is answered by the synchronous API (same model, same
-    output) and priced at batch rates; a self-hosted one is a local engine: fewer callers, more time."""
+    A batch hosting of a provider model goes through its batch API (``tasks/evaluate/batch.py``),
+    priced at batch rates; a self-hosted one is a local engine: fewer callers, more time."""
     price = catalog.price(model, hosting)
     prices = (
         {"input_cost_per_token": price.input_per_token, "output_cost_per_token": price.output_per_token}
@@ -267,6 +275,9 @@ class EvalContext:
         self.limits: dict[str, EndpointLimiter] = {}  # per endpoint, shared by every shard
         self.breakers: dict[str, CircuitBreaker] = {}  # per endpoint too: one outage opens one circuit
         self.generated: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])  # model -> [tokens, seconds]
+        # Provider batch jobs: the plan's eval.batch, and each batched model priced synchronously.
+        self.batch = BatchSettings()
+        self.sync_specs: dict[str, ModelSpec] = {}
 
     def __enter__(self) -> "EvalContext":
         return self
@@ -332,11 +343,12 @@ async def generate(context: EvalContext, requests: list[ModelRequest], phase: st
     side fight for the same cores (30 items took 3.5 min so on a 2-core CPU)."""
     current_progress().expect(phase, requests)
     offline: list[ModelRequest] = []
+    provider_batch = [r for r in requests if is_provider_batch(r.model)]
     groups: dict[tuple, list[ModelRequest]] = defaultdict(list)
     for request in requests:
         if is_embedded(request.model) and request.model.hosting == "batch":
             offline.append(request)
-        else:
+        elif not is_provider_batch(request.model):
             groups[(request.model.label, request.prompt_variant)].append(request)
     served = [r for group in groups.values() for r in group]
     served_keys = {r.cache_key for r in served if is_embedded(r.model)}
@@ -348,10 +360,11 @@ async def generate(context: EvalContext, requests: list[ModelRequest], phase: st
         for group in groups.values()
         for part in shards(group, context.shard_size)
     ]
-    provider_batch = [r for r in served if r.model.hosting == "batch"]
-    if provider_batch:
-        write_openai_batch_files(context.workspace.run_dir(context.run_id) / "batch", provider_batch, phase)
+    # Submitted before the served shards run: the provider works on them meanwhile.
+    batched = asyncio.create_task(answer_provider_batch(context, provider_batch)) if provider_batch else None
     rows = [row for part in await answer_shards(context, parts) for row in part]
+    if batched is not None:
+        rows += await batched
     alone = [r for r in offline if r.cache_key not in served_keys]
     if alone:
         rows += await _offline_batch(context, alone)
@@ -397,31 +410,65 @@ async def answer_shards(context: EvalContext, parts: list[list[ModelRequest]]) -
     return list(await asyncio.gather(*(run_shard(context, part) for part in parts)))
 
 
-def write_openai_batch_files(folder: Path, requests: list[ModelRequest], phase: str) -> list[Path]:
-    """OpenAI Batch API input files (one per model), ready to upload to a provider that takes them.
+async def answer_provider_batch(context: EvalContext, requests: list[ModelRequest]) -> list[EvalResponse]:
+    """Requests of a provider's batch hosting through its batch API: answers in the response cache
+    are reused (a re-run pays nothing twice), the rest are submitted, polled within the plan's
+    ``wait_s`` and collected; still running after it, the run raises ``BatchPending``. A failed
+    line of a retryable class becomes one synchronous call where the plan says ``failed_lines: sync``."""
+    cache = ResponseCache(context.workspace)
+    try:
+        done = cache.answers(requests, context.run_id)
+        missing = [r for r in requests if r.identity not in done]
+        client = BatchClient(context.workspace, context.run_id, context.batch, sync_specs=context.sync_specs)
+        try:
+            outcome = await client.answer(missing) if missing else None
+        finally:
+            client.close()
+        if outcome is not None and outcome.waiting:
+            raise BatchPending(context.run_id, outcome.pending_jobs, str(context.workspace.root))
+        for request in missing:
+            row = outcome.rows[request.identity]
+            if row.error_type is None:
+                cache.put(request.cache_key, row)
+            done[request.identity] = row
+    finally:
+        cache.close()
+    retry = [r for r in requests if done[r.identity].error_type in RETRYABLE]
+    if retry and context.batch.failed_lines == "sync":
+        for row in await run_shard(context, retry):
+            done[row.identity] = row
+    return [done[r.identity] for r in requests]
 
-    ``custom_id`` is "<prompt variant>|<item id>" so the provider's output file maps back to items."""
-    folder.mkdir(parents=True, exist_ok=True)
-    by_model: dict[str, list[ModelRequest]] = defaultdict(list)
-    for request in requests:
-        by_model[request.model.model].append(request)
-    written = []
-    for model, group in by_model.items():
-        path = folder / ("".join(c if c.isalnum() or c in "-_." else "_" for c in model) + f"-{phase}.jsonl")
-        lines = [
-            json.dumps(
-                {
-                    "custom_id": f"{r.prompt_variant}|{r.item_id}",
-                    "method": "POST",
-                    "url": "/v1/chat/completions",
-                    "body": {"model": model.split("/", 1)[-1], "messages": r.messages, **r.params},
-                }
-            )
-            for r in group
-        ]
-        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        written.append(path)
-    return written
+
+def batch_setup(plan: Plan, workspace_root: Path, candidates: list[Contender]) -> tuple:
+    """The plan's batch settings, and each batched candidate priced at its synchronous API price
+    (what the report sets the batch cost against)."""
+    catalog = plan_catalog(plan, workspace_root)
+    sync_specs = {
+        c.spec.label: candidate_spec(c.spec.model, "api", c.spec.api_base, catalog)
+        for c in candidates
+        if c.spec.hosting == "batch"
+    }
+    return BatchSettings.from_plan(plan.eval.batch), sync_specs
+
+
+def batch_jobs_table(workspace: Workspace, run_id: str) -> list[dict]:
+    """The run's provider batches as the report and the artifact show them."""
+    return [
+        {
+            "batch_id": job["batch_id"],
+            "model": job["model"],
+            "status": job["status"] or job["stage"],
+            "lines": job["lines"],
+            "completed": job["completed"],
+            "failed": job["failed"],
+            "submitted_at": job["submitted_at"],
+            "finished_at": job["finished_at"],
+            "batch_cost_usd": job["cost_usd"],
+            "sync_cost_usd": job["sync_cost_usd"],
+        }
+        for job in read_jobs(workspace, run_id)
+    ]
 
 
 def _served(context: EvalContext, request: ModelRequest) -> ModelRequest:
@@ -941,6 +988,7 @@ def publish_results(
     out = workspace.run_dir(run_id)
     pq.write_table(pa.Table.from_pylist(scores), out / "scores.parquet")
     board = leaderboard(scores, rows, task_type, labels)
+    batches = batch_jobs_table(workspace, run_id)
     summary = {
         "run_id": run_id,
         "use_case": use_case,
@@ -950,6 +998,7 @@ def publish_results(
         "skipped": skipped,
         "tokens_per_s": throughput,
         "leaderboard": board,
+        "batches": batches,
         "responses": str(out / "responses.parquet"),
         "scores": str(out / "scores.parquet"),
     }
@@ -960,7 +1009,7 @@ def publish_results(
         summary["judge"] = {**judge, "judgements": str(out / "judgements.parquet")}
     (out / "verdict.json").write_text(json.dumps(summary, indent=2, default=str))
     summary["report"] = str(write_eval_report(out / "report.html", summary, scores, labels))
-    _artifacts(use_case, board, verdict_markdown(summary) + judge_markdown(summary.get("judge")))
+    _artifacts(use_case, board, verdict_markdown(summary) + judge_markdown(summary.get("judge")), batches)
     return summary
 
 
@@ -996,9 +1045,13 @@ def _verdict_dict(verdict) -> dict:
     }
 
 
-def _artifacts(use_case: str, board: list[dict], markdown: str) -> None:
+def _artifacts(use_case: str, board: list[dict], markdown: str, batches: list[dict] = ()) -> None:
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
     key = "eval-" + "".join(c if c.isalnum() else "-" for c in use_case.lower())
     create_table_artifact(key=f"{key}-leaderboard", table=board, description=f"Leaderboard for {use_case}")
     create_markdown_artifact(key=f"{key}-verdict", markdown=markdown, description=f"Verdict for {use_case}")
+    if batches:
+        create_table_artifact(
+            key=f"{key}-batches", table=list(batches), description=f"Provider batches for {use_case}"
+        )

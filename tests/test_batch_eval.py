@@ -1,0 +1,98 @@
+"""The eval's ``batch`` hosting of a provider model through the fake batch provider: answers come
+from batches only (the provider has no chat endpoint), priced at the batch price, shown in the
+summary; a run whose batches outlast its wait ends "waiting for batch" and the batch-collector
+takes it to its verdict without submitting a line twice."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter
+
+import pyarrow.parquet as pq
+import pytest
+
+from tests.support.eval_kit import evaluate, make_items, plan_file, scripted
+from workhorse.tasks.golden.versions import write_version
+from workhorse.testing.fake_batch import BatchProviderConfig, FakeBatchProcess
+
+KEY = "sk-batch-canary-7e21"
+
+
+@pytest.fixture
+def golden(isolated_workspace):
+    items = make_items(90)
+    write_version(isolated_workspace, "routing", items, [{"kind": "test"}])
+    return items
+
+
+def batch_plan(tmp_path, provider, wait_s: float) -> str:
+    return plan_file(
+        tmp_path,
+        [{"model": "openai/gpt-4o-mini", "api_base": provider.url, "hosting": ["batch"]}],
+        min_items=10,
+        eval={"batch": {"wait_s": wait_s, "poll_s": 0.05}},
+    )
+
+
+def test_batch_hosting_goes_through_the_batch_api_at_the_batch_price(
+    prefect_server, golden, isolated_workspace, fake_openai_server, tmp_path, monkeypatch
+):
+    import litellm
+
+    incumbent = fake_openai_server(answers=scripted(golden, 0.9, seed=1))
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    monkeypatch.setenv("OPENAI_API_BASE", incumbent.url)
+    with FakeBatchProcess(BatchProviderConfig(seed=2, answers=scripted(golden, 0.9, seed=5))) as provider:
+        summary = evaluate(
+            isolated_workspace, batch_plan(tmp_path, provider, wait_s=60), variants=["zero-shot"]
+        )
+        submitted = Counter(line["custom_id"] for line in provider.log()["lines"])
+
+    rows = [r for r in pq.read_table(summary["responses"]).to_pylist() if r["hosting"] == "batch"]
+    assert len(rows) == len(golden) and all(r["error_type"] is None for r in rows)  # dev + test
+    assert len(submitted) == len(golden) and set(submitted.values()) == {1}
+    prices = litellm.model_cost["gpt-4o-mini"]
+    batch_price = (prices["input_cost_per_token_batches"], prices["output_cost_per_token_batches"])
+    for row in rows:
+        expected = row["prompt_tokens"] * batch_price[0] + row["completion_tokens"] * batch_price[1]
+        assert row["cost_usd"] == pytest.approx(expected)
+    batches = summary["batches"]
+    assert sum(b["lines"] for b in batches) == len(golden) and {b["status"] for b in batches} == {"completed"}
+    tokens = sum(r["prompt_tokens"] for r in rows), sum(r["completion_tokens"] for r in rows)
+    sync = tokens[0] * prices["input_cost_per_token"] + tokens[1] * prices["output_cost_per_token"]
+    assert sum(b["sync_cost_usd"] for b in batches) == pytest.approx(sync)
+    assert sum(b["batch_cost_usd"] for b in batches) == pytest.approx(sum(r["cost_usd"] for r in rows))
+    run_dir = isolated_workspace.run_dir(summary["run_id"])
+    assert KEY not in (run_dir / "verdict.json").read_text()
+    assert all(KEY not in p.read_text() for p in (run_dir / "batch").glob("*.jsonl"))
+
+
+def test_a_run_left_waiting_for_batch_is_completed_by_the_collector(
+    prefect_server, golden, isolated_workspace, fake_openai_server, tmp_path, monkeypatch
+):
+    from workhorse.flows.batch_collector import batch_collector
+
+    incumbent = fake_openai_server(answers=scripted(golden, 0.9, seed=1))
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    monkeypatch.setenv("OPENAI_API_BASE", incumbent.url)
+    config = BatchProviderConfig(seed=2, hold=True, answers=scripted(golden, 0.9, seed=5))
+    with FakeBatchProcess(config) as provider:
+        plan = batch_plan(tmp_path, provider, wait_s=0.3)
+        waiting = evaluate(isolated_workspace, plan, variants=["zero-shot"])
+        assert waiting["status"] == "waiting for batch" and waiting["jobs"]
+        run_dir = isolated_workspace.run_dir(waiting["run_id"])
+        assert json.loads((run_dir / "waiting.json").read_text())["run_id"] == waiting["run_id"]
+        assert not (run_dir / "verdict.json").exists()
+
+        still = asyncio.run(batch_collector(workspace=str(isolated_workspace.root)))
+        assert still == [{"run_id": waiting["run_id"], "status": "waiting for batch"}]
+        provider.release()
+        resumed = asyncio.run(batch_collector(workspace=str(isolated_workspace.root)))
+        submitted = Counter(line["custom_id"] for line in provider.log()["lines"])
+
+    verdict = json.loads((run_dir / "verdict.json").read_text())
+    assert resumed == [{"run_id": waiting["run_id"], "status": verdict["verdict"]["decision"]}]
+    assert not (run_dir / "waiting.json").exists()
+    assert len(submitted) == len(golden) and set(submitted.values()) == {1}
+    assert {b["status"] for b in verdict["batches"]} == {"completed"}
