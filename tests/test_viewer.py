@@ -168,7 +168,9 @@ def test_extraction_answers_show_their_fields_and_long_answers_collapse(tmp_path
         replace(spec.item([{"role": "user", "content": f"invoice {i}"}], reference, **ORIGIN), split="test")
         for i in range(2)
     ]
-    long_text = "\n".join(f"line {n} of a rambling answer </script><b>not bold</b>" for n in range(12))
+    long_text = "\n".join(
+        f"line {n} of a rambling answer <!--<script></script><b>not bold</b>" for n in range(12)
+    )
     answers = {
         INCUMBENT: {items[0].item_id: json.dumps(reference), items[1].item_id: long_text},
         CHOSEN: {items[0].item_id: json.dumps({"city": "Paris", "total": 12.5}), items[1].item_id: "{}"},

@@ -120,8 +120,9 @@ def _key(row: dict) -> tuple:
 
 
 def viewer_html(data: dict) -> str:
-    """The page: the data as embedded JSON (``</`` escaped so no value can close the script)."""
-    payload = json.dumps(data, ensure_ascii=False, default=str).replace("</", "<\\/")
+    """The page: the data as embedded JSON, every ``<`` escaped so no answer can close the script
+    (``</script>``) or switch the parser's state (``<!--``)."""
+    payload = json.dumps(data, ensure_ascii=False, default=str).replace("<", "\\u003c")
     title = f"Items — {data.get('use_case', '')}"
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>{VIEWER_STYLE}</style></head><body>
