@@ -152,3 +152,32 @@ def test_sigkill_at_every_point_never_submits_twice_nor_loses_a_line(isolated_wo
     for n in range(12):
         items = {identity_of(i)[2] for i in submitted if json.loads(i)[0] == f"kill-{n}"}
         assert items == {f"item-{i:03d}" for i in range(24)}
+
+
+def test_cli_cancel_then_resume_resubmits_the_cancelled_lines_once(isolated_workspace, monkeypatch):
+    from typer.testing import CliRunner
+
+    from workhorse.cli import app
+
+    monkeypatch.setenv(
+        "OPENAI_API_KEY", "sk-test-not-a-secret"
+    )  # outside its run, the key is the environment's
+    items = [(f"item-{i:03d}", f"cancel me {i}", "x") for i in range(30)]
+    with FakeBatchProcess(BatchProviderConfig(seed=4, hold=True)) as provider:
+        requests = banking_requests(items, batch_spec(provider.url))
+        settings = BatchSettings(max_lines=20, poll_s=0.02)
+        waiting = answer(isolated_workspace, "cx", requests, settings, wait_s=0.2)
+        workspace = ["-w", str(isolated_workspace.root)]
+        cancelled = CliRunner().invoke(app, ["batch", "cancel", "--run", "cx", *workspace])
+        provider.release()
+        done = answer(isolated_workspace, "cx", requests, settings, wait_s=30)
+        status = CliRunner().invoke(app, ["batch", "status", "--run", "cx", *workspace])
+        submitted = Counter(line["custom_id"] for line in provider.log()["lines"])
+
+    assert waiting.waiting and len(waiting.pending_jobs) == 2 and not waiting.rows
+    assert cancelled.exit_code == 0 and cancelled.output.count(": cancelled") == 2, cancelled.output
+    assert not done.waiting and all(r.error_type is None for r in done.rows.values()) and len(done.rows) == 30
+    assert set(submitted.values()) == {2} and len(submitted) == 30  # once cancelled, once answered
+    assert (
+        status.exit_code == 0 and status.output.count("cancelled") == 2 and "4 batch job(s)" in status.output
+    )

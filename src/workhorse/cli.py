@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 
 import workhorse  # noqa: F401  (sets offline defaults before anything imports LiteLLM)
+from workhorse.cli_batch import batch_app
 
 
 class _Cli(typer.Typer):
@@ -47,6 +48,7 @@ def main() -> None:
 
 
 WorkspaceOption = typer.Option(None, "--workspace", "-w", help="Workspace directory (default ./.workhorse).")
+app.add_typer(batch_app, name="batch")
 
 
 # Commands of the playbook steps are added below, one function each.
