@@ -374,6 +374,7 @@ def test_a_store_outage_leaves_traffic_on_the_last_weights(proxy, servers, store
     records = records_by_server(servers)
     for user, tag in after:
         assert arm_of(records, tag) == {"candidate" if bucket(uc, user) < 50 else "incumbent"}
+    assert "state store unreachable" in proxy.log_tail(200_000)  # the proxy said why it kept them
     # the rows of the outage were kept and written once the store came back
     wait_for(
         lambda: len(read_traffic(ws, uc)) >= len(during) + len(after), what="the rows kept through the outage"

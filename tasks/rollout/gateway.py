@@ -58,6 +58,8 @@ except ImportError:  # pragma: no cover
 log = logging.getLogger("workhorse.gateway")
 
 SETTINGS_ENV = "WORKHORSE_GATEWAY_CONFIG"
+# A breaker probe with no outcome after this long is taken as lost (see ``_admit_call``).
+PROBE_LEASE_S = 120.0
 INCUMBENT_ONLY = {"incumbent": 100, "candidate": 0, "shadow": False, "stage": "unknown", "version": -1}
 REPLICA_SCHEMA = """
 CREATE TABLE IF NOT EXISTS gateway_replica (
@@ -146,7 +148,6 @@ class WeightsCache:
         started = time.monotonic()
         try:
             fresh = {uc: current_weights(self.workspace, uc) for uc in self.use_cases}
-            self._heartbeat(fresh)
         except Exception as error:  # the store is down: the last weights stay, and that is said once
             if self.outage_since is None:
                 self.outage_since = started
@@ -156,6 +157,10 @@ class WeightsCache:
             log.warning("state store reachable again after %.1f s", started - self.outage_since)
             self.outage_since = None
         self._weights, self.read_at = fresh, started
+        try:
+            self._heartbeat(fresh)
+        except Exception as error:  # only `rollout status` misses this replica until the next one
+            log.info("heartbeat not written: %s", type(error).__name__)
         return True
 
     def _heartbeat(self, weights: dict[str, dict]) -> None:
@@ -270,7 +275,7 @@ def _close_quietly(connection) -> None:
 
 
 class WorkhorseGateway(CustomLogger):
-    """The proxy callback; built from ``GatewaySettings``, started on the first request."""
+    """The proxy callback, built from ``GatewaySettings``; it starts with the proxy or on a first request."""
 
     def __init__(self, settings: GatewaySettings | None = None, replica_id: str | None = None):
         super().__init__()
@@ -278,6 +283,7 @@ class WorkhorseGateway(CustomLogger):
         self.replica_id = replica_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self._ready = False
         self.shadow_skipped = 0
+        self._probes: dict[str, float] = {}  # use case -> when its breaker's probe went out
 
     def start(self) -> None:
         """Start reading weights and writing rows (at the proxy's start, else on the first request)."""
@@ -299,8 +305,7 @@ class WorkhorseGateway(CustomLogger):
             uc: CircuitBreaker(f"{route.candidate.deployment}", s.breaker_threshold, s.breaker_cooldown_s)
             for uc, route in s.use_cases.items()
         }
-        self._shadow_slots = asyncio.Semaphore(s.shadow_concurrency) if s.shadow_concurrency else None
-        self._background: set[asyncio.Task] = set()
+        self._background: set[asyncio.Task] = set()  # shadow calls in flight
         self.weights.start()
         self._ready = True
 
@@ -354,12 +359,23 @@ class WorkhorseGateway(CustomLogger):
         """The candidate if its circuit lets the call through; else the incumbent, and a candidate
         row ``circuit_open`` so the guardrails keep seeing the candidate fail."""
         try:
-            tag["probe"] = self.breakers[use_case].admit()
+            tag["probe"] = self._admit_call(use_case)
             return "candidate"
         except CallFailed as refused:
             self._log_refused(use_case, "candidate", tag, data, refused.error_type)
             tag["circuit_open"] = True
             return "incumbent"
+
+    def _admit_call(self, use_case: str) -> bool:
+        """The breaker's ``admit``. A probe whose outcome never came back (the client went away and
+        LiteLLM logged nothing) is given up after ``PROBE_LEASE_S``, else the circuit stays shut."""
+        breaker = self.breakers[use_case]
+        if breaker.probing and time.monotonic() - self._probes.get(use_case, 0.0) > PROBE_LEASE_S:
+            breaker.release(True)
+        probe = breaker.admit()
+        if probe:
+            self._probes[use_case] = time.monotonic()
+        return probe
 
     def _log_refused(self, use_case: str, arm: str, tag: dict, data: dict, error_type: str) -> None:
         route = self.settings.use_cases[use_case]
@@ -370,14 +386,13 @@ class WorkhorseGateway(CustomLogger):
     def _shadow(self, use_case: str, data: dict, tag: dict) -> None:
         """A copy of the request to the candidate, in the background; never waited for."""
         shadow_tag = {k: v for k, v in tag.items() if k != "circuit_open"} | {"arm": "shadow"}
+        if len(self._background) >= self.settings.shadow_concurrency:
+            self.shadow_skipped += 1  # the user's traffic comes first: no queue of shadow copies
+            return
         try:
-            shadow_tag["probe"] = self.breakers[use_case].admit()
+            shadow_tag["probe"] = self._admit_call(use_case)
         except CallFailed as refused:
             self._log_refused(use_case, "shadow", shadow_tag, data, refused.error_type)
-            return
-        if self._shadow_slots is None or self._shadow_slots.locked():
-            self.breakers[use_case].release(shadow_tag["probe"])
-            self.shadow_skipped += 1  # the user's traffic comes first: no queue of shadow copies
             return
         task = asyncio.create_task(self._send_shadow(use_case, list(data.get("messages") or []), shadow_tag))
         self._background.add(task)  # kept referenced until done, else the loop may drop it
@@ -386,16 +401,15 @@ class WorkhorseGateway(CustomLogger):
     async def _send_shadow(self, use_case: str, messages: list, tag: dict) -> None:
         from litellm.proxy.proxy_server import llm_router
 
-        async with self._shadow_slots:
-            try:  # the outcome is logged by the callbacks below; the answer goes nowhere
-                await llm_router.acompletion(
-                    model=self.settings.use_cases[use_case].candidate.deployment,
-                    messages=messages,
-                    metadata={"workhorse": tag},
-                    disable_fallbacks=True,
-                )
-            except Exception:
-                pass
+        try:  # the outcome is logged by the callbacks below; the answer goes nowhere
+            await llm_router.acompletion(
+                model=self.settings.use_cases[use_case].candidate.deployment,
+                messages=messages,
+                metadata={"workhorse": tag},
+                disable_fallbacks=True,
+            )
+        except Exception:
+            pass
 
     async def async_log_success_event(self, kwargs, response_obj, start_time, end_time) -> None:
         self._record(kwargs, start_time, end_time, response_obj, None)
