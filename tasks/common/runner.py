@@ -19,6 +19,7 @@ API keys live only in memory: rows, cache and checkpoint never hold them.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import random
@@ -109,7 +110,7 @@ class ModelRequest:
         """One row per (model, prompt variant, item) in a run."""
         return (self.model.label, self.prompt_variant, self.item_id)
 
-    @property
+    @functools.cached_property
     def cache_key(self) -> str:
         # The endpoint is not part of the key: a local server gets a new port every start.
         payload = {"model": self.model.model, "params": self.params, "messages": self.messages}
@@ -281,11 +282,38 @@ def call_cost(spec: ModelSpec, prompt_tokens: int, completion_tokens: int) -> fl
     """Cost of one call: explicit prices first, else LiteLLM's map; unknown stays None, never 0."""
     if spec.input_cost_per_token is not None and spec.output_cost_per_token is not None:
         return prompt_tokens * spec.input_cost_per_token + completion_tokens * spec.output_cost_per_token
+    prices = _map_prices(spec.model)
+    if prices is None:
+        return None
+    if prices == "litellm":
+        return _litellm_cost(spec.model, prompt_tokens, completion_tokens)
+    return prompt_tokens * prices[0] + completion_tokens * prices[1]
+
+
+# Price-map fields that make a price depend on more than two per-token figures (tiers, long prompts).
+_TIERED = ("above_", "tiered", "_tiers")
+
+
+@functools.lru_cache(maxsize=1024)
+def _map_prices(model: str) -> tuple[float, float] | str | None:
+    """A model's (input, output) per-token prices read once from the map, where two figures say it
+    all; "litellm" where LiteLLM must work it out (tiers); None where nobody prices it."""
+    from workhorse.tasks.common.pricing import lookup_entry
+
+    found = lookup_entry(model)
+    if found and not any(marker in field for field in found[1] for marker in _TIERED):
+        return found[1]["input_cost_per_token"], found[1]["output_cost_per_token"]
+    if _litellm_cost(model, 1, 1) is None:
+        return None
+    return "litellm"
+
+
+def _litellm_cost(model: str, prompt_tokens: int, completion_tokens: int) -> float | None:
     import litellm
 
     try:
         prompt_cost, completion_cost = litellm.cost_per_token(
-            model=spec.model, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens
+            model=model, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens
         )
     except Exception:
         return None
@@ -317,7 +345,7 @@ class Checkpoint:
         if self._file is None:
             self._file = self.path.open("a", encoding="utf-8")
         # Flushed per row: the OS keeps it even if this process is killed the next instant.
-        self._file.write(json.dumps(asdict(row)) + "\n")
+        self._file.write(json.dumps(row.__dict__) + "\n")  # every field a scalar: no deep copy
         self._file.flush()
 
     def close(self) -> None:
@@ -340,14 +368,19 @@ CREATE TABLE IF NOT EXISTS response_cache (
 """
 
 
+CACHE_BATCH = 256  # answers per write to the cache
+
+
 class ResponseCache:
     """Successful answers in the state store, shared by every run of the workspace."""
 
     def __init__(self, workspace: Workspace):
         self.connection = store.connect(workspace)
         self.connection.ensure(CACHE_SCHEMA)
+        self._pending: dict[str, tuple] = {}
 
     def lookup(self, keys: Iterable[str]) -> dict[str, tuple]:
+        self.flush()
         keys = list(dict.fromkeys(keys))
         found: dict[str, tuple] = {}
         for start in range(0, len(keys), 500):
@@ -383,26 +416,35 @@ class ResponseCache:
         return rows
 
     def put(self, key: str, row: EvalResponse) -> None:
-        self.connection.execute(
-            "INSERT INTO response_cache (key, model, output, prompt_tokens, completion_tokens, cost_usd, "
-            "latency_ms, created_at) VALUES (?,?,?,?,?,?,?,?) "
-            "ON CONFLICT (key) DO UPDATE SET model = excluded.model, "
-            "output = excluded.output, prompt_tokens = excluded.prompt_tokens, "
-            "completion_tokens = excluded.completion_tokens, cost_usd = excluded.cost_usd, "
-            "latency_ms = excluded.latency_ms, created_at = excluded.created_at",
-            (
-                key,
-                row.model,
-                row.output,
-                row.prompt_tokens,
-                row.completion_tokens,
-                row.cost_usd,
-                row.latency_ms,
-                datetime.now(timezone.utc).isoformat(),
-            ),
+        """Store an answer; written in batches (one statement per batch, not per answer): the run's
+        checkpoint, flushed per row, is what a killed run resumes from."""
+        self._pending[key] = (
+            key,
+            row.model,
+            row.output,
+            row.prompt_tokens,
+            row.completion_tokens,
+            row.cost_usd,
+            row.latency_ms,
+            datetime.now(timezone.utc).isoformat(),
         )
+        if len(self._pending) >= CACHE_BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._pending:
+            rows, self._pending = list(self._pending.values()), {}
+            self.connection.executemany(
+                "INSERT INTO response_cache (key, model, output, prompt_tokens, completion_tokens, cost_usd, "
+                "latency_ms, created_at) VALUES (?,?,?,?,?,?,?,?) ON CONFLICT (key) DO UPDATE SET "
+                "model = excluded.model, output = excluded.output, prompt_tokens = excluded.prompt_tokens, "
+                "completion_tokens = excluded.completion_tokens, cost_usd = excluded.cost_usd, "
+                "latency_ms = excluded.latency_ms, created_at = excluded.created_at",
+                rows,
+            )
 
     def close(self) -> None:
+        self.flush()
         self.connection.close()
 
 
