@@ -195,7 +195,7 @@ def test_a_judge_that_always_prefers_position_a_is_position_inconsistent_not_a_w
     assert table["win_rate"] == 0.5 and table["position_inconsistency"] == 1.0
     assert verdict["decision"] == "inconclusive"
     assert "openai/judge" in verdict["reason"] and "flips with the answers' order" in verdict["reason"]
-    assert figures["calibration"]["trusted"] is False
+    assert figures["calibration"]["trusted"] is False and figures["decided"] is True
     # The judge's own cost line, recomputed from its stored calls at the plan's price.
     calls = pq.read_table(
         isolated_workspace.run_dir(summary["run_id"]) / "judge_responses.parquet"

@@ -18,6 +18,7 @@ from rich.console import Console
 
 from workhorse.tables import candidate_verdicts_table, variant_table, verdict_table
 from workhorse.tasks.common.engines import cpu_flags, engine_dtype
+from workhorse.tasks.evaluate.judge import judge_line
 from workhorse.workspace import Workspace
 
 # Minutes `make demo` takes after set-up from a fresh clone on 2 cores, per CPU class (README, "What
@@ -92,6 +93,8 @@ def print_verdicts(console: Console, evaluations: dict) -> None:
     for use_case, evaluation in evaluations.items():
         verdict = evaluation["verdict"]
         console.print(f"  verdict [bold]{verdict['decision']}[/] — {verdict['reason']}")
+        if evaluation.get("judge"):
+            console.print(f"    {judge_line(evaluation['judge'])}", markup=False)
         if len(verdict.get("candidates") or []) > 1:
             console.print(f"    {verdict['summary']}")
 

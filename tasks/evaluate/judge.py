@@ -743,7 +743,9 @@ def judge_verdict(plan: Plan, use_case: str, run: JudgeRun | None, reference_ver
         final = decide_verdict(use_case, baseline, results, judged_policy, task_type=task_type)
         if not calibration.trusted:
             final = distrusted(final, run.judge, calibration)
-    return final, judge_summary(run, calibration, reference_verdict, plan)
+    figures = judge_summary(run, calibration, reference_verdict, plan)
+    # The judge cannot pair arms the reference verdict could not (no incumbent answers): it reports only.
+    return final, {**figures, "decided": final is not reference_verdict}
 
 
 def distrusted(v, judge: JudgePlan, calibration: Calibration):
