@@ -142,12 +142,12 @@ def identity_of(line_id: str) -> tuple[str, str, str]:
     return (label, variant, item)
 
 
-def batch_line(run_id: str, request: ModelRequest) -> bytes:
+def batch_line(line_id: str, request: ModelRequest) -> bytes:
     """One input line. ``extra_body`` is flattened into the body, as a synchronous call sends it."""
     params = dict(request.params)
     extra = params.pop("extra_body", None) or {}
     body = {"model": request.model.model.split("/", 1)[-1], "messages": request.messages, **params, **extra}
-    line = {"custom_id": custom_id(run_id, request), "method": "POST", "url": ENDPOINT, "body": body}
+    line = {"custom_id": line_id, "method": "POST", "url": ENDPOINT, "body": body}
     return (json.dumps(line, ensure_ascii=False) + "\n").encode()
 
 
@@ -236,7 +236,12 @@ class BatchStore:
         )
 
     def settle_lines(self, job_key: str, results: list[tuple]) -> None:
-        """(custom id, state, output, prompt tokens, completion tokens, error type, message) per line."""
+        """(custom id, state, output, prompt tokens, completion tokens, error type, message) per line,
+        in one transaction (one commit, not one per line)."""
+        with self.connection.transaction(lock="workhorse.batch"):
+            self._settle_rows(job_key, results)
+
+    def _settle_rows(self, job_key: str, results: list[tuple]) -> None:
         self.connection.executemany(
             "UPDATE batch_line SET state = ?, output = ?, prompt_tokens = ?, completion_tokens = ?, "
             "error_type = ?, error_message = ? WHERE custom_id = ? AND job_key = ?",
@@ -304,7 +309,11 @@ class ProviderCalls:
         return batch.id
 
     async def retrieve(self, batch_id: str):
-        return await self._call("aretrieve_batch", batch_id=batch_id)
+        # Without this flag LiteLLM's logging downloads the whole output file of a completed batch
+        # on every retrieve, to price it; the client reads that file once and prices it line by line.
+        return await self._call(
+            "aretrieve_batch", batch_id=batch_id, litellm_metadata={"batch_ignore_default_logging": True}
+        )
 
     async def cancel(self, batch_id: str):
         return await self._call("acancel_batch", batch_id=batch_id)
@@ -394,22 +403,22 @@ class BatchClient:
 
     # ------------------------------------------------------------------ lines
 
-    def _settle(self, by_id: dict[str, ModelRequest]) -> tuple[BatchOutcome, list[ModelRequest]]:
+    def _settle(self, by_id: dict[str, ModelRequest]) -> tuple[BatchOutcome, list[tuple]]:
         """Rows of the settled requests, and the requests to (re)submit: never sent, or whose last
-        line is missing or failed retryably with submissions left."""
+        line is missing or failed retryably with submissions left, as (custom id, request, submissions)."""
         outcome, resubmit = BatchOutcome(), []
         history = self.store.lines_for(list(by_id))
         for line_id, request in by_id.items():
             lines = history.get(line_id, [])
             last = lines[-1] if lines else None
             if last is None:
-                resubmit.append(request)
+                resubmit.append((line_id, request, 0))
             elif last["state"] == "answered":
                 outcome.rows[request.identity] = self._answered_row(request, last)
             elif last["state"] == "queued":
                 continue  # in a job not collected yet
             elif self._retry_line(last, len(lines)):
-                resubmit.append(request)
+                resubmit.append((line_id, request, len(lines)))
             else:
                 outcome.rows[request.identity] = self._failed_row(request, last, len(lines))
         return outcome, resubmit
@@ -444,47 +453,46 @@ class BatchClient:
 
     # ------------------------------------------------------------------ jobs
 
-    def _plan_jobs(self, requests: list[ModelRequest]) -> list[str]:
+    def _plan_jobs(self, lines: list[tuple]) -> list[str]:
         """Write the input files (split by the provider's limits) and record each job with its
-        lines, before any provider call."""
-        by_model: dict[str, list[ModelRequest]] = {}
-        for request in requests:
-            by_model.setdefault(request.model.label, []).append(request)
+        lines, before any provider call. ``lines``: (custom id, request, earlier submissions)."""
+        by_model: dict[str, list[tuple]] = {}
+        for line in lines:
+            by_model.setdefault(line[1].model.label, []).append(line)
         keys = []
         for label, group in by_model.items():
-            attempts = self.store.lines_for([custom_id(self.run_id, r) for r in group])
-            attempt = 1 + max((len(attempts.get(custom_id(self.run_id, r), [])) for r in group), default=0)
-            max_lines, max_bytes = self.settings.limits(provider_of(group[0].model))
-            for path, lines in self._write_parts(label, group, max_lines, max_bytes):
-                self.store.add_job(self._job_row(path, group[0].model, attempt, len(lines)), lines)
+            attempt = 1 + max(submissions for _, _, submissions in group)
+            max_lines, max_bytes = self.settings.limits(provider_of(group[0][1].model))
+            for path, recorded in self._write_parts(label, group, max_lines, max_bytes):
+                self.store.add_job(self._job_row(path, group[0][1].model, attempt, len(recorded)), recorded)
                 keys.append(path.stem)
         return keys
 
     def _write_parts(
-        self, label: str, requests: Iterable[ModelRequest], max_lines: int, max_bytes: int
+        self, label: str, lines: Iterable[tuple], max_lines: int, max_bytes: int
     ) -> Iterable[tuple[Path, list[tuple[str, str]]]]:
         """Input files of at most ``max_lines`` lines and ``max_bytes`` bytes, written as they fill."""
         folder = self.workspace.run_dir(self.run_id) / "batch"
         folder.mkdir(parents=True, exist_ok=True)
         sequence = self.store.next_sequence(self.run_id)
-        stream, path, lines, size = None, None, [], 0
-        for request in requests:
-            line = batch_line(self.run_id, request)
+        stream, path, recorded, size = None, None, [], 0
+        for line_id, request, _ in lines:
+            line = batch_line(line_id, request)
             if len(line) > max_bytes:
                 raise ValueError(f"{label}: item {request.item_id} alone is over the batch file limit")
-            if stream is None or len(lines) >= max_lines or size + len(line) > max_bytes:
+            if stream is None or len(recorded) >= max_lines or size + len(line) > max_bytes:
                 if stream is not None:
                     stream.close()
-                    yield path, lines
+                    yield path, recorded
                 sequence += 1
                 path = folder / f"{_safe(self.run_id)}.{sequence:04d}.jsonl"
-                stream, lines, size = path.open("wb"), [], 0
+                stream, recorded, size = path.open("wb"), [], 0
             stream.write(line)
-            lines.append((custom_id(self.run_id, request), request.cache_key))
+            recorded.append((line_id, request.cache_key))
             size += len(line)
         if stream is not None:
             stream.close()
-            yield path, lines
+            yield path, recorded
 
     def _job_row(self, path: Path, spec: ModelSpec, attempt: int, lines: int) -> dict:
         return {
