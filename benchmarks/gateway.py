@@ -124,7 +124,8 @@ def run(folder: Path, requests: int) -> None:
     from tests.support.litellm_proxy import LiteLLMProxy
     from tests.support.postgres import PostgresServer
     from workhorse.tasks.rollout import state as rollout
-    from workhorse.tasks.rollout.gateway import gateway_settings, proxy_config, replicas
+    from workhorse.tasks.rollout.gateway import gateway_settings, proxy_config
+    from workhorse.tasks.rollout.replicas import replicas
     from workhorse.testing.fake_openai import FakeServerProcess, ServerConfig
     from workhorse.workspace import Workspace
 

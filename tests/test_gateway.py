@@ -19,8 +19,10 @@ import openai
 import psycopg
 import pytest
 import yaml
+from typer.testing import CliRunner
 
 from tests.support.litellm_proxy import CuttableRelay, LiteLLMProxy
+from workhorse import cli
 from workhorse.errors import ConfigError
 from workhorse.router import bucket
 from workhorse.tasks.common.traffic_log import read_traffic
@@ -29,11 +31,10 @@ from workhorse.tasks.rollout.gateway import (
     GatewaySettings,
     WorkhorseGateway,
     gateway_settings,
-    main,
     proxy_config,
-    replicas,
 )
 from workhorse.tasks.rollout.guardrails import analyze_rollout
+from workhorse.tasks.rollout.replicas import replicas
 from workhorse.testing.fake_openai import FakeServerProcess, Faults, ServerConfig, request_key
 from workhorse.workspace import Workspace
 
@@ -222,6 +223,8 @@ def test_the_split_follows_each_step_and_every_user_stays_on_one_arm(proxy, serv
         )
         if step != "25":
             rollout.advance(ws, uc, manual=True)
+    status = CliRunner().invoke(cli.app, ["rollout", "status", uc, "--workspace", str(ws.root)])
+    assert f"serves v{rollout.current_state(ws, uc).version} (25)" in status.stdout, status.output
 
 
 def rows_read_like_router_rows(ws, uc, step, n_calls, n_candidate, servers, calls):
@@ -381,7 +384,7 @@ def test_a_store_outage_leaves_traffic_on_the_last_weights(proxy, servers, store
     )
 
 
-def test_the_proxy_config_and_the_plugin_settings_come_from_the_plan(tmp_path, capsys):
+def test_the_proxy_config_and_the_plugin_settings_come_from_the_plan(tmp_path):
     plan = {
         "incumbent": "openai/gpt-4o-mini",
         "candidates": [
@@ -398,8 +401,10 @@ def test_the_proxy_config_and_the_plugin_settings_come_from_the_plan(tmp_path, c
         },
     }
     (tmp_path / "workhorse.yaml").write_text(yaml.safe_dump(plan))
-    main(["--plan", str(tmp_path), "--workspace", str(tmp_path / "ws"), "--refresh-s", "2"])
-    printed = capsys.readouterr().out
+    arguments = ["gateway", "litellm-config", "--plan", str(tmp_path), "--workspace", str(tmp_path / "ws")]
+    done = CliRunner().invoke(cli.app, arguments + ["--refresh-s", "2"])
+    assert done.exit_code == 0, done.output
+    printed = done.stdout
     config = yaml.safe_load(printed)
     assert [m["model_name"] for m in config["model_list"]] == [
         "ticket-routing/incumbent",

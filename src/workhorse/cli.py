@@ -284,6 +284,45 @@ def rollout_status(use_case: str, workspace: Optional[Path] = WorkspaceOption) -
             f"  v{step['version']} {step['action']}: {step['from_stage']} → {step['to_stage']} "
             f"({step['reason'] or ''})"
         )
+    _print_replicas(use_case, workspace)
+
+
+def _print_replicas(use_case: str, workspace: Optional[Path]) -> None:
+    """The LiteLLM proxies that read this use case's weights in the last minute (gateway plugin)."""
+    import time
+
+    from workhorse.tasks.rollout.replicas import replicas
+
+    for replica in replicas(workspace, use_case):
+        age = time.time() - replica["seen_at"] / 1e6
+        console.print(
+            f"  proxy {replica['replica_id']}: serves v{replica['version']} ({replica['stage']}), "
+            f"read {age:.0f} s ago"
+        )
+
+
+gateway_app = typer.Typer(help="Rollouts inside a LiteLLM proxy (the gateway plugin).", no_args_is_help=True)
+app.add_typer(gateway_app, name="gateway")
+
+
+@gateway_app.command("litellm-config")
+def gateway_litellm_config(
+    plan: Optional[Path] = typer.Option(None, help="The migration plan (workhorse.yaml or its folder)."),
+    candidate: list[str] = typer.Option(
+        [], help="USE_CASE=MODEL; default: the rollout's, else the only one."
+    ),
+    refresh_s: float = typer.Option(5.0, help="Seconds between two reads of the weights by each proxy."),
+    key: str = typer.Option("user", help="The sticky key: user, header:<name> or metadata:<name>."),
+    workspace: Optional[Path] = WorkspaceOption,
+) -> None:
+    """Print the LiteLLM proxy config (deployments, aliases, fallbacks, the callback) and write the
+    plugin's settings to <workspace>/routing/gateway.yaml."""
+    from workhorse.config import plan_workspace
+    from workhorse.tasks.rollout.gateway import candidate_choices, write_gateway_config
+
+    ws, chosen = plan_workspace(workspace, plan)
+    _, text = write_gateway_config(chosen, ws, candidate_choices(candidate), refresh_s, key)
+    sys.stdout.write(text)
 
 
 @rollout_app.command("start")

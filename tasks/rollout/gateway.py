@@ -39,14 +39,14 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 import workhorse  # noqa: F401  (offline LiteLLM price map before litellm is imported)
-from workhorse import store
 from workhorse.config import Plan, load_plan
 from workhorse.errors import ConfigError
 from workhorse.router import BREAKER_OF_ARM, bucket
 from workhorse.tasks.common.runner import CallFailed, CircuitBreaker, ModelSpec, RetryPolicy, classify
-from workhorse.tasks.common.traffic_log import COLUMNS, _as_record, make_row, now_micros
+from workhorse.tasks.common.traffic_log import COLUMNS, _as_record, make_row
 from workhorse.tasks.common.traffic_log import connect as traffic_connect
 from workhorse.tasks.rollout.litellm_export import key_env_name
+from workhorse.tasks.rollout.replicas import heartbeat
 from workhorse.tasks.rollout.state import current_state, current_weights
 from workhorse.workspace import Workspace
 
@@ -61,12 +61,6 @@ SETTINGS_ENV = "WORKHORSE_GATEWAY_CONFIG"
 # A breaker probe with no outcome after this long is taken as lost (see ``_admit_call``).
 PROBE_LEASE_S = 120.0
 INCUMBENT_ONLY = {"incumbent": 100, "candidate": 0, "shadow": False, "stage": "unknown", "version": -1}
-REPLICA_SCHEMA = """
-CREATE TABLE IF NOT EXISTS gateway_replica (
-    replica_id TEXT NOT NULL, use_case TEXT NOT NULL, version INTEGER NOT NULL, stage TEXT,
-    seen_at INTEGER NOT NULL, PRIMARY KEY (replica_id, use_case)
-);
-"""
 
 
 # --- settings ------------------------------------------------------------------------------
@@ -158,36 +152,10 @@ class WeightsCache:
             self.outage_since = None
         self._weights, self.read_at = fresh, started
         try:
-            self._heartbeat(fresh)
+            heartbeat(self.workspace, self.replica_id, fresh)
         except Exception as error:  # only `rollout status` misses this replica until the next one
             log.info("heartbeat not written: %s", type(error).__name__)
         return True
-
-    def _heartbeat(self, weights: dict[str, dict]) -> None:
-        rows = [(self.replica_id, uc, w["version"], w["stage"], now_micros()) for uc, w in weights.items()]
-        with store.connect(self.workspace) as connection:
-            connection.ensure(REPLICA_SCHEMA)
-            with connection.transaction():
-                connection.executemany(
-                    "INSERT INTO gateway_replica (replica_id, use_case, version, stage, seen_at) "
-                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (replica_id, use_case) DO UPDATE SET "
-                    "version = excluded.version, stage = excluded.stage, seen_at = excluded.seen_at",
-                    rows,
-                )
-
-
-def replicas(workspace: Workspace | str | None, use_case: str, within_s: float = 60.0) -> list[dict]:
-    """The proxy replicas that reported weights for a use case in the last ``within_s`` seconds."""
-    ws = workspace if isinstance(workspace, Workspace) else Workspace.resolve(workspace)
-    since = now_micros() - int(within_s * 1_000_000)
-    with store.connect(ws) as connection:
-        connection.ensure(REPLICA_SCHEMA)
-        cursor = connection.execute(
-            "SELECT replica_id, version, stage, seen_at FROM gateway_replica "
-            "WHERE use_case = ? AND seen_at >= ? ORDER BY replica_id",
-            (use_case, since),
-        )
-        return store.rows_as_dicts(cursor)
 
 
 # --- traffic rows, batched and kept through an outage --------------------------------------
@@ -556,8 +524,34 @@ def _params(model: str, api_base: str | None) -> dict:
     return params | ({"api_base": api_base} if api_base else {})
 
 
+def write_gateway_config(
+    plan: Plan,
+    workspace: Workspace,
+    candidates: dict[str, str] | None = None,
+    refresh_s: float = 5.0,
+    key: str = "user",
+) -> tuple[Path, str]:
+    """Write the plugin's settings to ``<workspace>/routing/gateway.yaml``; return that path and the
+    proxy config (YAML text) that goes with it."""
+    routes = routes_from_plan(plan, workspace, candidates)
+    if not routes:
+        raise ConfigError("no use case has a candidate to route to: name one as USE_CASE=MODEL")
+    settings = gateway_settings(routes, str(workspace.root), refresh_s=refresh_s, key=key)
+    path = write_settings(settings, workspace.subdir("routing") / "gateway.yaml")
+    header = f"# workhorse gateway: start the proxy with {SETTINGS_ENV}={path}\n"
+    return path, header + yaml.safe_dump(proxy_config(routes), sort_keys=False)
+
+
+def candidate_choices(pairs: list[str]) -> dict[str, str]:
+    """``["use-case=model", ...]`` as a mapping; a pair without ``=`` is refused by name."""
+    bad = [pair for pair in pairs if "=" not in pair]
+    if bad:
+        raise ConfigError(f"--candidate takes USE_CASE=MODEL, not {bad[0]!r}")
+    return dict(pair.split("=", 1) for pair in pairs)
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Print the proxy config for a plan and write the plugin's settings beside the workspace."""
+    """Print the proxy config for a plan and write the plugin's settings in the workspace."""
     import argparse
 
     parser = argparse.ArgumentParser(description=main.__doc__)
@@ -568,14 +562,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--key", default="user", help="user, header:<name> or metadata:<name>")
     arguments = parser.parse_args(argv)
     workspace = Workspace.resolve(arguments.workspace)
-    chosen = dict(pair.split("=", 1) for pair in arguments.candidate)
-    routes = routes_from_plan(load_plan(arguments.plan, workspace.root), workspace, chosen)
-    if not routes:
-        raise SystemExit("no use case with a candidate: name one with --candidate USE_CASE=MODEL")
-    settings = gateway_settings(routes, str(workspace.root), refresh_s=arguments.refresh_s, key=arguments.key)
-    path = write_settings(settings, workspace.subdir("routing") / "gateway.yaml")
-    print(f"# workhorse gateway: start the proxy with {SETTINGS_ENV}={path}")
-    print(yaml.safe_dump(proxy_config(routes), sort_keys=False), end="")
+    plan = load_plan(arguments.plan, workspace.root)
+    choices = candidate_choices(arguments.candidate)
+    _, text = write_gateway_config(plan, workspace, choices, arguments.refresh_s, arguments.key)
+    print(text, end="")
 
 
 def _from_environment() -> WorkhorseGateway:
