@@ -5,5 +5,6 @@ guardrails.py      the analysis of one step: candidate against incumbent on the 
 report.py          the rollout's markdown artifact
 litellm_export.py  the weights as a LiteLLM Router/Proxy config
 gateway.py         the LiteLLM proxy plugin: routes, logs and breaks circuits where the traffic flows
+replicas.py        which proxy replicas serve a use case, on which weights version (their heartbeats)
 traffic_sim.py     replayed traffic through the router, paced to the engine (demo and tests)
 """
