@@ -344,3 +344,26 @@ def test_the_embedded_model_judges_through_real_vllm_with_every_judgement_parsed
     }
     assert summary["judge"]["cost_usd"] is not None and summary["judge"]["cost_usd"] > 0
     assert summary["verdict"]["decision"] in ("migrate", "keep", "inconclusive")
+
+
+def test_a_judge_whose_judgements_fail_is_not_trusted_and_says_why():
+    from workhorse.config import JudgePlan
+    from workhorse.tasks.common.runner import ModelSpec
+    from workhorse.tasks.evaluate.judge import JudgeRun, calibrate
+
+    run = JudgeRun(JudgePlan(kind="pairwise", model="openai/judge"), ModelSpec("openai/judge"))
+    run.arms = {"incumbent": ("inc", "as-logged"), "cand": ("cand", "zero-shot")}
+    run.pairs["cand"] = [PairOutcome(f"i{n}", "win", True) for n in range(12)] + [
+        PairOutcome(f"e{n}", None, error_type=JUDGE_UNPARSEABLE) for n in range(3)
+    ]
+    scores = [
+        {"model": model, "prompt_variant": variant, "item_id": f"i{n}", "correct": model == "cand"}
+        for n in range(12)
+        for model, variant in run.arms.values()
+    ]
+
+    calibration = calibrate(run, scores, "f1", max_error_rate=0.05)
+
+    assert (calibration.agreement, calibration.n) == (1.0, 12)  # it prefers the right answer each time
+    assert (calibration.judgements, calibration.failed) == (15, 3)
+    assert calibration.problems == ("3 of its 15 judgements failed (3 judge_unparseable)",)
