@@ -129,6 +129,6 @@ async def parallel_eval(
         verdict,
         skipped,
         throughput,
-        judged,
+        quote(judged),  # its rows: Prefect would walk them looking for futures
         judge,
     )
