@@ -1,7 +1,8 @@
 """The rollout inside a LiteLLM proxy: a callback that routes, logs and breaks circuits like the router.
 
 Name it in the proxy config (``litellm_settings.callbacks: workhorse.tasks.rollout.gateway.proxy_handler``)
-and point ``WORKHORSE_GATEWAY_CONFIG`` at the settings file (``gateway_settings`` writes it). Then:
+and point ``WORKHORSE_GATEWAY_CONFIG`` at the settings file (``workhorse gateway litellm-config``
+prints the one and writes the other). Then:
 
 - ``async_pre_call_hook``: a request for a use case's alias (or tagged ``use_case:<name>``, or with
   ``metadata.use_case``) goes to the incumbent's or the candidate's deployment, picked with the
@@ -18,7 +19,7 @@ and point ``WORKHORSE_GATEWAY_CONFIG`` at the settings file (``gateway_settings`
 - Shadow: the plugin sends the candidate a copy of each incumbent request in the background
   (at most ``shadow_concurrency`` in flight; copies beyond that are skipped and counted), so
   the user's answer never waits for it.
-- Each replica heartbeats its id and the weights version it serves (``gateway_replica``).
+- Each replica heartbeats its id and the weights version it serves (``replicas.py``).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import yaml
+from litellm.integrations.custom_logger import CustomLogger  # the proxy's callback base (no proxy extra)
 from pydantic import BaseModel, ConfigDict, Field
 
 import workhorse  # noqa: F401  (offline LiteLLM price map before litellm is imported)
@@ -49,11 +51,6 @@ from workhorse.tasks.rollout.litellm_export import key_env_name
 from workhorse.tasks.rollout.replicas import heartbeat
 from workhorse.tasks.rollout.state import current_state, current_weights
 from workhorse.workspace import Workspace
-
-try:  # the proxy's base class; without litellm's proxy installed the plugin still loads for config work
-    from litellm.integrations.custom_logger import CustomLogger
-except ImportError:  # pragma: no cover
-    CustomLogger = object  # type: ignore[assignment,misc]
 
 log = logging.getLogger("workhorse.gateway")
 
