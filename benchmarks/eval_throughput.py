@@ -124,9 +124,10 @@ def build_workspace(root: Path, rows: list[dict], url: str, concurrency: int) ->
         GoldenSpec("banking", "classification", labels=labels),
         [SourceSpec("labels", str(source), {"input": "text", "reference": "category"})],
     )
-    candidate = {"model": "openai/candidate", "api_base": url, "max_concurrency": concurrency}
+    # One model called: the incumbent has no key here, so it is only replayed (nothing logged).
+    candidate = {"model": "hosted_vllm/candidate", "api_base": url, "max_concurrency": concurrency}
     plan = {
-        "incumbent": "benchmark-incumbent/none",
+        "incumbent": "openai/gpt-4o-mini",
         "candidates": [candidate],
         "use_cases": {"banking": {"task_type": "classification", "labels": labels}},
         "quality_policy": {"min_items": 10},
@@ -158,7 +159,8 @@ def part_cli(items: int, concurrencies: tuple[int, ...]) -> None:
         FakeServerProcess(ServerConfig(latency_s=LATENCY_S)) as server,
         local_prefect_server(home=Path(folder) / "prefect") as prefect,
     ):
-        env = {**os.environ, "PREFECT_API_URL": prefect.api_url, "OPENAI_API_KEY": "sk-bench"}
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "PREFECT_API"))}
+        env["PREFECT_API_URL"] = prefect.api_url
         print(f"part 2: workhorse eval, {items} BANKING77 texts, Prefect server running")
         for concurrency in concurrencies:
             root = Path(folder) / f"c{concurrency}"

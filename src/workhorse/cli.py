@@ -118,7 +118,7 @@ def evaluate(
         console.print(judge_line(summary["judge"]), markup=False)
     for reason in summary["skipped"]:
         console.print(f"skipped: {reason}")
-    console.print(meter.line())
+    console.print(meter.line(), soft_wrap=True)
     console.print(f"report: {summary['report']}")
     if (viewer := Path(summary["report"]).parent / "items.html").exists():
         console.print(f"every test item, answer by answer: {viewer}")

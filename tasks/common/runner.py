@@ -549,9 +549,11 @@ class Runner:
                     self.on_result(row)
                     advance()
 
-            await asyncio.gather(*(answer(group) for group in by_key.values()))
-        if meter is not None and by_key:
-            meter.end()
+            try:
+                await asyncio.gather(*(answer(group) for group in by_key.values()))
+            finally:
+                if meter is not None and by_key:
+                    meter.end()
         return rows
 
     async def _call_with_retries(self, request: ModelRequest) -> EvalResponse:

@@ -2,10 +2,11 @@
 
 ``metering()`` opens a meter for the current context; every runner working inside it (the shards
 of an eval in the flow's event loop) reports its calls. The figures: paid requests and tokens per
-second of wall time from the first call to the last, and the share of that time this process
-spent on the CPU (the client: building requests, parsing answers, bookkeeping) against the rest
-(waiting on the endpoint). A client share near 100 % says the client is the bottleneck; a mean
-number of requests in flight near the endpoint's limit says the endpoint (or its limit) is.
+second of the time some runner was calling (scoring between phases left out), and the share of
+that time this process spent on the CPU (the client: building requests, parsing answers,
+bookkeeping) against the rest (waiting on the endpoint). A client share near 100 % says the client
+is the bottleneck; a mean number of requests in flight near the endpoint's limit says the endpoint
+(or its limit) is.
 """
 
 from __future__ import annotations
@@ -24,28 +25,26 @@ class Meter:
     requests: int = 0
     tokens: int = 0
     endpoint_s: float = 0.0  # the answered calls' latencies, summed
-    first: tuple[float, float] | None = None  # (wall, cpu) when the first call began
-    last: tuple[float, float] | None = None  # (wall, cpu) when the last one ended
+    wall_s: float = 0.0  # time while at least one runner was calling (gaps between phases left out)
+    cpu_s: float = 0.0  # this process's CPU time over those same stretches
+    active: int = 0
+    since: tuple[float, float] = (0.0, 0.0)
 
     def begin(self) -> None:
-        if self.first is None:
-            self.first = (time.perf_counter(), time.process_time())
+        if self.active == 0:
+            self.since = (time.perf_counter(), time.process_time())
+        self.active += 1
 
     def end(self) -> None:
-        self.last = (time.perf_counter(), time.process_time())
+        self.active -= 1
+        if self.active == 0:
+            self.wall_s += time.perf_counter() - self.since[0]
+            self.cpu_s += time.process_time() - self.since[1]
 
     def add(self, latency_ms: float | None, prompt_tokens: int | None, completion_tokens: int | None) -> None:
         self.requests += 1
         self.tokens += (prompt_tokens or 0) + (completion_tokens or 0)
         self.endpoint_s += (latency_ms or 0.0) / 1000
-
-    @property
-    def wall_s(self) -> float:
-        return self.last[0] - self.first[0] if self.first and self.last else 0.0
-
-    @property
-    def cpu_s(self) -> float:
-        return self.last[1] - self.first[1] if self.first and self.last else 0.0
 
     def summary(self) -> dict | None:
         """The figures, or None when no call was paid (all cached, or shards on other machines)."""

@@ -22,6 +22,7 @@ import gc
 import hashlib
 import json
 import math
+import os
 import time
 import uuid
 from collections import Counter, defaultdict
@@ -30,6 +31,7 @@ from pathlib import Path
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.utilities.annotations import quote
 
 from workhorse.config import EndpointLimits, Plan, resolve
 from workhorse.errors import ConfigError
@@ -40,7 +42,7 @@ from workhorse.tasks.common.engines import (
     prepare_embedded_model,
     run_offline_batch,
 )
-from workhorse.tasks.common.limits import resolve_limits
+from workhorse.tasks.common.limits import provider_of, resolve_limits
 from workhorse.tasks.common.pricing import PriceCatalog, plan_catalog, record_throughput
 from workhorse.tasks.common.runner import (
     RETRYABLE,
@@ -77,10 +79,17 @@ def is_embedded(spec: ModelSpec) -> bool:
     return spec.model == EMBEDDED_LITELLM and not spec.api_base
 
 
+# The key LiteLLM reads for the commonest providers: asking LiteLLM itself costs its import (seconds).
+PROVIDER_KEY_ENV = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
+
+
 def has_credentials(model: str) -> bool:
     """Whether LiteLLM finds the provider's key in the environment (local vLLM needs none)."""
     if model.startswith("hosted_vllm/"):
         return True
+    key_env = PROVIDER_KEY_ENV.get(provider_of(model))
+    if key_env:
+        return bool(os.environ.get(key_env))
     import litellm
 
     litellm.suppress_debug_info = True
@@ -407,7 +416,8 @@ async def answer_shards(context: EvalContext, parts: list[list[ModelRequest]]) -
         return []
     if context.execution.on_dask:
         return await run_shards_on_dask(context, parts)
-    return list(await asyncio.gather(*(run_shard(context, part) for part in parts)))
+    # quote: Prefect would walk every request of every shard looking for futures (~1 s a phase).
+    return list(await asyncio.gather(*(run_shard(context, quote(part)) for part in parts)))
 
 
 async def answer_provider_batch(context: EvalContext, requests: list[ModelRequest]) -> list[EvalResponse]:
@@ -435,7 +445,7 @@ async def answer_provider_batch(context: EvalContext, requests: list[ModelReques
         cache.close()
     retry = [r for r in requests if done[r.identity].error_type in RETRYABLE]
     if retry and context.batch.failed_lines == "sync":
-        for row in await run_shard(context, retry):
+        for row in await run_shard(context, quote(retry)):
             done[row.identity] = row
     return [done[r.identity] for r in requests]
 
