@@ -129,9 +129,12 @@ class WeightsCache:
         self._stop.set()
 
     def _run(self) -> None:
+        """A read starts every ``refresh_s`` (not ``refresh_s`` after the last one ended): a change
+        committed to the store is served at most ``refresh_s`` plus one read later."""
         while True:
+            started = time.monotonic()
             self.refresh()
-            if self._stop.wait(self.refresh_s):
+            if self._stop.wait(max(0.0, self.refresh_s - (time.monotonic() - started))):
                 return
 
     def refresh(self) -> bool:
