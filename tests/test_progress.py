@@ -81,3 +81,16 @@ def test_quiet_or_off_a_terminal_nothing_is_drawn(enabled, terminal):
             progress.settle([row(r) for r in asked])
     assert out.getvalue() == ""
     assert not hasattr(current_progress(), "lines")  # outside a run: the no-op tracker
+
+
+def test_a_failing_watcher_is_dropped_and_the_counting_goes_on():
+    progress, seen = EvalProgress("run-p"), []
+
+    def broken(_):
+        raise ConnectionError("API down")
+
+    progress.watchers += [broken, lambda tracker: seen.append(tracker.done)]
+    asked = requests(MODELS[0], 3)
+    progress.expect("test", asked)
+    progress.settle([row(r) for r in asked])
+    assert progress.done == 3 and seen == [0, 1, 2, 3] and broken not in progress.watchers

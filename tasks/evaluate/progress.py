@@ -8,6 +8,7 @@ Prefect progress artifact the flow keeps up to date, so the UI shows the same on
 
 from __future__ import annotations
 
+import logging
 import time
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -97,8 +98,13 @@ class EvalProgress:
         return "; ".join(parts)
 
     def _notify(self) -> None:
+        """Tell every watcher; one that fails is dropped with a warning: progress never stops a run."""
         for watch in list(self.watchers):
-            watch(self)
+            try:
+                watch(self)
+            except Exception as error:
+                self.watchers.remove(watch)
+                logging.getLogger(__name__).warning("progress display stopped: %s", error)
 
 
 class _Untracked:
@@ -166,7 +172,10 @@ class ProgressArtifact:
             self._publish(progress)
 
     def close(self, progress: EvalProgress) -> None:
-        self._publish(progress)
+        try:
+            self._publish(progress)
+        except Exception as error:  # the run's outcome stands without its last progress update
+            logging.getLogger(__name__).warning("progress artifact not updated: %s", error)
 
     def _publish(self, progress: EvalProgress) -> None:
         from prefect.artifacts import create_progress_artifact, update_progress_artifact
