@@ -368,7 +368,8 @@ CREATE TABLE IF NOT EXISTS response_cache (
 """
 
 
-CACHE_BATCH = 256  # answers per write to the cache
+CACHE_BATCH = 256  # answers per write to the cache, and at least one write a second
+CACHE_FLUSH_S = 1.0
 
 
 class ResponseCache:
@@ -378,6 +379,7 @@ class ResponseCache:
         self.connection = store.connect(workspace)
         self.connection.ensure(CACHE_SCHEMA)
         self._pending: dict[str, tuple] = {}
+        self._flushed_at = time.monotonic()
 
     def lookup(self, keys: Iterable[str]) -> dict[str, tuple]:
         self.flush()
@@ -416,8 +418,9 @@ class ResponseCache:
         return rows
 
     def put(self, key: str, row: EvalResponse) -> None:
-        """Store an answer; written in batches (one statement per batch, not per answer): the run's
-        checkpoint, flushed per row, is what a killed run resumes from."""
+        """Store an answer; written in batches (one statement per batch, not per answer), at least
+        once a second: a kill loses at most that second to the cache, and the run's checkpoint,
+        flushed per row, is what a killed run resumes from."""
         self._pending[key] = (
             key,
             row.model,
@@ -428,10 +431,11 @@ class ResponseCache:
             row.latency_ms,
             datetime.now(timezone.utc).isoformat(),
         )
-        if len(self._pending) >= CACHE_BATCH:
+        if len(self._pending) >= CACHE_BATCH or time.monotonic() - self._flushed_at >= CACHE_FLUSH_S:
             self.flush()
 
     def flush(self) -> None:
+        self._flushed_at = time.monotonic()
         if self._pending:
             rows, self._pending = list(self._pending.values()), {}
             self.connection.executemany(
