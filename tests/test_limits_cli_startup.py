@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from workhorse.tasks.common.pricing import model_cost_map
 
 COLUMNS = (
@@ -73,28 +75,53 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
-def test_a_cli_killed_with_sigkill_leaves_no_prefect_server_behind(tmp_path):
+def descendants_of(pid: int) -> list[int]:
+    found, frontier = [], [pid]
+    while frontier:
+        children = [c for p in frontier for c in children_of(p)]
+        found += children
+        frontier = children
+    return found
+
+
+@pytest.mark.parametrize(
+    "command, marker",
+    [
+        (["audit", "{logs}", "-w", "{tmp}/ws"], "uvicorn"),  # Prefect's temporary server
+        (["ui", "--home", "{tmp}/ui"], "prefect server start"),  # the server `workhorse ui` runs
+    ],
+    ids=["audit", "ui"],
+)
+def test_a_cli_killed_with_sigkill_leaves_no_prefect_server_behind(tmp_path, command, marker):
     logs = tmp_path / "logs.csv"
     logs.write_text(TWO_ROWS)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
     env["PREFECT_HOME"] = str(tmp_path / "prefect")
-    command = [str(Path(sys.executable).parent / "workhorse"), "audit", str(logs), "-w", str(tmp_path / "ws")]
-    cli = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    server = None
+    arguments = [part.format(logs=logs, tmp=tmp_path) for part in command]
+    cli = subprocess.Popen(
+        [str(Path(sys.executable).parent / "workhorse"), *arguments],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    left: list[int] = []
     try:
         deadline = time.monotonic() + 120
+        server = None
         while server is None and cli.poll() is None and time.monotonic() < deadline:
-            server = next((p for p in children_of(cli.pid) if "uvicorn" in command_of(p)), None)
+            server = next((p for p in children_of(cli.pid) if marker in command_of(p)), None)
             time.sleep(0.05)
-        assert server is not None, "the CLI never started its temporary Prefect server"
+        assert server is not None, f"the CLI never started its Prefect server ({marker})"
+        tree = descendants_of(cli.pid)
         cli.send_signal(signal.SIGKILL)
         cli.wait()
         deadline = time.monotonic() + 60  # a bound for a stuck test, not a measured time
-        while alive(server) and time.monotonic() < deadline:
+        while any(alive(p) for p in tree) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert not alive(server), f"orphaned Prefect server {server}: {command_of(server)}"
+        left = [p for p in tree if alive(p)]
+        assert not left, f"orphaned: {[command_of(p) for p in left]}"
     finally:
         if cli.poll() is None:
             cli.kill()
-        if server is not None and alive(server):
-            os.kill(server, signal.SIGKILL)
+        for pid in left:
+            os.kill(pid, signal.SIGKILL)

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from workhorse.children import popen
+
 HOST = "127.0.0.1"
 
 
@@ -113,7 +115,7 @@ def local_prefect_server(
     port = port or free_port()
     log = log or Path(os.environ.get("TMPDIR", "/tmp")) / f"workhorse-prefect-server-{port}.log"
     with log.open("ab") as sink:
-        process = subprocess.Popen(
+        process = popen(  # dies with this process, even on kill -9
             server_command(port),
             env=server_env(home, port),
             stdout=sink,
