@@ -171,6 +171,9 @@ def assert_item_viewer_written(summary: dict) -> None:
     test_items = {r["item_id"] for r in pq.read_table(summary["scores"]).to_pylist() if r["split"] == "test"}
     assert {record["id"] for record in data["items"]} == test_items
     assert "href='items.html'" in Path(summary["report"]).read_text()
+    logs = [json.loads(path.read_text()) for path in (run_dir / "inspect").glob("*.json")]
+    assert sorted(log["eval"]["model"] for log in logs) == sorted(c["label"] for c in data["columns"])
+    assert all(len(log["samples"]) == len(test_items) for log in logs)
 
 
 def runs_by_flow(server) -> dict[str, dict]:

@@ -17,6 +17,7 @@ import pytest
 from tests.support.browser import CHROMIUM
 from tests.support.browser_page import browser_page
 from workhorse.tasks.common.runner import EvalResponse
+from workhorse.tasks.evaluate.export import write_inspect_logs
 from workhorse.tasks.evaluate.matrix import score_rows
 from workhorse.tasks.evaluate.viewer import PAGE_SIZE, viewer_data, viewer_html
 from workhorse.tasks.golden.sources import GoldenSpec
@@ -194,3 +195,26 @@ def test_extraction_answers_show_their_fields_and_long_answers_collapse(tmp_path
         collapsed = page.evaluate("document.querySelectorAll('details:not([open])').length")
         assert collapsed == 1 and page.evaluate("document.querySelectorAll('b').length") == 0
         assert page.errors() == []
+
+
+def test_the_answers_export_as_one_inspect_log_per_contender(tmp_path):
+    """Inspect AI's log format (version 2; its read_eval_log loaded these in a check outside CI):
+    a sample per item, the accuracy of each contender as the scripted answers give it."""
+    items = classification_items(300)
+    answers = scripted_answers(items)
+    rows = responses(answers)
+    meta = {"use_case": "routing", "run_id": "run-viewer", "task_type": "classification"}
+    data = viewer_data(items, rows, score_rows(items, rows), INCUMBENT, (CHOSEN, "api"), meta)
+    logs = {path.stem: json.loads(path.read_text()) for path in write_inspect_logs(tmp_path, data)}
+
+    assert set(logs) == {"openai_incumbent", "openai_chosen", "openai_other"}
+    for model in (INCUMBENT, CHOSEN, OTHER):
+        log = logs[model.replace("/", "_")]
+        right = sum(answers[model][item.item_id] == item.reference for item in items)
+        assert (log["version"], log["status"], log["eval"]["model"]) == (2, "success", model)
+        assert len(log["samples"]) == log["results"]["total_samples"] == len(items)
+        assert log["results"]["scores"][0]["metrics"]["accuracy"]["value"] == pytest.approx(
+            right / len(items)
+        )
+        failed = {s["id"] for s in log["samples"] if "error" in s}
+        assert failed == {item.item_id for item in items if answers[model][item.item_id] is None}

@@ -154,10 +154,15 @@ def write_item_viewer(
     verdict,
     meta: dict,
 ) -> str:
-    """runs/<id>/items.html; the report links it when it is there."""
+    """runs/<id>/items.html, which the report links when it is there, and the same answers as
+    Inspect AI logs in runs/<id>/inspect/ (``inspect view`` opens them)."""
+    from workhorse.tasks.evaluate.export import write_inspect_logs
+
     chosen = (verdict.best_candidate, verdict.hosting) if getattr(verdict, "best_candidate", None) else None
+    data = viewer_data(items, rows, scores, incumbent, chosen, meta)
     path = Path(run_dir) / VIEWER_NAME
-    path.write_text(viewer_html(viewer_data(items, rows, scores, incumbent, chosen, meta)), encoding="utf-8")
+    path.write_text(viewer_html(data), encoding="utf-8")
+    write_inspect_logs(Path(run_dir) / "inspect", data)
     return str(path)
 
 
