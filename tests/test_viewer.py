@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -205,11 +206,15 @@ def test_the_answers_export_as_one_inspect_log_per_contender(tmp_path):
     rows = responses(answers)
     meta = {"use_case": "routing", "run_id": "run-viewer", "task_type": "classification"}
     data = viewer_data(items, rows, score_rows(items, rows), INCUMBENT, (CHOSEN, "api"), meta)
-    logs = {path.stem: json.loads(path.read_text()) for path in write_inspect_logs(tmp_path, data)}
+    paths = write_inspect_logs(tmp_path, data)
+    logs = {log["eval"]["model"]: log for log in (json.loads(path.read_text()) for path in paths)}
 
-    assert set(logs) == {"openai_incumbent", "openai_chosen", "openai_other"}
+    assert set(logs) == {INCUMBENT, CHOSEN, OTHER}
+    assert all(
+        re.match(r"\d{4}-\d\d-\d\dT\d\d-\d\d-\d\d", path.name) for path in paths
+    )  # Inspect lists these
     for model in (INCUMBENT, CHOSEN, OTHER):
-        log = logs[model.replace("/", "_")]
+        log = logs[model]
         right = sum(answers[model][item.item_id] == item.reference for item in items)
         assert (log["version"], log["status"], log["eval"]["model"]) == (2, "success", model)
         assert len(log["samples"]) == log["results"]["total_samples"] == len(items)

@@ -3,8 +3,8 @@
 One log per contender (Inspect's logs hold one model each): a sample per test item with its input,
 the reference as target, the answer as the model's output, workhorse's score and the prediction
 it was scored on, and the error class where the call failed. Written as plain JSON in Inspect's
-log format (version 2): no dependency on inspect-ai. Checked with inspect-ai 0.3.285's
-``read_eval_log``.
+log format (version 2): no dependency on inspect-ai. Checked with inspect-ai 0.3.285 (``list_eval_logs``,
+``read_eval_log``).
 """
 
 from __future__ import annotations
@@ -73,13 +73,18 @@ def inspect_log(data: dict, column: int, created: str) -> dict:
 
 
 def write_inspect_logs(folder: Path, data: dict) -> list[Path]:
-    """``folder``/<contender>.json, one per column of the viewer's data."""
+    """``folder``/<created>_<use case>_<contender>.json, one per column of the viewer's data: Inspect
+    lists a JSON log only under a name that starts with its ISO timestamp."""
     folder.mkdir(parents=True, exist_ok=True)
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
     written = []
     for index, column in enumerate(data["columns"]):
-        name = "".join(c if c.isalnum() or c in "-_." else "_" for c in column["label"]) + ".json"
-        path = folder / name
+        parts = (created.replace(":", "-"), str(data.get("use_case", "")), column["label"])
+        path = folder / ("_".join(_slug(part) for part in parts) + ".json")
         path.write_text(json.dumps(inspect_log(data, index, created), ensure_ascii=False), encoding="utf-8")
         written.append(path)
     return written
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-+." else "-" for c in text)
