@@ -92,7 +92,7 @@ class BatchSettings:
         return self.max_lines or lines, self.max_bytes or size
 
 
-@dataclass
+@dataclass(repr=False)
 class BatchOutcome:
     """What one pass produced: a row per request that is settled, the jobs still running."""
 
@@ -102,6 +102,10 @@ class BatchOutcome:
     @property
     def waiting(self) -> bool:
         return bool(self.pending_jobs)
+
+    def __repr__(self) -> str:
+        # asyncio formats a finished future's result with repr: 20,000 rows took 0.3 s of it.
+        return f"BatchOutcome({len(self.rows)} rows, pending {self.pending_jobs})"
 
 
 class BatchPending(WorkhorseError):
@@ -180,19 +184,21 @@ class BatchStore:
     def close(self) -> None:
         self.connection.close()
 
-    def lines_for(self, line_ids: list[str]) -> dict[str, list[dict]]:
-        """custom id -> its line rows (one per job it went into), oldest attempt first."""
-        found: dict[str, list[dict]] = {}
-        for start in range(0, len(line_ids), 500):
-            chunk = line_ids[start : start + 500]
+    def history(self, line_ids: list[str], size: int = 500) -> Iterable[dict[str, list[dict]]]:
+        """custom id -> its line rows (one per job it went into, oldest attempt first), chunk by chunk:
+        a 100,000-line run never holds every line's row at once."""
+        for start in range(0, len(line_ids), size):
+            chunk = line_ids[start : start + size]
             cursor = self.connection.execute(
-                "SELECT l.*, j.attempt, j.stage FROM batch_line l JOIN batch_job j ON j.job_key = l.job_key "
+                "SELECT l.custom_id, l.state, l.output, l.prompt_tokens, l.completion_tokens, l.error_type, "
+                "l.error_message, j.attempt FROM batch_line l JOIN batch_job j ON j.job_key = l.job_key "
                 f"WHERE l.custom_id IN ({','.join('?' * len(chunk))}) ORDER BY j.attempt",
                 chunk,
             )
+            found: dict[str, list[dict]] = {}
             for row in store.rows_as_dicts(cursor):
                 found.setdefault(row["custom_id"], []).append(row)
-        return found
+            yield found
 
     def jobs(self, run_id: str | None = None, live_only: bool = False) -> list[dict]:
         sql, params = "SELECT * FROM batch_job", []
@@ -255,11 +261,6 @@ class BatchStore:
             (state, error_type, message, job_key),
         )
         return cursor.rowcount
-
-    def job_lines(self, job_key: str) -> list[dict]:
-        return store.rows_as_dicts(
-            self.connection.execute("SELECT * FROM batch_line WHERE job_key = ?", (job_key,))
-        )
 
 
 class ProviderCalls:
@@ -407,21 +408,27 @@ class BatchClient:
         """Rows of the settled requests, and the requests to (re)submit: never sent, or whose last
         line is missing or failed retryably with submissions left, as (custom id, request, submissions)."""
         outcome, resubmit = BatchOutcome(), []
-        history = self.store.lines_for(list(by_id))
-        for line_id, request in by_id.items():
-            lines = history.get(line_id, [])
-            last = lines[-1] if lines else None
-            if last is None:
-                resubmit.append((line_id, request, 0))
-            elif last["state"] == "answered":
-                outcome.rows[request.identity] = self._answered_row(request, last)
-            elif last["state"] == "queued":
-                continue  # in a job not collected yet
-            elif self._retry_line(last, len(lines)):
-                resubmit.append((line_id, request, len(lines)))
-            else:
-                outcome.rows[request.identity] = self._failed_row(request, last, len(lines))
+        line_ids = list(by_id)
+        for start, history in zip(range(0, len(line_ids), 500), self.store.history(line_ids, 500)):
+            for line_id in line_ids[start : start + 500]:
+                self._settle_line(line_id, by_id[line_id], history.get(line_id, []), outcome, resubmit)
         return outcome, resubmit
+
+    def _settle_line(
+        self, line_id: str, request: ModelRequest, lines: list[dict], outcome: BatchOutcome, resubmit: list
+    ) -> None:
+        """One request's place: settled (answered, or failed for good), in a live job, or to submit."""
+        last = lines[-1] if lines else None
+        if last is None:
+            resubmit.append((line_id, request, 0))
+        elif last["state"] == "answered":
+            outcome.rows[request.identity] = self._answered_row(request, last)
+        elif last["state"] == "queued":
+            return  # in a job not collected yet
+        elif self._retry_line(last, len(lines)):
+            resubmit.append((line_id, request, len(lines)))
+        else:
+            outcome.rows[request.identity] = self._failed_row(request, last, len(lines))
 
     def _retry_line(self, last: dict, submissions: int) -> bool:
         if submissions >= self.settings.max_attempts:
