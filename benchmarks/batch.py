@@ -14,7 +14,7 @@ for LiteLLM is ~55 MB of modules loaded on its first files call), then the clock
 wall time of the N-line batch and peak RSS (whole process, and grown above the warmed-up RSS)
 for each, and the product/baseline ratios.
 
-    .venv/bin/python benchmarks/batch.py [--lines 20000]
+    .venv/bin/python benchmarks/batch.py [--lines 20000] [--rounds 5]
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -143,6 +144,7 @@ def run_side(side: str, base: str, lines: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--lines", type=int, default=20_000)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--child", choices=["product", "baseline"])
     parser.add_argument("--base")
     arguments = parser.parse_args()
@@ -150,20 +152,26 @@ def main() -> None:
         return child(arguments.child, arguments.base, arguments.lines)
     from workhorse.testing.fake_batch import BatchProviderConfig, FakeBatchProcess
 
-    results = {}
-    for side in ("baseline", "product"):
-        with FakeBatchProcess(BatchProviderConfig()) as provider:  # a fresh provider each: same work
-            results[side] = run_side(side, provider.url, arguments.lines)
-    bare, ours = results["baseline"], results["product"]
-    for side, result in (("baseline (openai SDK)", bare), ("product (BatchClient)", ours)):
-        print(
-            f"{side:24} {result['seconds']:7.2f} s  answered {result['answered']:6d}  "
-            f"peak RSS {result['peak']:7.1f} MB  (+{grown(result):6.1f} MB over the warmed-up process)"
+    rounds = []
+    for _ in range(arguments.rounds):  # interleaved: a load change on the shared machine hits both sides
+        results = {}
+        for side in ("baseline", "product"):
+            with FakeBatchProcess(BatchProviderConfig()) as provider:  # a fresh provider each: same work
+                results[side] = run_side(side, provider.url, arguments.lines)
+        bare, ours = results["baseline"], results["product"]
+        for side, result in (("baseline (openai SDK)", bare), ("product (BatchClient)", ours)):
+            print(
+                f"{side:24} {result['seconds']:7.2f} s  answered {result['answered']:6d}  "
+                f"peak RSS {result['peak']:7.1f} MB  (+{grown(result):6.1f} MB over the warmed-up process)"
+            )
+        rounds.append(
+            (ours["seconds"] / bare["seconds"], ours["peak"] / bare["peak"], grown(ours) / grown(bare))
         )
+    wall, peak, work = (statistics.median(r[i] for r in rounds) for i in range(3))
     print(
-        f"ratios product/baseline: wall {ours['seconds'] / bare['seconds']:.2f}x, "
-        f"peak RSS {ours['peak'] / bare['peak']:.2f}x, "
-        f"peak grown by the work {grown(ours) / grown(bare):.2f}x"
+        f"ratios product/baseline, median of {len(rounds)} round(s): wall {wall:.2f}x "
+        f"(rounds {', '.join(f'{r[0]:.2f}' for r in rounds)}), peak RSS {peak:.2f}x, "
+        f"peak grown by the work {work:.2f}x"
     )
 
 

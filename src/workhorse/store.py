@@ -94,7 +94,6 @@ CREATE INDEX IF NOT EXISTS batch_job_run ON batch_job (run_id);
 CREATE TABLE IF NOT EXISTS batch_line (
     custom_id TEXT NOT NULL,
     job_key TEXT NOT NULL,
-    request_key TEXT NOT NULL,
     state TEXT NOT NULL,
     output TEXT,
     prompt_tokens INTEGER,

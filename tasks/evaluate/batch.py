@@ -222,7 +222,7 @@ class BatchStore:
             "SELECT COUNT(*) FROM batch_job WHERE run_id = ?", (run_id,)
         ).fetchone()[0]
 
-    def add_job(self, job: dict, lines: list[tuple[str, str]]) -> None:
+    def add_job(self, job: dict, lines: list[str]) -> None:
         """The job and its lines in one transaction, before anything is sent."""
         with self.connection.transaction(lock="workhorse.batch"):
             columns = ",".join(job)
@@ -230,8 +230,8 @@ class BatchStore:
                 f"INSERT INTO batch_job ({columns}) VALUES ({','.join('?' * len(job))})", list(job.values())
             )
             self.connection.executemany(
-                "INSERT INTO batch_line (custom_id, job_key, request_key, state) VALUES (?,?,?,'queued')",
-                [(line_id, job["job_key"], key) for line_id, key in lines],
+                "INSERT INTO batch_line (custom_id, job_key, state) VALUES (?,?,'queued')",
+                [(line_id, job["job_key"]) for line_id in lines],
             )
 
     def mark(self, job_key: str, **values: Any) -> None:
@@ -477,7 +477,7 @@ class BatchClient:
 
     def _write_parts(
         self, label: str, lines: Iterable[tuple], max_lines: int, max_bytes: int
-    ) -> Iterable[tuple[Path, list[tuple[str, str]]]]:
+    ) -> Iterable[tuple[Path, list[str]]]:
         """Input files of at most ``max_lines`` lines and ``max_bytes`` bytes, written as they fill."""
         folder = self.workspace.run_dir(self.run_id) / "batch"
         folder.mkdir(parents=True, exist_ok=True)
@@ -495,7 +495,7 @@ class BatchClient:
                 path = folder / f"{_safe(self.run_id)}.{sequence:04d}.jsonl"
                 stream, recorded, size = path.open("wb"), [], 0
             stream.write(line)
-            recorded.append((line_id, request.cache_key))
+            recorded.append(line_id)
             size += len(line)
         if stream is not None:
             stream.close()
