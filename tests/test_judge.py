@@ -367,3 +367,14 @@ def test_a_judge_whose_judgements_fail_is_not_trusted_and_says_why():
     assert (calibration.agreement, calibration.n) == (1.0, 12)  # it prefers the right answer each time
     assert (calibration.judgements, calibration.failed) == (15, 3)
     assert calibration.problems == ("3 of its 15 judgements failed (3 judge_unparseable)",)
+
+
+def test_the_judge_is_held_to_the_plans_limits_like_any_model(tmp_path):
+    from workhorse.config import JudgePlan, parse_plan
+    from workhorse.tasks.evaluate.judge import judge_spec
+
+    plan = parse_plan({"limits": {"openai/judge": {"max_concurrency": 3, "rpm": 60, "tpm": 9000}}}, "test")
+    spec = judge_spec(
+        JudgePlan(kind="pairwise", model="openai/judge", api_base="http://127.0.0.1:9"), plan, tmp_path
+    )
+    assert (spec.max_concurrency, spec.rpm, spec.tpm) == (3, 60, 9000)

@@ -103,17 +103,20 @@ def _text(value) -> str:
 
 
 def judge_spec(judge: JudgePlan, plan: Plan, workspace_root: Path | None = None) -> ModelSpec:
-    """The judge as the runner calls it, priced by the plan's catalog like any candidate; its label
-    starts with "judge" so its rows never mix with a contender's."""
+    """The judge as the runner calls it, priced by the plan's catalog and held to the plan's limits
+    like any candidate; its label starts with "judge" so its rows never mix with a contender's."""
     from workhorse.tasks.common.engines import EMBEDDED_LITELLM
     from workhorse.tasks.common.pricing import plan_catalog
     from workhorse.tasks.evaluate.run import candidate_spec
 
     if judge.model == EMBEDDED_JUDGE:  # priced like a self-hosted candidate: GPU rent over throughput
         catalog = plan_catalog(plan, workspace_root, also_self_hosted=[EMBEDDED_LITELLM])
-        spec = candidate_spec(EMBEDDED_LITELLM, "self_hosted", judge.api_base, catalog)
+        spec = candidate_spec(
+            EMBEDDED_LITELLM, "self_hosted", judge.api_base, catalog, plan.limits_for(EMBEDDED_LITELLM)
+        )
     else:
-        spec = candidate_spec(judge.model, "api", judge.api_base, plan_catalog(plan, workspace_root))
+        catalog = plan_catalog(plan, workspace_root)
+        spec = candidate_spec(judge.model, "api", judge.api_base, catalog, plan.limits_for(judge.model))
     return replace(spec, name=f"judge {judge.model}")
 
 
