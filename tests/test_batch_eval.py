@@ -1,12 +1,14 @@
 """The eval's ``batch`` hosting of a provider model through the fake batch provider: answers come
-from batches only (the provider has no chat endpoint), priced at the batch price, shown in the
-summary; a run whose batches outlast its wait ends "waiting for batch" and the batch-collector
-takes it to its verdict without submitting a line twice."""
+from batches only (zero calls to the provider's chat endpoint), priced at the batch price, shown
+in the summary; a run whose batches outlast its wait ends "waiting for batch" and the
+batch-collector takes it to its verdict without submitting a line twice; with
+``failed_lines: sync`` a failed line becomes exactly one synchronous call."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import urllib.request
 from collections import Counter
 
 import pyarrow.parquet as pq
@@ -26,12 +28,12 @@ def golden(isolated_workspace):
     return items
 
 
-def batch_plan(tmp_path, provider, wait_s: float) -> str:
+def batch_plan(tmp_path, provider, wait_s: float, **batch) -> str:
     return plan_file(
         tmp_path,
         [{"model": "openai/gpt-4o-mini", "api_base": provider.url, "hosting": ["batch"]}],
         min_items=10,
-        eval={"batch": {"wait_s": wait_s, "poll_s": 0.05}},
+        eval={"batch": {"wait_s": wait_s, "poll_s": 0.05, **batch}},
     )
 
 
@@ -47,8 +49,10 @@ def test_batch_hosting_goes_through_the_batch_api_at_the_batch_price(
         summary = evaluate(
             isolated_workspace, batch_plan(tmp_path, provider, wait_s=60), variants=["zero-shot"]
         )
-        submitted = Counter(line["custom_id"] for line in provider.log()["lines"])
+        log = provider.log()
+        submitted = Counter(line["custom_id"] for line in log["lines"])
 
+    assert log["calls"].get("chat", 0) == 0  # not one synchronous call for the batch hosting
     rows = [r for r in pq.read_table(summary["responses"]).to_pylist() if r["hosting"] == "batch"]
     assert len(rows) == len(golden) and all(r["error_type"] is None for r in rows)  # dev + test
     assert len(submitted) == len(golden) and set(submitted.values()) == {1}
@@ -96,3 +100,48 @@ def test_a_run_left_waiting_for_batch_is_completed_by_the_collector(
     assert not (run_dir / "waiting.json").exists()
     assert len(submitted) == len(golden) and set(submitted.values()) == {1}
     assert {b["status"] for b in verdict["batches"]} == {"completed"}
+
+
+def error_lines(provider) -> list[dict]:
+    listing = json.loads(urllib.request.urlopen(f"{provider.url}/batches?limit=100", timeout=10).read())
+    found = []
+    for batch in listing["data"]:
+        if batch["error_file_id"]:
+            raw = urllib.request.urlopen(f"{provider.url}/files/{batch['error_file_id']}/content", timeout=10)
+            found += [json.loads(line) for line in raw.read().splitlines() if line.strip()]
+    return found
+
+
+def test_failed_lines_fall_back_to_one_synchronous_call_each_when_the_plan_says_sync(
+    prefect_server, golden, isolated_workspace, fake_openai_server, tmp_path, monkeypatch
+):
+    incumbent = fake_openai_server(answers=scripted(golden, 0.9, seed=1))
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    monkeypatch.setenv("OPENAI_API_BASE", incumbent.url)
+    config = BatchProviderConfig(seed=6, failed_line_share=0.2, answers=scripted(golden, 0.9, seed=5))
+    with FakeBatchProcess(config) as provider:
+        plan = batch_plan(tmp_path, provider, wait_s=60, failed_lines="sync")
+        summary = evaluate(isolated_workspace, plan, variants=["zero-shot"])
+        log, failed = provider.log(), error_lines(provider)
+
+    retryable = [line for line in failed if line["response"]["status_code"] != 400]
+    assert retryable and len(failed) > len(retryable)  # the seed gives both kinds
+    assert log["calls"]["chat"] == len(retryable)  # one synchronous call per retryable failed line
+    assert set(Counter(line["custom_id"] for line in log["lines"]).values()) == {1}  # none resubmitted
+    rows = [r for r in pq.read_table(summary["responses"]).to_pylist() if r["hosting"] == "batch"]
+    assert len(rows) == len(golden)
+    import litellm
+
+    prices = litellm.model_cost["gpt-4o-mini"]
+    sync_ids = {json.loads(line["custom_id"])[3] for line in retryable}
+    for row in (r for r in rows if r["error_type"] is None):
+        suffix = "" if row["item_id"] in sync_ids else "_batches"  # a synchronous answer: the list price
+        expected = (
+            row["prompt_tokens"] * prices[f"input_cost_per_token{suffix}"]
+            + row["completion_tokens"] * prices[f"output_cost_per_token{suffix}"]
+        )
+        assert row["cost_usd"] == pytest.approx(expected)
+    assert Counter(r["error_type"] for r in rows) == {
+        None: len(golden) - len(failed) + len(retryable),
+        "client_error": len(failed) - len(retryable),
+    }

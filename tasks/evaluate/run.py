@@ -446,6 +446,11 @@ async def answer_provider_batch(context: EvalContext, requests: list[ModelReques
     retry = [r for r in requests if done[r.identity].error_type in RETRYABLE]
     if retry and context.batch.failed_lines == "sync":
         for row in await run_shard(context, quote(retry)):
+            if row.error_type is None and not row.cached:  # paid synchronously: at the synchronous price
+                sync = context.sync_specs.get(row.model)
+                row.cost_usd = (
+                    call_cost(sync, row.prompt_tokens or 0, row.completion_tokens or 0) if sync else None
+                )
             done[row.identity] = row
     return [done[r.identity] for r in requests]
 

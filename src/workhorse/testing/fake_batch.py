@@ -5,7 +5,8 @@ and answers every batch line exactly as that server answers the same chat reques
 synchronous calls give identical answers. A batch moves ``validating → in_progress →
 completed | expired | failed | cancelled`` on the clock (``validate_s``, ``complete_s``) or, with
 ``hold``, only when ``/_control`` releases it. ``GET /_log`` returns every line ever submitted
-in a batch (custom id, request key, batch id) and the count of calls per endpoint.
+in a batch (custom id, request key, batch id) and the count of calls per endpoint; its
+``/v1/chat/completions`` answers synchronously the same way, counted as ``chat``.
 
 Faults, all decided by hashing (seed, …) so a seeded run repeats:
 
@@ -320,6 +321,15 @@ class FakeBatchProvider:
     def _public(self, batch: dict) -> dict:
         return {k: v for k, v in batch.items() if not k.startswith("_")}
 
+    async def chat(self, request):
+        """A synchronous chat completion, answered like a batch line (a provider serves both):
+        counted as ``chat`` in the log, so a test sees every synchronous call."""
+        from aiohttp import web
+
+        body = await request.json()
+        self.calls["chat"] += 1
+        return web.json_response(completion_body(body, default_answer(body, self.config.answers)))
+
     # ------------------------------------------------------------------ test hooks
 
     async def get_log(self, request):
@@ -349,6 +359,7 @@ class FakeBatchProvider:
             app.router.add_get(f"{prefix}/batches", self.list_batches)
             app.router.add_get(f"{prefix}/batches/{{batch_id}}", self.retrieve)
             app.router.add_post(f"{prefix}/batches/{{batch_id}}/cancel", self.cancel)
+            app.router.add_post(f"{prefix}/chat/completions", self.chat)
         app.router.add_get("/_log", self.get_log)
         app.router.add_post("/_control", self.control)
         app.router.add_get("/health", lambda request: web.json_response({"ok": True}))
