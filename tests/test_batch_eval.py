@@ -68,7 +68,9 @@ def test_batch_hosting_goes_through_the_batch_api_at_the_batch_price(
     assert sum(b["sync_cost_usd"] for b in batches) == pytest.approx(sync)
     assert sum(b["batch_cost_usd"] for b in batches) == pytest.approx(sum(r["cost_usd"] for r in rows))
     run_dir = isolated_workspace.run_dir(summary["run_id"])
-    assert KEY not in (run_dir / "verdict.json").read_text()
+    report = (run_dir / "report.html").read_text()
+    assert "Provider batches" in report and all(b["batch_id"] in report for b in batches)
+    assert KEY not in (run_dir / "verdict.json").read_text() and KEY not in report
     assert all(KEY not in p.read_text() for p in (run_dir / "batch").glob("*.jsonl"))
 
 

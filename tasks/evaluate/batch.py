@@ -731,6 +731,36 @@ def waiting_runs(workspace: Workspace) -> list[dict]:
     return sorted(found, key=lambda record: record["since"])
 
 
+BATCH_COLUMNS = [
+    ("batch_id", "batch"),
+    ("model", "model"),
+    ("status", "status"),
+    ("lines", "lines"),
+    ("completed", "completed"),
+    ("failed", "failed"),
+    ("submitted_at", "submitted"),
+    ("finished_at", "finished"),
+    ("batch_cost_usd", "$ batch"),
+    ("sync_cost_usd", "$ same tokens, synchronous"),
+]
+
+
+def batches_html(batches: list[dict] | None) -> str:
+    """The report's section on the run's provider batches (nothing when it had none)."""
+    if not batches:
+        return ""
+    from workhorse.tasks.common.html import table_html
+
+    def cell(key: str, value) -> str:
+        if value is None:
+            return "–"
+        return f"{value:.4f}" if key.endswith("_usd") else str(value)[:19]
+
+    rows = [{key: cell(key, batch.get(key)) for key, _ in BATCH_COLUMNS} for batch in batches]
+    numeric = ("lines", "completed", "failed", "batch_cost_usd", "sync_cost_usd")
+    return "<h2>Provider batches</h2>" + table_html(rows, BATCH_COLUMNS, numeric, "batches")
+
+
 def read_jobs(workspace: Workspace, run_id: str | None = None) -> list[dict]:
     """The recorded batch jobs (of one run, or all), for reports and the CLI."""
     batches = BatchStore(workspace)
@@ -747,6 +777,7 @@ __all__ = [
     "BatchSettings",
     "BatchStore",
     "ProviderCalls",
+    "batches_html",
     "cancel_jobs",
     "waits_for_batch",
     "waiting_runs",

@@ -266,6 +266,7 @@ def distribution_html(scores: list[dict], metric: str = "rougeL") -> str:
 
 
 def write_eval_report(path: Path, summary: dict, scores: list[dict], labels: list[str]) -> Path:
+    from workhorse.tasks.evaluate.batch import batches_html
     from workhorse.tasks.evaluate.judge import judge_html
 
     verdict = summary["verdict"]
@@ -285,6 +286,7 @@ def write_eval_report(path: Path, summary: dict, scores: list[dict], labels: lis
 <h2>Quality against cost (test split)</h2>{scatter_svg([t for t in tested if t["score"] is not None])}
 {judge_html(summary.get("judge"))}
 <h2>Leaderboard</h2>{leaderboard_html(summary["leaderboard"])}{viewer_link(path)}
+{batches_html(summary.get("batches"))}
 <h2>Detail</h2>{detail}
 <h2>Run</h2><p>Run <code>{html.escape(summary["run_id"])}</code>; generated tokens/s: \
 {html.escape(json.dumps({k: round(v, 1) for k, v in summary["tokens_per_s"].items()}))}</p>
