@@ -82,12 +82,21 @@ def batch_object(provider, batch_id):
 
 
 def test_expired_half_output_and_failed_lines_resubmit_exactly_the_missing(isolated_workspace):
-    config = BatchProviderConfig(seed=5, expire_first=1, expire_output_share=0.5, failed_line_share=0.05)
+    faults = {"server_error": 0.2, "rate_limit": 0.2}  # 503 and 429 + Retry-After on every endpoint
+    config = BatchProviderConfig(
+        seed=5,
+        expire_first=1,
+        expire_output_share=0.5,
+        failed_line_share=0.05,
+        endpoint_faults={name: faults for name in ("upload", "create", "retrieve", "list", "content")},
+        lost_create_reply=0.5,
+    )
     items = [(f"item-{i:03d}", f"a message about topic {i}", "x") for i in range(200)]
     with FakeBatchProcess(config) as provider:
         requests = banking_requests(items, batch_spec(provider.url))
         outcome = answer(isolated_workspace, "exp", requests, BatchSettings(poll_s=0.02, max_attempts=3))
-        log = provider.log()["lines"]
+        log, provider_calls = provider.log()["lines"], provider.log()["calls"]
+        provider.control(endpoint_faults={})  # the test's own reads below must not meet a fault
         by_batch: dict[str, list[str]] = {}
         for line in log:
             by_batch.setdefault(line["batch_id"], []).append(line["custom_id"])
@@ -108,6 +117,8 @@ def test_expired_half_output_and_failed_lines_resubmit_exactly_the_missing(isola
     assert sum(r.error_type == "client_error" for r in outcome.rows.values()) >= 1
     assert all(r.output is not None for r in outcome.rows.values() if r.error_type is None)
     assert max(Counter(line["custom_id"] for line in log).values()) <= 3  # max_attempts submissions
+    # The faults were met and retried: more creates than batches, and lists to find lost ones.
+    assert provider_calls["create"] > len(by_batch) and provider_calls["list"] >= 1
 
 
 def run_child(context, workspace, provider, run_id: str, kill_at: int | None, events) -> int:
