@@ -94,3 +94,20 @@ def test_a_planted_forbidden_import_is_caught(tmp_path):
         "workhorse.tasks.rollout.guard imports workhorse.testing.fake_openai "
         "(workhorse may not import workhorse.testing)",
     ]
+
+
+def test_each_step_folders_docstring_lists_every_module_it_holds():
+    """A step folder's __init__ docstring is its table of contents: a module added without a line
+    there is a module nobody finds by reading the tree."""
+    unlisted = []
+    for folder in sorted((REPO / "tasks").iterdir()):
+        if not (folder / "__init__.py").is_file():
+            continue
+        contents = ast.get_docstring(ast.parse((folder / "__init__.py").read_text())) or ""
+        listed = {line.split()[0] for line in contents.splitlines() if line.strip()}
+        unlisted += [
+            f"tasks/{folder.name}/{m.name}"
+            for m in sorted(folder.glob("*.py"))
+            if m.name != "__init__.py" and m.name not in listed
+        ]
+    assert unlisted == []
