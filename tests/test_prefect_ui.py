@@ -133,15 +133,25 @@ class Served:
 
 
 def _record_runs(server, logs, folder: Path, monkeypatch):
+    from prefect.events.clients import PrefectEventsClient
+    from prefect.events.worker import EventsWorker
     from prefect.logging.handlers import APILogWorker
     from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
     assert not server.api_url.startswith("http://127.0.0.1:4200/")
     progress: list[dict] = []
-    with temporary_settings({PREFECT_API_URL: server.api_url, PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-        audit = run_audit(folder / "audit-workspace", logs)
-        summary = run_eval(Workspace.resolve(folder / "eval-workspace"), folder, monkeypatch, progress)
-        APILogWorker.drain_all(timeout=5)  # the runs' last log lines reach the server before it stops
+    # Prefect keeps one events worker per process, bound to the first server it met (in a full
+    # test run, the session's): task runs are recorded through events, so without this the UI
+    # finds this server's flow runs but not their tasks ("Batch lookup failed", 404s).
+    EventsWorker.set_client_override(PrefectEventsClient, api_url=server.api_url)
+    try:
+        with temporary_settings({PREFECT_API_URL: server.api_url, PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+            audit = run_audit(folder / "audit-workspace", logs)
+            summary = run_eval(Workspace.resolve(folder / "eval-workspace"), folder, monkeypatch, progress)
+            APILogWorker.drain_all(timeout=5)  # the runs' last log lines reach the server before it stops
+            EventsWorker.drain_all(timeout=5)
+    finally:
+        EventsWorker.set_client_override(None)
     return audit, summary, progress
 
 
