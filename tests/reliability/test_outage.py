@@ -127,8 +127,12 @@ def test_a_down_candidate_is_not_hammered_and_the_rollout_reverts(isolated_works
     # the calls in flight when it went down, the failures that open the circuit, one probe per cool-down.
     probes = math.ceil(OUTAGE_S / COOLDOWN_S) + 1
     assert len(reached) <= CALLERS + THRESHOLD + probes, (len(reached), kinds)
-    assert len(reached) * 3 < len(candidate_errors) and kinds["circuit_open"] > 0 and breaker.opened >= 1
-    assert kinds["circuit_open"] + kinds["server_error"] == len(candidate_errors)  # nothing else failed
+    # How many calls the open circuit spared depends on how fast the machine sends them; the
+    # accounting does not: each request that reached the down server is one server_error row,
+    # each refused call one circuit_open row, and nothing else failed.
+    assert kinds["circuit_open"] > 0 and breaker.opened >= 1
+    assert kinds["server_error"] == len(reached)
+    assert kinds["circuit_open"] + kinds["server_error"] == len(candidate_errors)
     assert_candidate_serves_again(rows, router, up_at)
     verdict = control_step(UC, str(ws.root))
     assert_reverted_on_errors(verdict, rows)
